@@ -1,0 +1,22 @@
+"""``python -m snnfast --version --config``."""
+import argparse
+import sys
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m snnfast",
+                                     description="snnfast: spiking neural networks on the CPU.")
+    parser.add_argument("--version", action="store_true", help="print the version")
+    parser.add_argument("--config", action="store_true",
+                        help="print OpenMP status, threads, BLAS and build flags")
+    args = parser.parse_args(argv)
+    import snnfast
+    if args.version:
+        print(f"snnfast {snnfast.__version__}")
+    if args.config or not args.version:
+        snnfast.show_config()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""Thread count rule, build facts and ``show_config``."""
+import os
+import platform
+import sys
+
+__all__ = ["effective_n_threads", "openmp_enabled", "show_config", "config_dict"]
+
+
+def openmp_enabled():
+    """Return True if snnfast's kernels were compiled with OpenMP."""
+    from . import _openmp_helpers
+    return bool(_openmp_helpers.openmp_enabled())
+
+
+def _cpus_available():
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        n = os.cpu_count() or 1
+    return max(1, n)
+
+
+def _env_threads(name):
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        # OMP_NUM_THREADS may be a list ("4,2") for nested regions: the first level counts
+        value = int(raw.split(",")[0])
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not an integer") from None
+    if value < 1:
+        raise ValueError(f"{name}={raw!r} must be >= 1")
+    return value
+
+
+def effective_n_threads(n_threads=None):
+    """Number of threads a kernel will use.
+
+    Parameters
+    ----------
+    n_threads : int or None
+        Explicit request. ``None`` means: ``SNNFAST_NUM_THREADS`` if set, else
+        ``OMP_NUM_THREADS`` if set, else the cores available to this process.
+        Negative values count back from the available cores joblib-style
+        (-1 = all, -2 = all but one). 0 is an error.
+
+    Returns
+    -------
+    int
+        At least 1; always 1 when the kernels were built without OpenMP.
+    """
+    cpus = _cpus_available()
+    if n_threads is None:
+        n = _env_threads("SNNFAST_NUM_THREADS") or _env_threads("OMP_NUM_THREADS") or cpus
+    else:
+        if isinstance(n_threads, bool) or not isinstance(n_threads, (int,)) and not hasattr(n_threads, "__index__"):
+            raise TypeError(f"n_threads must be an int or None, got {n_threads!r}")
+        n_threads = int(n_threads)
+        if n_threads == 0:
+            raise ValueError("n_threads=0 is not allowed; use None for the default")
+        n = n_threads if n_threads > 0 else max(1, cpus + 1 + n_threads)
+    if not openmp_enabled():
+        return 1
+    return int(n)
+
+
+def _blas_info():
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:  # pragma: no cover - a declared dependency
+        return []
+    out = []
+    for pool in threadpool_info():
+        if pool.get("user_api") == "blas":
+            out.append({k: pool.get(k) for k in ("internal_api", "version", "num_threads",
+                                                   "architecture", "filepath")})
+    return out
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _simd_level():
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = next((l.split(":", 1)[1].split() for l in fh if l.startswith("flags")), [])
+    except OSError:
+        return "unknown"
+    for name in ("avx512f", "avx2", "avx", "sse4_2"):
+        if name in flags:
+            return name
+    return "baseline"
+
+
+def config_dict():
+    """Facts about this installation as a dict (used by benchmarks and show_config)."""
+    from . import __version__
+    try:
+        from . import _build_info as bi
+        build = {"openmp": bi.OPENMP, "cflags": bi.CFLAGS, "ldflags": bi.LDFLAGS,
+                 "compiler": bi.COMPILER}
+    except ImportError:
+        build = {"openmp": None, "cflags": None, "ldflags": None, "compiler": None}
+    import numpy as np
+    return {
+        "snnfast": __version__,
+        "python": sys.version.split()[0],
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "cpu": _cpu_model(),
+        "simd": _simd_level(),
+        "cpus_available": _cpus_available(),
+        "openmp": openmp_enabled(),
+        "effective_n_threads": effective_n_threads(),
+        "build": build,
+        "blas": _blas_info(),
+    }
+
+
+def show_config(file=None):
+    """Print the version, OpenMP status, thread count, BLAS and build flags."""
+    c = config_dict()
+    lines = [
+        f"snnfast {c['snnfast']} (Python {c['python']}, NumPy {c['numpy']})",
+        f"platform:            {c['platform']}",
+        f"cpu:                 {c['cpu']} [{c['simd']}], {c['cpus_available']} available",
+        f"OpenMP:              {'enabled' if c['openmp'] else 'DISABLED (serial build)'}",
+        f"effective threads:   {c['effective_n_threads']}",
+        f"compiler:            {c['build']['compiler']}",
+        f"compile flags:       {' '.join(c['build']['cflags'] or [])}",
+    ]
+    for b in c["blas"] or [{"internal_api": "none found"}]:
+        lines.append(f"BLAS:                {b.get('internal_api')} {b.get('version') or ''} "
+                     f"({b.get('num_threads')} threads, {b.get('architecture')})")
+    print("\n".join(lines), file=file or sys.stdout)

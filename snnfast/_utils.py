@@ -1,0 +1,87 @@
+"""Small shared helpers: atomic file writes, a lock file, input validation."""
+import contextlib
+import errno
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["atomic_path", "atomic_write_bytes", "file_lock", "check_array"]
+
+
+@contextlib.contextmanager
+def atomic_path(path, suffix=None):
+    """Yield a temporary path beside ``path``; rename it onto ``path`` on success.
+
+    The rename is atomic on POSIX, so readers see either the old file or the
+    complete new one, never a partial write. On error the temporary file is removed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_bytes(path, data):
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+@contextlib.contextmanager
+def file_lock(path, timeout=600.0, poll=0.1):
+    """Exclusive inter-process lock held while the block runs (``fcntl.flock``)."""
+    import fcntl
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"could not acquire lock {path} within {timeout} s") from None
+                time.sleep(poll)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def check_array(a, name, dtype, ndim=None, shape=None, finite=False, contiguous=True):
+    """Validate an array argument once, at the Python boundary of a kernel.
+
+    Raises ``ValueError`` (or ``TypeError`` for non-arrays) with a message naming
+    ``name`` instead of letting a kernel crash or read garbage. ``shape`` may
+    contain ``None`` for free dimensions. Returns ``a`` unchanged.
+    """
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+    if a.dtype != np.dtype(dtype):
+        raise ValueError(f"{name} must have dtype {np.dtype(dtype)}, got {a.dtype}")
+    if ndim is not None and a.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {a.shape}")
+    if shape is not None:
+        if a.ndim != len(shape) or any(s is not None and s != d for s, d in zip(shape, a.shape)):
+            want = tuple("*" if s is None else s for s in shape)
+            raise ValueError(f"{name} must have shape {want}, got {a.shape}")
+    if contiguous and not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous (use numpy.ascontiguousarray)")
+    if finite and a.dtype.kind == "f" and not np.isfinite(a).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return a

@@ -1,0 +1,47 @@
+import subprocess
+import sys
+
+import pytest
+
+import snnfast
+from snnfast import effective_n_threads
+
+
+def test_openmp_compiled_in():
+    # The CI machine has gcc with OpenMP: a serial build there is a defect.
+    assert snnfast.openmp_enabled()
+
+
+def test_thread_rule(monkeypatch):
+    monkeypatch.delenv("SNNFAST_NUM_THREADS", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert effective_n_threads() == 3
+    monkeypatch.setenv("SNNFAST_NUM_THREADS", "1")
+    assert effective_n_threads() == 1
+    assert effective_n_threads(2) == 2
+    monkeypatch.delenv("SNNFAST_NUM_THREADS")
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    import os
+    cpus = len(os.sched_getaffinity(0))
+    assert effective_n_threads() == cpus
+    assert effective_n_threads(-1) == cpus
+
+
+@pytest.mark.parametrize("bad", [0, 1.5, "2", True])
+def test_thread_rule_rejects(bad):
+    with pytest.raises((ValueError, TypeError)):
+        effective_n_threads(bad)
+
+
+def test_env_garbage_rejected(monkeypatch):
+    monkeypatch.setenv("SNNFAST_NUM_THREADS", "many")
+    with pytest.raises(ValueError, match="SNNFAST_NUM_THREADS"):
+        effective_n_threads()
+
+
+def test_show_config_cli():
+    out = subprocess.run([sys.executable, "-m", "snnfast", "--version", "--config"],
+                         capture_output=True, text=True, check=True).stdout
+    assert snnfast.__version__ in out
+    assert "OpenMP:              enabled" in out
+    assert "effective threads:" in out

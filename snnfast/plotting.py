@@ -1,0 +1,124 @@
+"""Pictures of a training run: learning curves, spike rasters and firing-rate histograms.
+
+All figures are written as PNG with the non-interactive Agg backend, atomically.
+"""
+from pathlib import Path
+
+import numpy as np
+
+from ._utils import atomic_path
+
+__all__ = ["learning_curves", "spike_rasters", "rate_histograms", "training_report"]
+
+LAYERS = (("input", "input (28x28)"), ("conv", "conv LIF (16x12x12)"), ("hidden", "hidden LIF (1024)"))
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig, path):
+    path = Path(path)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    _pyplot().close(fig)
+    return path
+
+
+def _history(metrics):
+    """Per-epoch records from a metrics dict (``history`` or ``epochs`` list of dicts)."""
+    hist = metrics.get("history") or metrics.get("epochs") or []
+    return [h for h in hist if isinstance(h, dict)]
+
+
+def learning_curves(metrics, path):
+    """Loss and accuracy per epoch (train and validation) as a two-panel PNG."""
+    plt = _pyplot()
+    hist = _history(metrics)
+    if not hist:
+        raise ValueError("metrics has no per-epoch history to plot")
+    ep = [h.get("epoch", i + 1) for i, h in enumerate(hist)]
+    fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for key, label in (("train_loss", "train"), ("val_loss", "validation")):
+        ys = [h.get(key) for h in hist]
+        if any(y is not None for y in ys):
+            ax_l.plot(ep, [np.nan if y is None else y for y in ys], marker="o", label=label)
+    ax_l.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
+    for key, label in (("train_acc", "train"), ("val_acc", "validation"), ("test_acc", "test")):
+        ys = [h.get(key) for h in hist]
+        if any(y is not None for y in ys):
+            ax_a.plot(ep, [np.nan if y is None else 100 * y for y in ys], marker="o", label=label)
+    ax_a.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+    for ax in (ax_l, ax_a):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return _save(fig, path)
+
+
+def spike_rasters(trace, images, labels, path, n_digits=4):
+    """For a few digits: the image beside a spike raster (neuron x step) of each layer."""
+    plt = _pyplot()
+    n = min(n_digits, len(images))
+    T = trace["input"].shape[1]
+    fig, axes = plt.subplots(n, 4, figsize=(13, 2.6 * n), squeeze=False,
+                             gridspec_kw={"width_ratios": [1, 2, 2, 2]})
+    pred = np.argmax(trace["logits"], axis=1)
+    for i in range(n):
+        axes[i, 0].imshow(images[i].reshape(28, 28), cmap="gray_r")
+        axes[i, 0].set_title(f"label {labels[i]}, predicted {pred[i]}", fontsize=9)
+        axes[i, 0].axis("off")
+        for k, (key, title) in enumerate(LAYERS, start=1):
+            s = trace[key][i]
+            t_idx, n_idx = np.nonzero(s)
+            ax = axes[i, k]
+            ax.scatter(t_idx, n_idx, s=1.0, marker="|", color="k")
+            ax.set_xlim(-0.5, T - 0.5)
+            ax.set_ylim(-0.5, s.shape[1] - 0.5)
+            ax.set_title(f"{title}: {int(s.sum())} spikes", fontsize=9)
+            ax.set_xlabel("time step")
+            if k == 1:
+                ax.set_ylabel("neuron")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def rate_histograms(trace, path):
+    """Histogram of per-neuron firing rates (spikes per step, or per update) for each layer."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+    upd = np.asarray(trace.get("hidden_update", np.ones(trace["hidden"].shape[1], bool)))
+    for ax, (key, title) in zip(axes, LAYERS):
+        s = trace[key]
+        steps = int(upd.sum()) if key == "hidden" else s.shape[1]
+        rates = s.sum(axis=1).astype(np.float64).ravel() / max(steps, 1)
+        ax.hist(rates, bins=np.linspace(0, 1, 21), color="C0")
+        ax.set_yscale("log")
+        per = "update" if key == "hidden" else "step"
+        ax.set(title=f"{title}\nmean {rates.mean():.3f} spikes/{per}",
+               xlabel=f"firing rate (spikes per {per})", ylabel="neurons x digits")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def training_report(run_dir, model, metrics, X_test, y_test, n_digits=4):
+    """Write learning_curves.png, spike_rasters.png and rate_histograms.png into ``run_dir``.
+
+    Returns the list of written paths.
+    """
+    run_dir = Path(run_dir)
+    out = []
+    if _history(metrics):
+        out.append(learning_curves(metrics, run_dir / "learning_curves.png"))
+    n = min(n_digits, len(X_test))
+    if n:
+        # The raster digits are the first test images; the histogram uses a larger sample.
+        m = min(256, len(X_test))
+        trace = model.trace(X_test[:m], sample_ids=np.arange(m))
+        small = {k: (v[:n] if isinstance(v, np.ndarray) and v.ndim and v.shape[0] == m else v)
+                 for k, v in trace.items()}
+        out.append(spike_rasters(small, X_test[:n], y_test[:n], run_dir / "spike_rasters.png", n))
+        out.append(rate_histograms(trace, run_dir / "rate_histograms.png"))
+    return out

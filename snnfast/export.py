@@ -1,0 +1,77 @@
+"""Export a saved Conv-SNN to NIR: ``python -m snnfast.export MODEL.h5 OUT.nir [--dt DT] [--fold-gain]``.
+
+Prints every feature the NIR graph cannot express (``NIRExportWarning``) and a summary.
+Exit status: 0 on success, 1 when the model cannot be read or exported, 2 for bad arguments.
+"""
+import argparse
+import math
+import sys
+import warnings
+from pathlib import Path
+
+
+def _positive_float(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(v) or v <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text!r}")
+    return v
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="python -m snnfast.export",
+        description="Export a trained snnfast ConvSNN (.h5) as a NIR graph (.nir, HDF5).")
+    p.add_argument("model", type=Path, help="model file written by ConvSNN.save / snnfast.train")
+    p.add_argument("out", type=Path, help="NIR file to write (atomically)")
+    p.add_argument("--dt", type=_positive_float, default=1e-4,
+                   help="time step of the mapping tau = dt/(1-beta) (default 1e-4, as snnTorch)")
+    p.add_argument("--fold-gain", action="store_true",
+                   help="write r = 1 and fold 1/(1-beta) into the weights (for importers that ignore r)")
+    return p
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.model.is_file():
+        parser.error(f"model file {str(args.model)!r} does not exist")
+    if args.out.exists() and args.out.is_dir():
+        parser.error(f"output {str(args.out)!r} is a directory")
+    from .convsnn import ConvSNN
+    from .nir_export import NIRExportWarning, to_nir
+    try:
+        model = ConvSNN.load(args.model)
+    except (ValueError, OSError) as exc:
+        print(f"error: cannot load {str(args.model)!r}: {exc}", file=sys.stderr)
+        return 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", NIRExportWarning)
+        try:
+            graph = to_nir(model, args.out, dt=args.dt, fold_gain=args.fold_gain)
+        except (ValueError, TypeError, OSError) as exc:
+            print(f"error: cannot export {str(args.model)!r}: {exc}", file=sys.stderr)
+            return 1
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    meta = graph.metadata
+    kinds = " -> ".join(f"{k}:{type(graph.nodes[k]).__name__}" for k in graph.nodes)
+    print(f"wrote {args.out} (preset {meta['preset']!r}, dt {meta['dt']:g}, "
+          f"fold_gain {bool(meta['fold_gain'])})")
+    print(f"graph: {kinds}")
+    if meta["exact"]:
+        print("exact: for given input spikes the graph gives the model's spikes bit for bit (and the "
+              "logits up to float32 summation order); from_nir gives back the identical model")
+    elif not meta["inexpressible"]:
+        print(f"equivalent in real arithmetic, not bit for bit (float32 rounding): "
+              f"{', '.join(meta['approximations'])}")
+    else:
+        lost = list(meta["inexpressible"]) + list(meta["approximations"])
+        print(f"NOT exact: {', '.join(lost)} (see the graph metadata)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

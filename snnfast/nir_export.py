@@ -1,0 +1,791 @@
+"""Export and import of snnfast Conv-SNNs as NIR graphs (Neuromorphic Intermediate Representation).
+
+The graph written by :func:`to_nir` is::
+
+    input  Input   [1, 28, 28]            (input SPIKES; the encoder is not part of the graph)
+    conv   Conv2d  weight (16,1,5,5), bias (16,), stride 2, padding 0, input_shape (28, 28)
+    conv_lif LIF   [16, 12, 12]
+    flatten Flatten start_dim=0, input_type [16, 12, 12]  -> [2304] (C-order = snnfast's j = c*144+y*12+x)
+    fc1    Affine  weight (1024, 2304) = W1.T, bias b1
+    hidden_lif LIF [1024]
+    fc2    Affine  weight (10, 1024) = W2.T, bias b2
+    readout I      [10], r = 1 / (T * dt)
+    output Output  [10]
+
+Discretisation (forward Euler with step ``dt``, the convention of snnTorch's NIR exporter):
+a NIR ``LIF`` with ``tau, r, v_leak = 0`` steps as ``v[t] = beta * v[t-1] + g * I[t]`` with
+``beta = 1 - dt/tau`` and input gain ``g = r * dt / tau``; snnfast's discrete LIF
+(``v = beta*v + I``, spike iff ``v > thr``, reset to 0) therefore maps to ``tau = dt/(1-beta)``,
+``r = 1/(1-beta)`` (``g = 1``), ``v_threshold = thr``, ``v_reset = 0``. With ``fold_gain=True``
+``r = 1`` is written and the factor ``1/(1-beta)`` is multiplied into the preceding weights and
+bias (for importers that ignore ``r``, such as Norse and Sinabs).
+
+Read-out: snnfast's logits are ``mean hidden rate @ W2 + b2``. NIR's integrator ``I``
+(``dv/dt = r * I``) integrates ``fc2``'s output ``W2.T z_h[t] + b2``; with ``r = 1/(T*dt)``
+its state after the last of the ``T`` steps is ``(1/T) * sum_t (W2.T z_h[t] + b2)``, which is
+exactly the logits (for a hidden layer updated on every step). The logits are the VALUE of the
+``readout`` node after step ``T``, not a spike train.
+
+Numerical conventions shared by :func:`from_nir` and :func:`simulate_graph`: a gain within
+``GAIN_RTOL`` of 1 is treated as exactly 1 (such gains only come from float64 round-off of
+``tau = dt/(1-beta)``, ``r = 1/(1-beta)``); other gains are multiplied into weights and biases in
+float64 and rounded once to float32 (exact in real arithmetic, not bit for bit).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from ._utils import atomic_path
+
+__all__ = [
+    "NIRExportWarning", "to_nir", "from_nir", "graph_to_spec", "inexpressible_features",
+    "simulate_graph", "FORMAT", "GAIN_RTOL",
+]
+
+FORMAT = "snnfast-nir-1"
+GAIN_RTOL = 1e-6
+
+_IN_SHAPE = (1, 28, 28)
+_CONV_SHAPE = (16, 12, 12)
+_N_CONV = 16 * 12 * 12
+_N_HID = 1024
+_N_OUT = 10
+_DEFAULT_DT = 1e-4          # snnTorch's NIR convention; NIR itself carries no dt
+_NODE_ORDER = ["input", "conv", "conv_lif", "flatten", "fc1", "hidden_lif", "fc2", "readout", "output"]
+
+
+class NIRExportWarning(UserWarning):
+    """A model feature that the exported NIR graph cannot express (the graph differs from the model)."""
+
+
+# --------------------------------------------------------------------------------------------
+# What NIR can and cannot express for a given configuration
+# --------------------------------------------------------------------------------------------
+
+def _cfg(model_or_config):
+    cfg = getattr(model_or_config, "config", model_or_config)
+    if dataclasses.is_dataclass(cfg):
+        return dataclasses.asdict(cfg)
+    if isinstance(cfg, dict):
+        return dict(cfg)
+    raise TypeError(f"expected a ConvSNN, its config dataclass or a dict, got {type(cfg).__name__}")
+
+
+def _req(cfg, key):
+    if key not in cfg:
+        raise ValueError(f"model config has no field {key!r}, which NIR export needs")
+    return cfg[key]
+
+
+def inexpressible_features(config):
+    """Features of a Conv-SNN configuration that a NIR graph cannot express.
+
+    Parameters
+    ----------
+    config : ConvSNN, its config dataclass, or dict
+        Needs the semantics fields ``reset_c, reset_h, hidden_period, hidden_phase, drive, T``.
+
+    Returns
+    -------
+    dict
+        ``{feature_key: explanation}``; empty for the ``nir`` preset (hard reset to 0 everywhere,
+        every layer updated every step, per-step drive), which exports exactly.
+    """
+    cfg = _cfg(config)
+    out = {}
+    for layer, key in (("conv", "reset_c"), ("hidden", "reset_h")):
+        kind = _req(cfg, key)
+        if kind == "halve":
+            out[f"{layer}_reset"] = (
+                f"{layer} layer: halving soft reset (v <- v/2 on a spike); a NIR LIF resets to a fixed "
+                "v_reset, so it is exported as v_reset = 0 (a reset to zero)")
+        elif kind == "subtract":
+            out[f"{layer}_reset"] = (
+                f"{layer} layer: subtract reset (v <- v - thr on a spike); NIR has no subtract reset "
+                "(identical to reset-to-0 only in continuous time, NIR PR #63), exported as v_reset = 0")
+        elif kind != "zero":
+            out[f"{layer}_reset"] = f"{layer} layer: reset {kind!r} has no NIR equivalent; exported as v_reset = 0"
+    period, phase, T = int(_req(cfg, "hidden_period")), int(_req(cfg, "hidden_phase")), int(_req(cfg, "T"))
+    if period != 1:
+        steps = [t for t in range(T) if t % period == phase]
+        out["hidden_update_period"] = (
+            f"hidden layer updated only on steps t % {period} == {phase} (t = {steps}); NIR nodes are "
+            f"updated on every step, so the graph updates it on all {T} steps and its read-out averages "
+            f"over {T} steps (the model: {len(steps)} updates)")
+    drive = _req(cfg, "drive")
+    if drive == "cumulative":
+        out["cumulative_drive"] = (
+            "hidden drive = cumulative conv spike COUNTS n_c(t) @ W1 (never cleared); NIR edges carry "
+            "the current step's spikes only, so the graph drives the hidden layer with the conv spikes "
+            "of the same step")
+    elif drive != "window":
+        out["drive"] = f"hidden drive mode {drive!r} has no NIR equivalent; exported as per-step drive"
+    return out
+
+
+def _approximations(cfg, fold_gain):
+    out = {}
+    scale = float(cfg.get("drive_scale", 1.0))
+    if scale != 1.0:
+        out["drive_scale"] = (
+            f"drive scale {scale!r} folded into fc1 weight and bias: exact in real arithmetic, but "
+            "float32 rounding differs from the model's (acc + b1) * scale")
+    if fold_gain:
+        for layer, key in (("conv", "beta_c"), ("hidden", "beta_h")):
+            gain = 1.0 / (1.0 - float(cfg[key]))
+            if not _is_power_of_two(gain):
+                out[f"{layer}_fold_gain"] = (
+                    f"{layer}: gain 1/(1-beta) = {gain!r} folded into the preceding weights and bias "
+                    "(r = 1); exact in real arithmetic, float32 rounding of the weights differs")
+    return out
+
+
+def _is_power_of_two(x):
+    m, _ = np.frexp(x)
+    return bool(np.isfinite(x) and m == 0.5)
+
+
+# --------------------------------------------------------------------------------------------
+# Export
+# --------------------------------------------------------------------------------------------
+
+def _version():
+    try:
+        from . import __version__
+    except ImportError:  # pragma: no cover
+        __version__ = "unknown"
+    return __version__
+
+
+def _lif(shape, beta, thr, dt, fold_gain, meta):
+    beta = float(beta)
+    if not 0.0 <= beta < 1.0:
+        raise ValueError(f"NIR export needs a decay 0 <= beta < 1, got {beta!r}")
+    import nir
+    full = lambda x: np.full(shape, x, dtype=np.float64)  # noqa: E731
+    tau = dt / (1.0 - beta)
+    r = 1.0 if fold_gain else 1.0 / (1.0 - beta)
+    return nir.LIF(tau=full(tau), r=full(r), v_leak=full(0.0), v_threshold=full(float(thr)),
+                   v_reset=full(0.0), metadata=meta)
+
+
+def _scaled(a, s):
+    """float32(a * s) computed in float64, or ``a`` itself when ``s == 1``."""
+    a = np.asarray(a, dtype=np.float32)
+    if s == 1.0:
+        return np.ascontiguousarray(a)
+    return np.ascontiguousarray((a.astype(np.float64) * s).astype(np.float32))
+
+
+def _check_params(params):
+    want = {"conv_w": (16, 1, 5, 5), "conv_b": (16,), "W1": (_N_CONV, _N_HID), "b1": (_N_HID,),
+            "W2": (_N_HID, _N_OUT), "b2": (_N_OUT,)}
+    for k, shape in want.items():
+        if k not in params:
+            raise ValueError(f"model.params has no {k!r}")
+        a = np.asarray(params[k])
+        if a.shape != shape:
+            raise ValueError(f"model.params[{k!r}] has shape {a.shape}, expected {shape}")
+        if not np.isfinite(a).all():
+            raise ValueError(f"model.params[{k!r}] contains NaN or infinite values")
+    return {k: np.asarray(params[k], dtype=np.float32) for k in want}
+
+
+def _graph_metadata(cfg, dt, fold_gain, lost, approx):
+    T, n_det = int(_req(cfg, "T")), int(cfg.get("n_det", 0))
+    period, phase = int(cfg["hidden_period"]), int(cfg["hidden_phase"])
+    coding = {
+        "kind": "hybrid deterministic/Bernoulli" if 0 < n_det < T else
+                ("deterministic" if n_det >= T else "Bernoulli"),
+        "T": T, "n_det": n_det,
+        "deterministic": "steps t < n_det: spike iff u8/255 > 1 - t/5 (float64)",
+        "stochastic": "steps t >= n_det: spike iff u < u8/255, u counter-based uniform "
+                      "(splitmix64 of seed, epoch, sample_id, step, pixel; evaluation epoch key 2^32-1)",
+        "seed": int(cfg.get("seed", 0)),
+        "reseeded_noise": bool(cfg.get("reseeded_noise", False)),
+    }
+    meta = {
+        "format": FORMAT,
+        "producer": f"snnfast {_version()}",
+        "preset": str(cfg.get("preset", "unknown")),
+        "dt": float(dt),
+        "discretization": "forward Euler: v[t] = beta*v[t-1] + (r*dt/tau)*I[t], beta = 1 - dt/tau; "
+                          "spike iff v > v_threshold, then v = v_reset; all nodes update every step",
+        "threshold_op": ">",
+        "fold_gain": bool(fold_gain),
+        "conv": {"beta": float(cfg["beta_c"]), "threshold": float(cfg["thr_c"]),
+                 "reset": str(cfg["reset_c"])},
+        "hidden": {"beta": float(cfg["beta_h"]), "threshold": float(cfg["thr_h"]),
+                   "reset": str(cfg["reset_h"]), "update_period": period, "update_phase": phase,
+                   "drive": str(cfg["drive"]), "drive_scale": float(cfg.get("drive_scale", 1.0)),
+                   "rate_normaliser": str(cfg.get("rate_norm", "T" if cfg.get("preset") == "seed"
+                                                  else "updates"))},
+        "readout": "rate: logits = state of node 'readout' (I, r = 1/(T*dt)) after the last of T steps "
+                   "= mean over steps of fc2(hidden spikes)",
+        "input_coding": coding,
+        "not_in_graph": {"input_encoder": "the graph takes input SPIKES [1,28,28] per step; the "
+                                          "image-to-spike encoder (input_coding) is not part of it"},
+        "exact": not lost and not approx,         # bit for bit, given the input spikes
+        "expressible": not lost,                  # same dynamics in real arithmetic
+        "inexpressible": dict(lost),
+        "approximations": dict(approx),
+        "snnfast_config": json.dumps(cfg, default=str, sort_keys=True),
+    }
+    return meta
+
+
+def to_nir(model, path=None, dt=_DEFAULT_DT, fold_gain=False):
+    """Export a trained :class:`~snnfast.ConvSNN` as a NIR graph (see the module docstring).
+
+    Parameters
+    ----------
+    model : ConvSNN
+        Any object with ``.config`` (semantics fields) and ``.params`` (canonical float32 arrays).
+    path : str or Path, optional
+        Where to write the graph (``nir.write``, HDF5); written atomically.
+    dt : float
+        Time step written into the mapping ``tau = dt/(1-beta)`` and the metadata.
+    fold_gain : bool
+        Write ``r = 1`` and multiply ``1/(1-beta)`` into the preceding weights and biases.
+
+    Returns
+    -------
+    nir.NIRGraph
+
+    Warns
+    -----
+    NIRExportWarning
+        When the model has features NIR cannot express (listed, and stored in
+        ``graph.metadata["inexpressible"]``). The ``nir`` preset exports exactly and does not warn.
+    """
+    import nir
+    dt = float(dt)
+    if not np.isfinite(dt) or dt <= 0:
+        raise ValueError(f"dt must be a positive finite number, got {dt!r}")
+    cfg = _cfg(model)
+    params = _check_params(getattr(model, "params", None) or {})
+    T = int(_req(cfg, "T"))
+    if T < 1:
+        raise ValueError(f"T must be >= 1, got {T}")
+    lost = inexpressible_features(cfg)
+    approx = _approximations(cfg, fold_gain)
+    beta_c, beta_h = float(cfg["beta_c"]), float(cfg["beta_h"])
+    g_c = 1.0 / (1.0 - beta_c) if fold_gain else 1.0
+    g_h = 1.0 / (1.0 - beta_h) if fold_gain else 1.0
+    g_h *= float(cfg.get("drive_scale", 1.0))
+
+    nodes = {
+        "input": nir.Input(input_type={"input": np.array(_IN_SHAPE)}),
+        "conv": nir.Conv2d(input_shape=(28, 28), weight=_scaled(params["conv_w"], g_c), stride=2,
+                           padding=0, dilation=1, groups=1, bias=_scaled(params["conv_b"], g_c)),
+        "conv_lif": _lif(_CONV_SHAPE, beta_c, cfg["thr_c"], dt, fold_gain,
+                         {"beta": beta_c, "reset": str(cfg["reset_c"])}),
+        "flatten": nir.Flatten(input_type={"input": np.array(_CONV_SHAPE)}, start_dim=0, end_dim=-1),
+        "fc1": nir.Affine(weight=np.ascontiguousarray(_scaled(params["W1"], g_h).T),
+                          bias=_scaled(params["b1"], g_h)),
+        "hidden_lif": _lif((_N_HID,), beta_h, cfg["thr_h"], dt, fold_gain,
+                           {"beta": beta_h, "reset": str(cfg["reset_h"]),
+                            "update_period": int(cfg["hidden_period"]),
+                            "update_phase": int(cfg["hidden_phase"])}),
+        "fc2": nir.Affine(weight=np.ascontiguousarray(params["W2"].T), bias=params["b2"].copy()),
+        "readout": nir.I(r=np.full((_N_OUT,), 1.0 / (T * dt)),
+                         metadata={"meaning": "mean over T steps of fc2 output = logits"}),
+        "output": nir.Output(output_type={"output": np.array([_N_OUT])}),
+    }
+    edges = [(a, b) for a, b in zip(_NODE_ORDER[:-1], _NODE_ORDER[1:])]
+    graph = nir.NIRGraph(nodes=nodes, edges=edges,
+                         metadata=_graph_metadata(cfg, dt, fold_gain, lost, approx), type_check=True)
+    if lost:
+        lines = "\n".join(f"  - {k}: {v}" for k, v in lost.items())
+        warnings.warn(f"NIR export of preset {cfg.get('preset', '?')!r} is not exact; NIR cannot "
+                      f"express:\n{lines}", NIRExportWarning, stacklevel=2)
+    if path is not None:
+        with atomic_path(path, suffix=".nir.tmp") as tmp:
+            nir.write(tmp, graph)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)   # mkstemp creates 0600; give the usual file mode
+    return graph
+
+
+# --------------------------------------------------------------------------------------------
+# Import
+# --------------------------------------------------------------------------------------------
+
+def _load_graph(path_or_graph):
+    import nir
+    if isinstance(path_or_graph, nir.NIRGraph):
+        return path_or_graph
+    if isinstance(path_or_graph, (str, os.PathLike)):
+        p = Path(path_or_graph)
+        if not p.is_file():
+            raise ValueError(f"NIR file {str(p)!r} does not exist")
+        try:
+            return nir.read(p, type_check=True)
+        except Exception as exc:  # h5py/nir raise many types for foreign or broken files
+            raise ValueError(f"cannot read NIR graph from {str(p)!r}: {type(exc).__name__}: {exc}") from exc
+    raise TypeError(f"from_nir expects a path or a nir.NIRGraph, got {type(path_or_graph).__name__}")
+
+
+def _chain(graph):
+    """The node names of a linear chain Input -> ... -> Output, or a ValueError."""
+    import nir
+    nodes, edges = graph.nodes, [tuple(e) for e in graph.edges]
+    for name, node in nodes.items():
+        if isinstance(node, nir.NIRGraph):
+            raise ValueError(f"unsupported NIR graph: node {name!r} is a nested subgraph")
+    inputs = [k for k, n in nodes.items() if isinstance(n, nir.Input)]
+    if len(inputs) != 1:
+        raise ValueError(f"unsupported NIR graph: expected exactly one Input node, found {len(inputs)}")
+    succ = {}
+    for a, b in edges:
+        if a not in nodes or b not in nodes:
+            raise ValueError(f"malformed NIR graph: edge ({a!r}, {b!r}) names a missing node")
+        if a in succ:
+            raise ValueError(f"unsupported NIR graph: node {a!r} has more than one successor "
+                             "(only a linear chain is supported)")
+        succ[a] = b
+    order, seen = [inputs[0]], {inputs[0]}
+    while order[-1] in succ:
+        nxt = succ[order[-1]]
+        if nxt in seen:
+            raise ValueError(f"unsupported NIR graph: cycle through node {nxt!r}")
+        order.append(nxt)
+        seen.add(nxt)
+    if len(order) != len(nodes):
+        extra = sorted(set(nodes) - seen)
+        raise ValueError(f"unsupported NIR graph: nodes {extra} are not on the chain from the Input")
+    return order
+
+
+_EXPECTED = [("Input",), ("Conv2d",), ("LIF",), ("Flatten",), ("Affine", "Linear"), ("LIF",),
+             ("Affine", "Linear"), ("I",), ("Output",)]
+
+
+def _uniform(a, name, what):
+    a = np.asarray(a, dtype=np.float64)
+    if a.size == 0 or not np.isfinite(a).all():
+        raise ValueError(f"{name}: {what} must be finite and non-empty")
+    if not np.all(a == a.flat[0]):
+        raise ValueError(f"{name}: non-uniform {what} (min {a.min()!r}, max {a.max()!r}) cannot be "
+                         "represented by ConvSNN (one value per layer)")
+    return float(a.flat[0])
+
+
+def _shape_of(node, name, attr, shape):
+    a = np.asarray(getattr(node, attr))
+    if a.shape != tuple(shape):
+        raise ValueError(f"node {name!r} ({type(node).__name__}): {attr} has shape {a.shape}, "
+                         f"expected {tuple(shape)}")
+    if not np.isfinite(a.astype(np.float64)).all():
+        raise ValueError(f"node {name!r}: {attr} contains NaN or infinite values")
+    return a
+
+
+def _lif_params(node, name, shape, dt):
+    """(beta, thr, gain array) of a NIR LIF node under snnfast's discretisation."""
+    for attr in ("tau", "r", "v_leak", "v_threshold", "v_reset"):
+        _shape_of(node, name, attr, shape)
+    if np.any(np.asarray(node.v_leak) != 0):
+        raise ValueError(f"node {name!r}: v_leak != 0 is not supported (ConvSNN has no leak potential)")
+    if np.any(np.asarray(node.v_reset) != 0):
+        raise ValueError(f"node {name!r}: v_reset != 0 is not supported (ConvSNN resets to 0)")
+    tau = _uniform(node.tau, name, "tau")
+    if tau < dt:
+        raise ValueError(f"node {name!r}: tau = {tau!r} < dt = {dt!r} gives a negative decay "
+                         "1 - dt/tau; pass the dt the graph was made for")
+    thr = _uniform(node.v_threshold, name, "v_threshold")
+    beta = 1.0 - dt / tau
+    gain = np.asarray(node.r, dtype=np.float64) * dt / tau
+    return beta, thr, gain
+
+
+def _unit_or(g):
+    """Gains within GAIN_RTOL of 1 are float64 round-off of the tau/r mapping: treat them as 1."""
+    g = np.asarray(g, dtype=np.float64)
+    return np.where(np.abs(g - 1.0) <= GAIN_RTOL, 1.0, g)
+
+
+def _meta_float(meta, layer, key, computed):
+    """Use the producer's exact value when it agrees with the one computed from the graph."""
+    try:
+        v = float(meta[layer][key])
+    except (KeyError, TypeError, ValueError):
+        return computed
+    return v if abs(v - computed) <= 1e-9 * max(1.0, abs(v)) else computed
+
+
+def graph_to_spec(path_or_graph, dt=None, T=None):
+    """Translate a NIR graph of the Conv-SNN family into ConvSNN semantics and parameters.
+
+    Parameters
+    ----------
+    path_or_graph : str, Path or nir.NIRGraph
+    dt : float, optional
+        Time step of the discretisation. Default: ``metadata["dt"]`` if present, else 1e-4
+        (snnTorch's convention; NIR carries no dt).
+    T : int, optional
+        Number of time steps (fixes the read-out scale). Default: snnfast metadata, else inferred
+        from the read-out ``I`` node as ``1/(r*dt)`` when that is an integer.
+
+    Returns
+    -------
+    overrides : dict
+        Config fields for ``ConvSNN(preset="nir", **overrides)``.
+    params : dict
+        Canonical float32 ``conv_w, conv_b, W1, b1, W2, b2`` with all gains folded in.
+    info : dict
+        ``seed`` (from the input coding metadata, else 0), ``dt``, ``T``, ``metadata``.
+
+    Raises
+    ------
+    ValueError
+        For graphs outside the family or parameters ConvSNN cannot represent.
+    """
+    graph = _load_graph(path_or_graph)
+    meta = graph.metadata if isinstance(graph.metadata, dict) else {}
+    ours = str(meta.get("producer", "")).startswith("snnfast")
+    if dt is None:
+        dt = float(meta["dt"]) if "dt" in meta else _DEFAULT_DT
+    dt = float(dt)
+    if not np.isfinite(dt) or dt <= 0:
+        raise ValueError(f"dt must be a positive finite number, got {dt!r}")
+
+    order = _chain(graph)
+    types = [type(graph.nodes[k]).__name__ for k in order]
+    if len(types) != len(_EXPECTED) or any(t not in e for t, e in zip(types, _EXPECTED)):
+        want = " -> ".join("|".join(e) for e in _EXPECTED)
+        raise ValueError(f"unsupported NIR graph topology: expected {want}, got {' -> '.join(types)}")
+    n = dict(zip(["input", "conv", "conv_lif", "flatten", "fc1", "hidden_lif", "fc2", "readout",
+                  "output"], [graph.nodes[k] for k in order]))
+    names = dict(zip(n, order))
+
+    in_shape = tuple(int(x) for x in np.asarray(n["input"].input_type["input"]).ravel())
+    if in_shape != _IN_SHAPE:
+        raise ValueError(f"Input node {names['input']!r}: shape {in_shape}, expected {_IN_SHAPE}")
+    conv = n["conv"]
+    w = _shape_of(conv, names["conv"], "weight", (16, 1, 5, 5))
+    b = _shape_of(conv, names["conv"], "bias", (16,))
+    pad = conv.padding
+    pad_ok = (isinstance(pad, str) and pad == "valid") or (
+        not isinstance(pad, str) and np.all(np.asarray(pad) == 0))
+    for what, val, ok in (("stride", conv.stride, np.all(np.asarray(conv.stride) == 2)),
+                          ("padding", pad, pad_ok),
+                          ("dilation", conv.dilation, np.all(np.asarray(conv.dilation) == 1)),
+                          ("groups", conv.groups, np.all(np.asarray(conv.groups) == 1))):
+        if not ok:
+            raise ValueError(f"Conv2d node {names['conv']!r}: {what} = {val!r} is not supported "
+                             "(ConvSNN: stride 2, padding 0, dilation 1, groups 1)")
+    if conv.input_shape is not None and tuple(np.asarray(conv.input_shape).ravel()) != (28, 28):
+        raise ValueError(f"Conv2d node {names['conv']!r}: input_shape {conv.input_shape}, expected (28, 28)")
+
+    beta_c, thr_c, g_c = _lif_params(n["conv_lif"], names["conv_lif"], _CONV_SHAPE, dt)
+    g_c = _unit_or(g_c)
+    if not np.all(g_c == g_c[:, :1, :1]):
+        raise ValueError(f"node {names['conv_lif']!r}: input gain r*dt/tau varies within a channel; "
+                         "only a per-channel gain can be folded into the conv weights")
+    g_c = g_c[:, 0, 0]
+
+    fl = n["flatten"]
+    fin = np.asarray(fl.input_type["input"]).ravel() if fl.input_type["input"] is not None else None
+    fout = np.asarray(fl.output_type["output"]).ravel() if fl.output_type["output"] is not None else None
+    if fin is None or tuple(fin) != _CONV_SHAPE or fout is None or tuple(fout) != (_N_CONV,):
+        raise ValueError(f"Flatten node {names['flatten']!r}: expected [16, 12, 12] -> [2304] "
+                         f"(start_dim=0), got {fin} -> {fout} (start_dim={fl.start_dim})")
+
+    def affine(key, shape):
+        node = n[key]
+        W = _shape_of(node, names[key], "weight", shape)
+        if type(node).__name__ == "Affine":
+            bias = _shape_of(node, names[key], "bias", (shape[0],))
+        else:
+            bias = np.zeros(shape[0], dtype=np.float32)
+        return W, bias
+
+    W1t, b1 = affine("fc1", (_N_HID, _N_CONV))
+    beta_h, thr_h, g_h = _lif_params(n["hidden_lif"], names["hidden_lif"], (_N_HID,), dt)
+    g_h = _unit_or(g_h)
+    W2t, b2 = affine("fc2", (_N_OUT, _N_HID))
+
+    r_out = _shape_of(n["readout"], names["readout"], "r", (_N_OUT,))
+    r_out = _uniform(r_out, names["readout"], "r")
+    if r_out <= 0:
+        raise ValueError(f"readout node {names['readout']!r}: r must be > 0, got {r_out!r}")
+    if T is None and ours:
+        try:
+            T = int(meta["input_coding"]["T"])
+        except (KeyError, TypeError, ValueError):
+            T = None
+    if T is None:
+        t_est = 1.0 / (r_out * dt)
+        if abs(t_est - round(t_est)) > 1e-6 * t_est or round(t_est) < 1:
+            raise ValueError(f"cannot infer T from readout r = {r_out!r} and dt = {dt!r} "
+                             f"(1/(r*dt) = {t_est!r} is not an integer); pass T=")
+        T = int(round(t_est))
+    T = int(T)
+    if T < 1:
+        raise ValueError(f"T must be >= 1, got {T}")
+    g_out = float(_unit_or(r_out * dt * T))
+    out_shape = tuple(np.asarray(n["output"].output_type["output"]).ravel())
+    if out_shape != (_N_OUT,):
+        raise ValueError(f"Output node {names['output']!r}: shape {out_shape}, expected ({_N_OUT},)")
+
+    params = {
+        "conv_w": _fold(w, g_c.reshape(16, 1, 1, 1)), "conv_b": _fold(b, g_c),
+        "W1": _fold(np.asarray(W1t).T, g_h.reshape(1, -1)), "b1": _fold(b1, g_h),
+        "W2": _fold(np.asarray(W2t).T, g_out), "b2": _fold(b2, g_out),
+    }
+    coding = meta.get("input_coding", {}) if ours and isinstance(meta.get("input_coding"), dict) else {}
+    overrides = {
+        "T": T,
+        "beta_c": _meta_float(meta, "conv", "beta", beta_c) if ours else beta_c,
+        "thr_c": thr_c, "reset_c": "zero",
+        "beta_h": _meta_float(meta, "hidden", "beta", beta_h) if ours else beta_h,
+        "thr_h": thr_h, "reset_h": "zero",
+        "hidden_period": 1, "hidden_phase": 0, "drive": "window", "drive_scale": 1.0,
+    }
+    if "n_det" in coding:
+        overrides["n_det"] = min(int(coding["n_det"]), T)
+    info = {"seed": int(coding.get("seed", 0)), "dt": dt, "T": T, "metadata": meta}
+    return overrides, params, info
+
+
+def _fold(a, g):
+    a32 = np.asarray(a, dtype=np.float32)
+    g = np.asarray(g, dtype=np.float64)
+    if np.all(g == 1.0):
+        return np.ascontiguousarray(a32).copy()
+    return np.ascontiguousarray((a32.astype(np.float64) * g).astype(np.float32))
+
+
+def from_nir(path_or_graph, dt=None, T=None, seed=None, **overrides):
+    """Build a :class:`~snnfast.ConvSNN` from a NIR graph of the Conv-SNN family.
+
+    The model gets the graph's semantics (preset ``nir``: reset to 0, every layer updated every
+    step, per-step drive) with decays and thresholds read from the LIF nodes and every input gain
+    ``r*dt/tau`` (and the read-out scale ``r*dt*T``) folded into the weights. snnfast metadata
+    (``dt``, exact ``beta``, input coding ``T``, ``n_det``, ``seed``) is used when present, never
+    required. See :func:`graph_to_spec` for ``dt`` and ``T``.
+
+    Extra keyword arguments are passed to ``ConvSNN`` (e.g. ``backend``, ``n_threads``).
+
+    Raises
+    ------
+    ValueError
+        Malformed or unsupported graphs (topology, node types, shapes, non-uniform parameters,
+        v_leak != 0, v_reset != 0, ...).
+    """
+    from .convsnn import ConvSNN
+    cfg, params, info = graph_to_spec(path_or_graph, dt=dt, T=T)
+    cfg.update(overrides)
+    model = ConvSNN(preset="nir", seed=info["seed"] if seed is None else int(seed), **cfg)
+    _set_params(model, params)
+    return model
+
+
+def _set_params(model, params):
+    setter = getattr(model, "set_params", None)
+    if callable(setter):
+        setter(params)
+        return
+    for k, v in params.items():
+        model.params[k][...] = v
+
+
+# --------------------------------------------------------------------------------------------
+# Reference simulator of NIR graphs of this family (the oracle for the round trip)
+# --------------------------------------------------------------------------------------------
+
+def simulate_graph(graph, input_spikes, dt=None, record=False):
+    """Run a NIR graph step by step with snnfast's discretisation (slow NumPy reference).
+
+    Parameters
+    ----------
+    graph : nir.NIRGraph or path
+        A linear chain of Input, Conv2d, LIF, Flatten, Affine/Linear, I, LI, Output nodes.
+    input_spikes : array (B, T, *input_shape) or (B, T, prod(input_shape))
+        Input per step (binary spikes for this family; any real values are accepted).
+    dt : float, optional
+        Default: ``graph.metadata["dt"]``, else 1e-4.
+    record : bool
+        Also return every node's output at every step (``"outputs"``: ``{name: float32
+        (B, T, *shape)}``; for Conv2d/Affine nodes these are the input currents).
+
+    Returns
+    -------
+    dict
+        ``"spikes"``: ``{node name: uint8 (B, T, *shape)}`` for every LIF node;
+        ``"output"``: the Output node's input after the last step (for an ``I``/``LI`` read-out:
+        its state, i.e. the logits), float32 (B, ...).
+
+    Notes
+    -----
+    Per step: Conv2d and Affine sum their terms in float32 in input order (taps (ci, ky, kx);
+    input index ascending), then add the bias; LIF: ``v = beta*v + g*I`` (``g`` skipped when it
+    is 1 within ``GAIN_RTOL``), spike iff ``v > v_threshold``, ``v = v_reset`` where it spiked;
+    ``I``: ``v = v + (r*dt)*x``; ``LI``: ``v = beta*v + g*x``. This is the order snnfast's
+    kernels use, so for the ``nir`` preset the spikes match the model's bit for bit.
+    """
+    graph = _load_graph(graph)
+    meta = graph.metadata if isinstance(graph.metadata, dict) else {}
+    dt = float(dt if dt is not None else meta.get("dt", _DEFAULT_DT))
+    order = _chain(graph)
+    x_all = np.asarray(input_spikes)
+    if x_all.ndim < 2:
+        raise ValueError(f"input_spikes must be (B, T, ...), got shape {x_all.shape}")
+    B, T = x_all.shape[:2]
+    in_shape = tuple(int(s) for s in np.asarray(graph.nodes[order[0]].input_type["input"]).ravel())
+    if int(np.prod(x_all.shape[2:])) != int(np.prod(in_shape)):
+        raise ValueError(f"input_spikes has per-step shape {x_all.shape[2:]}, graph input is {in_shape}")
+    x_all = x_all.reshape(B, T, *in_shape).astype(np.float32)
+    steppers = [_stepper(graph.nodes[k], k, dt) for k in order[1:-1]]
+    spikes = {k: [] for k, s in zip(order[1:-1], steppers) if s.spiking}
+    outputs = {k: [] for k in order[1:-1]} if record else None
+    y = None
+    for t in range(T):
+        y = x_all[:, t]
+        for k, s in zip(order[1:-1], steppers):
+            y = s(y)
+            if s.spiking:
+                spikes[k].append(y.astype(np.uint8))
+            if record:
+                outputs[k].append(np.array(y, dtype=np.float32))
+    out = {"spikes": {k: np.stack(v, axis=1) for k, v in spikes.items()},
+           "output": None if y is None else np.asarray(y, dtype=np.float32).copy()}
+    if record:
+        out["outputs"] = {k: np.stack(v, axis=1) for k, v in outputs.items()}
+    return out
+
+
+class _Step:
+    spiking = False
+
+
+def _stepper(node, name, dt):
+    kind = type(node).__name__
+    f32 = np.float32
+    if kind == "Conv2d":
+        return _ConvStep(node, name)
+    if kind in ("Affine", "Linear"):
+        W = np.asarray(node.weight, dtype=f32)
+        bias = np.asarray(node.bias, dtype=f32) if kind == "Affine" else np.zeros(W.shape[0], f32)
+        return _AffineStep(W, bias)
+    if kind == "Flatten":
+        start, end = int(node.start_dim), int(node.end_dim)
+        if end != -1:
+            raise ValueError(f"simulate_graph: Flatten {name!r} needs end_dim = -1")
+        # NIR shapes have no batch dimension: per-sample dims start at axis 1 here
+        return _FnStep(lambda x: x.reshape(*x.shape[:start + 1], -1))
+    if kind in ("LIF", "LI"):
+        tau = np.asarray(node.tau, dtype=np.float64)
+        beta = (1.0 - dt / tau).astype(f32)
+        gain = _unit_or(np.asarray(node.r, dtype=np.float64) * dt / tau)
+        leak = ((dt / tau) * np.asarray(node.v_leak, dtype=np.float64)).astype(f32)
+        if kind == "LI":
+            return _LIFStep(beta, gain, leak, None, None, spiking=False)
+        return _LIFStep(beta, gain, leak, np.asarray(node.v_threshold, dtype=f32),
+                        np.asarray(node.v_reset, dtype=f32), spiking=True)
+    if kind == "I":
+        return _IStep((np.asarray(node.r, dtype=np.float64) * dt).astype(f32))
+    raise ValueError(f"simulate_graph: node {name!r} of type {kind} is not supported")
+
+
+class _FnStep(_Step):
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, x):
+        return self.fn(x)
+
+
+class _ConvStep(_Step):
+    def __init__(self, node, name):
+        self.w = np.asarray(node.weight, dtype=np.float32)
+        self.b = np.asarray(node.bias, dtype=np.float32)
+        self.stride = tuple(int(s) for s in np.broadcast_to(np.asarray(node.stride), (2,)))
+        pad = node.padding
+        if isinstance(pad, str):
+            if pad != "valid":
+                raise ValueError(f"simulate_graph: Conv2d {name!r} padding {pad!r} not supported")
+            pad = (0, 0)
+        self.pad = tuple(int(p) for p in np.broadcast_to(np.asarray(pad), (2,)))
+        if np.any(np.asarray(node.dilation) != 1) or np.any(np.asarray(node.groups) != 1):
+            raise ValueError(f"simulate_graph: Conv2d {name!r} needs dilation 1 and groups 1")
+
+    def __call__(self, x):
+        B, C, H, W = x.shape
+        co, ci, kh, kw = self.w.shape
+        (sy, sx), (py, px) = self.stride, self.pad
+        x = np.pad(x, ((0, 0), (0, 0), (py, py), (px, px)))
+        oh, ow = (x.shape[2] - kh) // sy + 1, (x.shape[3] - kw) // sx + 1
+        taps = np.empty((B, ci, kh, kw, oh, ow), dtype=np.float32)
+        for ky in range(kh):
+            for kx in range(kw):
+                taps[:, :, ky, kx] = x[:, :, ky:ky + sy * (oh - 1) + 1:sy, kx:kx + sx * (ow - 1) + 1:sx]
+        taps = taps.reshape(B, 1, ci * kh * kw, oh, ow)
+        terms = taps * self.w.reshape(1, co, ci * kh * kw, 1, 1)
+        # a sequential float32 sum over taps in (ci, ky, kx) order, as the kernel adds them
+        acc = np.cumsum(terms, axis=2, dtype=np.float32)[:, :, -1]
+        return acc + self.b.reshape(1, co, 1, 1)
+
+
+class _AffineStep(_Step):
+    def __init__(self, W, bias):
+        self.WT = np.ascontiguousarray(W.T)
+        self.bias = bias
+
+    def __call__(self, x):
+        x = x.reshape(x.shape[0], -1)
+        out = np.empty((x.shape[0], self.WT.shape[1]), dtype=np.float32)
+        for i in range(x.shape[0]):
+            nz = np.flatnonzero(x[i])
+            if nz.size == 0:
+                acc = np.zeros(self.WT.shape[1], dtype=np.float32)
+            else:
+                rows = self.WT[nz] * x[i, nz, None]
+                acc = np.cumsum(rows, axis=0, dtype=np.float32)[-1]
+            out[i] = acc + self.bias
+        return out
+
+
+class _LIFStep(_Step):
+    def __init__(self, beta, gain, leak, thr, reset, spiking):
+        self.beta, self.leak, self.thr, self.reset = beta, leak, thr, reset
+        self.gain = None if np.all(gain == 1.0) else gain.astype(np.float32)
+        self.has_leak = bool(np.any(leak != 0))
+        self.spiking = spiking
+        self.v = None
+
+    def __call__(self, x):
+        x = x.reshape(x.shape[0], *self.beta.shape)
+        if self.v is None:
+            self.v = np.zeros_like(x, dtype=np.float32)
+        inp = x if self.gain is None else self.gain * x
+        v = self.beta * self.v
+        if self.has_leak:
+            v = v + self.leak
+        v = v + inp
+        if not self.spiking:
+            self.v = v
+            return v
+        z = v > self.thr
+        self.v = np.where(z, self.reset, v).astype(np.float32)
+        return z.astype(np.float32)
+
+
+class _IStep(_Step):
+    def __init__(self, rdt):
+        self.rdt = rdt
+        self.v = None
+
+    def __call__(self, x):
+        if self.v is None:
+            self.v = np.zeros_like(x, dtype=np.float32)
+        self.v = self.v + self.rdt * x
+        return self.v

@@ -1,0 +1,572 @@
+"""NIR export/import of Conv-SNNs (snnfast.nir_export, snnfast.export)."""
+import dataclasses
+import importlib
+import subprocess
+import sys
+import types
+import warnings
+
+import h5py
+import numpy as np
+import pytest
+
+nir = pytest.importorskip("nir")
+
+from snnfast import nir_export as ne  # noqa: E402
+from snnfast import convsnn_numpy as cn  # noqa: E402
+
+_PRESETS = {
+    "seed": dict(beta_c=0.9, thr_c=0.8, reset_c="zero", beta_h=0.9, thr_h=0.8, reset_h="halve",
+                 hidden_period=2, hidden_phase=0, drive="cumulative", drive_scale=0.1, rate_norm="T"),
+    "default": dict(beta_c=0.9, thr_c=0.8, reset_c="zero", beta_h=0.9, thr_h=0.8, reset_h="subtract",
+                    hidden_period=2, hidden_phase=1, drive="window", drive_scale=1.0,
+                    rate_norm="updates"),
+    "nir": dict(beta_c=0.9, thr_c=0.8, reset_c="zero", beta_h=0.9, thr_h=0.8, reset_h="zero",
+                hidden_period=1, hidden_phase=0, drive="window", drive_scale=1.0,
+                rate_norm="updates"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Cfg:
+    """Stand-in for ConvSNN.config: the semantics fields only."""
+    preset: str
+    beta_c: float
+    thr_c: float
+    reset_c: str
+    beta_h: float
+    thr_h: float
+    reset_h: str
+    hidden_period: int
+    hidden_phase: int
+    drive: str
+    drive_scale: float
+    rate_norm: str
+    T: int = 10
+    n_det: int = 5
+    seed: int = 7
+    reseeded_noise: bool = False
+
+
+def _cfg(preset, **kw):
+    return _Cfg(preset=preset, **{**_PRESETS[preset], **kw})
+
+
+def _params(seed=0):
+    """Random weights scaled so that both layers spike at a few to ~20 % per step."""
+    rng = np.random.default_rng(seed)
+    f = np.float32
+    return {"conv_w": rng.normal(0.05, 0.35, (16, 1, 5, 5)).astype(f),
+            "conv_b": rng.normal(0, 0.1, 16).astype(f),
+            "W1": rng.normal(-0.002, 0.04, (2304, 1024)).astype(f),
+            "b1": rng.normal(0, 0.1, 1024).astype(f),
+            "W2": rng.normal(0, 0.1, (1024, 10)).astype(f),
+            "b2": rng.normal(0, 0.1, 10).astype(f)}
+
+
+def _model(preset="nir", seed=0, **kw):
+    return types.SimpleNamespace(config=_cfg(preset, **kw), params=_params(seed))
+
+
+def _images(n=4, seed=1):
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 256, (n, 784)).astype(np.uint8)
+    img[rng.random((n, 784)) < 0.6] = 0          # MNIST-like: mostly background
+    return img
+
+
+@pytest.fixture(scope="module")
+def nir_model():
+    return _model("nir")
+
+
+@pytest.fixture(scope="module")
+def nir_file(nir_model, tmp_path_factory):
+    path = tmp_path_factory.mktemp("nir") / "model.nir"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")           # the nir preset must export without warnings
+        ne.to_nir(nir_model, path)
+    return path
+
+
+def _reference(model, images):
+    """Contract-order forward (snnfast.convsnn_numpy, exact sums) with the spike trains."""
+    return cn.forward(model.params, images, np.arange(len(images)), cn.EVAL_EPOCH, model.config,
+                      exact=True, record=True)
+
+
+# ------------------------------------------------------------------------------- structure
+
+def test_graph_structure_and_parameters(nir_model, nir_file):
+    g = nir.read(nir_file, type_check=True)
+    order = ["input", "conv", "conv_lif", "flatten", "fc1", "hidden_lif", "fc2", "readout", "output"]
+    assert [type(g.nodes[k]).__name__ for k in order] == \
+        ["Input", "Conv2d", "LIF", "Flatten", "Affine", "LIF", "Affine", "I", "Output"]
+    assert sorted(map(tuple, g.edges)) == sorted(zip(order[:-1], order[1:]))
+    assert list(g.nodes["input"].input_type["input"]) == [1, 28, 28]
+    assert list(g.nodes["output"].output_type["output"]) == [10]
+    conv = g.nodes["conv"]
+    assert tuple(conv.stride) == (2, 2) and tuple(conv.padding) == (0, 0)
+    assert tuple(conv.input_shape) == (28, 28)
+    assert list(conv.output_type["output"]) == [16, 12, 12]
+    p = nir_model.params
+    assert np.array_equal(conv.weight, p["conv_w"]) and np.array_equal(conv.bias, p["conv_b"])
+    assert g.nodes["flatten"].start_dim == 0
+    assert list(g.nodes["flatten"].output_type["output"]) == [2304]
+    assert np.array_equal(g.nodes["fc1"].weight, p["W1"].T)
+    assert np.array_equal(g.nodes["fc1"].bias, p["b1"])
+    assert np.array_equal(g.nodes["fc2"].weight, p["W2"].T)
+    dt, beta = 1e-4, 0.9
+    for name, shape in (("conv_lif", (16, 12, 12)), ("hidden_lif", (1024,))):
+        lif = g.nodes[name]
+        for attr in ("tau", "r", "v_leak", "v_threshold", "v_reset"):
+            assert getattr(lif, attr).shape == shape, (name, attr)
+        np.testing.assert_allclose(lif.tau, dt / (1 - beta), rtol=1e-12)
+        np.testing.assert_allclose(lif.r, 1 / (1 - beta), rtol=1e-12)
+        np.testing.assert_allclose(lif.r * dt / lif.tau, 1.0, rtol=1e-12)
+        assert np.all(lif.v_leak == 0) and np.all(lif.v_reset == 0) and np.all(lif.v_threshold == 0.8)
+    assert g.nodes["readout"].r.shape == (10,)
+    np.testing.assert_allclose(g.nodes["readout"].r * dt * 10, 1.0, rtol=1e-12)
+    m = g.metadata
+    assert m["producer"].startswith("snnfast ") and m["format"] == ne.FORMAT
+    assert m["preset"] == "nir" and m["threshold_op"] == ">" and float(m["dt"]) == dt
+    assert bool(m["exact"]) and dict(m["inexpressible"]) == {}
+    assert m["hidden"]["update_period"] == 1 and m["hidden"]["reset"] == "zero"
+    assert m["input_coding"]["T"] == 10 and m["input_coding"]["n_det"] == 5
+    # the raw HDF5 layout (what non-Python consumers see)
+    with h5py.File(nir_file, "r") as f:
+        assert f["node/nodes/conv_lif/type"][()] == b"LIF"
+        assert f["node/nodes/conv_lif/tau"].shape == (16, 12, 12)
+        assert f["node/nodes/fc1/weight"].shape == (1024, 2304)
+        assert f["node/metadata/dt"][()] == dt
+
+
+def test_file_written_atomically_with_normal_mode(nir_model, tmp_path):
+    path = tmp_path / "sub" / "m.nir"
+    ne.to_nir(nir_model, path)
+    assert path.is_file() and [p.name for p in path.parent.iterdir()] == ["m.nir"]
+    assert path.stat().st_mode & 0o044          # readable by others (umask permitting), not 0600
+
+
+# ------------------------------------------------------------------------------- round trip
+
+def test_roundtrip_parameters_and_semantics_exact(nir_model, nir_file):
+    cfg, params, info = ne.graph_to_spec(nir_file)
+    for k, v in nir_model.params.items():
+        assert params[k].dtype == np.float32 and np.array_equal(params[k], v), k
+    c = nir_model.config
+    assert cfg["beta_c"] == c.beta_c and cfg["beta_h"] == c.beta_h
+    assert cfg["thr_c"] == c.thr_c and cfg["thr_h"] == c.thr_h
+    assert (cfg["reset_c"], cfg["reset_h"], cfg["hidden_period"], cfg["drive"]) == \
+        ("zero", "zero", 1, "window")
+    assert cfg["T"] == 10 and cfg["n_det"] == 5 and info["seed"] == c.seed
+
+
+def test_simulated_graph_reproduces_model_spikes(nir_model, nir_file):
+    """The NIR graph, simulated from the file alone, gives the model's spikes bit for bit."""
+    imgs = _images(4)
+    ref = _reference(nir_model, imgs)
+    sim = ne.simulate_graph(nir.read(nir_file), ref["s_in"], record=True)
+    zc = sim["spikes"]["conv_lif"].reshape(4, 10, 2304)
+    zh = sim["spikes"]["hidden_lif"]
+    # the currents, not only the spikes, are bitwise those of the contract's float32 order
+    p = nir_model.params
+    ic = cn.conv_currents(ref["s_in"], p["conv_w"], p["conv_b"], exact=True)
+    assert np.array_equal(sim["outputs"]["conv"].reshape(4, 10, 2304), ic)
+    ih = np.empty((4, 10, 1024), np.float32)
+    for b in range(4):
+        for t in range(10):
+            acc = np.zeros(1024, np.float32)
+            for j in np.flatnonzero(ref["z_c"][b, t]):      # rows added one by one, j ascending
+                acc += p["W1"][j]
+            ih[b, t] = acc + p["b1"]
+    assert np.array_equal(sim["outputs"]["fc1"], ih)
+    assert 0.01 < ref["z_c"].mean() < 0.5 and 0.01 < ref["z_h"].mean() < 0.5   # non-trivial activity
+    assert np.array_equal(zc, ref["z_c"])
+    assert np.array_equal(zh, ref["z_h"])
+    np.testing.assert_allclose(sim["output"], ref["logits"], rtol=1e-5, atol=1e-5)
+
+
+def test_graph_without_snnfast_metadata_imports(nir_model, nir_file):
+    """A graph from another producer: no metadata; dt defaults to 1e-4, T inferred from the readout."""
+    g = nir.read(nir_file)
+    g.metadata = {}
+    cfg, params, info = ne.graph_to_spec(g)
+    assert info["T"] == 10 and info["seed"] == 0 and "n_det" not in cfg
+    assert np.float32(cfg["beta_c"]) == np.float32(0.9) and np.float32(cfg["beta_h"]) == np.float32(0.9)
+    for k, v in nir_model.params.items():
+        assert np.array_equal(params[k], v), k
+
+
+def test_fold_gain_power_of_two_is_exact(tmp_path):
+    """beta = 0.75: the folded gain 1/(1-beta) = 4 scales weights exactly, so everything is bitwise."""
+    model = _model("nir", beta_c=0.75, beta_h=0.75, thr_c=1.6, thr_h=1.0)
+    path = tmp_path / "fold.nir"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ne.to_nir(model, path, fold_gain=True)
+    g = nir.read(path)
+    assert np.all(g.nodes["conv_lif"].r == 1) and np.all(g.nodes["hidden_lif"].r == 1)
+    assert np.array_equal(g.nodes["conv"].weight, model.params["conv_w"] * np.float32(4))
+    assert np.array_equal(g.nodes["fc1"].bias, model.params["b1"] * np.float32(4))
+    assert bool(g.metadata["exact"]) and bool(g.metadata["fold_gain"])
+    cfg, params, _ = ne.graph_to_spec(path)
+    for k, v in model.params.items():
+        assert np.array_equal(params[k], v), k
+    imgs = _images(3, seed=5)
+    ref = _reference(model, imgs)
+    sim = ne.simulate_graph(g, ref["s_in"])
+    assert ref["z_c"].any() and ref["z_h"].any()
+    assert np.array_equal(sim["spikes"]["conv_lif"].reshape(3, 10, -1), ref["z_c"])
+    assert np.array_equal(sim["spikes"]["hidden_lif"], ref["z_h"])
+
+
+def test_fold_gain_non_power_of_two_is_within_one_ulp(nir_model, tmp_path):
+    """beta = 0.9: gain 10 folded and unfolded in float64, rounded to float32 twice (<= 1 ulp)."""
+    path = tmp_path / "fold9.nir"
+    ne.to_nir(nir_model, path, fold_gain=True)
+    g = nir.read(path)
+    assert not bool(g.metadata["exact"]) and bool(g.metadata["expressible"])
+    assert set(g.metadata["approximations"]) == {"conv_fold_gain", "hidden_fold_gain"}
+    np.testing.assert_allclose(g.nodes["conv"].weight, nir_model.params["conv_w"] * 10, rtol=1e-6)
+    _, params, _ = ne.graph_to_spec(path)
+    for k, v in nir_model.params.items():
+        np.testing.assert_array_max_ulp(params[k], v, maxulp=1)
+
+
+# ------------------------------------------------------------------------------- lossy presets
+
+@pytest.mark.parametrize("preset, lost", [
+    ("seed", {"hidden_reset", "hidden_update_period", "cumulative_drive"}),
+    ("default", {"hidden_reset", "hidden_update_period"}),
+])
+def test_inexpressible_features_warn_and_are_recorded(preset, lost, tmp_path):
+    model = _model(preset)
+    path = tmp_path / f"{preset}.nir"
+    with pytest.warns(ne.NIRExportWarning) as rec:
+        ne.to_nir(model, path)
+    msg = str(rec[0].message)
+    assert all(k in msg for k in lost)
+    g = nir.read(path)
+    assert set(g.metadata["inexpressible"]) == lost
+    assert not bool(g.metadata["exact"]) and not bool(g.metadata["expressible"])
+    assert set(ne.inexpressible_features(model.config)) == lost
+    assert "halving" in msg if preset == "seed" else "subtract" in msg
+    if preset == "seed":
+        # the 0.1 drive scale is expressible: folded into fc1 (float32 rounding noted)
+        assert "drive_scale" in g.metadata["approximations"]
+        w = (model.params["W1"].astype(np.float64) * 0.1).astype(np.float32).T
+        assert np.array_equal(g.nodes["fc1"].weight, w)
+        assert g.metadata["hidden"]["drive"] == "cumulative"
+        assert float(g.metadata["hidden"]["drive_scale"]) == 0.1
+    else:
+        assert np.array_equal(g.nodes["fc1"].weight, model.params["W1"].T)
+    assert g.metadata["hidden"]["update_period"] == 2
+
+
+def test_inexpressible_features_per_field():
+    base = _cfg("nir")
+    assert ne.inexpressible_features(base) == {}
+    assert set(ne.inexpressible_features(dataclasses.replace(base, reset_c="subtract"))) == {"conv_reset"}
+    assert set(ne.inexpressible_features(dataclasses.replace(base, reset_h="halve"))) == {"hidden_reset"}
+    assert set(ne.inexpressible_features(dataclasses.replace(base, drive="cumulative"))) == {"cumulative_drive"}
+    assert set(ne.inexpressible_features(dataclasses.replace(base, hidden_period=2))) == {"hidden_update_period"}
+
+
+def test_export_rejects_bad_input():
+    m = _model("nir")
+    with pytest.raises(ValueError, match="dt"):
+        ne.to_nir(m, dt=0.0)
+    bad = types.SimpleNamespace(config=m.config, params={**m.params, "W1": m.params["W1"][:100]})
+    with pytest.raises(ValueError, match="W1"):
+        ne.to_nir(bad)
+    nan = dict(m.params, b2=np.full(10, np.nan, np.float32))
+    with pytest.raises(ValueError, match="NaN"):
+        ne.to_nir(types.SimpleNamespace(config=m.config, params=nan))
+    with pytest.raises(ValueError, match="beta"):
+        ne.to_nir(types.SimpleNamespace(config=dataclasses.replace(m.config, beta_h=1.0), params=m.params))
+    with pytest.raises(TypeError):
+        ne.to_nir(object())
+
+
+# ------------------------------------------------------------------------------- malformed graphs
+
+def _graph(nir_file):
+    return nir.read(nir_file)
+
+
+def _set(node, **kw):
+    for k, v in kw.items():
+        setattr(node, k, v)
+
+
+def _mutations():
+    def v_leak(g):
+        _set(g.nodes["hidden_lif"], v_leak=np.full(1024, 0.1))
+
+    def v_reset(g):
+        _set(g.nodes["conv_lif"], v_reset=np.full((16, 12, 12), -0.2))
+
+    def thr_nonuniform(g):
+        t = g.nodes["hidden_lif"].v_threshold.copy()
+        t[3] = 0.5
+        _set(g.nodes["hidden_lif"], v_threshold=t)
+
+    def tau_nonuniform(g):
+        t = g.nodes["conv_lif"].tau.copy()
+        t[0, 0, 0] *= 2
+        _set(g.nodes["conv_lif"], tau=t)
+
+    def gain_within_channel(g):
+        r = g.nodes["conv_lif"].r.copy()
+        r[2, 5, 5] *= 3
+        _set(g.nodes["conv_lif"], r=r)
+
+    def tau_below_dt(g):
+        _set(g.nodes["conv_lif"], tau=np.full((16, 12, 12), 5e-5))
+
+    def stride(g):
+        _set(g.nodes["conv"], stride=(1, 1))
+
+    def padding(g):
+        _set(g.nodes["conv"], padding=(1, 1))
+
+    def conv_shape(g):
+        _set(g.nodes["conv"], weight=np.zeros((16, 1, 3, 3), np.float32))
+
+    def fc1_shape(g):
+        _set(g.nodes["fc1"], weight=np.zeros((1024, 2000), np.float32))
+
+    def li_readout(g):
+        g.nodes["readout"] = nir.LI(tau=np.ones(10), r=np.ones(10), v_leak=np.zeros(10))
+
+    def lif_readout(g):
+        g.nodes["readout"] = nir.LIF(tau=np.ones(10), r=np.ones(10), v_leak=np.zeros(10),
+                                     v_threshold=np.ones(10))
+
+    def missing_node(g):
+        del g.nodes["flatten"]
+        g.edges = [e for e in g.edges if "flatten" not in e] + [("conv_lif", "fc1")]
+
+    def branch(g):
+        g.nodes["extra"] = nir.Output(output_type={"output": np.array([1024])})
+        g.edges = list(g.edges) + [("hidden_lif", "extra")]
+
+    def unreachable(g):
+        g.nodes["island"] = nir.Scale(scale=np.ones(10))
+
+    def cycle(g):
+        g.edges = list(g.edges) + [("output", "input")]
+
+    def nested(g):
+        g.nodes["fc2"] = nir.NIRGraph(nodes={}, edges=[], type_check=False)
+
+    def nan_weight(g):
+        w = g.nodes["fc2"].weight.copy()
+        w[0, 0] = np.nan
+        _set(g.nodes["fc2"], weight=w)
+
+    return [("v_leak", v_leak, "v_leak"), ("v_reset", v_reset, "v_reset"),
+            ("thr", thr_nonuniform, "non-uniform v_threshold"), ("tau", tau_nonuniform, "non-uniform tau"),
+            ("gain", gain_within_channel, "within a channel"), ("tau<dt", tau_below_dt, "negative decay"),
+            ("stride", stride, "stride"), ("padding", padding, "padding"),
+            ("conv_shape", conv_shape, r"shape \(16, 1, 3, 3\)"), ("fc1_shape", fc1_shape, "weight has shape"),
+            ("LI", li_readout, "topology"), ("LIF", lif_readout, "topology"),
+            ("missing", missing_node, "topology"), ("branch", branch, "more than one successor"),
+            ("island", unreachable, "not on the chain"), ("cycle", cycle, "cycle"),
+            ("nested", nested, "subgraph"), ("nan", nan_weight, "NaN")]
+
+
+@pytest.mark.parametrize("name, mutate, match", _mutations(), ids=[m[0] for m in _mutations()])
+def test_unsupported_graphs_give_clear_errors(nir_file, name, mutate, match):
+    g = _graph(nir_file)
+    mutate(g)
+    with pytest.raises(ValueError, match=match):
+        ne.graph_to_spec(g)
+
+
+def test_representable_gains_are_folded(nir_file, nir_model):
+    """Per-channel conv gains and per-neuron hidden gains (powers of two here) fold exactly."""
+    g = _graph(nir_file)
+    r = g.nodes["conv_lif"].r.copy()
+    r[3] *= 2
+    g.nodes["conv_lif"].r = r
+    rh = g.nodes["hidden_lif"].r.copy()
+    rh[7] *= 0.5
+    g.nodes["hidden_lif"].r = rh
+    _, params, _ = ne.graph_to_spec(g)
+    p = nir_model.params
+    assert np.array_equal(params["conv_w"][3], p["conv_w"][3] * 2)
+    assert np.array_equal(params["conv_w"][4], p["conv_w"][4])
+    assert np.array_equal(params["conv_b"][3], p["conv_b"][3] * 2)
+    assert np.array_equal(params["W1"][:, 7], p["W1"][:, 7] * np.float32(0.5))
+    assert np.array_equal(params["W1"][:, 8], p["W1"][:, 8])
+
+
+def test_T_must_be_inferable(nir_file):
+    g = _graph(nir_file)
+    g.metadata = {}
+    g.nodes["readout"].r = np.full(10, 1.0 / (7.5 * 1e-4))
+    with pytest.raises(ValueError, match="pass T="):
+        ne.graph_to_spec(g)
+    cfg, params, _ = ne.graph_to_spec(g, T=10)      # readout scale 10/7.5 folded into W2, b2
+    assert cfg["T"] == 10
+    g.nodes["readout"].r = np.full(10, 1.0 / (4 * 1e-4))
+    cfg, _, _ = ne.graph_to_spec(g)
+    assert cfg["T"] == 4
+
+
+def test_bad_paths_and_types(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        ne.graph_to_spec(tmp_path / "nope.nir")
+    junk = tmp_path / "junk.nir"
+    junk.write_bytes(b"not hdf5 at all")
+    with pytest.raises(ValueError, match="cannot read NIR graph"):
+        ne.graph_to_spec(junk)
+    foreign = tmp_path / "foreign.h5"
+    with h5py.File(foreign, "w") as f:
+        f["x"] = np.arange(3)
+    with pytest.raises(ValueError, match="cannot read NIR graph"):
+        ne.graph_to_spec(foreign)
+    with pytest.raises(TypeError):
+        ne.graph_to_spec(42)
+
+
+def test_simulate_graph_rejects_wrong_input(nir_file):
+    g = _graph(nir_file)
+    with pytest.raises(ValueError, match="per-step shape"):
+        ne.simulate_graph(g, np.zeros((1, 10, 700), np.uint8))
+    with pytest.raises(ValueError, match=r"\(B, T"):
+        ne.simulate_graph(g, np.zeros(784, np.uint8))
+
+
+# ------------------------------------------------------------------------------- with ConvSNN
+
+def _convsnn():
+    try:
+        return importlib.import_module("snnfast.convsnn").ConvSNN
+    except ImportError:
+        pytest.skip("snnfast.convsnn is not available")
+
+
+def _randomize(model, seed=3):
+    p = _params(seed)
+    ne._set_params(model, p)
+    for k, v in p.items():
+        assert np.array_equal(model.params[k], v)
+    return model
+
+
+def test_convsnn_roundtrip_bit_for_bit(tmp_path):
+    ConvSNN = _convsnn()
+    model = _randomize(ConvSNN(preset="nir", seed=11))
+    path = tmp_path / "m.nir"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ne.NIRExportWarning)
+        ne.to_nir(model, path)
+    back = ne.from_nir(path)
+    for k in ("T", "n_det", "beta_c", "thr_c", "reset_c", "beta_h", "thr_h", "reset_h",
+              "hidden_period", "hidden_phase", "drive", "drive_scale", "seed"):
+        assert getattr(back.config, k) == getattr(model.config, k), k
+    imgs = _images(4, seed=9)
+    a, b = model.trace(imgs), back.trace(imgs)
+    for key in ("input", "conv", "hidden", "logits"):
+        assert np.array_equal(a[key], b[key]), key
+    assert a["conv"].any() and a["hidden"].any()
+    sim = ne.simulate_graph(nir.read(path), a["input"])
+    assert np.array_equal(sim["spikes"]["conv_lif"].reshape(a["conv"].shape), a["conv"])
+    assert np.array_equal(sim["spikes"]["hidden_lif"], a["hidden"])
+    np.testing.assert_allclose(sim["output"], a["logits"], rtol=1e-5, atol=1e-5)
+
+
+def test_convsnn_fold_gain_roundtrip_bit_for_bit(tmp_path):
+    ConvSNN = _convsnn()
+    model = _randomize(ConvSNN(preset="nir", seed=2, beta_c=0.75, beta_h=0.5))
+    path = tmp_path / "f.nir"
+    ne.to_nir(model, path, fold_gain=True)
+    back = ne.from_nir(path)
+    imgs = _images(3, seed=4)
+    a, b = model.trace(imgs), back.trace(imgs)
+    for key in ("conv", "hidden", "logits"):
+        assert np.array_equal(a[key], b[key]), key
+
+
+@pytest.mark.parametrize("preset", ["seed", "default"])
+def test_convsnn_lossy_presets_warn(preset):
+    ConvSNN = _convsnn()
+    with pytest.warns(ne.NIRExportWarning):
+        g = ne.to_nir(ConvSNN(preset=preset, seed=0))
+    assert not bool(g.metadata["exact"]) and g.metadata["preset"] == preset
+    assert "hidden_update_period" in g.metadata["inexpressible"]
+
+
+def test_cli(tmp_path, capsys):
+    ConvSNN = _convsnn()
+    from snnfast import export
+    model = _randomize(ConvSNN(preset="seed", seed=0))
+    src = tmp_path / "model.h5"
+    model.save(src)
+    out = tmp_path / "out.nir"
+    assert export.main([str(src), str(out), "--dt", "1e-3"]) == 0
+    err = capsys.readouterr().err
+    assert "warning:" in err and "cumulative_drive" in err
+    g = nir.read(out)
+    assert float(g.metadata["dt"]) == 1e-3 and g.metadata["preset"] == "seed"
+    with pytest.raises(SystemExit) as e:
+        export.main([str(src), str(out), "--dt", "-1"])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        export.main([str(tmp_path / "missing.h5"), str(out)])
+    assert e.value.code == 2
+    junk = tmp_path / "junk.h5"
+    junk.write_bytes(b"junk")
+    assert export.main([str(junk), str(out)]) == 1
+    assert "cannot load" in capsys.readouterr().err
+    exact = tmp_path / "nir.h5"
+    _randomize(ConvSNN(preset="nir", seed=0)).save(exact)
+    assert export.main([str(exact), str(out), "--fold-gain"]) == 0
+    cap = capsys.readouterr()
+    assert "warning" not in cap.err and "equivalent in real arithmetic" in cap.out
+    proc = subprocess.run([sys.executable, "-m", "snnfast.export", str(exact), str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.startswith("wrote") and "exact:" in proc.stdout
+    assert np.array_equal(nir.read(out).nodes["fc1"].weight, ConvSNN.load(exact).params["W1"].T)
+
+
+# ------------------------------------------------------------------------------- snnTorch (optional)
+
+def test_snntorch_imports_spiking_part(nir_model, nir_file):
+    """snnTorch's importer (no support for the I read-out) on the graph up to the hidden LIF.
+
+    Not run in this environment (snnTorch is not installed); batch 1 because snnTorch maps
+    NIR's Flatten(start_dim=0) to torch.nn.Flatten(0, -1).
+    """
+    pytest.importorskip("snntorch")
+    torch = pytest.importorskip("torch")
+    from snntorch.import_nir import import_from_nir
+    g = nir.read(nir_file)
+    keep = ["input", "conv", "conv_lif", "flatten", "fc1", "hidden_lif"]
+    nodes = {k: g.nodes[k] for k in keep}
+    nodes["output"] = nir.Output(output_type={"output": np.array([1024])})
+    sub = nir.NIRGraph(nodes=nodes, edges=list(zip(keep, keep[1:] + ["output"])), metadata={})
+    net = import_from_nir(sub, dt=float(g.metadata["dt"]))
+    ref = _reference(nir_model, _images(1, seed=2))
+    out, state = [], None
+    for t in range(10):
+        x = torch.from_numpy(ref["s_in"][:, t].reshape(1, 1, 28, 28).astype(np.float32))
+        y, state = net(x, state)
+        out.append(np.asarray(y.detach().numpy()).reshape(-1))
+    assert np.array_equal(np.stack(out)[None].astype(np.uint8), ref["z_h"])
+
+
+def test_lossy_export_imports_with_the_graph_semantics():
+    """Importing a seed-preset graph gives the graph's (nir-like) semantics, not the seed model's."""
+    model = _model("seed")
+    with pytest.warns(ne.NIRExportWarning):
+        g = ne.to_nir(model)
+    cfg, params, info = ne.graph_to_spec(g)
+    assert (cfg["reset_h"], cfg["hidden_period"], cfg["hidden_phase"], cfg["drive"], cfg["drive_scale"]) \
+        == ("zero", 1, 0, "window", 1.0)
+    assert np.array_equal(params["W1"], (model.params["W1"].astype(np.float64) * 0.1).astype(np.float32))
+    assert np.array_equal(params["b1"], (model.params["b1"].astype(np.float64) * 0.1).astype(np.float32))
+    assert info["T"] == 10 and cfg["n_det"] == 5 and info["seed"] == model.config.seed

@@ -1,0 +1,1097 @@
+"""Operation counting and energy estimates with NeuroBench's definitions.
+
+The core knows nothing about snnfast's model classes. A network is described as
+
+* connection layers (:class:`LayerSpec`: ``"linear"`` or ``"conv2d"``, a weight array,
+  stride/padding) and, per batch, the layer's input at every call as an array
+  ``(N, calls, ...)``;
+* activation (spiking neuron) layers, given by their outputs ``(N, calls, n)``;
+* the parameter and buffer arrays (for ``Footprint``).
+
+:class:`OpAccountant` accumulates exact integer counts over batches and returns the
+NeuroBench 2.3.0 metrics (Yik et al., Nat. Commun. 16:1545, 2025) under NeuroBench's key
+names, per sample:
+
+``Footprint`` [B]
+    bytes of all parameters and buffers (zero weights included).
+``ConnectionSparsity`` [fraction]
+    zero weights / weights of the connection layers (biases excluded), ``round(x, 4)``.
+``ActivationSparsity`` [fraction]
+    zero outputs / outputs of all activation layers over all calls and samples.
+``SynapticOperations`` [ops/sample]
+    ``Effective_MACs``, ``Effective_ACs``, ``Dense``. Per call, a layer whose input holds
+    only values in {-1, 0, 1} counts ACs, otherwise MACs. Effective ops are the
+    (non-zero input) x (non-zero weight) pairs, dense ops every synapse reached by the
+    input (all weights, all inputs). Biases are excluded. Summed over calls, divided by
+    the number of samples.
+``MembraneUpdates`` [updates/sample]
+    per activation layer, all neurons on the first call plus, on later calls, the neurons
+    whose membrane potential changed (pre-fire vs post-fire), divided by the samples.
+
+NeuroBench applies the binary test to the whole batch tensor of one call, so its MAC/AC
+split can depend on the batch size. ``binary_scope="sample"`` (the default here) tests
+each sample's input on its own, which equals NeuroBench run with batch size 1 and does not
+depend on how the data are batched; ``binary_scope="batch"`` tests the batch given to
+:meth:`OpAccountant.add_synaptic` as NeuroBench does.
+
+Besides NeuroBench's metrics, each layer can carry snnfast-native *executed* counts: the
+synaptic events the event-driven kernels actually performed (read from the kernels'
+counters, or recounted), reported side by side and labelled as such.
+
+Energy: :class:`EnergyModel` presets with cited per-operation energies. The SNN estimate is
+``E_MAC * Effective_MACs + E_AC * Effective_ACs``, the equivalent dense ANN
+``E_MAC * Dense``. Both cover compute only: memory traffic and neuron updates are not
+modelled.
+
+``python -m snnfast.energy MODEL.h5 [--preset P] [--samples N] [--json OUT]`` prints the
+table for a Conv-SNN (``snnfast_format = "convsnn-1"``) or TTFS (``"ttfs-1"``) file.
+"""
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ._utils import atomic_path
+
+__all__ = [
+    "EnergyModel", "PRESETS", "get_preset", "LayerSpec", "OpAccountant",
+    "synaptic_op_counts", "fanout", "footprint_bytes", "connection_sparsity",
+    "energy_estimate", "format_report", "from_convsnn", "from_ttfs", "analyse_file", "main",
+]
+
+ASSUMPTIONS = "compute only; memory traffic and neuron updates not modelled"
+
+
+# ----------------------------------------------------------------------------- energy models
+
+@dataclass(frozen=True)
+class EnergyModel:
+    """Energy per synaptic operation, with the source it comes from.
+
+    Parameters
+    ----------
+    name : str
+        Preset name.
+    e_mac_pj, e_ac_pj : float
+        Energy of one multiply-accumulate and of one accumulate, in pJ.
+    citation : str
+        Where the figures come from; "(verify)" marks figures not checked against the paper.
+    assumptions : str
+        What the estimate leaves out; printed beside every figure.
+    """
+
+    name: str
+    e_mac_pj: float
+    e_ac_pj: float
+    citation: str
+    assumptions: str = ASSUMPTIONS
+
+    def __post_init__(self):
+        for key in ("e_mac_pj", "e_ac_pj"):
+            v = getattr(self, key)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise ValueError(f"{key} must be a finite number >= 0, got {v!r}")
+
+    def energy_uj(self, macs, acs):
+        """Energy in uJ of ``macs`` multiply-accumulates and ``acs`` accumulates."""
+        return (float(macs) * self.e_mac_pj + float(acs) * self.e_ac_pj) * 1e-6
+
+
+_HOROWITZ = ("M. Horowitz, 'Computing's energy problem (and what we can do about it)', "
+             "ISSCC 2014, 45 nm, 0.9 V")
+PRESETS = {
+    "horowitz45_fp32": EnergyModel(
+        "horowitz45_fp32", 4.6, 0.9,
+        _HOROWITZ + "; fp32 MAC = mult 3.7 + add 0.9 pJ, AC = add 0.9 pJ"),
+    "horowitz45_fp16": EnergyModel(
+        "horowitz45_fp16", 1.5, 0.4,
+        _HOROWITZ + "; fp16 MAC = mult 1.1 + add 0.4 pJ, AC = add 0.4 pJ"),
+    "horowitz45_int8": EnergyModel(
+        "horowitz45_int8", 0.23, 0.03,
+        _HOROWITZ + "; int8 MAC = mult 0.2 + add 0.03 pJ, AC = add 0.03 pJ"),
+    "loihi": EnergyModel(
+        "loihi", 23.6, 23.6,
+        "M. Davies et al., 'Loihi: a neuromorphic manycore processor with on-chip learning', "
+        "IEEE Micro 38(1):82-99, 2018, ~23.6 pJ per synaptic spike operation, 14 nm (verify: "
+        "widely quoted, not checked against the paper); every operation, MAC or AC, costed "
+        "as one synaptic op"),
+    "truenorth": EnergyModel(
+        "truenorth", 26.0, 26.0,
+        "P. A. Merolla et al., 'A million spiking-neuron integrated circuit with a scalable "
+        "communication network and interface', Science 345:668, 2014, 26 pJ per synaptic "
+        "event, 28 nm (verify); every operation, MAC or AC, costed as one synaptic event"),
+}
+
+
+def get_preset(name):
+    """Return the :class:`EnergyModel` preset ``name`` (ValueError listing the choices)."""
+    if isinstance(name, EnergyModel):
+        return name
+    try:
+        return PRESETS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown energy preset {name!r}; choose from {sorted(PRESETS)}") from None
+
+
+def energy_estimate(synops, model="horowitz45_fp32", single_pass_ops=None, executed=None):
+    """Energy per inference from NeuroBench ``SynapticOperations`` (per sample).
+
+    Parameters
+    ----------
+    synops : dict
+        ``{"Effective_MACs", "Effective_ACs", "Dense"}`` in ops/sample.
+    model : str or EnergyModel
+    single_pass_ops : int, optional
+        Dense MACs of ONE forward pass of the same architecture as an ANN (every layer
+        called once), e.g. ``result["Dense_single_pass"]``.
+    executed : dict, optional
+        ``result["executed"]`` (``MACs``, ``ACs``, ``complete``): also price the operations
+        snnfast's kernels executed (``snn_executed_uJ``).
+
+    Returns
+    -------
+    dict
+        ``snn_uJ`` (effective MACs and ACs), ``ann_uJ`` (Dense ops as MACs, i.e. the SNN's
+        dense ops over all its calls), ``ann_single_pass_uJ`` (if given), the ratios, the pJ
+        per op used, the preset name, its citation and assumptions.
+    """
+    m = get_preset(model)
+    snn = m.energy_uj(synops["Effective_MACs"], synops["Effective_ACs"])
+    ann = m.energy_uj(synops["Dense"], 0)
+    one = None if single_pass_ops is None else m.energy_uj(single_pass_ops, 0)
+    exe = None
+    if executed is not None and executed.get("complete"):
+        exe = m.energy_uj(executed["MACs"], executed["ACs"])
+    return {
+        "snn_executed_uJ": exe,
+        "ann_single_pass_uJ": one, "single_pass_MACs": single_pass_ops,
+        "ann_single_pass_over_snn": (one / snn) if (one is not None and snn > 0) else None,
+        "preset": m.name, "e_mac_pJ": m.e_mac_pj, "e_ac_pJ": m.e_ac_pj,
+        "snn_uJ": snn, "ann_uJ": ann, "ann_over_snn": (ann / snn) if snn > 0 else None,
+        "unit": "uJ per inference", "citation": m.citation, "assumptions": m.assumptions,
+    }
+
+
+# ----------------------------------------------------------------------------- layer geometry
+
+def _pair(v, name):
+    if isinstance(v, (int, np.integer)):
+        v = (int(v), int(v))
+    v = tuple(int(x) for x in v)
+    if len(v) != 2 or min(v) < 0:
+        raise ValueError(f"{name} must be a non-negative int or a pair, got {v!r}")
+    return v
+
+
+@dataclass
+class LayerSpec:
+    """A connection layer, described independently of any model class.
+
+    Parameters
+    ----------
+    name : str
+    kind : {"linear", "conv2d"}
+    weight : ndarray
+        linear: ``(n_in, n_out)`` (the ``x @ W`` convention; transpose ``(out, in)`` weights);
+        conv2d: ``(C_out, C_in, kh, kw)``.
+    bias : ndarray or None
+        Only used for the footprint; bias operations are never counted.
+    stride, padding : int or pair
+        conv2d only (zero padding, NeuroBench counts no ops on padded taps).
+    in_shape : tuple
+        conv2d only: ``(C_in, H, W)`` of one call's input.
+    """
+
+    name: str
+    kind: str
+    weight: np.ndarray
+    bias: np.ndarray = None
+    stride: object = 1
+    padding: object = 0
+    in_shape: tuple = None
+    _fanout: dict = field(default=None, init=False, repr=False)
+
+    def __post_init__(self):
+        if self.kind not in ("linear", "conv2d"):
+            raise ValueError(f"layer {self.name!r}: kind must be 'linear' or 'conv2d', got {self.kind!r}")
+        if not isinstance(self.weight, np.ndarray):
+            raise TypeError(f"layer {self.name!r}: weight must be a numpy.ndarray")
+        if self.kind == "linear":
+            if self.weight.ndim != 2:
+                raise ValueError(f"layer {self.name!r}: linear weight must be 2-D (n_in, n_out)")
+        else:
+            if self.weight.ndim != 4:
+                raise ValueError(f"layer {self.name!r}: conv2d weight must be 4-D (C_out, C_in, kh, kw)")
+            if self.in_shape is None or len(self.in_shape) != 3:
+                raise ValueError(f"layer {self.name!r}: conv2d needs in_shape=(C_in, H, W)")
+            self.in_shape = tuple(int(s) for s in self.in_shape)
+            if self.in_shape[0] != self.weight.shape[1]:
+                raise ValueError(f"layer {self.name!r}: in_shape C_in={self.in_shape[0]} does not "
+                                 f"match weight C_in={self.weight.shape[1]}")
+            self.stride = _pair(self.stride, "stride")
+            self.padding = _pair(self.padding, "padding")
+            if min(self.stride) < 1:
+                raise ValueError(f"layer {self.name!r}: stride must be >= 1")
+            if min(self.out_shape[1:]) < 1:
+                raise ValueError(f"layer {self.name!r}: kernel larger than the padded input")
+
+    @property
+    def n_in(self):
+        return int(self.weight.shape[0]) if self.kind == "linear" else int(np.prod(self.in_shape))
+
+    @property
+    def out_shape(self):
+        if self.kind == "linear":
+            return (int(self.weight.shape[1]),)
+        _, h, w = self.in_shape
+        kh, kw = self.weight.shape[2:]
+        (sy, sx), (py, px) = self.stride, self.padding
+        return (int(self.weight.shape[0]), (h + 2 * py - kh) // sy + 1, (w + 2 * px - kw) // sx + 1)
+
+    def fanout(self, effective=True):
+        """Synapses leaving each input element, ``(n_in,)`` int64 (cached).
+
+        ``effective=True`` counts only non-zero weights; ``False`` counts every weight.
+        """
+        if self._fanout is None:
+            self._fanout = {True: fanout(self, True), False: fanout(self, False)}
+        return self._fanout[bool(effective)]
+
+
+def fanout(spec, effective=True):
+    """Fan-out of every input element of ``spec`` (see :meth:`LayerSpec.fanout`)."""
+    w = spec.weight
+    if spec.kind == "linear":
+        if effective:
+            return np.count_nonzero(w, axis=1).astype(np.int64)
+        return np.full(w.shape[0], w.shape[1], dtype=np.int64)
+    c_out, c_in, kh, kw = w.shape
+    _, h, wd = spec.in_shape
+    _, ho, wo = spec.out_shape
+    (sy, sx), (py, px) = spec.stride, spec.padding
+    # taps[ci, ky, kx]: how many output channels use this tap
+    taps = np.count_nonzero(w, axis=0) if effective else np.full((c_in, kh, kw), c_out)
+    out = np.zeros((c_in, h, wd), dtype=np.int64)
+    for ky in range(kh):
+        # input row y is hit through tap ky iff y = oy*sy - py + ky for some valid oy
+        rows = np.zeros(h, dtype=np.int64)
+        iy = np.arange(ho) * sy - py + ky
+        rows[iy[(iy >= 0) & (iy < h)]] = 1
+        for kx in range(kw):
+            cols = np.zeros(wd, dtype=np.int64)
+            ix = np.arange(wo) * sx - px + kx
+            cols[ix[(ix >= 0) & (ix < wd)]] = 1
+            out += taps[:, ky, kx, None, None] * np.outer(rows, cols)[None]
+    return out.reshape(-1)
+
+
+# ----------------------------------------------------------------------------- counting core
+
+def _as_calls(inputs, n_in, name):
+    """View ``inputs`` as ``(N, calls, n_in)`` without copying when possible."""
+    if not isinstance(inputs, np.ndarray):
+        raise TypeError(f"{name}: inputs must be a numpy.ndarray, got {type(inputs).__name__}")
+    if inputs.ndim < 3:
+        raise ValueError(f"{name}: inputs must be (N, calls, ...), got shape {inputs.shape}")
+    n, calls = inputs.shape[:2]
+    if int(np.prod(inputs.shape[2:])) != n_in:
+        raise ValueError(f"{name}: one call's input has {int(np.prod(inputs.shape[2:]))} values, "
+                         f"the layer expects {n_in}")
+    if inputs.dtype.kind == "f" and not np.isfinite(inputs).all():
+        raise ValueError(f"{name}: inputs contain NaN or infinite values")
+    if inputs.dtype.kind not in "biuf":
+        raise ValueError(f"{name}: inputs must be numeric, got dtype {inputs.dtype}")
+    return inputs.reshape(n, calls, n_in)
+
+
+def _binary_mask(x):
+    """(N, calls) bool: every value of that sample's call is in {-1, 0, 1}."""
+    if x.dtype == np.bool_:
+        return np.ones(x.shape[:2], dtype=bool)
+    ok = (x == 0) | (x == 1)
+    if x.dtype.kind != "u":
+        ok |= x == -1
+    return ok.all(axis=2)
+
+
+def _exact_dot(mask, weights):
+    """Row sums of ``mask * weights`` as exact int64 (float64 BLAS, integers < 2**53)."""
+    return np.rint(mask.astype(np.float64) @ weights.astype(np.float64)).astype(np.int64)
+
+
+def synaptic_op_counts(spec, inputs, binary=None, binary_scope="sample"):
+    """Exact synaptic-operation totals of one layer over a batch.
+
+    Parameters
+    ----------
+    spec : LayerSpec
+    inputs : ndarray, shape (N, calls, ...)
+        The layer's input at every call (any numeric dtype).
+    binary : ndarray of bool, shape (N, calls) or (calls,), optional
+        Override the per-call binary test (True = count ACs).
+    binary_scope : {"sample", "batch"}
+        Apply the binary test to each sample's call or to the whole batch's call.
+
+    Returns
+    -------
+    dict
+        Integer totals (not divided by N): ``effective_macs``, ``effective_acs``,
+        ``dense``, ``calls`` (= N * calls), ``binary_calls``, ``samples``.
+    """
+    x = _as_calls(inputs, spec.n_in, spec.name)
+    n, calls = x.shape[:2]
+    if binary is None:
+        is_bin = _binary_mask(x)
+        if binary_scope == "batch":
+            is_bin = np.broadcast_to(is_bin.all(axis=0), (n, calls))
+        elif binary_scope != "sample":
+            raise ValueError(f"binary_scope must be 'sample' or 'batch', got {binary_scope!r}")
+    else:
+        is_bin = np.broadcast_to(np.asarray(binary, dtype=bool), (n, calls))
+    eff = _exact_dot((x != 0).reshape(n * calls, -1), spec.fanout(True)).reshape(n, calls)
+    dense_per_call = int(spec.fanout(False).sum())
+    return {
+        "effective_macs": int(eff[~is_bin].sum()),
+        "effective_acs": int(eff[is_bin].sum()),
+        "dense": dense_per_call * n * calls,
+        "calls": n * calls,
+        "binary_calls": int(is_bin.sum()),
+        "samples": n,
+    }
+
+
+def event_driven_ops(spec, inputs):
+    """Additions an event-driven kernel does: sum over inputs of value x full fan-out.
+
+    For integer spike counts each count is one event that adds the input's whole weight
+    row/kernel footprint (zero weights included), which is what snnfast's kernels execute.
+    """
+    x = _as_calls(inputs, spec.n_in, spec.name)
+    if x.dtype.kind == "f" and not np.array_equal(x, np.round(x)):
+        raise ValueError(f"{spec.name}: event counts need integer-valued inputs")
+    per_input = x.sum(axis=(0, 1), dtype=np.int64)
+    return int(per_input @ spec.fanout(False))
+
+
+def footprint_bytes(arrays):
+    """NeuroBench ``Footprint``: bytes of all parameter and buffer arrays."""
+    return int(sum(np.asarray(a).nbytes for a in arrays))
+
+
+def connection_sparsity(weights):
+    """NeuroBench ``ConnectionSparsity``: zero weights / weights, ``round(x, 4)``."""
+    total = sum(int(np.asarray(w).size) for w in weights)
+    if total == 0:
+        return 0.0
+    zeros = sum(int(np.asarray(w).size - np.count_nonzero(w)) for w in weights)
+    return round(zeros / total, 4)
+
+
+def membrane_updates(pre, post):
+    """NeuroBench ``MembraneUpdates`` total for one layer.
+
+    Parameters
+    ----------
+    pre, post : ndarray, shape (N, calls, n)
+        Membrane potential before the call and after it (after the reset).
+
+    Returns
+    -------
+    int
+        ``N * n`` for the first call plus the changed elements of the later calls.
+    """
+    if pre.shape != post.shape or pre.ndim != 3:
+        raise ValueError(f"pre and post must both be (N, calls, n), got {pre.shape} and {post.shape}")
+    n, calls, k = pre.shape
+    if calls == 0:
+        return 0
+    return n * k + int(np.count_nonzero(pre[:, 1:] != post[:, 1:]))
+
+
+# ----------------------------------------------------------------------------- accumulator
+
+class OpAccountant:
+    """Accumulate NeuroBench metrics and executed counts over batches.
+
+    Parameters
+    ----------
+    layers : list of LayerSpec
+        Connection layers, in network order.
+    activation_layers : list of str
+        Names of the spiking (activation) layers, in network order.
+    buffers : list of ndarray, optional
+        Extra arrays in the footprint (e.g. per-layer decay and threshold).
+    binary_scope : {"sample", "batch"}
+        See :func:`synaptic_op_counts`.
+    """
+
+    def __init__(self, layers, activation_layers=(), buffers=(), binary_scope="sample"):
+        if binary_scope not in ("sample", "batch"):
+            raise ValueError(f"binary_scope must be 'sample' or 'batch', got {binary_scope!r}")
+        names = [s.name for s in layers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"layer names must be unique, got {names}")
+        self.layers = {s.name: s for s in layers}
+        self.binary_scope = binary_scope
+        self.buffers = list(buffers)
+        self.syn = {s.name: dict(effective_macs=0, effective_acs=0, dense=0, calls=0,
+                                 binary_calls=0, samples=0) for s in layers}
+        self.executed = {s.name: None for s in layers}
+        self.executed_kind = {s.name: None for s in layers}
+        self.act = {a: dict(nonzero=0, total=0, membrane_updates=None, samples=0)
+                    for a in activation_layers}
+        self.n_samples = 0
+
+    def add_samples(self, n):
+        """Count ``n`` more samples (the divisor of every per-sample figure)."""
+        self.n_samples += int(n)
+
+    def add_synaptic(self, name, inputs, binary=None):
+        """Count the ops of layer ``name`` for one batch of inputs ``(N, calls, ...)``."""
+        c = synaptic_op_counts(self._layer(name), inputs, binary, self.binary_scope)
+        for k, v in c.items():
+            self.syn[name][k] += v
+        return c
+
+    def add_executed(self, name, count, kind="AC"):
+        """Add ``count`` operations the snnfast kernels executed for layer ``name``."""
+        self._layer(name)
+        if kind not in ("AC", "MAC"):
+            raise ValueError(f"kind must be 'AC' or 'MAC', got {kind!r}")
+        prev = self.executed_kind[name]
+        if prev is not None and prev != kind:
+            raise ValueError(f"layer {name!r}: executed ops already counted as {prev}")
+        self.executed_kind[name] = kind
+        self.executed[name] = (self.executed[name] or 0) + int(count)
+
+    def add_activation(self, name, outputs, membrane_updates=None):
+        """Count the outputs ``(N, calls, n)`` of activation layer ``name``."""
+        if name not in self.act:
+            raise ValueError(f"unknown activation layer {name!r}; known: {list(self.act)}")
+        if not isinstance(outputs, np.ndarray) or outputs.ndim < 2:
+            raise ValueError(f"{name}: outputs must be an ndarray (N, calls, ...)")
+        a = self.act[name]
+        a["nonzero"] += int(np.count_nonzero(outputs))
+        a["total"] += int(outputs.size)
+        a["samples"] += int(outputs.shape[0])
+        if membrane_updates is not None:
+            a["membrane_updates"] = (a["membrane_updates"] or 0) + int(membrane_updates)
+
+    def _layer(self, name):
+        try:
+            return self.layers[name]
+        except KeyError:
+            raise ValueError(f"unknown layer {name!r}; known: {list(self.layers)}") from None
+
+    def result(self):
+        """NeuroBench metrics (per sample) plus per-layer detail and executed counts."""
+        if self.n_samples <= 0:
+            raise ValueError("no samples counted (call add_samples)")
+        ns = self.n_samples
+        params = [a for s in self.layers.values() for a in (s.weight, s.bias) if a is not None]
+        per_layer = {}
+        for name, s in self.layers.items():
+            c = self.syn[name]
+            ex = self.executed[name]
+            per_layer[name] = {
+                "kind": s.kind, "weights": int(s.weight.size),
+                "zero_weights": int(s.weight.size - np.count_nonzero(s.weight)),
+                "calls_per_sample": c["calls"] / ns, "binary_calls": c["binary_calls"],
+                "calls": c["calls"],
+                "Effective_MACs": c["effective_macs"] / ns, "Effective_ACs": c["effective_acs"] / ns,
+                "Dense": c["dense"] / ns, "Dense_per_call": int(s.fanout(False).sum()),
+                "executed": None if ex is None else ex / ns, "executed_kind": self.executed_kind[name],
+            }
+        acts, mem_total, mem_known = {}, 0, bool(self.act)
+        for name, a in self.act.items():
+            sparsity = (a["total"] - a["nonzero"]) / a["total"] if a["total"] else 0.0
+            mu = a["membrane_updates"]
+            acts[name] = {"ActivationSparsity": sparsity, "activations_per_sample": a["total"] / ns,
+                          "spikes_per_sample": a["nonzero"] / ns,
+                          "MembraneUpdates": None if mu is None else mu / ns}
+            if a["membrane_updates"] is None:
+                mem_known = False
+            else:
+                mem_total += a["membrane_updates"]
+        tot_act = sum(a["total"] for a in self.act.values())
+        nz_act = sum(a["nonzero"] for a in self.act.values())
+        synops = {k: sum(self.syn[n][src] for n in self.layers) / ns
+                  for k, src in (("Effective_MACs", "effective_macs"), ("Effective_ACs", "effective_acs"),
+                                 ("Dense", "dense"))}
+        executed = {kind: sum(v for n, v in self.executed.items()
+                              if v is not None and self.executed_kind[n] == kind) / ns
+                    for kind in ("MAC", "AC")}
+        return {
+            "samples": ns,
+            "binary_scope": self.binary_scope,
+            "Footprint": footprint_bytes(params + self.buffers),
+            "ConnectionSparsity": connection_sparsity([s.weight for s in self.layers.values()]),
+            "ActivationSparsity": (tot_act - nz_act) / tot_act if tot_act else 0.0,
+            "SynapticOperations": synops,
+            "MembraneUpdates": mem_total / ns if mem_known else None,
+            "Dense_single_pass": sum(l["Dense_per_call"] for l in per_layer.values()),
+            "executed": {"MACs": executed["MAC"], "ACs": executed["AC"],
+                         "complete": all(v is not None for v in self.executed.values())},
+            "layers": per_layer,
+            "activation_layers": acts,
+            "units": {"Footprint": "bytes", "ConnectionSparsity": "fraction of zero weights",
+                      "ActivationSparsity": "fraction of zero activations",
+                      "SynapticOperations": "operations per sample",
+                      "MembraneUpdates": "membrane updates per sample",
+                      "executed": "operations per sample executed by snnfast's kernels"},
+        }
+
+
+# ----------------------------------------------------------------------------- report
+
+def _fmt_int(v):
+    return "-" if v is None else f"{v:,.1f}".replace(",", " ")
+
+
+def format_report(result, energy=None, title=None, notes=()):
+    """Human-readable table of :meth:`OpAccountant.result` (units on every figure)."""
+    ns = result["samples"]
+    out = []
+    if title:
+        out += [title, "=" * len(title)]
+    scope = "sample and call" if result["binary_scope"] == "sample" else "batch call"
+    out.append(f"NeuroBench 2.3.0 definitions, per sample = totals / {ns} samples "
+               f"(binary test per {scope})")
+    footprint = f"{result['Footprint']:>14,d}".replace(",", " ")
+    out.append(f"  Footprint           {footprint} B (parameters + buffers)")
+    out.append(f"  ConnectionSparsity  {result['ConnectionSparsity']:>14.4f} "
+               "(fraction of zero weights, biases excluded)")
+    out.append(f"  ActivationSparsity  {result['ActivationSparsity']:>14.4f} (fraction of zero "
+               f"activations over {', '.join(result['activation_layers']) or 'no layers'})")
+    mu = result["MembraneUpdates"]
+    out.append(f"  MembraneUpdates     {_fmt_int(mu):>14} updates/sample")
+    so = result["SynapticOperations"]
+    out.append("  SynapticOperations  (ops/sample; executed = what snnfast's event-driven kernels did)")
+    out.append(f"    {'layer':<8}{'calls/sample':>13}{'binary calls':>13}{'Effective_MACs':>17}"
+               f"{'Effective_ACs':>17}{'Dense':>17}{'executed':>17}")
+    for name, l in result["layers"].items():
+        ex = "-" if l["executed"] is None else f"{_fmt_int(l['executed'])} {l['executed_kind']}"
+        out.append(f"    {name:<8}{l['calls_per_sample']:>13.2f}{l['binary_calls']:>13d}"
+                   f"{_fmt_int(l['Effective_MACs']):>17}{_fmt_int(l['Effective_ACs']):>17}"
+                   f"{_fmt_int(l['Dense']):>17}{ex:>17}")
+    ex = result["executed"]
+    ex_txt = f"{_fmt_int(ex['MACs'])} MAC + {_fmt_int(ex['ACs'])} AC" if ex["complete"] else "-"
+    out.append(f"    {'total':<8}{'':>13}{'':>13}{_fmt_int(so['Effective_MACs']):>17}"
+               f"{_fmt_int(so['Effective_ACs']):>17}{_fmt_int(so['Dense']):>17}  {ex_txt}")
+    for name, a in result["activation_layers"].items():
+        out.append(f"  activations {name:<8} sparsity {a['ActivationSparsity']:.4f}, "
+                   f"{_fmt_int(a['spikes_per_sample'])} spikes/sample of "
+                   f"{_fmt_int(a['activations_per_sample'])} outputs/sample, "
+                   f"MembraneUpdates {_fmt_int(a['MembraneUpdates'])} /sample")
+    for e in ([energy] if isinstance(energy, dict) else list(energy or [])):
+        out += _energy_lines(e)
+    out += [f"note: {n}" for n in notes]
+    return "\n".join(out)
+
+
+def _energy_lines(e):
+    def ratio(r):
+        return "-" if r is None else f"{r:.2f}x"
+    out = [f"Energy per inference, preset {e['preset']} (MAC {e['e_mac_pJ']} pJ, "
+           f"AC {e['e_ac_pJ']} pJ; {e['assumptions']})",
+           f"  source: {e['citation']}",
+           f"  SNN, NeuroBench (E_MAC x Effective_MACs + E_AC x Effective_ACs): "
+           f"{e['snn_uJ']:.4f} uJ/inference"]
+    if e.get("snn_executed_uJ") is not None:
+        out.append(f"  SNN, ops snnfast's kernels executed (same prices):            "
+                   f"{e['snn_executed_uJ']:.4f} uJ/inference")
+    out.append(f"  ANN, Dense as MACs (every call of the SNN done dense):        "
+               f"{e['ann_uJ']:.4f} uJ/inference (ANN/SNN {ratio(e['ann_over_snn'])})")
+    if e.get("ann_single_pass_uJ") is not None:
+        macs = f"{e['single_pass_MACs']:,d}".replace(",", " ")
+        out.append(f"  ANN, one dense pass of the same layers ({macs} MACs): "
+                   f"{e['ann_single_pass_uJ']:.4f} uJ/inference "
+                   f"(ANN/SNN {ratio(e['ann_single_pass_over_snn'])})")
+    return out
+
+
+def write_json(path, obj):
+    """Write ``obj`` as JSON to ``path`` atomically."""
+    with atomic_path(path, suffix=".json") as tmp:
+        with open(tmp, "w") as fh:
+            json.dump(obj, fh, indent=2, default=_json_default)
+            fh.write("\n")
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+# ----------------------------------------------------------------------------- Conv-SNN adapter
+
+CONVSNN_NOTES = (
+    "conv layer input = binary input spikes at every step (ACs); a call = one time step",
+    "FC1 input per hidden update: cumulative conv spike counts (seed preset, drive='cumulative') "
+    "or the conv spikes since the previous update (drive='window'); a call counts ACs only if "
+    "every value is 0 or 1 (per NeuroBench; a conv neuron that spiked twice in a window, or any "
+    "cumulative count > 1, makes the call MACs)",
+    "FC2 input = hidden spike rates (one call per sample, non-binary unless all rates are 0/1)",
+    "activation layers = conv LIF (every step) and hidden LIF (update steps only); the logits "
+    "are not an activation layer",
+    "MembraneUpdates replayed in NumPy float32 from the traced spikes (membrane changed "
+    "between before and after each call, reset included; all neurons on the first call)",
+    "executed = snnfast kernels' exact counters: conv synaptic events (input spike x valid "
+    "output positions x 16 filters, zero weights included), FC1 row adds x 1024 (each conv "
+    "spike's row added once, also with the cumulative drive), FC2 dense sgemm (10 240 MACs)",
+    "Footprint = canonical parameters + per-layer decay and threshold (float32); the kernels' "
+    "private blocked copy of W1 is not counted",
+)
+
+
+def _cfg(cfg, name, default=None):
+    if isinstance(cfg, dict):
+        return cfg.get(name, default)
+    return getattr(cfg, name, default)
+
+
+def _conv_currents(s_in, conv_w, conv_b):
+    """Conv currents float32 (N, T, 2304) of binary input spikes (N, T, 784), C order c,y,x."""
+    n, t = s_in.shape[:2]
+    x = s_in.reshape(n * t, 28, 28).astype(np.float32)
+    win = np.lib.stride_tricks.sliding_window_view(x, (5, 5), axis=(1, 2))[:, ::2, ::2]  # (NT,12,12,5,5)
+    cur = np.einsum("nyxij,cij->ncyx", win, conv_w[:, 0].astype(np.float32), optimize=True)
+    cur = cur + conv_b.astype(np.float32)[None, :, None, None]
+    return cur.reshape(n, t, 2304).astype(np.float32, copy=False)
+
+
+def _reset(v, z, mode, thr):
+    if mode == "zero":
+        return np.where(z, np.float32(0.0), v)
+    if mode == "subtract":
+        return np.where(z, v - thr, v)
+    if mode == "halve":
+        return np.where(z, v * np.float32(0.5), v)
+    raise ValueError(f"unknown reset mode {mode!r}")
+
+
+def _replay_lif(currents, spikes, beta, thr, reset):
+    """Membrane updates (NeuroBench) and replay/trace spike mismatches of one LIF layer.
+
+    The traced spikes drive the reset so the replay cannot drift away from the trace.
+    """
+    n, calls, k = currents.shape
+    beta, thr = np.float32(beta), np.float32(thr)
+    v = np.zeros((n, k), dtype=np.float32)
+    updates = n * k if calls else 0
+    mismatches = 0
+    for c in range(calls):
+        pre = v
+        v = beta * v
+        v = v + currents[:, c]
+        z = spikes[:, c].astype(bool)
+        mismatches += int(np.count_nonzero((v > thr) != z))
+        v = _reset(v, z, reset, thr)
+        if c > 0:
+            updates += int(np.count_nonzero(v != pre))
+    return updates, mismatches
+
+
+def convsnn_layers(params, cfg):
+    """:class:`LayerSpec` list and LIF buffers of a Conv-SNN (canonical parameter layouts)."""
+    layers = [
+        LayerSpec("conv", "conv2d", params["conv_w"], params["conv_b"], stride=2, padding=0,
+                  in_shape=(1, 28, 28)),
+        LayerSpec("fc1", "linear", params["W1"], params["b1"]),
+        LayerSpec("fc2", "linear", params["W2"], params["b2"]),
+    ]
+    buffers = [np.float32(_cfg(cfg, k)) for k in ("beta_c", "thr_c", "beta_h", "thr_h")]
+    return layers, buffers
+
+
+def fc1_inputs(z_c, update_steps, drive):
+    """FC1 input at each hidden update, int32 (N, U, 2304), from conv spikes (N, T, 2304)."""
+    csum = np.cumsum(z_c, axis=1, dtype=np.int32)
+    at = csum[:, list(update_steps)]
+    if drive == "cumulative":
+        return at
+    if drive != "window":
+        raise ValueError(f"unknown drive {drive!r}")
+    return np.diff(at, axis=1, prepend=np.zeros_like(at[:, :1]))
+
+
+def account_convsnn_batch(acc, params, cfg, s_in, z_c, z_h, hidden_update, counters=None):
+    """Add one traced batch of a Conv-SNN to an :class:`OpAccountant`.
+
+    Parameters
+    ----------
+    acc : OpAccountant built from :func:`convsnn_layers`
+    params : dict of canonical float32 arrays
+    cfg : config object or dict with T, beta_c, thr_c, reset_c, beta_h, thr_h, reset_h,
+        drive, drive_scale, rate_norm ("T" or the number of updates)
+    s_in, z_c, z_h : uint8 (N, T, 784), (N, T, 2304), (N, T, 1024) spikes
+    hidden_update : bool (T,)
+    counters : dict, optional
+        The kernels' counters for this batch (``conv_synaptic_events``, ``fc1_row_adds``,
+        totals or arrays); added as executed counts.
+
+    Returns
+    -------
+    dict
+        Independent NumPy recount of the executed events and replay diagnostics.
+    """
+    n, T = s_in.shape[:2]
+    steps = [t for t in range(T) if hidden_update[t]]
+    drive = _cfg(cfg, "drive")
+    x1 = fc1_inputs(z_c, steps, drive)
+    n_h = z_h.sum(axis=1, dtype=np.int32)
+    norm = T if _cfg(cfg, "rate_norm", "T") == "T" else len(steps)
+    r_h = (n_h.astype(np.float32) / np.float32(max(norm, 1)))[:, None, :]
+
+    acc.add_synaptic("conv", s_in)
+    acc.add_synaptic("fc1", x1)
+    acc.add_synaptic("fc2", r_h)
+    # membranes: conv every step, hidden on update steps
+    mem_c, mis_c = _replay_lif(_conv_currents(s_in, params["conv_w"], params["conv_b"]), z_c,
+                               _cfg(cfg, "beta_c"), _cfg(cfg, "thr_c"), _cfg(cfg, "reset_c"))
+    scale = np.float32(_cfg(cfg, "drive_scale", 1.0))
+    drv = np.matmul(x1.reshape(-1, 2304).astype(np.float32), params["W1"]).reshape(n, len(steps), -1)
+    i_h = (drv + params["b1"].astype(np.float32)) * scale
+    zh_u = z_h[:, steps]
+    mem_h, mis_h = _replay_lif(i_h, zh_u, _cfg(cfg, "beta_h"), _cfg(cfg, "thr_h"), _cfg(cfg, "reset_h"))
+    acc.add_activation("conv", z_c, membrane_updates=mem_c)
+    acc.add_activation("hidden", zh_u, membrane_updates=mem_h)
+    acc.add_samples(n)
+
+    # what an event-driven kernel executes: each spike once, with its full fan-out
+    recount = {
+        "conv_synaptic_events": event_driven_ops(acc.layers["conv"], s_in),
+        "fc1_row_adds": event_driven_ops(acc.layers["fc1"], fc1_inputs(z_c, steps, "window")),
+        "fc2_dense_macs": n * int(params["W2"].size),
+    }
+    if counters is not None:
+        acc.add_executed("conv", _total(counters, "conv_synaptic_events"), "AC")
+        acc.add_executed("fc1", _total(counters, "fc1_row_adds"), "AC")
+        acc.add_executed("fc2", n * int(params["W2"].size), "MAC")
+    return {"recount": recount, "replay_spike_mismatches": {"conv": mis_c, "hidden": mis_h}}
+
+
+def _total(counters, key):
+    for k, v in counters.items():
+        if k == key:
+            return int(np.asarray(v, dtype=np.int64).sum())
+    for v in counters.values():       # nested per-step / per-sample dicts
+        if isinstance(v, dict) and key in v:
+            return int(np.asarray(v[key], dtype=np.int64).sum())
+    raise KeyError(f"kernel counters have no {key!r} (keys: {list(counters)})")
+
+
+def _images_2d(images):
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
+        raise ValueError("images must be a uint8 numpy array (N, 28, 28) or (N, 784)")
+    if images.ndim not in (2, 3) or images[0].size != 784:
+        raise ValueError(f"images must be (N, 28, 28) or (N, 784), got {images.shape}")
+    return np.ascontiguousarray(images.reshape(len(images), 784))
+
+
+def from_convsnn(model, images, sample_ids=None, batch_size=250, binary_scope="sample"):
+    """NeuroBench metrics and executed counts of a :class:`snnfast.ConvSNN` on ``images``.
+
+    Runs ``model.trace`` batch by batch (evaluation noise key, so the result is
+    reproducible) and counts every layer's input at every call exactly.
+
+    Parameters
+    ----------
+    model : snnfast.ConvSNN
+    images : uint8 (N, 28, 28) or (N, 784)
+    sample_ids : int array (N,), optional
+        Noise keys of the images (default ``arange(N)``).
+    batch_size : int
+    binary_scope : {"sample", "batch"}
+
+    Returns
+    -------
+    dict
+        :meth:`OpAccountant.result` plus ``"checks"``: the NumPy recount of the executed
+        events next to the kernel counters (``"match"``) and the replay's spike mismatches,
+        and ``"notes"`` (the counting choices).
+    """
+    images = _images_2d(images)
+    n = len(images)
+    if n == 0:
+        raise ValueError("images is empty")
+    ids = np.arange(n, dtype=np.int64) if sample_ids is None else np.asarray(sample_ids, dtype=np.int64)
+    if ids.shape != (n,):
+        raise ValueError(f"sample_ids must have shape ({n},), got {ids.shape}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    params, cfg = model.params, model.config
+    layers, buffers = convsnn_layers(params, cfg)
+    acc = OpAccountant(layers, ["conv", "hidden"], buffers=buffers, binary_scope=binary_scope)
+    recount = {"conv_synaptic_events": 0, "fc1_row_adds": 0, "fc2_dense_macs": 0}
+    mism = {"conv": 0, "hidden": 0}
+    have_counters = True
+    for lo in range(0, n, batch_size):
+        tr = model.trace(images[lo:lo + batch_size], sample_ids=ids[lo:lo + batch_size])
+        counters = tr.get("counters")
+        have_counters &= counters is not None
+        d = account_convsnn_batch(acc, params, cfg, tr["input"], tr["conv"], tr["hidden"],
+                                  np.asarray(tr["hidden_update"], dtype=bool), counters)
+        for k, v in d["recount"].items():
+            recount[k] += v
+        for k, v in d["replay_spike_mismatches"].items():
+            mism[k] += v
+    res = acc.result()
+    kernel = None
+    if have_counters:
+        kernel = {"conv_synaptic_events": acc.executed["conv"], "fc1_row_adds": acc.executed["fc1"]}
+    res["checks"] = {
+        "executed_recount_numpy": recount,
+        "executed_kernel_counters": kernel,
+        "match": None if kernel is None else all(kernel[k] == recount[k] for k in kernel),
+        "replay_spike_mismatches": mism,
+    }
+    res["model"] = {"type": "convsnn", "preset": _cfg(cfg, "preset", None), "T": _cfg(cfg, "T")}
+    res["notes"] = list(CONVSNN_NOTES)
+    return res
+
+
+# ----------------------------------------------------------------------------- TTFS adapter
+
+TTFS_NOTES = (
+    "one call per layer per image: layer n's input is the previous layer's decoded spike "
+    "times x_j = t_min(n) - t_j (pixels x = u8/255 for layer 1); a silent neuron is input 0",
+    "TTFS inputs are graded (each synaptic event multiplies W_ij by t_min(n) - t_j), so "
+    "NeuroBench's binary test counts them as MACs",
+    "activation layers = the hidden TTFS layers (spike or not); the output layer emits no spikes",
+    "MembraneUpdates = all neurons of every hidden layer once per image (one call per layer, "
+    "NeuroBench counts every neuron on the first call)",
+    "executed = the event-driven simulator's synaptic events (sum over spikes of fan-out, zero "
+    "weights included; one multiply-add each), counted as MACs",
+)
+
+
+def account_mlp_batch(acc, layer_inputs, hidden_outputs, executed=None):
+    """Add one batch of a feed-forward (TTFS or ReLU) network, one call per layer.
+
+    Parameters
+    ----------
+    acc : OpAccountant with linear layers ``fc1..fcL`` and activation layers ``h1..h(L-1)``
+    layer_inputs : list of (N, n_in) arrays, the input of every weight layer
+    hidden_outputs : list of (N, n) arrays, the hidden activations
+    executed : list of int, optional
+        Executed synaptic events per weight layer (summed over the batch).
+    """
+    names = list(acc.layers)
+    if len(layer_inputs) != len(names):
+        raise ValueError(f"need {len(names)} layer inputs, got {len(layer_inputs)}")
+    n = layer_inputs[0].shape[0]
+    for name, x in zip(names, layer_inputs):
+        acc.add_synaptic(name, x[:, None, :])
+    for name, h in zip(acc.act, hidden_outputs):
+        acc.add_activation(name, h[:, None, :], membrane_updates=h[0].size * n)
+    if executed is not None:
+        for name, e in zip(names, executed):
+            acc.add_executed(name, int(e), "MAC")
+    acc.add_samples(n)
+
+
+def mlp_accountant(weights, biases, binary_scope="sample"):
+    """:class:`OpAccountant` of an MLP whose ``weights[n]`` are ``(n_out, n_in)``."""
+    layers = [LayerSpec(f"fc{i + 1}", "linear", np.ascontiguousarray(w.T), b)
+              for i, (w, b) in enumerate(zip(weights, biases))]
+    return OpAccountant(layers, [f"h{i + 1}" for i in range(len(weights) - 1)],
+                        binary_scope=binary_scope)
+
+
+def from_mlp(weights, biases, X, executed=None, batch_size=1000, binary_scope="sample"):
+    """NeuroBench metrics of a ReLU MLP / its exact TTFS conversion on inputs ``X``.
+
+    Layer inputs are the ReLU activations, which an exact B1 TTFS conversion reproduces
+    (``x_j = t_min - t_j``; a zero activation is a silent neuron). ``weights[n]`` is
+    ``(n_out, n_in)``; ``X`` float (N, n_in) in [0, 1]. ``executed`` (optional, one total
+    per weight layer) are the simulator's synaptic events.
+    """
+    if not isinstance(X, np.ndarray) or X.ndim != 2 or X.dtype.kind != "f":
+        raise ValueError("X must be a float array (N, n_in)")
+    if not np.isfinite(X).all():
+        raise ValueError("X contains NaN or infinite values")
+    acc = mlp_accountant(weights, biases, binary_scope)
+    for lo in range(0, len(X), batch_size):
+        h = X[lo:lo + batch_size].astype(np.float64)
+        inputs, hidden = [h], []
+        for w, b in zip(weights[:-1], biases[:-1]):
+            h = np.maximum(h @ np.asarray(w, np.float64).T + b, 0.0)
+            inputs.append(h)
+            hidden.append(h)
+        account_mlp_batch(acc, inputs, hidden)
+    if executed is not None:
+        for name, e in zip(acc.layers, executed):
+            acc.add_executed(name, int(e), "MAC")
+    res = acc.result()
+    res["notes"] = list(TTFS_NOTES)
+    return res
+
+
+def _ttfs_weights(net):
+    """(weights (out, in) list, biases list) of a converted TTFS network object."""
+    for owner in (net, getattr(net, "mlp", None), getattr(net, "relu", None)):
+        if owner is not None and hasattr(owner, "weights") and hasattr(owner, "biases"):
+            return list(owner.weights), list(owner.biases)
+    raise TypeError(f"cannot find weights/biases on {type(net).__name__}")
+
+
+def from_ttfs(net, X, batch_size=2000, binary_scope="sample", n_threads=None):
+    """NeuroBench metrics and executed events of a converted TTFS network on ``X``.
+
+    Every layer's input is taken from the event-driven simulation itself
+    (``net.simulate``): the pixels for layer 1, then each hidden layer's decoded spike
+    times ``t_max - t`` (0 = silent). The simulator's exact synaptic-event counts are the
+    executed counts; they are checked against a recount (spikes x fan-out).
+
+    Parameters
+    ----------
+    net : snnfast.ttfs.TTFSNetwork
+    X : float (N, n_in) in [0, 1]
+    batch_size, binary_scope, n_threads
+    """
+    weights, biases = _ttfs_weights(net)
+    if not isinstance(X, np.ndarray) or X.ndim != 2 or X.dtype.kind != "f":
+        raise ValueError("X must be a float array (N, n_in) in [0, 1]")
+    acc = mlp_accountant(weights, biases, binary_scope)
+    acc.buffers = [np.asarray(t) for t in getattr(net, "thresholds", [])] + \
+        [np.asarray(getattr(net, "t_min", np.zeros(0)))]
+    depth = len(weights)
+    sim_events = np.zeros(depth, dtype=np.int64)
+    recount = np.zeros(depth, dtype=np.int64)
+    spikes_mismatch = 0
+    saturated = np.zeros(max(depth - 1, 1), dtype=np.int64)
+    for lo in range(0, len(X), batch_size):
+        xb = X[lo:lo + batch_size]
+        r = net.simulate(xb, record_times=True, n_threads=n_threads)
+        acts = r.activations()
+        inputs = [xb.astype(np.float64)] + acts
+        ev = r.events.sum(axis=0)
+        account_mlp_batch(acc, inputs, acts, executed=ev)
+        sim_events += ev
+        saturated[:depth - 1] += r.saturated.sum(axis=0)
+        for l, (name, x) in enumerate(zip(acc.layers, inputs)):
+            nz = (x != 0)
+            recount[l] += event_driven_ops(acc.layers[name], nz[:, None, :].astype(np.uint8))
+            spikes_mismatch += int(abs(int(nz.sum()) - int(r.spikes[:, l].sum())))
+    res = acc.result()
+    res["model"] = {"type": "ttfs", "depth": depth, "latency": getattr(net, "latency", None)}
+    res["checks"] = {
+        "executed_simulator": sim_events.tolist(),
+        "executed_recount_numpy": recount.tolist(),
+        "match": bool(np.array_equal(sim_events, recount) and spikes_mismatch == 0),
+        "nonzero_input_vs_simulator_spikes_mismatch": spikes_mismatch,
+        "saturated_units": saturated[:depth - 1].tolist(),
+    }
+    res["notes"] = list(TTFS_NOTES)
+    return res
+
+
+# ----------------------------------------------------------------------------- files and CLI
+
+def file_format(path):
+    """The ``snnfast_format`` attribute of an HDF5 file (ValueError naming the file)."""
+    import h5py
+    try:
+        with h5py.File(path, "r") as f:
+            fmt = f.attrs.get("snnfast_format")
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: not a readable HDF5 file ({exc})") from None
+    if isinstance(fmt, bytes):
+        fmt = fmt.decode()
+    if fmt not in ("convsnn-1", "ttfs-1"):
+        raise ValueError(f"{path}: snnfast_format is {fmt!r}, expected 'convsnn-1' or 'ttfs-1'")
+    return fmt
+
+
+def analyse_file(path, preset="horowitz45_fp32", samples=1000, dataset="mnist", data_dir=None,
+                 n_threads=None, images=None, binary_scope="sample"):
+    """Operation counts and energy of a saved Conv-SNN or TTFS model on test images.
+
+    Parameters
+    ----------
+    path : str or Path, an ``.h5`` written by ``ConvSNN.save`` or the TTFS converter
+    preset : str, energy preset (see :data:`PRESETS`)
+    samples : int, number of test images (the first ``samples`` of the test split)
+    images : uint8 (N, 28, 28), optional, use these instead of the test split
+    binary_scope : {"sample", "batch"}, see :func:`synaptic_op_counts`
+
+    Returns
+    -------
+    dict with ``file``, ``format``, ``result`` (metrics), ``energy`` (all presets, the chosen
+    one first).
+    """
+    get_preset(preset)
+    fmt = file_format(path)
+    if images is None:
+        from . import datasets
+        images, _ = datasets.load(dataset, "test", data_dir)
+    images = images[:samples]
+    if fmt == "convsnn-1":
+        from .convsnn import ConvSNN
+        model = ConvSNN.load(path, n_threads=n_threads)
+        res = from_convsnn(model, images, binary_scope=binary_scope)
+    else:
+        from . import ttfs
+        net = ttfs.load(path)
+        res = from_ttfs(net, images.reshape(len(images), -1).astype(np.float64) / 255.0,
+                        n_threads=n_threads, binary_scope=binary_scope)
+    order = [preset] + [p for p in PRESETS if p != preset]
+    energies = [energy_estimate(res["SynapticOperations"], p, res["Dense_single_pass"], res["executed"])
+                for p in order]
+    return {"file": str(path), "format": fmt, "samples": len(images), "dataset": dataset,
+            "result": res, "energy": energies}
+
+
+def main(argv=None):
+    """``python -m snnfast.energy MODEL.h5 [--preset P] [--samples N] [--json OUT]``."""
+    p = argparse.ArgumentParser(prog="python -m snnfast.energy",
+                                description="NeuroBench-style operation counts and energy estimate "
+                                            "of a saved Conv-SNN or TTFS model.")
+    p.add_argument("model", help="model file (.h5, snnfast_format convsnn-1 or ttfs-1)")
+    p.add_argument("--preset", default="horowitz45_fp32", choices=sorted(PRESETS),
+                   help="energy preset printed first (default horowitz45_fp32)")
+    p.add_argument("--samples", type=int, default=1000, help="test images to run (default 1000)")
+    p.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
+    p.add_argument("--data-dir", default=None, help="data cache directory")
+    p.add_argument("--threads", type=int, default=None, help="kernel threads")
+    p.add_argument("--all-presets", action="store_true", help="print every energy preset")
+    p.add_argument("--binary-scope", default="sample", choices=["sample", "batch"],
+                   help="NeuroBench's binary (AC) test per sample and call (default; = NeuroBench "
+                        "with batch size 1) or per batch call")
+    p.add_argument("--json", default=None, help="write the full result as JSON (atomic)")
+    args = p.parse_args(argv)
+    if args.samples < 1:
+        p.error("--samples must be >= 1")
+    if args.threads is not None and args.threads == 0:
+        p.error("--threads must not be 0")
+    try:
+        out = analyse_file(args.model, args.preset, args.samples, args.dataset, args.data_dir,
+                           args.threads, binary_scope=args.binary_scope)
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    res = out["result"]
+    title = f"{args.model}: {out['format']}, {out['samples']} {args.dataset} test images"
+    energies = out["energy"] if args.all_presets else out["energy"][:1]
+    print(format_report(res, energies, title=title, notes=res.get("notes", ())))
+    checks = res.get("checks")
+    if checks and "match" in checks:
+        extra = ""
+        if "replay_spike_mismatches" in checks:
+            extra = f"; membrane replay spike mismatches {checks['replay_spike_mismatches']}"
+        print(f"check: executed counts (kernels/simulator) == NumPy recount: {checks['match']}{extra}")
+    if args.json:
+        write_json(args.json, out)
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

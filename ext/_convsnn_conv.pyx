@@ -1,0 +1,353 @@
+# Conv-SNN front end: input spike encoding + 16x5x5 stride-2 conv + conv LIF, all T steps.
+#
+# Called only through snnfast._convsnn_kernels (which validates every argument). OpenMP over
+# samples; every sample is computed by one thread in a fixed order, so the output does not
+# depend on the thread count. The conv is event driven: each input spike scatters a 16-channel
+# tap vector onto the <= 9 output positions it reaches. Per output this adds the taps in
+# (ky, kx) order because input spikes are visited in raster order (= the contract's order).
+from cython.parallel cimport prange, parallel
+from libc.stdint cimport uint8_t, uint16_t, int32_t, int64_t, uint64_t, uint32_t
+from libc.stdlib cimport free
+from _random cimport sample_key, uniform24
+
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #include <stdlib.h>
+    #include <string.h>
+    #if defined(__AVX__)
+    #include <immintrin.h>
+    #endif
+    /* 8-lane generic vectors: GCC/clang map them onto AVX (or pairs of SSE registers). */
+    typedef float snn_v8f __attribute__((vector_size(32)));
+    typedef int32_t snn_v8i __attribute__((vector_size(32)));
+
+    static inline snn_v8f snn_ld8(const float *p) { snn_v8f x; memcpy(&x, p, 32); return x; }
+    static inline void snn_st8(float *p, snn_v8f x) { memcpy(p, &x, 32); }
+
+    static inline unsigned snn_mask8(snn_v8i m) {
+    #if defined(__AVX__)
+        return (unsigned)_mm256_movemask_ps((__m256)m);
+    #else
+        unsigned bits = 0;
+        for (int i = 0; i < 8; i++) bits |= (unsigned)(m[i] & 1) << i;
+        return bits;
+    #endif
+    }
+
+    static inline void *snn_aligned_alloc(size_t n) {
+        void *p = NULL;
+        if (posix_memalign(&p, 64, n ? n : 64) != 0) return NULL;
+        return p;
+    }
+
+    /* Per pixel: the output positions its spike reaches and the tap it meets there, as
+       float offsets into I[pos][16] and wT[tap][16]; filled once at import. */
+    static int16_t snn_tap_dst[784][9], snn_tap_src[784][9];
+    static uint8_t snn_tap_n[784];
+
+    static void snn_conv_init_tables(void) {
+        for (int p = 0; p < 784; p++) {
+            int r = p / 28, c = p % 28, n = 0;
+            for (int y = 0; y < 12; y++)
+                for (int x = 0; x < 12; x++) {
+                    int ky = r - 2 * y, kx = c - 2 * x;
+                    if (ky < 0 || ky > 4 || kx < 0 || kx > 4) continue;
+                    snn_tap_dst[p][n] = (int16_t)((y * 12 + x) * 16);
+                    snn_tap_src[p][n] = (int16_t)((ky * 5 + kx) * 16);
+                    n++;
+                }
+            snn_tap_n[p] = (uint8_t)n;
+        }
+    }
+
+    /* Add the taps of every input spike (raster order) to I[pos*16 + c]. */
+    static inline void snn_conv_scatter(float *I, const float *wT, const uint16_t *pix, int n) {
+        for (int k = 0; k < n; k++) {
+            const int p = pix[k], m = snn_tap_n[p];
+            const int16_t *dst = snn_tap_dst[p], *src = snn_tap_src[p];
+            for (int e = 0; e < m; e++) {
+                float *d = I + dst[e];
+                const float *w = wT + src[e];
+                snn_st8(d, snn_ld8(d) + snn_ld8(w));
+                snn_st8(d + 8, snn_ld8(d + 8) + snn_ld8(w + 8));
+            }
+        }
+    }
+
+    /* Dense-gather alternative to the scatter (kept for the benchmark that chose between
+       them): per output position, OR the 5x5 window of the input bitmap into a 25-bit tap
+       mask and add the taps of its set bits (ascending = (ky, kx) order) in registers. */
+    static inline void snn_conv_gather(float *I, const float *wT, const uint16_t *pix, int n) {
+        uint32_t rows[28] = {0};
+        for (int k = 0; k < n; k++) rows[pix[k] / 28] |= 1u << (pix[k] % 28);
+        const snn_v8f zero = {0};
+        for (int y = 0; y < 12; y++) {
+            for (int x = 0; x < 12; x++) {
+                uint32_t m = 0;
+                for (int ky = 0; ky < 5; ky++)
+                    m |= ((rows[2 * y + ky] >> (2 * x)) & 31u) << (5 * ky);
+                snn_v8f a0 = zero, a1 = zero;
+                while (m) {
+                    const float *w = wT + __builtin_ctz(m) * 16;
+                    a0 += snn_ld8(w);
+                    a1 += snn_ld8(w + 8);
+                    m &= m - 1;
+                }
+                snn_st8(I + (y * 12 + x) * 16, a0);
+                snn_st8(I + (y * 12 + x) * 16 + 8, a1);
+            }
+        }
+    }
+
+    /* 8x8 bit-matrix transpose: bit c of byte p -> bit p of byte c (Hacker's Delight 7-3). */
+    static inline uint64_t snn_transpose8(uint64_t x) {
+        uint64_t t;
+        t = (x ^ (x >> 7)) & 0x00AA00AA00AA00AAull;  x = x ^ t ^ (t << 7);
+        t = (x ^ (x >> 14)) & 0x0000CCCC0000CCCCull; x = x ^ t ^ (t << 14);
+        t = (x ^ (x >> 28)) & 0x00000000F0F0F0F0ull; x = x ^ t ^ (t << 28);
+        return x;
+    }
+
+    /* Conv LIF on the [pos][16] layout; clears I for the next step and counts spikes in
+       cnt[pos][16]. Emits the spikes as ascending j = c*144 + pos: the [pos][c] spike bits
+       become per-channel bitsets through bit transposes, and each 64-bit word is unpacked
+       with a fixed 8-step loop (no data-dependent branch unless a word holds > 8 spikes). */
+    static inline int snn_conv_lif(float *v, float *I, const float *bias, float beta, float thr,
+                                   uint16_t *out, int32_t *cnt) {
+        uint64_t chan[16][3];          /* 144 bits per channel: bit pos % 64 of word pos / 64 */
+        memset(chan, 0, sizeof chan);
+        const snn_v8f one = {1, 1, 1, 1, 1, 1, 1, 1};
+        const snn_v8f vb = one * beta, vt = one * thr, zero = one - one;
+        const snn_v8f b0 = snn_ld8(bias), b1 = snn_ld8(bias + 8);
+        uint64_t any = 0;
+        for (int g = 0; g < 18; g++) {
+            uint64_t lo = 0, hi = 0;
+            for (int q = 0; q < 8; q++) {
+                const int pos = g * 8 + q;
+                unsigned bits = 0;
+                for (int h = 0; h < 2; h++) {
+                    float *pv = v + pos * 16 + h * 8, *pi = I + pos * 16 + h * 8;
+                    snn_v8f cur = snn_ld8(pi) + (h ? b1 : b0);
+                    snn_v8f vv = vb * snn_ld8(pv);
+                    vv = vv + cur;
+                    snn_v8i m = vv > vt;
+                    vv = (snn_v8f)((snn_v8i)vv & ~m);
+                    snn_st8(pv, vv);
+                    int32_t *pc = cnt + pos * 16 + h * 8;
+                    snn_v8i cv;
+                    memcpy(&cv, pc, 32);
+                    cv -= m;
+                    memcpy(pc, &cv, 32);
+                    snn_st8(pi, zero);
+                    bits |= snn_mask8(m) << (8 * h);
+                }
+                lo |= (uint64_t)(bits & 0xFFu) << (8 * q);
+                hi |= (uint64_t)(bits >> 8) << (8 * q);
+            }
+            any |= lo | hi;
+            lo = snn_transpose8(lo);
+            hi = snn_transpose8(hi);
+            const int w = g >> 3, sh = 8 * (g & 7);
+            for (int c = 0; c < 8; c++) {
+                chan[c][w] |= ((lo >> (8 * c)) & 0xFFu) << sh;
+                chan[c + 8][w] |= ((hi >> (8 * c)) & 0xFFu) << sh;
+            }
+        }
+        int n = 0;
+        if (!any) return 0;
+        for (int c = 0; c < 16; c++) {
+            for (int w = 0; w < 3; w++) {
+                uint64_t word = chan[c][w];
+                const int base = c * 144 + w * 64, pc = __builtin_popcountll(word);
+                if (pc <= 8 && n + 8 <= 2304) {
+                    /* may write up to 8 - pc junk entries past n: inside the row, and either
+                       overwritten by the next spikes or beyond spk_cnt (documented) */
+                    for (int i = 0; i < 8; i++) {
+                        out[n + i] = (uint16_t)(base + (word ? __builtin_ctzll(word) : 0));
+                        word &= word - 1;
+                    }
+                } else {
+                    for (int i = 0; word; i++) {
+                        out[n + i] = (uint16_t)(base + __builtin_ctzll(word));
+                        word &= word - 1;
+                    }
+                }
+                n += pc;
+            }
+        }
+        return n;
+    }
+    """
+    void *snn_aligned_alloc(size_t n) nogil
+    void snn_conv_init_tables()
+    void snn_conv_scatter(float *I, const float *wT, const uint16_t *pix, int n) nogil
+    void snn_conv_gather(float *I, const float *wT, const uint16_t *pix, int n) nogil
+    int snn_conv_lif(float *v, float *I, const float *bias, float beta, float thr,
+                     uint16_t *out, int32_t *cnt) nogil
+
+
+snn_conv_init_tables()  # at import, before any kernel can run
+
+
+def uniform24_into(uint64_t seed, uint64_t epoch, const int64_t[::1] sample_ids, int step,
+                   const int64_t[::1] pixels, uint32_t[:, ::1] out):
+    """out[b, p] = u24 of (seed, epoch, sample_ids[b], step, pixels[p]) (test hook)."""
+    cdef Py_ssize_t b, p
+    cdef uint64_t key
+    for b in range(sample_ids.shape[0]):
+        key = sample_key(seed, epoch, <uint64_t>sample_ids[b])
+        for p in range(pixels.shape[0]):
+            out[b, p] = uniform24(key, <uint64_t>step, <uint64_t>pixels[p])
+
+
+cdef inline int encode_step(const uint8_t *img, const uint16_t *nz, int n_nz, int t, int n_det,
+                            const int32_t *det, uint64_t key, uint16_t *pix) noexcept nogil:
+    # Only non-zero pixels can spike (u24 * 255 < 0 never holds), so zeros are skipped.
+    cdef int k, n = 0
+    cdef uint16_t p
+    cdef int32_t lim
+    # branch-free compaction: the spike test is data-dependent, a branch would mispredict
+    if t < n_det:
+        lim = det[t]
+        for k in range(n_nz):
+            p = nz[k]
+            pix[n] = p
+            n += img[p] >= lim
+    else:
+        for k in range(n_nz):
+            p = nz[k]
+            pix[n] = p
+            n += <uint64_t>uniform24(key, <uint64_t>t, p) * 255 < (<uint64_t>img[p] << 24)
+    return n
+
+
+cdef void conv_sample(const uint8_t *img, uint64_t key, const float *wT, const float *bias,
+                      const int32_t *det, int n_det, int T, float beta, float thr,
+                      const int64_t *evt, uint16_t *spk_idx, int32_t *spk_cnt, int32_t *n_in,
+                      int32_t *n_c, int64_t *in_count, int64_t *conv_events, uint8_t *rec,
+                      float *v, float *I, int32_t *cnt, uint16_t *nz,
+                      uint16_t *pix, bint gather) noexcept nogil:
+    cdef int t, k, n, c, n_nz = 0
+    cdef int64_t ev
+    for k in range(784):
+        if img[k] != 0:
+            nz[n_nz] = <uint16_t>k
+            n_nz += 1
+    for k in range(2304):
+        v[k] = 0.0
+        I[k] = 0.0
+        cnt[k] = 0
+    for t in range(T):
+        n = encode_step(img, nz, n_nz, t, n_det, det, key, pix)
+        ev = 0
+        for k in range(n):
+            n_in[pix[k]] += 1
+            ev += evt[pix[k]]
+            if rec != NULL:
+                rec[t * 784 + pix[k]] = 1
+        in_count[t] = n
+        conv_events[t] = ev
+        if gather:
+            snn_conv_gather(I, wT, pix, n)
+        else:
+            snn_conv_scatter(I, wT, pix, n)
+        spk_cnt[t] = snn_conv_lif(v, I, bias, beta, thr, spk_idx + t * 2304, cnt)
+    # per-neuron counts were kept in the [pos][c] layout of the LIF: transpose once
+    for k in range(144):
+        for c in range(16):
+            n_c[c * 144 + k] = cnt[k * 16 + c]
+
+
+def conv_forward_into(const uint8_t[:, ::1] images, const int64_t[::1] sample_ids,
+                      uint64_t seed, uint64_t epoch, const float[:, ::1] wT,
+                      const float[::1] bias, const int32_t[::1] det, int n_det, float beta,
+                      float thr, const int64_t[::1] evt, uint16_t[:, :, ::1] spk_idx,
+                      int32_t[:, ::1] spk_cnt, int32_t[:, ::1] n_in, int32_t[:, ::1] n_c,
+                      int64_t[:, ::1] in_count, int64_t[:, ::1] conv_events,
+                      uint8_t[:, :, ::1] rec, bint record, int n_threads, bint gather=False):
+    """Fill the preallocated outputs (see snnfast._convsnn_kernels.conv_forward).
+
+    ``gather`` selects the dense-gather conv instead of the event-driven scatter (same bits).
+    """
+    cdef Py_ssize_t B = images.shape[0]
+    cdef int T = spk_cnt.shape[1]
+    cdef Py_ssize_t b
+    cdef float *v
+    cdef float *I
+    cdef int32_t *cnt
+    cdef uint16_t *nz
+    cdef uint16_t *pix
+    cdef uint8_t *rec_b
+    cdef int failed = 0
+    v = I = NULL  # firstprivate in the parallel block: give them a defined value
+    cnt = NULL
+    nz = pix = NULL
+    with nogil, parallel(num_threads=n_threads):
+        # thread-private state, 64-byte aligned: no false sharing between threads
+        v = <float *>snn_aligned_alloc(2 * 2304 * sizeof(float) + 2304 * sizeof(int32_t)
+                                       + 2 * 784 * sizeof(uint16_t))
+        I = v + 2304
+        cnt = <int32_t *>(I + 2304)
+        nz = <uint16_t *>(cnt + 2304)
+        pix = nz + 784
+        # every thread must reach the worksharing loop, so a failed allocation is only flagged
+        # small dynamic chunks: samples differ in cost and neighbours steal cores
+        for b in prange(B, schedule='dynamic', chunksize=4):
+            if v == NULL:
+                failed += 1
+                continue
+            rec_b = &rec[b, 0, 0] if record else NULL
+            conv_sample(&images[b, 0], sample_key(seed, epoch, <uint64_t>sample_ids[b]),
+                        &wT[0, 0], &bias[0], &det[0], n_det, T, beta, thr, &evt[0],
+                        &spk_idx[b, 0, 0], &spk_cnt[b, 0], &n_in[b, 0], &n_c[b, 0],
+                        &in_count[b, 0], &conv_events[b, 0], rec_b, v, I, cnt, nz, pix,
+                        gather)
+        free(v)
+    if failed:
+        raise MemoryError("conv_forward: cannot allocate thread buffers")
+
+
+
+def weighted_counts_into(const uint16_t[:, :, ::1] spk_idx, const int32_t[:, ::1] spk_cnt,
+                         const int32_t[::1] weights, int32_t[:, ::1] out, int n_threads):
+    """out[b, j] += sum over steps t of weights[t] * (conv neuron j spiked at t) (integer).
+
+    Indices >= 2304 are skipped and counted; returns their number.
+    """
+    cdef Py_ssize_t B = spk_cnt.shape[0], T = spk_cnt.shape[1]
+    cdef Py_ssize_t b, t, k
+    cdef int32_t w
+    cdef uint16_t j
+    cdef int64_t bad = 0
+    for b in prange(B, nogil=True, schedule='static', num_threads=n_threads):
+        for t in range(T):
+            w = weights[t]
+            for k in range(spk_cnt[b, t]):
+                j = spk_idx[b, t, k]
+                if j < 2304:
+                    out[b, j] += w
+                else:
+                    bad += 1
+    return bad
+
+
+def dense_spikes_into(const uint16_t[:, :, ::1] spk_idx, const int32_t[:, ::1] spk_cnt,
+                      uint8_t[:, :, ::1] out, int n_threads):
+    """out[b, t, j] = 1 for every listed spike (out must be zeroed).
+
+    Indices >= 2304 are skipped and counted; returns their number.
+    """
+    cdef Py_ssize_t B = spk_cnt.shape[0], T = spk_cnt.shape[1]
+    cdef Py_ssize_t b, t, k
+    cdef uint16_t j
+    cdef int64_t bad = 0
+    for b in prange(B, nogil=True, schedule='static', num_threads=n_threads):
+        for t in range(T):
+            for k in range(spk_cnt[b, t]):
+                j = spk_idx[b, t, k]
+                if j < 2304:
+                    out[b, t, j] = 1
+                else:
+                    bad += 1
+    return bad

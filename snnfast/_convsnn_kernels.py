@@ -1,0 +1,622 @@
+"""Validating Python API over the Conv-SNN compute kernels (the only entry point the model uses).
+
+The semantics are fixed by the forward contract (``convsnn-semantics``): a 16x5x5 stride-2
+convolution driven by rate-coded input spikes, a LIF conv layer, a spike-driven FC1 into a
+LIF hidden layer, all in float32 with an exact order of additions so that the compiled
+kernels reproduce the NumPy oracle (``tests/_convsnn_oracle.py``) bit for bit.
+
+Layouts
+-------
+- images: ``uint8 (B, 784)``, row-major 28x28.
+- conv neuron index ``j = c*144 + y*12 + x`` (C order of ``(16, 12, 12)``).
+- ``W1`` canonical ``(2304, 1024)``; the kernels use a private *blocked* copy
+  ``W1b = to_blocked(W1)`` of shape ``(1024 // bw, 2304, bw)`` (``W1b[k, j, i] == W1[j, k*bw+i]``)
+  so that one block of columns stays in the L2 cache while every sample's spikes are added.
+  The block width ``bw`` is read back from ``W1b.shape[2]``.
+
+Threads
+-------
+Every kernel releases the GIL and runs OpenMP over samples (conv) or (block, sample) pairs
+(FC1 + hidden LIF). Each output element is computed by exactly one thread in a fixed order,
+so results are bit-identical for any ``n_threads`` (rule: :func:`snnfast.effective_n_threads`).
+
+Random numbers
+--------------
+Counter-based (splitmix64 finaliser ``mix64``), keyed by ``(seed, epoch, sample_id, step,
+pixel)``; see :func:`uniform24`. The same image with the same ``sample_id`` gets the same
+input spikes in any batch position or composition, for any thread count.
+
+Example
+-------
+>>> W1b = to_blocked(W1)                                   # once, after every W1 change
+>>> conv = conv_forward(images, ids, seed, epoch, conv_w, conv_b, T=10, n_det=5)
+>>> hid = hidden_forward(conv, W1b, b1, reset="subtract", period=2, phase=1,
+...                      drive="window", scale=1.0)
+>>> r_h = hid.n_h / np.float32(hid.n_updates)              # then logits = r_h @ W2 + b2
+>>> cnt = conv.drive_counts(2, 1, "window")                # sum_u acc_u == cnt @ W1
+
+Errors
+------
+Wrong dtype/shape/contiguity, out-of-range scalars, NaN/inf weights or corrupted spike lists
+raise ``ValueError`` (``TypeError`` for non-arrays): never a crash, never a silent result.
+Spike indices are checked before any W1 row is read through them.
+"""
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Optional, Tuple
+
+import numpy as np
+
+from ._config import effective_n_threads
+from ._utils import check_array
+
+__all__ = [
+    "N_PIX", "N_CONV", "N_HID", "SUPPORTED_BLOCK_WIDTHS", "BLOCK_WIDTH", "EVAL_EPOCH",
+    "ConvResult", "HiddenResult", "det_table", "update_steps", "conv_event_table",
+    "uniform24", "to_blocked", "from_blocked", "conv_forward", "hidden_forward", "adam_step",
+]
+
+N_PIX = 784
+N_CONV = 2304
+N_HID = 1024
+N_CH = 16
+N_TAPS = 25
+EVAL_EPOCH = 2**32 - 1
+"""Epoch key used for evaluation so that evaluation noise is fixed."""
+SUPPORTED_BLOCK_WIDTHS = (16, 32, 64, 128, 256)
+_U64 = 2**64
+_RESETS_C = {"zero": 0}
+_RESETS_H = {"halve": 0, "subtract": 1, "zero": 2}
+_DRIVES = {"cumulative": 0, "window": 1}
+
+
+def _l2_bytes():
+    """Per-core L2 size from sysfs (bytes), or None if it cannot be read."""
+    try:
+        with open("/sys/devices/system/cpu/cpu0/cache/index2/size") as fh:
+            raw = fh.read().strip().upper()
+    except OSError:
+        return None
+    mult = {"K": 1024, "M": 1024**2}.get(raw[-1:], 1)
+    try:
+        return int(raw.rstrip("KM")) * mult
+    except ValueError:
+        return None
+
+
+def _vector_width():
+    """Floats per SIMD register in the compiled FC1 kernel (8 if it cannot be asked)."""
+    try:
+        from . import _convsnn_fc
+        return int(_convsnn_fc.vector_width())
+    except ImportError:  # kernels not built yet: the NumPy paths still import this module
+        return 8
+
+
+def _choose_block_width():
+    """Widest supported block that fits both the L2 cache and the register file.
+
+    L2: the W1 slice of one block (2304 x bw float32) must fit in ~3/4 of the per-core L2,
+    so it stays hot while all samples stream through it. Registers: the kernel keeps the
+    bw-wide accumulator tiles of 4 samples (bw <= 4 vectors) or 2 samples in vector
+    registers, at most 16 of them: bw <= 8 vectors (64 columns with AVX2, 128 with AVX-512).
+    Without sysfs information 32 is used.
+    ``SNNFAST_BLOCK_WIDTH`` overrides (benchmarking).
+    """
+    import os
+    raw = os.environ.get("SNNFAST_BLOCK_WIDTH", "").strip()
+    if raw:
+        bw = int(raw)
+        if bw not in SUPPORTED_BLOCK_WIDTHS:
+            raise ValueError(f"SNNFAST_BLOCK_WIDTH={bw} not in {SUPPORTED_BLOCK_WIDTHS}")
+        return bw
+    l2 = _l2_bytes()
+    if l2 is None:
+        return 32
+    cap = 8 * _vector_width()
+    best = SUPPORTED_BLOCK_WIDTHS[0]
+    for bw in SUPPORTED_BLOCK_WIDTHS:
+        # leave room for the spike lists, the tile state and the other hyper-thread
+        if N_CONV * bw * 4 <= 0.75 * l2 and bw <= cap:
+            best = bw
+    return best
+
+
+BLOCK_WIDTH = _choose_block_width()
+"""Default hidden columns per W1 block (from the L2 size; env ``SNNFAST_BLOCK_WIDTH``)."""
+
+
+# --------------------------------------------------------------------------- results
+@dataclass
+class ConvResult:
+    """Output of :func:`conv_forward` for a batch of B images and T steps.
+
+    Attributes
+    ----------
+    spk_idx : uint16 (B, T, 2304)
+        Conv spike indices per sample and step; only ``spk_idx[b, t, :spk_cnt[b, t]]`` is
+        valid (ascending ``j``); the rest is uninitialised memory.
+    spk_cnt : int32 (B, T)
+        Number of conv spikes per sample and step.
+    n_in : int32 (B, 784)
+        Input spikes per pixel (summed over steps).
+    n_c : int32 (B, 2304)
+        Conv spikes per neuron (summed over steps).
+    in_count : int64 (B, T)
+        Input spikes per sample and step.
+    conv_events : int64 (B, T)
+        Conv synaptic events: sum over input spikes of (valid output positions) x 16.
+    input_spikes : uint8 (B, T, 784) or None
+        The input spikes, if ``record_input=True``.
+    T : int
+        Number of time steps.
+    """
+    spk_idx: np.ndarray
+    spk_cnt: np.ndarray
+    n_in: np.ndarray
+    n_c: np.ndarray
+    in_count: np.ndarray
+    conv_events: np.ndarray
+    input_spikes: Optional[np.ndarray]
+    T: int
+
+    @property
+    def batch_size(self):
+        return self.spk_cnt.shape[0]
+
+    def conv_spikes(self, n_threads=None):
+        """Dense conv spikes ``uint8 (B, T, 2304)`` rebuilt from the index lists."""
+        from . import _convsnn_conv
+        self._check_lists()
+        B, T = self.spk_cnt.shape
+        out = np.zeros((B, T, N_CONV), np.uint8)
+        if _convsnn_conv.dense_spikes_into(self.spk_idx, self.spk_cnt, out, _threads(n_threads)):
+            raise ValueError("spk_idx holds indices >= 2304 in its valid part")
+        return out
+
+    def weighted_counts(self, weights, n_threads=None):
+        """``int32 (B, 2304)``: sum over steps of ``weights[t]`` x (neuron j spiked at t).
+
+        ``weights`` is an int32 ``(T,)`` array (exact integer arithmetic).
+        """
+        from . import _convsnn_conv
+        self._check_lists()
+        B, T = self.spk_cnt.shape
+        check_array(weights, "weights", np.int32, shape=(T,))
+        out = np.zeros((B, N_CONV), np.int32)
+        if _convsnn_conv.weighted_counts_into(self.spk_idx, self.spk_cnt, weights, out,
+                                             _threads(n_threads)):
+            raise ValueError("spk_idx holds indices >= 2304 in its valid part")
+        return out
+
+    def drive_counts(self, period, phase, drive, n_threads=None):
+        """``int32 (B, 2304)``: how often each conv neuron's W1 row is in the drive accumulator,
+        summed over the hidden updates, so ``sum_u acc_u = drive_counts @ W1`` (the FC1 part of
+        the summed hidden drive, what a gradient w.r.t. W1 needs).
+
+        'cumulative': a spike at step t counts once per update at or after t; 'window': once
+        if some update follows it (at or after t), else 0.
+        """
+        steps = update_steps(self.T, period, phase)
+        _check_choice(drive, "drive", _DRIVES)
+        w = np.zeros(self.T, np.int32)
+        for t in range(self.T):
+            after = sum(1 for u in steps if u >= t)
+            w[t] = after if drive == "cumulative" else min(after, 1)
+        return self.weighted_counts(w, n_threads)
+
+    def _check_lists(self):
+        B, T = self.spk_cnt.shape
+        check_array(self.spk_idx, "spk_idx", np.uint16, shape=(B, T, N_CONV))
+        check_array(self.spk_cnt, "spk_cnt", np.int32, shape=(B, T))
+        if B and (self.spk_cnt.min() < 0 or self.spk_cnt.max() > N_CONV):
+            raise ValueError("spk_cnt out of range [0, 2304]")
+
+    def step_counters(self):
+        """Per-step totals over the batch: dict of int64 (T,) arrays."""
+        return {"input_spikes": self.in_count.sum(0),
+                "conv_spikes": self.spk_cnt.sum(0, dtype=np.int64),
+                "conv_synaptic_events": self.conv_events.sum(0)}
+
+    def sample_counters(self):
+        """Per-sample totals over the steps: dict of int64 (B,) arrays."""
+        return {"input_spikes": self.in_count.sum(1),
+                "conv_spikes": self.spk_cnt.sum(1, dtype=np.int64),
+                "conv_synaptic_events": self.conv_events.sum(1)}
+
+
+@dataclass
+class HiddenResult:
+    """Output of :func:`hidden_forward`.
+
+    Attributes
+    ----------
+    n_h : int32 (B, 1024)
+        Hidden spikes per neuron (summed over hidden updates).
+    ih_sum : float32 (B, 1024)
+        Sum over hidden updates (in step order, from 0.0) of the drive
+        ``I_h = (acc + b1) * scale`` (what a rate surrogate gradient needs).
+    hid_count : int64 (B, T)
+        Hidden spikes per sample and step (0 on steps without a hidden update).
+    fc1_adds : int64 (B, T)
+        FC1 additions per sample at each update step: rows added x 1024 (rows of the conv
+        spikes since the previous update, counted at the update step that adds them).
+    update_steps : tuple of int
+        The steps with a hidden update (``t % period == phase``).
+    spikes : uint8 (B, T, 1024) or None
+        Hidden spikes, if ``record=True`` (all zero on non-update steps).
+    """
+    n_h: np.ndarray
+    ih_sum: np.ndarray
+    hid_count: np.ndarray
+    fc1_adds: np.ndarray
+    update_steps: Tuple[int, ...]
+    spikes: Optional[np.ndarray]
+
+    @property
+    def n_updates(self):
+        return len(self.update_steps)
+
+    def step_counters(self):
+        """Per-step totals over the batch: dict of int64 (T,) arrays."""
+        return {"hidden_spikes": self.hid_count.sum(0), "fc1_row_adds": self.fc1_adds.sum(0)}
+
+    def sample_counters(self):
+        """Per-sample totals over the steps: dict of int64 (B,) arrays."""
+        return {"hidden_spikes": self.hid_count.sum(1), "fc1_row_adds": self.fc1_adds.sum(1)}
+
+
+# --------------------------------------------------------------------------- validation
+def _check_int(value, name, lo, hi):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    value = int(value)
+    if not lo <= value <= hi:
+        raise ValueError(f"{name}={value} out of range [{lo}, {hi}]")
+    return value
+
+
+def _check_float(value, name, lo=-np.inf, hi=np.inf):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer,
+                                                                        np.floating)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    f32 = np.float32(value)
+    if not np.isfinite(f32) or not lo <= float(f32) <= hi:
+        raise ValueError(f"{name}={value!r} must be finite and in [{lo}, {hi}] (as float32)")
+    return f32
+
+
+def _check_choice(value, name, choices):
+    if value not in choices:
+        raise ValueError(f"{name}={value!r}; expected one of {sorted(choices)}")
+    return choices[value]
+
+
+def _threads(n_threads):
+    return effective_n_threads(n_threads)
+
+
+# --------------------------------------------------------------------------- helpers
+def det_table(T, n_det):
+    """Deterministic-phase thresholds, one int32 per step.
+
+    For ``t < n_det`` the entry is the smallest ``u8`` with ``u8/255.0 > 1.0 - t/n_det``
+    (evaluated in float64 exactly like the reference), or 256 if no pixel spikes (t=0).
+    For ``t >= n_det`` (stochastic phase) the entry is -1.
+    """
+    T = _check_int(T, "T", 1, 10_000)
+    n_det = _check_int(n_det, "n_det", 0, 10_000)
+    return _det_table(T, n_det).copy()
+
+
+@lru_cache(maxsize=32)
+def _det_table(T, n_det):
+    out = np.full(T, -1, np.int32)
+    for t in range(min(T, n_det)):
+        thr = 1.0 - t / float(n_det)
+        out[t] = next((u for u in range(256) if u / 255.0 > thr), 256)
+    out.flags.writeable = False
+    return out
+
+
+def update_steps(T, period, phase):
+    """Steps ``t < T`` with a hidden update: ``t % period == phase``."""
+    T = _check_int(T, "T", 1, 10_000)
+    period = _check_int(period, "period", 1, 10_000)
+    phase = _check_int(phase, "phase", 0, period - 1)
+    return tuple(t for t in range(T) if t % period == phase)
+
+
+def conv_event_table():
+    """int64 (784,): conv synaptic events caused by one input spike at each pixel.
+
+    Number of valid output positions the 5x5 stride-2 kernel places over the pixel, x 16.
+    """
+    return _conv_event_table().copy()
+
+
+@lru_cache(maxsize=1)
+def _conv_event_table():
+    def n_out(r):  # outputs y with 2y <= r <= 2y+4, 0 <= y <= 11
+        return sum(1 for y in range(12) if 0 <= r - 2 * y <= 4)
+    per_row = np.array([n_out(r) for r in range(28)], np.int64)
+    out = (per_row[:, None] * per_row[None, :] * N_CH).reshape(N_PIX)
+    out.flags.writeable = False
+    return out
+
+
+def uniform24(seed, epoch, sample_ids, step, pixels):
+    """The kernels' counter-based uniforms ``u24`` (0 .. 2^24-1) for one step (for tests).
+
+    Parameters
+    ----------
+    seed, epoch : int in [0, 2^64)
+    sample_ids : int64 (B,)
+    step : int
+    pixels : int64 (P,)
+
+    Returns
+    -------
+    uint32 (B, P)
+    """
+    from . import _convsnn_conv
+    seed = _check_int(seed, "seed", 0, _U64 - 1)
+    epoch = _check_int(epoch, "epoch", 0, _U64 - 1)
+    step = _check_int(step, "step", 0, 2**31 - 1)
+    check_array(sample_ids, "sample_ids", np.int64, ndim=1)
+    check_array(pixels, "pixels", np.int64, ndim=1)
+    if (sample_ids < 0).any() or (pixels < 0).any() or (pixels >= 2**32).any():
+        raise ValueError("sample_ids must be >= 0 and pixels in [0, 2^32)")
+    out = np.empty((sample_ids.shape[0], pixels.shape[0]), np.uint32)
+    _convsnn_conv.uniform24_into(np.uint64(seed), np.uint64(epoch), sample_ids, step, pixels, out)
+    return out
+
+
+def to_blocked(W1, block_width=None):
+    """Canonical ``W1 (2304, 1024)`` -> blocked ``(1024//bw, 2304, bw)`` float32 (page aligned).
+
+    ``W1b[k, j, i] == W1[j, k*bw + i]``. ``block_width`` defaults to :data:`BLOCK_WIDTH`.
+    """
+    bw = BLOCK_WIDTH if block_width is None else _check_int(block_width, "block_width", 1, N_HID)
+    if bw not in SUPPORTED_BLOCK_WIDTHS:
+        raise ValueError(f"block_width={bw} not in {SUPPORTED_BLOCK_WIDTHS}")
+    check_array(W1, "W1", np.float32, shape=(N_CONV, N_HID), contiguous=False)
+    # page-aligned: every row starts a cache line and line pairs never straddle two rows
+    out = _aligned_empty((N_HID // bw, N_CONV, bw), align=4096)
+    out[...] = W1.reshape(N_CONV, N_HID // bw, bw).transpose(1, 0, 2)
+    return out
+
+
+def from_blocked(W1b):
+    """Blocked ``(1024//bw, 2304, bw)`` -> canonical ``W1 (2304, 1024)`` (a new array)."""
+    _check_blocked(W1b, "W1b", contiguous=False)
+    return np.ascontiguousarray(W1b.transpose(1, 0, 2).reshape(N_CONV, N_HID))
+
+
+def _aligned_empty(shape, dtype=np.float32, align=64):
+    """Uninitialised C-contiguous array whose data pointer is ``align``-byte aligned."""
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape)) * dtype.itemsize
+    raw = np.empty(n + align, np.uint8)
+    off = (-raw.ctypes.data) % align
+    return raw[off:off + n].view(dtype).reshape(shape)
+
+
+def _check_blocked(W1b, name, contiguous=True, finite=False):
+    check_array(W1b, name, np.float32, ndim=3, contiguous=contiguous, finite=finite)
+    nblk, rows, bw = W1b.shape
+    if bw not in SUPPORTED_BLOCK_WIDTHS or rows != N_CONV or nblk * bw != N_HID:
+        raise ValueError(f"{name} must have shape (1024//bw, 2304, bw) with bw in "
+                         f"{SUPPORTED_BLOCK_WIDTHS}, got {W1b.shape}")
+    return bw
+
+
+# --------------------------------------------------------------------------- kernels
+def conv_forward(images, sample_ids, seed, epoch, conv_w, conv_b, *, T=10, n_det=5,
+                 beta=0.9, thr=0.8, reset="zero", n_threads=None, record_input=False,
+                 conv_method="scatter"):
+    """Input encoding + conv (16x5x5, stride 2) + conv LIF for all T steps.
+
+    Parameters
+    ----------
+    images : uint8 (B, 784), C-contiguous
+    sample_ids : int64 (B,)
+        Index of each image in its data set (keys the input noise), >= 0.
+    seed, epoch : int in [0, 2^64)
+        Noise keys (evaluation: ``epoch=EVAL_EPOCH``).
+    conv_w : float32 (16, 25) or (16, 1, 5, 5), C-contiguous, finite
+    conv_b : float32 (16,), finite
+    T : int
+        Number of steps.
+    n_det : int
+        Steps ``t < n_det`` use the deterministic rule (:func:`det_table`), the rest
+        Bernoulli: spike iff ``u24 * 255 < u8 * 2^24``.
+    beta, thr : float
+        Conv LIF decay and threshold (float32; ``v = beta*v + I``; spike iff ``v > thr``).
+    reset : {'zero'}
+        Conv reset (only 'zero' is defined by the contract).
+    n_threads : int or None
+    record_input : bool
+        Also return the dense input spikes.
+    conv_method : {'scatter', 'gather'}
+        Event-driven scatter of each input spike's taps (default, measured faster) or a
+        dense gather over output positions; both give identical bits.
+
+    Returns
+    -------
+    ConvResult
+    """
+    from . import _convsnn_conv
+    check_array(images, "images", np.uint8, shape=(None, N_PIX))
+    B = images.shape[0]
+    check_array(sample_ids, "sample_ids", np.int64, shape=(B,))
+    if B and sample_ids.min() < 0:
+        raise ValueError("sample_ids must be >= 0")
+    seed = _check_int(seed, "seed", 0, _U64 - 1)
+    epoch = _check_int(epoch, "epoch", 0, _U64 - 1)
+    check_array(conv_w, "conv_w", np.float32, finite=True)
+    if conv_w.shape not in ((N_CH, N_TAPS), (N_CH, 1, 5, 5)):
+        raise ValueError(f"conv_w must have shape (16, 25) or (16, 1, 5, 5), got {conv_w.shape}")
+    check_array(conv_b, "conv_b", np.float32, shape=(N_CH,), finite=True)
+    T = _check_int(T, "T", 1, 10_000)
+    n_det = _check_int(n_det, "n_det", 0, 10_000)
+    beta = _check_float(beta, "beta")
+    thr = _check_float(thr, "thr")
+    _check_choice(reset, "reset", _RESETS_C)
+    gather = _check_choice(conv_method, "conv_method", {"scatter": False, "gather": True})
+    nt = _threads(n_threads)
+
+    det = _det_table(T, n_det)  # cached, read-only use
+    spk_idx = np.empty((B, T, N_CONV), np.uint16)
+    spk_cnt = np.zeros((B, T), np.int32)
+    n_in = np.zeros((B, N_PIX), np.int32)
+    n_c = np.zeros((B, N_CONV), np.int32)
+    in_count = np.zeros((B, T), np.int64)
+    conv_events = np.zeros((B, T), np.int64)
+    rec = np.zeros((B, T, N_PIX) if record_input else (0, 0, 0), np.uint8)
+    if B:
+        # taps transposed to (25, 16): one input spike adds a 16-channel vector per position
+        wT = np.ascontiguousarray(conv_w.reshape(N_CH, N_TAPS).T)
+        _convsnn_conv.conv_forward_into(
+            images, sample_ids, np.uint64(seed), np.uint64(epoch), wT, conv_b, det, n_det,
+            beta, thr, _conv_event_table(), spk_idx, spk_cnt, n_in, n_c, in_count, conv_events,
+            rec, bool(record_input), nt, gather)
+    return ConvResult(spk_idx, spk_cnt, n_in, n_c, in_count, conv_events,
+                      rec if record_input else None, T)
+
+
+def hidden_forward(conv, W1b, b1, *, beta=0.9, thr=0.8, reset="subtract", period=2, phase=1,
+                   drive="window", scale=1.0, n_threads=None, record=False):
+    """Spike-driven FC1 + hidden LIF, from the conv spikes of :func:`conv_forward`.
+
+    At each update step (``t % period == phase``) the rows ``W1[j]`` of all conv spikes since
+    the previous update (step ascending, ``j`` ascending) are added to the drive accumulator
+    ``acc`` (cleared after every update for ``drive='window'``, never for ``'cumulative'``);
+    then ``I = (acc + b1) * scale``, ``v = beta*v + I``, spike iff ``v > thr``, and reset
+    ('halve': ``v *= 0.5``, 'subtract': ``v -= thr``, 'zero': ``v = 0``, where spiking).
+
+    Parameters
+    ----------
+    conv : ConvResult
+    W1b : float32 (1024//bw, 2304, bw), C-contiguous, finite (from :func:`to_blocked`);
+        non-finite values raise ValueError (detected inside the kernel at no extra pass)
+    b1 : float32 (1024,), finite
+    beta, thr, scale : float
+    reset : {'halve', 'subtract', 'zero'}
+    period, phase : int
+        ``period >= 1``, ``0 <= phase < period``.
+    drive : {'cumulative', 'window'}
+    n_threads : int or None
+    record : bool
+        Also return the dense hidden spikes (B, T, 1024).
+
+    Returns
+    -------
+    HiddenResult
+    """
+    from . import _convsnn_fc
+    if not isinstance(conv, ConvResult):
+        raise TypeError(f"conv must be a ConvResult, got {type(conv).__name__}")
+    B, T = conv.spk_cnt.shape
+    check_array(conv.spk_idx, "conv.spk_idx", np.uint16, shape=(B, T, N_CONV))
+    check_array(conv.spk_cnt, "conv.spk_cnt", np.int32, shape=(B, T))
+    if B and (conv.spk_cnt.min() < 0 or conv.spk_cnt.max() > N_CONV):
+        raise ValueError("conv.spk_cnt out of range [0, 2304]")
+    bw = _check_blocked(W1b, "W1b")  # finiteness: checked by the kernel, see below
+    check_array(b1, "b1", np.float32, shape=(N_HID,), finite=True)
+    beta = _check_float(beta, "beta")
+    thr = _check_float(thr, "thr")
+    scale = _check_float(scale, "scale")
+    reset_code = _check_choice(reset, "reset", _RESETS_H)
+    drive_code = _check_choice(drive, "drive", _DRIVES)
+    steps = update_steps(T, period, phase)
+    nt = _threads(n_threads)
+
+    n_h = np.zeros((B, N_HID), np.int32)
+    ih_sum = np.zeros((B, N_HID), np.float32)
+    part = np.zeros((N_HID // bw, B, T), np.int32)
+    rec = np.zeros((B, T, N_HID) if record else (0, 0, 0), np.uint8)
+    is_update = np.zeros(T, np.uint8)
+    is_update[list(steps)] = 1
+    if B and steps:
+        n_bad, n_nonfinite = _convsnn_fc.hidden_forward_into(
+            conv.spk_idx, conv.spk_cnt, W1b, b1, is_update, beta, thr, scale, reset_code,
+            drive_code, n_h, ih_sum, part, rec, bool(record), nt)
+        if n_bad:
+            # checked by the kernel before any W1 row is read through an index
+            raise ValueError(f"conv.spk_idx holds {n_bad} index(es) >= 2304 in its valid part")
+        if n_nonfinite:
+            # checked inside the kernel (fused with its first pass over each block: a
+            # separate np.isfinite pass over 9 MB would cost ~0.5 ms per call)
+            raise ValueError(f"W1b contains NaN or infinite values ({n_nonfinite} block(s))")
+    hid_count = part.sum(0, dtype=np.int64)
+    fc1_adds = _fc1_adds(conv.spk_cnt, steps)
+    return HiddenResult(n_h, ih_sum, hid_count, fc1_adds, steps, rec if record else None)
+
+
+def _fc1_adds(spk_cnt, steps):
+    """Rows added x 1024 per (sample, update step): conv spikes since the previous update."""
+    B, T = spk_cnt.shape
+    out = np.zeros((B, T), np.int64)
+    csum = np.concatenate([np.zeros((B, 1), np.int64), np.cumsum(spk_cnt, 1, dtype=np.int64)], 1)
+    prev = 0
+    for t in steps:
+        out[:, t] = (csum[:, t + 1] - csum[:, prev]) * N_HID
+        prev = t + 1
+    return out
+
+
+def adam_step(param, grad, m, v, *, lr, beta1=0.9, beta2=0.999, eps=1e-8, step,
+              n_threads=None, check_finite=True):
+    """One fused Adam update, in place on ``param``, ``m`` and ``v`` (float32).
+
+    Per element, in float32 (``bc1 = 1 - beta1**step``, ``bc2 = 1 - beta2**step`` computed
+    in float64 and rounded to float32, as ``step_size = lr / bc1`` and ``rbc2 = 1/sqrt(bc2)``)::
+
+        m = beta1*m + (1-beta1)*g
+        v = beta2*v + (1-beta2)*(g*g)
+        param = param - step_size * (m / (sqrt(v)*rbc2 + eps))
+
+    Parameters
+    ----------
+    param, grad, m, v : float32 arrays of one shape, C-contiguous (e.g. blocked W1 and its
+        blocked gradient); ``grad`` must be finite.
+    lr, beta1, beta2, eps : float
+    step : int
+        1-based step count (for the bias corrections).
+    n_threads : int or None
+    check_finite : bool
+        Check ``grad`` for NaN/inf *before* updating (ValueError, nothing changed). This is
+        a separate pass (~0.5 ms for W1's 2.4 M floats); with ``False`` the kernel still
+        counts non-finite gradients during the update and raises ValueError afterwards
+        (then the affected entries of ``param``, ``m``, ``v`` are already non-finite).
+    """
+    from . import _adam
+    check_array(param, "param", np.float32)
+    for a, name in ((grad, "grad"), (m, "m"), (v, "v")):
+        check_array(a, name, np.float32, shape=param.shape)
+    if check_finite and not np.isfinite(grad).all():
+        raise ValueError("grad contains NaN or infinite values")
+    if len({param.ctypes.data, grad.ctypes.data, m.ctypes.data, v.ctypes.data}) < 4 \
+            and param.size:
+        raise ValueError("param, grad, m and v must be distinct arrays")
+    lr = _check_float(lr, "lr", 0.0)
+    b1 = float(_check_float(beta1, "beta1", 0.0, 1.0))
+    b2 = float(_check_float(beta2, "beta2", 0.0, 1.0))
+    if b1 >= 1.0 or b2 >= 1.0:
+        raise ValueError("beta1 and beta2 must be < 1")
+    eps = _check_float(eps, "eps", 0.0)
+    step = _check_int(step, "step", 1, 2**62)
+    bc1 = 1.0 - float(np.float64(b1)) ** step
+    bc2 = 1.0 - float(np.float64(b2)) ** step
+    if bc1 <= 0.0 or bc2 <= 0.0:
+        raise ValueError("bias corrections vanish (beta1/beta2 of 0 with step 0?)")
+    step_size = np.float32(float(lr) / bc1)
+    rbc2 = np.float32(1.0 / np.sqrt(bc2))
+    n_bad = _adam.adam_step_into(
+        param.reshape(-1), grad.reshape(-1), m.reshape(-1), v.reshape(-1), np.float32(b1),
+        np.float32(1.0 - b1), np.float32(b2), np.float32(1.0 - b2), step_size, rbc2, eps,
+        _threads(n_threads))
+    if n_bad:
+        raise ValueError(f"grad contained {n_bad} NaN or infinite values; the matching "
+                         "entries of param, m and v are now non-finite")

@@ -1,0 +1,136 @@
+"""Slow, obviously correct NumPy implementation of the Conv-SNN forward contract (test oracle).
+
+Written straight from ``convsnn-semantics.md`` with no attempt at speed: loops over samples,
+taps and spikes in exactly the contract's order, float32 throughout, so the compiled kernels
+must match it bit for bit (integers and spikes exactly; float sums too, as the order is fixed).
+"""
+import numpy as np
+
+M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def mix64(z):
+    """splitmix64 finaliser on uint64 (arrays or scalars; multiplication wraps mod 2^64)."""
+    z = np.asarray(z, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def u24(seed, epoch, sample_id, step, pixels):
+    """uint64 array of u24 for one sample, one step, the given pixels."""
+    h = mix64(np.uint64(seed) ^ np.uint64(0x9E3779B97F4A7C15))
+    h = mix64(h ^ np.uint64(epoch))
+    h = mix64(h ^ np.uint64(sample_id))
+    ctr = (np.uint64(step) << np.uint64(32)) | np.asarray(pixels, dtype=np.uint64)
+    return mix64(h ^ ctr) >> np.uint64(40)
+
+
+def input_spikes(images, sample_ids, seed, epoch, T, n_det):
+    """uint8 (B, T, 784) input spikes per the contract (float64 deterministic rule)."""
+    B = images.shape[0]
+    out = np.zeros((B, T, 784), np.uint8)
+    u8 = images.astype(np.int64)
+    for t in range(T):
+        if t < n_det:
+            out[:, t] = (images.astype(np.float64) / 255.0) > (1.0 - t / float(n_det))
+        else:
+            for b in range(B):
+                u = u24(seed, epoch, sample_ids[b], t, np.arange(784)).astype(np.int64)
+                out[b, t] = u * 255 < u8[b] * (1 << 24)
+    return out
+
+
+def conv_current(s_in, conv_w, conv_b):
+    """(B, 2304) float32: taps added in (ky, kx) order where the input spiked, then + bias."""
+    B = s_in.shape[0]
+    img = s_in.reshape(B, 28, 28).astype(bool)
+    w = conv_w.reshape(16, 5, 5)
+    acc = np.zeros((B, 16, 12, 12), np.float32)
+    for ky in range(5):
+        for kx in range(5):
+            hit = img[:, ky:ky + 23:2, kx:kx + 23:2][:, None, :, :]   # (B, 1, 12, 12)
+            acc = np.where(hit, acc + w[:, ky, kx][None, :, None, None], acc)
+    return (acc + conv_b[None, :, None, None]).reshape(B, 2304).astype(np.float32)
+
+
+def forward(images, sample_ids, seed, epoch, conv_w, conv_b, W1, b1, *, T=10, n_det=5,
+            beta_c=0.9, thr_c=0.8, beta_h=0.9, thr_h=0.8, reset_h="subtract", period=2,
+            phase=1, drive="window", scale=1.0):
+    """Return a dict with all spikes, counts and counters of the contract."""
+    f = np.float32
+    beta_c, thr_c, beta_h, thr_h, scale = map(f, (beta_c, thr_c, beta_h, thr_h, scale))
+    B = images.shape[0]
+    s_in = input_spikes(images, sample_ids, seed, epoch, T, n_det)
+    zc_all = np.zeros((B, T, 2304), np.uint8)
+    zh_all = np.zeros((B, T, 1024), np.uint8)
+    v_c = np.zeros((B, 2304), f)
+    v_h = np.zeros((B, 1024), f)
+    acc = np.zeros((B, 1024), f)
+    ih_sum = np.zeros((B, 1024), f)
+    fc1_adds = np.zeros((B, T), np.int64)
+    pending = 0                      # first step whose conv spikes the hidden layer has not seen
+    evt = conv_events_per_pixel()
+    for t in range(T):
+        I_c = conv_current(s_in[:, t], conv_w, conv_b)
+        v_c = (beta_c * v_c).astype(f)
+        v_c = (v_c + I_c).astype(f)
+        z_c = v_c > thr_c
+        zc_all[:, t] = z_c
+        v_c = np.where(z_c, f(0), v_c)
+        if t % period == phase:
+            for b in range(B):
+                for tt in range(pending, t + 1):
+                    for j in np.flatnonzero(zc_all[b, tt]):
+                        acc[b] = acc[b] + W1[j]
+                        fc1_adds[b, t] += 1024
+            pending = t + 1
+            I_h = ((acc + b1).astype(f) * scale).astype(f)
+            ih_sum = (ih_sum + I_h).astype(f)
+            v_h = (beta_h * v_h).astype(f)
+            v_h = (v_h + I_h).astype(f)
+            z_h = v_h > thr_h
+            zh_all[:, t] = z_h
+            if reset_h == "halve":
+                v_h = np.where(z_h, (v_h * f(0.5)).astype(f), v_h)
+            elif reset_h == "subtract":
+                v_h = np.where(z_h, (v_h - thr_h).astype(f), v_h)
+            elif reset_h == "zero":
+                v_h = np.where(z_h, f(0), v_h)
+            else:
+                raise ValueError(reset_h)
+            if drive == "window":
+                acc[:] = 0
+    return {
+        "input_spikes": s_in, "conv_spikes": zc_all, "hidden_spikes": zh_all,
+        "n_in": s_in.sum(1, dtype=np.int32), "n_c": zc_all.sum(1, dtype=np.int32),
+        "n_h": zh_all.sum(1, dtype=np.int32), "ih_sum": ih_sum,
+        "in_count": s_in.sum(2, dtype=np.int64),
+        "conv_count": zc_all.sum(2, dtype=np.int64),
+        "hid_count": zh_all.sum(2, dtype=np.int64),
+        "conv_events": (s_in.astype(np.int64) * evt[None, None, :]).sum(2),
+        "fc1_adds": fc1_adds,
+    }
+
+
+def conv_events_per_pixel():
+    """int64 (784,): for each pixel, 16 x the number of output positions whose window holds it."""
+    cover = np.zeros((28, 28), np.int64)
+    for y in range(12):
+        for x in range(12):
+            cover[2 * y:2 * y + 5, 2 * x:2 * x + 5] += 1
+    return (cover * 16).reshape(784)
+
+
+def adam(param, grad, m, v, lr, beta1, beta2, eps, step):
+    """NumPy float32 Adam, same formula and constants as ``adam_step`` documents."""
+    f = np.float32
+    b1, b2 = float(f(beta1)), float(f(beta2))
+    step_size = f(float(f(lr)) / (1.0 - b1 ** step))
+    rbc2 = f(1.0 / np.sqrt(1.0 - b2 ** step))
+    m = (f(b1) * m).astype(f) + (f(1.0 - b1) * grad).astype(f)
+    v = (f(b2) * v).astype(f) + (f(1.0 - b2) * (grad * grad).astype(f)).astype(f)
+    denom = ((np.sqrt(v).astype(f) * rbc2).astype(f) + f(eps)).astype(f)
+    param = (param - (step_size * (m / denom).astype(f)).astype(f)).astype(f)
+    return param, m.astype(f), v.astype(f)

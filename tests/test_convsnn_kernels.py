@@ -1,0 +1,429 @@
+"""Compiled Conv-SNN kernels against the NumPy oracle of the forward contract (fast tests)."""
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from snnfast import _convsnn_kernels as K
+
+sys.path.insert(0, os.path.dirname(__file__))  # the oracle sits beside this file (any import mode)
+import _convsnn_oracle as O  # noqa: E402
+
+PRESETS = {
+    "seed": dict(reset_h="halve", period=2, phase=0, drive="cumulative", scale=0.1),
+    "default": dict(reset_h="subtract", period=2, phase=1, drive="window", scale=1.0),
+    "nir": dict(reset_h="zero", period=1, phase=0, drive="window", scale=1.0),
+}
+
+
+def random_images(rng, B, p_nonzero=0.2):
+    """uint8 images with many exact 0, some exact 255 and random grey levels."""
+    img = np.where(rng.random((B, 784)) < p_nonzero, rng.integers(1, 256, (B, 784)), 0)
+    img[rng.random((B, 784)) < 0.03] = 255
+    return img.astype(np.uint8)
+
+
+def random_params(rng, w_scale=0.3, zeros=True):
+    conv_w = rng.normal(0, np.sqrt(2 / 25), (16, 25)).astype(np.float32)
+    conv_b = rng.normal(0, 0.1, 16).astype(np.float32)
+    W1 = rng.normal(0, w_scale * np.sqrt(2 / 3328) * 10, (2304, 1024)).astype(np.float32)
+    b1 = rng.normal(0, 0.1, 1024).astype(np.float32)
+    if zeros:
+        conv_w[rng.random((16, 25)) < 0.1] = 0.0
+        W1[rng.random((2304, 1024)) < 0.05] = 0.0
+        b1[:7] = 0.0
+    return conv_w, conv_b, W1, b1
+
+
+def run_kernels(images, sids, seed, epoch, params, mode, *, T=10, n_det=5, bw=None,
+                n_threads=2):
+    conv_w, conv_b, W1, b1 = params
+    cr = K.conv_forward(images, sids, seed, epoch, conv_w, conv_b, T=T, n_det=n_det,
+                        record_input=True, n_threads=n_threads)
+    hr = K.hidden_forward(cr, K.to_blocked(W1, bw), b1, reset=mode["reset_h"],
+                          period=mode["period"], phase=mode["phase"], drive=mode["drive"],
+                          scale=mode["scale"], record=True, n_threads=n_threads)
+    return cr, hr
+
+
+def assert_matches_oracle(cr, hr, ref):
+    np.testing.assert_array_equal(cr.input_spikes, ref["input_spikes"])
+    np.testing.assert_array_equal(cr.conv_spikes(), ref["conv_spikes"])
+    np.testing.assert_array_equal(hr.spikes, ref["hidden_spikes"])
+    np.testing.assert_array_equal(cr.n_in, ref["n_in"])
+    np.testing.assert_array_equal(cr.n_c, ref["n_c"])
+    np.testing.assert_array_equal(hr.n_h, ref["n_h"])
+    np.testing.assert_array_equal(cr.in_count, ref["in_count"])
+    np.testing.assert_array_equal(cr.spk_cnt, ref["conv_count"])
+    np.testing.assert_array_equal(cr.conv_events, ref["conv_events"])
+    np.testing.assert_array_equal(hr.hid_count, ref["hid_count"])
+    np.testing.assert_array_equal(hr.fc1_adds, ref["fc1_adds"])
+    # same additions in the same order: the float32 drive sums are bit-identical
+    np.testing.assert_array_equal(hr.ih_sum, ref["ih_sum"])
+    for t in range(cr.T):  # spike lists ascending, counts consistent
+        for b in range(cr.batch_size):
+            idx = cr.spk_idx[b, t, :cr.spk_cnt[b, t]]
+            assert np.all(np.diff(idx.astype(np.int64)) > 0)
+
+
+# ------------------------------------------------------------------ random numbers
+def test_det_table_equals_float64_rule():
+    u = np.arange(256)
+    for T, n_det in ((10, 5), (12, 7), (4, 3), (3, 5), (6, 0)):
+        table = K.det_table(T, n_det)
+        assert table.shape == (T,) and table.dtype == np.int32
+        for t in range(T):
+            if t < n_det:
+                want = u / 255.0 > 1.0 - t / float(n_det)
+                np.testing.assert_array_equal(u >= table[t], want)
+            else:
+                assert table[t] == -1
+    assert K.det_table(10, 5)[0] == 256          # t = 0: no pixel spikes
+
+
+def test_uniform24_equals_numpy_mix64():
+    rng = np.random.default_rng(3)
+    pixels = np.arange(784, dtype=np.int64)
+    for seed, epoch in ((42, 0), (0, K.EVAL_EPOCH), (2**64 - 1, 2**63 + 5),
+                        (int(rng.integers(2**62)), int(rng.integers(1000)))):
+        sids = np.array([0, 1, 59999, 2**40 + 3], np.int64)
+        for step in (0, 5, 9):
+            got = K.uniform24(seed, epoch, sids, step, pixels)
+            for i, sid in enumerate(sids):
+                np.testing.assert_array_equal(got[i], O.u24(seed, epoch, sid, step, pixels))
+    assert got.max() < 2**24
+
+
+def test_bernoulli_frequency():
+    levels = np.array([1, 30, 64, 128, 200, 254], np.uint8)
+    B = 40
+    images = np.repeat(levels, 784 // len(levels) + 1)[:784][None, :].repeat(B, 0)
+    images = np.ascontiguousarray(images)
+    w = np.zeros((16, 25), np.float32)
+    cr = K.conv_forward(images, np.arange(B, dtype=np.int64), 7, 1, w, np.zeros(16, np.float32),
+                        T=10, n_det=5, record_input=True)
+    stoch = cr.input_spikes[:, 5:].astype(np.float64)         # (B, 5, 784)
+    for lv in levels:
+        cols = images[0] == lv
+        n = stoch[:, :, cols].size
+        freq = stoch[:, :, cols].mean()
+        p = lv / 255.0
+        assert abs(freq - p) < 5 * np.sqrt(p * (1 - p) / n) + 1e-12, (lv, freq, p)
+
+
+# ------------------------------------------------------------------ forward vs oracle
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_forward_matches_oracle(preset):
+    rng = np.random.default_rng({"seed": 11, "default": 12, "nir": 13}[preset])
+    B = 5                                         # odd: exercises the unpaired-sample path
+    images = random_images(rng, B)
+    sids = rng.integers(0, 60000, B).astype(np.int64)
+    params = random_params(rng)
+    seed, epoch = int(rng.integers(2**63)), int(rng.integers(100))
+    mode = PRESETS[preset]
+    cr, hr = run_kernels(images, sids, seed, epoch, params, mode)
+    ref = O.forward(images, sids, seed, epoch, *params, T=10, n_det=5, **mode)
+    assert_matches_oracle(cr, hr, ref)
+    assert ref["hidden_spikes"].any() and ref["conv_spikes"].any()   # not a vacuous test
+    assert hr.update_steps == tuple(t for t in range(10) if t % mode["period"] == mode["phase"])
+
+
+@pytest.mark.parametrize("bw", K.SUPPORTED_BLOCK_WIDTHS)
+def test_every_block_width_matches_oracle(bw):
+    rng = np.random.default_rng(100 + bw)
+    B, T, n_det = 5, 7, 3                          # a group of 4 + a single sample
+    images = random_images(rng, B, 0.3)
+    sids = np.arange(B, dtype=np.int64) * 7
+    params = random_params(rng)
+    mode = dict(reset_h="subtract", period=3, phase=2, drive="cumulative", scale=0.5)
+    conv_w4 = params[0].reshape(16, 1, 5, 5)                 # the (16, 1, 5, 5) form works too
+    cr, hr = run_kernels(images, sids, 1, 2, (conv_w4,) + params[1:], mode, T=T, n_det=n_det,
+                         bw=bw)
+    ref = O.forward(images, sids, 1, 2, *params, T=T, n_det=n_det, **mode)
+    assert_matches_oracle(cr, hr, ref)
+
+
+def test_conv_gather_equals_scatter():
+    rng = np.random.default_rng(17)
+    images = random_images(rng, 9, 0.35)
+    sids = np.arange(9, dtype=np.int64)
+    conv_w, conv_b, _, _ = random_params(rng)
+    a = K.conv_forward(images, sids, 4, 4, conv_w, conv_b, conv_method="scatter")
+    b = K.conv_forward(images, sids, 4, 4, conv_w, conv_b, conv_method="gather")
+    np.testing.assert_array_equal(a.conv_spikes(), b.conv_spikes())
+    np.testing.assert_array_equal(a.spk_cnt, b.spk_cnt)
+    np.testing.assert_array_equal(a.n_c, b.n_c)
+    with pytest.raises(ValueError):
+        K.conv_forward(images, sids, 4, 4, conv_w, conv_b, conv_method="fft")
+
+
+def test_conv_event_table_and_counters():
+    np.testing.assert_array_equal(K.conv_event_table(), O.conv_events_per_pixel())
+    rng = np.random.default_rng(5)
+    images = random_images(rng, 4)
+    params = random_params(rng)
+    cr, hr = run_kernels(images, np.arange(4, dtype=np.int64), 0, 0, params, PRESETS["default"])
+    sc, st = cr.sample_counters(), cr.step_counters()
+    assert sc["conv_spikes"].sum() == st["conv_spikes"].sum() == cr.n_c.sum()
+    assert sc["input_spikes"].sum() == cr.n_in.sum() == cr.input_spikes.sum()
+    assert (hr.sample_counters()["hidden_spikes"] == hr.n_h.sum(1)).all()
+    # every conv spike before the last update is added exactly once
+    last = max(hr.update_steps)
+    assert hr.fc1_adds.sum() == cr.spk_cnt[:, :last + 1].sum() * 1024
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_drive_counts(preset):
+    rng = np.random.default_rng(31)
+    B, mode = 6, PRESETS[preset]
+    images = random_images(rng, B)
+    params = random_params(rng)
+    cr, hr = run_kernels(images, np.arange(B, dtype=np.int64), 3, 1, params, mode)
+    z = cr.conv_spikes().astype(np.int64)                      # (B, T, 2304)
+    np.testing.assert_array_equal(z.sum(1), cr.n_c)
+    want = np.zeros((B, 2304), np.int64)
+    prev = 0
+    for u in hr.update_steps:                                  # straight from the contract
+        if mode["drive"] == "cumulative":
+            want += z[:, :u + 1].sum(1)
+        else:
+            want += z[:, prev:u + 1].sum(1)
+        prev = u + 1
+    got = cr.drive_counts(mode["period"], mode["phase"], mode["drive"])
+    np.testing.assert_array_equal(got, want)
+    # the documented use: summed drive = scale * (drive_counts @ W1 + U * b1)
+    W1, b1 = params[2].astype(np.float64), params[3].astype(np.float64)
+    approx = mode["scale"] * (got @ W1 + hr.n_updates * b1)
+    np.testing.assert_allclose(hr.ih_sum, approx, rtol=1e-4, atol=1e-3)
+    w = rng.integers(-3, 4, cr.T).astype(np.int32)
+    np.testing.assert_array_equal(cr.weighted_counts(w), (z * w[None, :, None]).sum(1))
+
+
+# ------------------------------------------------------------------ determinism
+def test_thread_count_bit_identical():
+    rng = np.random.default_rng(21)
+    B = 37
+    images = random_images(rng, B)
+    sids = rng.permutation(1000)[:B].astype(np.int64)
+    conv_w, conv_b, W1, b1 = random_params(rng)
+    W1b = K.to_blocked(W1)
+    out = []
+    for nt in (1, 2, 3):
+        cr = K.conv_forward(images, sids, 9, 4, conv_w, conv_b, record_input=True, n_threads=nt)
+        hr = K.hidden_forward(cr, W1b, b1, reset="halve", period=2, phase=0, drive="cumulative",
+                              scale=0.1, record=True, n_threads=nt)
+        out.append((cr, hr))
+    (c1, h1) = out[0]
+    for c2, h2 in out[1:]:
+        np.testing.assert_array_equal(c1.conv_spikes(), c2.conv_spikes())
+        for name in ("spk_cnt", "n_in", "n_c", "in_count", "conv_events", "input_spikes"):
+            np.testing.assert_array_equal(getattr(c1, name), getattr(c2, name))
+        for name in ("n_h", "hid_count", "fc1_adds", "spikes"):
+            np.testing.assert_array_equal(getattr(h1, name), getattr(h2, name))
+        assert h1.ih_sum.tobytes() == h2.ih_sum.tobytes()
+
+
+def test_adam_thread_count_bit_identical():
+    rng = np.random.default_rng(2)
+    shape = (5, 2304, 32)
+    p, g, m = (rng.normal(size=shape).astype(np.float32) for _ in range(3))
+    v = np.abs(rng.normal(size=shape)).astype(np.float32)
+    res = []
+    for nt in (1, 2):
+        P, M, V = p.copy(), m.copy(), v.copy()
+        K.adam_step(P, g, M, V, lr=1e-3, step=3, n_threads=nt)
+        res.append((P, M, V))
+    for a, b in zip(*res):
+        assert a.tobytes() == b.tobytes()
+
+
+def test_noise_keyed_by_sample_id_not_position():
+    rng = np.random.default_rng(8)
+    images = random_images(rng, 6)
+    sids = np.array([10, 11, 12, 13, 14, 15], np.int64)
+    conv_w, conv_b, W1, b1 = random_params(rng)
+    W1b = K.to_blocked(W1)
+
+    def run(idx):
+        cr = K.conv_forward(np.ascontiguousarray(images[idx]), sids[idx], 5, 3, conv_w, conv_b,
+                            record_input=True)
+        hr = K.hidden_forward(cr, W1b, b1, record=True)
+        return cr, hr
+
+    full_c, full_h = run(np.arange(6))
+    perm = np.array([4, 0, 5, 2])                 # other positions, other batch composition
+    sub_c, sub_h = run(perm)
+    np.testing.assert_array_equal(sub_c.input_spikes, full_c.input_spikes[perm])
+    np.testing.assert_array_equal(sub_c.conv_spikes(), full_c.conv_spikes()[perm])
+    np.testing.assert_array_equal(sub_h.spikes, full_h.spikes[perm])
+    np.testing.assert_array_equal(sub_h.ih_sum, full_h.ih_sum[perm])
+    # a different epoch or sample id changes the stochastic phase
+    other = K.conv_forward(images, sids + 1, 5, 3, conv_w, conv_b, record_input=True)
+    assert not np.array_equal(other.input_spikes[:, 5:], full_c.input_spikes[:, 5:])
+    np.testing.assert_array_equal(other.input_spikes[:, :5], full_c.input_spikes[:, :5])
+
+
+# ------------------------------------------------------------------ adam, layouts
+@pytest.mark.parametrize("shape", [(7,), (3, 2304, 16), (40000,)])
+def test_adam_matches_numpy(shape):
+    rng = np.random.default_rng(4)
+    p, g = rng.normal(size=shape).astype(np.float32), rng.normal(size=shape).astype(np.float32)
+    g.reshape(-1)[:3] = 0.0
+    m, v = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+    P, M, V = p.copy(), m.copy(), v.copy()
+    for step in (1, 2, 3):
+        g = (g * np.float32(0.9)).astype(np.float32)
+        p, m, v = O.adam(p, g, m, v, 2e-3, 0.9, 0.99, 1e-7, step)
+        K.adam_step(P, g, M, V, lr=2e-3, beta1=0.9, beta2=0.99, eps=1e-7, step=step)
+    # same float32 operations in the same order (sqrt and division are correctly rounded)
+    np.testing.assert_array_equal(P, p)
+    np.testing.assert_array_equal(M, m)
+    np.testing.assert_array_equal(V, v)
+
+
+@pytest.mark.parametrize("bw", K.SUPPORTED_BLOCK_WIDTHS)
+def test_blocked_roundtrip(bw):
+    rng = np.random.default_rng(bw)
+    W1 = rng.normal(size=(2304, 1024)).astype(np.float32)
+    W1b = K.to_blocked(W1, bw)
+    assert W1b.shape == (1024 // bw, 2304, bw) and W1b.flags.c_contiguous
+    assert W1b.ctypes.data % 64 == 0
+    k, j, i = 1024 // bw - 1, 2303, bw - 1
+    assert W1b[k, j, i] == W1[j, k * bw + i] and W1b[0, 5, 3] == W1[5, 3]
+    np.testing.assert_array_equal(K.from_blocked(W1b), W1)
+
+
+def test_block_width_fits_l2():
+    assert K.BLOCK_WIDTH in K.SUPPORTED_BLOCK_WIDTHS
+    l2 = K._l2_bytes()
+    if l2 is not None:
+        assert 2304 * K.BLOCK_WIDTH * 4 <= l2 or K.BLOCK_WIDTH == K.SUPPORTED_BLOCK_WIDTHS[0]
+
+
+def test_empty_batch():
+    w, b = np.zeros((16, 25), np.float32), np.zeros(16, np.float32)
+    cr = K.conv_forward(np.zeros((0, 784), np.uint8), np.zeros(0, np.int64), 0, 0, w, b)
+    hr = K.hidden_forward(cr, K.to_blocked(np.zeros((2304, 1024), np.float32)),
+                          np.zeros(1024, np.float32))
+    assert cr.spk_cnt.shape == (0, 10) and hr.n_h.shape == (0, 1024)
+
+
+# ------------------------------------------------------------------ bad input
+@pytest.fixture(scope="module")
+def good():
+    rng = np.random.default_rng(0)
+    conv_w, conv_b, W1, b1 = random_params(rng)
+    images = random_images(rng, 3)
+    sids = np.arange(3, dtype=np.int64)
+    return dict(images=images, sids=sids, conv_w=conv_w, conv_b=conv_b, W1b=K.to_blocked(W1),
+                b1=b1, cr=K.conv_forward(images, sids, 0, 0, conv_w, conv_b))
+
+
+def _conv(g, **kw):
+    args = dict(images=g["images"], sample_ids=g["sids"], seed=0, epoch=0,
+                conv_w=g["conv_w"], conv_b=g["conv_b"])
+    args.update(kw)
+    return K.conv_forward(**args)
+
+
+def _hidden(g, **kw):
+    args = dict(conv=g["cr"], W1b=g["W1b"], b1=g["b1"])
+    args.update(kw)
+    return K.hidden_forward(**args)
+
+
+def test_bad_conv_inputs(good):
+    g = good
+    nan_w = g["conv_w"].copy()
+    nan_w[3, 4] = np.nan
+    bad = [
+        dict(images=g["images"].astype(np.float32)),
+        dict(images=g["images"][:, :700].copy()),
+        dict(images=np.asfortranarray(g["images"])),
+        dict(images=g["images"][::2]),                   # non-contiguous view (wrong B too)
+        dict(sample_ids=g["sids"].astype(np.int32)),
+        dict(sample_ids=np.array([0, -1, 2], np.int64)),
+        dict(sample_ids=g["sids"][:2].copy()),
+        dict(conv_w=nan_w),
+        dict(conv_w=g["conv_w"].astype(np.float64)),
+        dict(conv_w=g["conv_w"][:, :24].copy()),
+        dict(conv_b=np.full(16, np.inf, np.float32)),
+        dict(seed=-1), dict(seed=2**64), dict(epoch=-3),
+        dict(T=0), dict(n_det=-1), dict(beta=np.nan), dict(thr=float("inf")),
+        dict(reset="halve"),
+    ]
+    for kw in bad:
+        with pytest.raises((ValueError, TypeError)):
+            _conv(g, **kw)
+    with pytest.raises(TypeError):
+        _conv(g, images=[[0] * 784])
+    with pytest.raises(TypeError):
+        _conv(g, seed=1.5)
+
+
+def test_bad_hidden_inputs(good):
+    g = good
+    nan_W = g["W1b"].copy()
+    nan_W[1, 2, 3] = np.nan
+    bad = [
+        dict(W1b=nan_W),
+        dict(W1b=g["W1b"].astype(np.float64)),
+        dict(W1b=np.zeros((1024 // 48, 2304, 48), np.float32)),     # unsupported width
+        dict(W1b=np.zeros((2304, 1024), np.float32)),               # canonical, not blocked
+        dict(W1b=np.zeros((32, 2304, 64), np.float32)),             # 32*64 != 1024
+        dict(b1=np.full(1024, np.nan, np.float32)),
+        dict(b1=g["b1"][:1000].copy()),
+        dict(reset="soft"), dict(drive="sum"), dict(period=0), dict(phase=2),
+        dict(period=2, phase=-1), dict(beta=float("nan")), dict(scale=np.inf),
+    ]
+    for kw in bad:
+        with pytest.raises((ValueError, TypeError)):
+            _hidden(g, **kw)
+    with pytest.raises(TypeError):
+        _hidden(g, conv=(g["cr"].spk_idx, g["cr"].spk_cnt))
+    # a corrupted spike list is caught before any row of W1 is read through it
+    import dataclasses
+    idx = g["cr"].spk_idx.copy()
+    cnt = g["cr"].spk_cnt.copy()
+    cnt[1, 6] = max(cnt[1, 6], 1)
+    idx[1, 6, 0] = 5000
+    with pytest.raises(ValueError, match="2304"):
+        _hidden(g, conv=dataclasses.replace(g["cr"], spk_idx=idx, spk_cnt=cnt))
+    bad_cr = dataclasses.replace(g["cr"], spk_idx=idx, spk_cnt=cnt)
+    with pytest.raises(ValueError, match="2304"):
+        bad_cr.conv_spikes()
+    with pytest.raises(ValueError, match="2304"):
+        bad_cr.drive_counts(2, 1, "window")
+    cnt[0, 0] = 3000
+    with pytest.raises(ValueError):
+        _hidden(g, conv=dataclasses.replace(g["cr"], spk_cnt=cnt))
+    with pytest.raises(ValueError):
+        dataclasses.replace(g["cr"], spk_cnt=cnt).conv_spikes()
+
+
+def test_bad_adam_inputs():
+    a = np.zeros(10, np.float32)
+    ok = dict(lr=1e-3, step=1)
+    with pytest.raises(ValueError):
+        K.adam_step(a, np.full(10, np.nan, np.float32), a.copy(), a.copy(), **ok)
+    g = np.zeros(10, np.float32)
+    g[4] = np.inf
+    p0 = np.ones(10, np.float32)
+    with pytest.raises(ValueError, match="now non-finite"):    # fused check, after the fact
+        K.adam_step(p0, g, a.copy(), a.copy(), check_finite=False, **ok)
+    assert not np.isfinite(p0[4]) and np.isfinite(np.delete(p0, 4)).all()
+    with pytest.raises(ValueError):
+        K.adam_step(a, np.zeros(11, np.float32), a.copy(), a.copy(), **ok)
+    with pytest.raises(ValueError):
+        K.adam_step(a, a.astype(np.float64), a.copy(), a.copy(), **ok)
+    with pytest.raises(ValueError):
+        K.adam_step(np.zeros(20, np.float32)[::2], a.copy(), a.copy(), a.copy(), **ok)
+    with pytest.raises(ValueError):
+        K.adam_step(a, a, a.copy(), a.copy(), **ok)              # aliasing
+    with pytest.raises(ValueError):
+        K.adam_step(a, a.copy(), a.copy(), a.copy(), lr=1e-3, step=0)
+    with pytest.raises(ValueError):
+        K.adam_step(a, a.copy(), a.copy(), a.copy(), lr=-1.0, step=1)
+    with pytest.raises(ValueError):
+        K.adam_step(a, a.copy(), a.copy(), a.copy(), lr=1e-3, beta1=1.0, step=1)

@@ -1,0 +1,124 @@
+"""Figures of the TTFS conversion run (matplotlib, Agg backend, PNG files).
+
+:func:`make_all` is called by ``python -m snnfast.convert``; each ``plot_*`` function
+takes the result rows / sweeps / networks produced there and writes one PNG.
+"""
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["make_all", "plot_depth", "plot_spike_histograms", "plot_windows", "plot_sweeps"]
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig, path):
+    from ._utils import atomic_path
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    _plt().close(fig)
+    return Path(path).name
+
+
+def plot_depth(rows, path):
+    """ReLU/SNN accuracy and spikes per hidden neuron versus depth."""
+    plt = _plt()
+    d = [r["depth"] for r in rows]
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.6))
+    ax[0].plot(d, [r["relu_acc"] for r in rows], "o-", label="ReLU")
+    ax[0].plot(d, [r["snn_acc"] for r in rows], "x--", label="TTFS SNN (event-driven)")
+    ax[0].set(xlabel="weight layers L", ylabel="test accuracy (%)", xticks=d,
+              title="accuracy vs depth")
+    ax[0].legend()
+    ax[1].plot(d, [r["spikes_per_hidden_neuron"] for r in rows], "o-")
+    ax[1].set(xlabel="weight layers L", ylabel="spikes per hidden neuron", xticks=d,
+              title="sparsity (test mean)", ylim=(0, None))
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_spike_histograms(nets, sims, path, bins=60):
+    """Spike-time histograms of every hidden layer (one panel per depth, absolute time)."""
+    plt = _plt()
+    depths = sorted(nets)
+    fig, axes = plt.subplots(len(depths), 1, figsize=(9, 2.2 * len(depths) + 0.5), squeeze=False)
+    for ax, d in zip(axes[:, 0], depths):
+        net, r = nets[d], sims[d]
+        cmap = plt.get_cmap("viridis", max(net.depth - 1, 1))
+        for l, t in enumerate(r.times or []):
+            t = np.asarray(t, np.float64)
+            t = t[np.isfinite(t)]
+            lo, hi = net.t_min[l], net.t_min[l + 1]
+            ax.axvspan(lo, hi, color=cmap(l), alpha=0.08)
+            if t.size:
+                ax.hist(t, bins=np.linspace(lo, hi, bins + 1), color=cmap(l),
+                        label=f"layer {l + 1}")
+        ax.axvline(net.latency, color="k", lw=1, ls=":")
+        ax.set_yscale("log")
+        ax.set(ylabel="spikes", title=f"L={d}: hidden spike times (window shaded, "
+                                     f"output read at t_min(N)={net.latency:.1f})")
+        if net.depth <= 5:
+            ax.legend(fontsize=7, loc="upper right")
+    axes[-1, 0].set_xlabel("time (tau_c)")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_windows(nets, path):
+    """Time-axis schematic of the chained windows [t_min(n), t_max(n)] per depth."""
+    plt = _plt()
+    depths = sorted(nets)
+    fig, ax = plt.subplots(figsize=(9, 0.7 * len(depths) + 1.4))
+    for y, d in enumerate(depths):
+        net = nets[d]
+        ax.barh(y, 1.0, left=0.0, color="0.75", edgecolor="k")
+        for l in range(net.depth - 1):
+            lo, hi = net.t_min[l], net.t_min[l + 1]
+            ax.barh(y, hi - lo, left=lo, color=plt.get_cmap("tab10")(l % 10), edgecolor="k")
+            if hi - lo > 0.04 * net.latency:
+                ax.text((lo + hi) / 2, y, str(l + 1), ha="center", va="center", fontsize=7)
+        ax.plot([net.latency], [y], "kv")
+    ax.set_yticks(range(len(depths)), [f"L={d}" for d in depths])
+    ax.set(xlabel="time (tau_c); grey = input window [0,1], numbers = hidden layer, "
+                  "triangle = output read-out t_min(N)",
+           title="chained windows: t_min(n+1) = t_max(n), Delta_n = (1+zeta) X_n")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_sweeps(sweeps, path):
+    """Argmax agreement with the ReLU net vs time bits and vs dt, one line per depth."""
+    plt = _plt()
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.6))
+    for d in sorted(sweeps):
+        tb = sweeps[d].get("time_bits", [])
+        if tb:
+            ax[0].plot([e["time_bits"] for e in tb], [e["agreement"] for e in tb], "o-",
+                       label=f"L={d}")
+        dt = sweeps[d].get("dt", [])
+        if dt:
+            ax[1].plot([e["dt"] for e in dt], [e["agreement"] for e in dt], "o-", label=f"L={d}")
+    ax[0].set(xlabel="spike-time bits per window", ylabel="agreement with ReLU (%)",
+              title="time quantisation")
+    ax[1].set(xlabel="dt (tau_c)", xscale="log", ylabel="agreement with ReLU (%)",
+              title="clock-driven simulation")
+    ax[1].invert_xaxis()
+    for a in ax:
+        a.legend(fontsize=8)
+        a.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def make_all(out, rows, sweeps, nets, sims):
+    """Write all figures into ``out``; returns the list of file names."""
+    out = Path(out)
+    return [plot_depth(rows, out / "ttfs_depth.png"),
+            plot_spike_histograms(nets, sims, out / "ttfs_spike_times.png"),
+            plot_windows(nets, out / "ttfs_windows.png"),
+            plot_sweeps(sweeps, out / "ttfs_sweeps.png")]

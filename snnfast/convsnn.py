@@ -1,0 +1,940 @@
+"""The Conv-SNN model: presets, training (reference rule and rate surrogate gradient), HDF5 I/O.
+
+Architecture (fixed by the forward contract ``convsnn-semantics``)::
+
+    uint8 image (28x28) -> rate/latency input spikes (T = 10 steps)
+    -> conv 16x5x5 stride 2 -> LIF (2304)  -> FC1 2304x1024 -> LIF (1024) -> FC2 1024x10 (rates)
+
+Presets
+-------
+``seed``
+    The reference algorithm (see ``convsnn-reference``): untrained conv and ``b1``, cumulative
+    FC1 drive x 0.1 on even steps, halving reset, rate "gradient" without any spike derivative,
+    summed gradients, SGD lr 1e-2 (x0.95 every 5 epochs) with ``W *= 0.9999``, batch 64, 30
+    epochs, reference initialisation. Differences: float32; fresh counter-based input noise
+    per (epoch, sample) (the reference's re-seeded noise only with ``reseeded_noise=True``);
+    the training accuracy is taken from the training forward pass itself (the reference runs
+    a second forward pass just for it).
+``default``
+    Same architecture and forward contract values (LIF decay 0.9, threshold 0.8; conv hard
+    reset; hidden subtract reset, updated on the odd steps t = 1, 3, ..., 9 from a windowed
+    drive so that every conv spike reaches it once; r_h = n_h / 5), with all six parameter
+    arrays trained by a rate-based surrogate gradient:
+
+    * backward: each spiking layer is treated as r = phi(a), a = its mean input current per
+      update (conv: ``a_c = conv(n_in / T) + b_c``, exact because the conv is linear;
+      hidden: ``a_h = ih_sum / n_updates`` from the kernel), so ``dL/da = dL/dr * phi'(a)``;
+      phi is a fast sigmoid ``0.5 (1 + k x / (1 + k|x|))``, ``x = a - 0.45``, ``k = 4``
+      (peak slope 2 in the middle of the LIF's rate-vs-current transition, which runs from
+      ~0.12 (conv) / ~0.2 (hidden) for a first spike to 0.8 for a spike every step; the
+      tails keep silent neurons trainable). ``dc_h/dr_c = T / n_updates`` links the two layers.
+    * mean cross-entropy; Adam (0.9, 0.999, 1e-8), batch 64, one-cycle schedule: linear
+      warm-up over the first 3 % of the steps to lr 1.5e-3, cosine decay to 0;
+    * an exponential moving average of the weights (decay 0.998, applied every 4 steps,
+      with the usual short-memory ramp ``min(d, (1+t)/(10+t))`` at the start) is the model
+      that is validated, tested and saved (training uses the raw weights);
+    * fresh Bernoulli input noise for every (epoch, sample); random shifts of +-2 px (zero
+      fill) per (seed, epoch, sample);
+    * init: conv N(0, sqrt(2/25)), W1 N(0, 1/sqrt(2304)), W2 N(0, 1/sqrt(1024)), biases 0;
+    * model selection on a validation split of 5 000 images held out of the 60 000
+      (the best-validation weights are kept); the test set is only reported; 15 epochs.
+``nir``
+    The variant NIR expresses exactly: hard reset everywhere, hidden layer updated every step
+    from that step's conv spikes, trained like ``default``.
+"""
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import convsnn_numpy as cnp
+from ._config import effective_n_threads
+from ._utils import atomic_path, check_array
+
+__all__ = ["ConvSNN", "ConvSNNConfig", "PRESETS", "FORMAT_VERSION"]
+
+FORMAT_VERSION = "convsnn-1"
+EVAL_EPOCH = cnp.EVAL_EPOCH
+PARAM_SHAPES = {"conv_w": (16, 1, 5, 5), "conv_b": (16,), "W1": (2304, 1024), "b1": (1024,),
+                "W2": (1024, 10), "b2": (10,)}
+_CHOICES = {"reset_c": ("zero",), "reset_h": ("halve", "subtract", "zero"),
+            "drive": ("cumulative", "window"), "rate_norm": ("T", "updates"),
+            "trainer": ("reference", "surrogate"), "lr_schedule": ("step", "onecycle", "constant"),
+            "init": ("reference", "scaled"), "preset": ("seed", "default", "nir")}
+
+
+@dataclass(frozen=True)
+class ConvSNNConfig:
+    """Every semantic field of the forward contract plus the training hyper-parameters."""
+    preset: str = "default"
+    seed: int = 0
+    # ---- forward (see convsnn-semantics)
+    T: int = 10
+    n_det: int = 5
+    beta_c: float = 0.9
+    thr_c: float = 0.8
+    reset_c: str = "zero"
+    beta_h: float = 0.9
+    thr_h: float = 0.8
+    reset_h: str = "subtract"
+    hidden_period: int = 2
+    hidden_phase: int = 1
+    drive: str = "window"
+    drive_scale: float = 1.0
+    rate_norm: str = "updates"
+    reseeded_noise: bool = False
+    # ---- training
+    trainer: str = "surrogate"
+    epochs: int = 15
+    batch_size: int = 64
+    lr: float = 1.5e-3
+    lr_schedule: str = "onecycle"
+    warmup_frac: float = 0.03
+    final_lr_frac: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    surr_center_c: float = 0.45
+    surr_slope_c: float = 4.0
+    surr_center_h: float = 0.45
+    surr_slope_h: float = 4.0
+    init: str = "scaled"
+    conv_init_gain: float = 1.0
+    w1_init_gain: float = 1.0
+    b1_init: float = 0.0
+    w2_init_gain: float = 1.0
+    augment_shift: int = 2
+    ema_decay: float = 0.998
+    ema_every: int = 4
+    ema_ramp: float = 10.0
+    val_size: int = 5000
+    eval_batch_size: int = 256
+
+    def __post_init__(self):
+        for name, choices in _CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name}={getattr(self, name)!r}; expected one of {choices}")
+        for name in ("T", "hidden_period", "epochs", "batch_size", "eval_batch_size", "ema_every"):
+            val = getattr(self, name)
+            if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {val!r}")
+        for name in ("n_det", "augment_shift", "val_size", "seed"):
+            val = getattr(self, name)
+            if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {val!r}")
+        if not 0 <= self.hidden_phase < self.hidden_period:
+            raise ValueError("hidden_phase must be in [0, hidden_period)")
+        if self.augment_shift > 4:
+            raise ValueError("augment_shift must be <= 4 pixels")
+        for f in dataclasses.fields(self):
+            val = getattr(self, f.name)
+            if isinstance(val, float) and not math.isfinite(val):
+                raise ValueError(f"{f.name} must be finite, got {val!r}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if self.ema_ramp < 1:
+            raise ValueError("ema_ramp must be >= 1")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError("ema_decay must be in [0, 1)")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ValueError("beta1 and beta2 must be in [0, 1)")
+
+    @property
+    def update_steps(self):
+        return tuple(t for t in range(self.T) if t % self.hidden_period == self.hidden_phase)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+PRESETS = {
+    "seed": dict(preset="seed", reset_h="halve", hidden_period=2, hidden_phase=0,
+                 drive="cumulative", drive_scale=0.1, rate_norm="T", trainer="reference",
+                 epochs=30, batch_size=64, lr=1e-2, lr_schedule="step", init="reference",
+                 augment_shift=0),
+    "default": dict(preset="default"),
+    "nir": dict(preset="nir", reset_h="zero", hidden_period=1, hidden_phase=0),
+}
+
+
+def make_config(preset="default", **overrides):
+    """Config of a preset with overrides (unknown names raise TypeError)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
+    names = {f.name for f in dataclasses.fields(ConvSNNConfig)}
+    bad = sorted(set(overrides) - names)
+    if bad:
+        raise TypeError(f"unknown ConvSNN option(s): {', '.join(bad)}")
+    kw = dict(PRESETS[preset])
+    kw.update(overrides)
+    return ConvSNNConfig(**kw)
+
+
+# ----------------------------------------------------------------------------- helpers
+def _kernels_module():
+    """The compiled-kernel API, or None if it (or one of its extensions) is not importable."""
+    try:
+        from . import _convsnn_kernels as K
+        from . import _convsnn_conv, _convsnn_fc, _adam  # noqa: F401  (all compiled?)
+    except ImportError:
+        return None
+    return K
+
+
+def _as_images(X, name="X"):
+    """Validate uint8 images (N, 28, 28) or (N, 784); return a C-contiguous (N, 784) view."""
+    if not isinstance(X, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray of uint8 images, got {type(X).__name__}")
+    if X.dtype != np.uint8:
+        raise ValueError(f"{name} must have dtype uint8 (pixels 0..255), got {X.dtype}")
+    if X.ndim == 3 and X.shape[1:] == (28, 28):
+        X = X.reshape(len(X), 784)
+    if X.ndim != 2 or X.shape[1] != 784:
+        raise ValueError(f"{name} must have shape (N, 28, 28) or (N, 784), got {X.shape}")
+    return np.ascontiguousarray(X)
+
+
+def _as_labels(y, n, name="y"):
+    if not isinstance(y, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(y).__name__}")
+    if y.dtype.kind not in "iu":
+        raise ValueError(f"{name} must hold integer class labels, got dtype {y.dtype}")
+    if y.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},), got {y.shape}")
+    if n and (y.min() < 0 or y.max() > 9):
+        raise ValueError(f"{name} must hold labels 0..9")
+    return y.astype(np.int64)
+
+
+def _as_ids(ids, n, name="sample_ids"):
+    if ids is None:
+        return np.arange(n, dtype=np.int64)
+    ids = np.asarray(ids)
+    if ids.dtype.kind not in "iu" or ids.shape != (n,):
+        raise ValueError(f"{name} must be integers of shape ({n},), got {ids.dtype} {ids.shape}")
+    if n and ids.min() < 0:
+        raise ValueError(f"{name} must be >= 0")
+    return np.ascontiguousarray(ids, dtype=np.int64)
+
+
+def shift_images(X, dy, dx):
+    """Shift uint8 images (N, 784) by integer (dy, dx) per image, zero fill (no wrap)."""
+    n = len(X)
+    s = int(max(np.abs(dy).max(initial=0), np.abs(dx).max(initial=0)))
+    if s == 0:
+        return X
+    img = X.reshape(n, 28, 28)
+    pad = np.zeros((n, 28 + 2 * s, 28 + 2 * s), np.uint8)
+    pad[:, s:s + 28, s:s + 28] = img
+    rows = (s - dy)[:, None] + np.arange(28)[None, :]          # (n, 28)
+    cols = (s - dx)[:, None] + np.arange(28)[None, :]
+    out = pad[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+    return np.ascontiguousarray(out.reshape(n, 784))
+
+
+def lr_at(cfg, epoch, frac_in_run):
+    """Learning rate of a step: ``epoch`` (0-based), ``frac_in_run`` in [0, 1) of all steps."""
+    if cfg.lr_schedule == "step":
+        # reference: after epoch e > 0 with e % 5 == 0, lr *= 0.95 (so epochs 0-5 use lr)
+        return cfg.lr * 0.95 ** max(0, (epoch - 1) // 5)
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    w = cfg.warmup_frac
+    if frac_in_run < w:
+        return cfg.lr * (frac_in_run + 1e-12) / w
+    x = (frac_in_run - w) / max(1e-12, 1.0 - w)
+    lo = cfg.final_lr_frac
+    return cfg.lr * (lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * min(1.0, x))))
+
+
+def _empty_counters(T):
+    keys = ("input_spikes", "conv_spikes", "hidden_spikes", "conv_synaptic_events",
+            "fc1_row_adds")
+    c = {k: np.zeros(T, np.int64) for k in keys}
+    c["n_samples"] = 0
+    return c
+
+
+def _mm(a, b, out):
+    np.matmul(a, b, out=out)
+
+
+class _Par:
+    """A pool of ``n`` threads working through fixed slices of an index range.
+
+    Used with single-threaded BLAS: each output element is produced by exactly one BLAS call
+    on one fixed slice, so results do not depend on ``n`` (BLAS releases the GIL).
+    """
+
+    def __init__(self, n):
+        self.n = n
+        self._pool = None
+        if n > 1:
+            from concurrent.futures import ThreadPoolExecutor
+            self._pool = ThreadPoolExecutor(n, thread_name_prefix="snnfast")
+
+    def run(self, fn, size, chunk=256):
+        # Fixed chunk sizes (independent of n): BLAS may pick another kernel, and another
+        # summation order, for another shape.
+        slices = [slice(i, min(i + chunk, size)) for i in range(0, size, chunk)]
+        if self._pool is None or len(slices) == 1:
+            for s in slices:
+                fn(s)
+            return
+        for f in [self._pool.submit(fn, s) for s in slices]:
+            f.result()
+
+
+# ----------------------------------------------------------------------------- the model
+class ConvSNN:
+    """Convolutional spiking network (16x5x5/2 conv -> 1024 LIF -> 10), trained on rates.
+
+    Parameters
+    ----------
+    preset : {"default", "seed", "nir"}
+        See the module docstring.
+    seed : int
+        Fixes initialisation, shuffling, augmentation and the input spike noise.
+    n_threads : int or None
+        Threads for the kernels and BLAS (rule: :func:`snnfast.effective_n_threads`).
+    backend : {"kernels", "numpy"}
+        "kernels": compiled event-driven kernels (falls back to NumPy with a warning if they
+        are not built); "numpy": the plain NumPy implementation (:mod:`snnfast.convsnn_numpy`).
+    **overrides
+        Any field of :class:`ConvSNNConfig` (e.g. ``epochs=5, lr=1e-3``).
+
+    Attributes
+    ----------
+    config : ConvSNNConfig
+    params : dict of float32 arrays in canonical layouts (a fresh dict; W1 built on demand)
+    history_ : list of per-epoch metric dicts
+    counters_ : exact event counters accumulated over every forward pass
+    """
+
+    def __init__(self, preset="default", seed=0, n_threads=None, backend="kernels",
+                 **overrides):
+        self.config = make_config(preset, seed=seed, **overrides)
+        effective_n_threads(n_threads)            # validate early
+        self.n_threads = n_threads
+        if backend not in ("kernels", "numpy"):
+            raise ValueError(f"backend must be 'kernels' or 'numpy', got {backend!r}")
+        self._K = _kernels_module() if backend == "kernels" else None
+        if backend == "kernels" and self._K is None:
+            import warnings
+            warnings.warn("snnfast kernels are not built; ConvSNN uses the NumPy backend",
+                          RuntimeWarning, stacklevel=2)
+        self.backend = "kernels" if self._K is not None else "numpy"
+        self._p = {}
+        self._ema = None
+        self._set_canonical(self._init_params())
+        self._reset_training_state()
+        self.counters_ = _empty_counters(self.config.T)
+
+    # ------------------------------------------------------------------ parameters
+    def _init_params(self):
+        c = self.config
+        rng = np.random.default_rng((c.seed, 0x5EED))
+        if c.init == "reference":
+            conv_std, w1_std, w2_std = math.sqrt(2 / 25), math.sqrt(2 / 3328), math.sqrt(2 / 1034)
+            b1 = 0.0
+        else:
+            conv_std = c.conv_init_gain * math.sqrt(2 / 25)
+            w1_std = c.w1_init_gain / math.sqrt(2304)
+            w2_std = c.w2_init_gain / math.sqrt(1024)
+            b1 = c.b1_init
+        f32 = np.float32
+        return {"conv_w": (rng.standard_normal((16, 1, 5, 5)) * conv_std).astype(f32),
+                "conv_b": np.zeros(16, f32),
+                "W1": (rng.standard_normal((2304, 1024)) * w1_std).astype(f32),
+                "b1": np.full(1024, b1, f32),
+                "W2": (rng.standard_normal((1024, 10)) * w2_std).astype(f32),
+                "b2": np.zeros(10, f32)}
+
+    def _set_canonical(self, params):
+        for k, shape in PARAM_SHAPES.items():
+            if k not in params:
+                raise ValueError(f"missing parameter {k!r}")
+            a = np.asarray(params[k])
+            if a.shape != shape:
+                raise ValueError(f"parameter {k} must have shape {shape}, got {a.shape}")
+            if not np.isfinite(a).all():
+                raise ValueError(f"parameter {k} contains NaN or infinite values")
+            a = np.array(a, dtype=np.float32, order="C")
+            if k == "W1" and self._K is not None:
+                self._p["W1b"] = self._K.to_blocked(a)
+                self._p.pop("W1", None)
+            else:
+                self._p[k] = a
+
+    def set_params(self, params):
+        """Replace the parameters (canonical layouts, see :attr:`params`).
+
+        Also restarts the weight average (if ``ema_decay``) from these weights.
+        """
+        self._set_canonical(params)
+        self._ema = None
+
+    @property
+    def params(self):
+        """Canonical float32 parameters: conv_w (16,1,5,5), conv_b, W1 (2304,1024), b1, W2, b2.
+
+        A new dict of copies (training updates the model's own arrays in place); use
+        :meth:`set_params` to change the model.
+        """
+        return self._canonical(self._infer_p())
+
+    def _canonical(self, p):
+        out = {k: v.copy() for k, v in p.items() if k != "W1b"}
+        if "W1b" in p:
+            out["W1"] = self._K.from_blocked(p["W1b"])
+        return {k: out[k] for k in PARAM_SHAPES}
+
+    def _infer_p(self):
+        """Weights used for inference: the running average while it exists, else the raw ones."""
+        return self._ema if self._ema is not None else self._p
+
+    def _update_ema(self):
+        c = self.config
+        if c.ema_decay <= 0 or c.trainer != "surrogate" or self.step_ % c.ema_every:
+            return
+        if self._ema is None:
+            self._ema = {k: v.copy() for k, v in self._p.items()}
+            return
+        # early on the average would be dominated by the initial weights: shorter memory
+        d = min(c.ema_decay, (1.0 + self.step_) / (c.ema_ramp + self.step_)) ** c.ema_every
+        for k, v in self._ema.items():
+            v *= np.float32(d)
+            v += np.float32(1.0 - d) * self._p[k]
+
+    def _reset_training_state(self):
+        self.epoch_ = 0            # epochs completed
+        self.step_ = 0             # optimiser steps taken
+        self.history_ = []
+        self._opt = None           # {"m": {...}, "v": {...}} in the backend's layouts
+        self._best = None          # (val_acc, epoch, canonical params)
+        self._partial = None       # mid-epoch resume position
+
+    # ------------------------------------------------------------------ forward
+    def _blas(self):
+        """BLAS runs single-threaded inside the model; the large W1 products are split over
+        ``n_threads`` Python threads by output columns instead (see :class:`_Par`), so
+        every result is bit-identical for any thread count."""
+        return cnp._serial_blas()
+
+    def _par(self):
+        n = effective_n_threads(self.n_threads)
+        if getattr(self, "_pool", None) is None or self._pool.n != n:
+            self._pool = _Par(n)
+        return self._pool
+
+    def _forward(self, X, ids, epoch, record=False, record_input=False, p=None):
+        """Forward of validated (B,784) uint8 images; a dict like convsnn_numpy.forward's."""
+        c = self.config
+        p = self._p if p is None else p
+        if self._K is None:
+            par = self._par()
+
+            def matmul(A, W):
+                out = np.empty((A.shape[0], W.shape[1]), np.float32)
+                par.run(lambda s: _mm(A, W[:, s], out[:, s]), W.shape[1])
+                return out
+            fw = cnp.forward(p, X, ids, epoch, c, record=record, matmul=matmul)
+            self._add_counters(fw["counts"])
+            return fw
+        K = self._K
+        seed, key_ids = c.seed, ids
+        if c.reseeded_noise:
+            seed, epoch, key_ids = 42, 0, np.arange(len(X), dtype=np.int64)
+        conv = K.conv_forward(X, key_ids, seed, int(epoch), p["conv_w"], p["conv_b"],
+                              T=c.T, n_det=c.n_det, beta=c.beta_c, thr=c.thr_c, reset=c.reset_c,
+                              n_threads=self.n_threads, record_input=record_input or record)
+        hid = K.hidden_forward(conv, p["W1b"], p["b1"], beta=c.beta_h, thr=c.thr_h,
+                               reset=c.reset_h, period=c.hidden_period, phase=c.hidden_phase,
+                               drive=c.drive, scale=c.drive_scale, n_threads=self.n_threads,
+                               record=record)
+        U = hid.n_updates
+        T = np.float32(c.T)
+        r_h = hid.n_h.astype(np.float32) / np.float32(c.T if c.rate_norm == "T" else U)
+        fw = dict(logits=r_h @ p["W2"] + p["b2"],
+                  r_in=conv.n_in.astype(np.float32) / T, r_c=conv.n_c.astype(np.float32) / T,
+                  r_h=r_h, n_in=conv.n_in, n_c=conv.n_c, n_h=hid.n_h, n_updates=U,
+                  a_h=hid.ih_sum / np.float32(max(U, 1)), conv=conv)
+        fw["counts"] = dict(input_spikes=conv.in_count,
+                            conv_spikes=conv.spk_cnt.astype(np.int64),
+                            hidden_spikes=hid.hid_count, conv_synaptic_events=conv.conv_events,
+                            fc1_row_adds=hid.fc1_adds)
+        if record:
+            fw.update(s_in=conv.input_spikes, z_c=conv.conv_spikes(), z_h=hid.spikes)
+        self._add_counters(fw["counts"])
+        return fw
+
+    def _c_h(self, fw):
+        """Conv spikes that reached the hidden layer, per update (B, 2304) float32."""
+        if "c_h" in fw:
+            return fw["c_h"]
+        c = self.config
+        steps = c.update_steps
+        U = max(len(steps), 1)
+        if c.drive == "window" and steps and steps[-1] == c.T - 1:
+            return fw["n_c"].astype(np.float32) / np.float32(U)     # every conv spike arrives
+        z = fw["conv"].conv_spikes().astype(np.float32)               # (B, T, 2304)
+        cs = np.cumsum(z, axis=1)
+        if c.drive == "window":
+            return cs[:, steps[-1]] / np.float32(U) if steps else cs[:, 0] * 0
+        return cs[:, list(steps)].sum(axis=1) / np.float32(U)
+
+    def _add_counters(self, counts):
+        for k, v in counts.items():
+            self.counters_[k] += v.sum(axis=0, dtype=np.int64)
+        self.counters_["n_samples"] += len(counts["input_spikes"])
+
+    def forward_logits(self, images, sample_ids, epoch_key=EVAL_EPOCH):
+        """Logits (B, 10) float32 of uint8 images with the given noise keys."""
+        X = _as_images(images, "images")
+        ids = _as_ids(sample_ids, len(X))
+        epoch_key = int(epoch_key)
+        if not 0 <= epoch_key < 2**64:
+            raise ValueError("epoch_key must be in [0, 2^64)")
+        with self._blas():
+            return self._forward(X, ids, epoch_key, p=self._infer_p())["logits"]
+
+    def _batches(self, X, ids, fn):
+        bs = self.config.eval_batch_size
+        with self._blas():
+            for i in range(0, len(X), bs):
+                fn(i, self._forward(X[i:i + bs], ids[i:i + bs], EVAL_EPOCH, p=self._infer_p()))
+
+    def predict(self, X, sample_ids=None):
+        """Predicted classes (N,) int64 (deterministic evaluation noise)."""
+        X = _as_images(X)
+        ids = _as_ids(sample_ids, len(X))
+        out = np.empty(len(X), np.int64)
+
+        def put(i, fw):
+            out[i:i + len(fw["logits"])] = fw["logits"].argmax(axis=1)
+        self._batches(X, ids, put)
+        return out
+
+    def evaluate(self, X, y, sample_ids=None):
+        """Accuracy, mean cross-entropy and spike rates on (X, y).
+
+        Rates: ``rate_input`` = input spikes per pixel per step, ``rate_conv`` = conv spikes
+        per neuron per step, ``rate_hidden`` = hidden spikes per neuron per hidden update.
+        """
+        X = _as_images(X)
+        y = _as_labels(y, len(X))
+        ids = _as_ids(sample_ids, len(X))
+        acc = {"correct": 0, "loss": 0.0, "in": 0.0, "c": 0.0, "h": 0.0}
+
+        def add(i, fw):
+            yb = y[i:i + len(fw["logits"])]
+            loss, _ = cnp.softmax_xent(fw["logits"], yb)
+            acc["correct"] += int((fw["logits"].argmax(axis=1) == yb).sum())
+            acc["loss"] += loss * len(yb)
+            self._acc_rates(acc, fw)
+        self._batches(X, ids, add)
+        n = max(len(X), 1)
+        return {"accuracy": acc["correct"] / n, "loss": acc["loss"] / n, "n": len(X),
+                **self._rates(acc, n)}
+
+    def _acc_rates(self, acc, fw):
+        acc["in"] += float(fw["n_in"].sum(dtype=np.int64))
+        acc["c"] += float(fw["n_c"].sum(dtype=np.int64))
+        acc["h"] += float(fw["n_h"].sum(dtype=np.int64))
+
+    def _rates(self, acc, n):
+        c = self.config
+        U = max(len(c.update_steps), 1)
+        return {"rate_input": acc["in"] / (n * 784 * c.T), "rate_conv": acc["c"] / (n * 2304 * c.T),
+                "rate_hidden": acc["h"] / (n * 1024 * U)}
+
+    def trace(self, images, sample_ids=None):
+        """Spike trains of a batch (deterministic evaluation noise).
+
+        Returns
+        -------
+        dict with uint8 'input' (N,T,784), 'conv' (N,T,2304), 'hidden' (N,T,1024) (zero on
+        non-update steps), bool 'hidden_update' (T,), float32 'logits' (N,10) and 'counters'
+        (per-sample-per-step int64 (N,T) arrays of the kernels' exact counters).
+        """
+        X = _as_images(images, "images")
+        ids = _as_ids(sample_ids, len(X))
+        c = self.config
+        with self._blas():
+            fw = self._forward(X, ids, EVAL_EPOCH, record=True, p=self._infer_p())
+        upd = np.zeros(c.T, bool)
+        upd[list(c.update_steps)] = True
+        return {"input": np.ascontiguousarray(fw["s_in"], np.uint8),
+                "conv": np.ascontiguousarray(fw["z_c"], np.uint8),
+                "hidden": np.ascontiguousarray(fw["z_h"], np.uint8), "hidden_update": upd,
+                "logits": fw["logits"], "counters": fw["counts"]}
+
+    # ------------------------------------------------------------------ training
+    def _w1_ops(self):
+        """(outer, back): dL/dW1 = c.T @ d in the backend's W1 layout, and d @ W1.T.
+
+        Each output element is computed by one single-threaded BLAS call whatever the thread
+        count; the threads share the output columns (or W1 blocks).
+        """
+        par = self._par()
+        if "W1b" not in self._p:
+            W1 = self._p["W1"]
+
+            def outer(c, d):
+                out = np.empty((c.shape[1], d.shape[1]), np.float32)
+                cT = np.ascontiguousarray(c.T)
+                par.run(lambda s: _mm(cT, d[:, s], out[:, s]), d.shape[1])
+                return out
+
+            def back(d):
+                out = np.empty((len(d), W1.shape[0]), np.float32)
+                par.run(lambda s: out.__setitem__((slice(None), s), d @ W1[s].T), W1.shape[0])
+                return out
+            return outer, back
+        W1b = self._p["W1b"]
+        nblk, _, bw = W1b.shape
+
+        def blocks(d):
+            return np.ascontiguousarray(d.reshape(len(d), nblk, bw).transpose(1, 0, 2))
+
+        def outer(c, d):       # (2304, B) @ (nblk, B, bw) -> blocked (nblk, 2304, bw)
+            db = blocks(d)
+            cT = np.ascontiguousarray(c.T)
+            out = np.empty((nblk, cT.shape[0], bw), np.float32)
+            par.run(lambda s: _mm(cT, db[s], out[s]), nblk, chunk=max(1, 512 // bw))
+            return out
+
+        def back(d):           # d @ W1.T, canonical rows of W1 rebuilt chunk by chunk
+            out = np.empty((len(d), W1b.shape[1]), np.float32)
+
+            def part(s):
+                rows = np.ascontiguousarray(W1b[:, s, :].transpose(1, 0, 2))
+                np.matmul(d, rows.reshape(-1, nblk * bw).T, out=out[:, s])
+            par.run(part, W1b.shape[1], chunk=288)
+            return out
+        return outer, back
+
+    def _train_step(self, X, y, ids, epoch, lr):
+        """One optimisation step on a batch; returns (mean loss, #correct, forward dict)."""
+        c = self.config
+        fw = self._forward(X, ids, epoch)
+        loss, prob = cnp.softmax_xent(fw["logits"], y)
+        correct = int((fw["logits"].argmax(axis=1) == y).sum())
+        outer, back = self._w1_ops()
+        w1_key = "W1b" if "W1b" in self._p else "W1"
+        if c.trainer == "reference":
+            g = cnp.reference_backward(self._p, fw, prob, y, w1_outer=outer)
+            cnp.reference_update(self._p, g, lr, w1_key=w1_key)
+        else:
+            dl = prob.copy()
+            dl[np.arange(len(y)), y] -= 1
+            dl *= np.float32(1.0 / len(y))
+            fw["c_h"] = self._c_h(fw)
+            g = cnp.surrogate_backward(self._p, fw, dl, c, w1_outer=outer, w1_back=back)
+            g[w1_key] = g.pop("W1")
+            self._adam(g, lr)
+        self.step_ += 1
+        self._update_ema()
+        return loss, correct, fw
+
+    def _adam(self, grads, lr):
+        c = self.config
+        if self._opt is None:
+            self._opt = {"m": {k: np.zeros_like(v) for k, v in self._p.items()},
+                         "v": {k: np.zeros_like(v) for k, v in self._p.items()}, "t": 0}
+        o = self._opt
+        o["t"] += 1
+        if self._K is not None:
+            for k, g in grads.items():
+                # small arrays: one thread (an OpenMP region costs more than the update)
+                nt = self.n_threads if g.size >= 65536 else 1
+                self._K.adam_step(self._p[k], np.ascontiguousarray(g), o["m"][k], o["v"][k],
+                                  lr=lr, beta1=c.beta1, beta2=c.beta2, eps=c.eps, step=o["t"],
+                                  n_threads=nt)
+            return
+        opt = cnp.Adam({}, c.beta1, c.beta2, c.eps)
+        opt.m, opt.v, opt.t = o["m"], o["v"], o["t"] - 1
+        opt.step(self._p, grads, lr)
+
+    def _install_sigint(self):
+        """Turn Ctrl-C into a request honoured between batches (state stays consistent)."""
+        import signal
+        import threading
+        self._stop = False
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        old = signal.getsignal(signal.SIGINT)
+
+        def handler(signum, frame):
+            if self._stop:            # second Ctrl-C: stop at once
+                raise KeyboardInterrupt
+            self._stop = True
+        signal.signal(signal.SIGINT, handler)
+        return old
+
+    def fit(self, X, y, X_val=None, y_val=None, epochs=None, callback=None, sample_ids=None,
+            val_ids=None, verbose=False, restore_best=True):
+        """Train (or continue training) for ``epochs`` epochs in total.
+
+        Parameters
+        ----------
+        X : uint8 (N, 28, 28) or (N, 784); y : int (N,)
+        X_val, y_val : optional validation set (model selection: best validation accuracy)
+        epochs : int, total epochs (default ``config.epochs``); training continues from
+            ``self.epoch_`` (so a loaded checkpoint resumes where it stopped)
+        callback : callable(model, metrics) -> dict or None, after every epoch (extra
+            metrics to record, e.g. a test accuracy; a checkpoint writer)
+        sample_ids, val_ids : index of each image in its data set (keys the input noise;
+            default ``arange``)
+        verbose : bool, a tqdm bar per epoch
+        restore_best : bool, end with the best-validation weights (if a validation set)
+
+        Ctrl-C stops at the next batch boundary with a consistent state and raises
+        KeyboardInterrupt; :meth:`save` with ``checkpoint=True`` then allows an exact resume.
+        Training accuracy/loss come from the training forward passes themselves (on the
+        augmented images, with the weights of that moment), not from a second pass.
+        """
+        c = self.config
+        X = _as_images(X)
+        y = _as_labels(y, len(X))
+        ids = _as_ids(sample_ids, len(X))
+        have_val = X_val is not None
+        if have_val:
+            X_val = _as_images(X_val, "X_val")
+            y_val = _as_labels(y_val, len(X_val), "y_val")
+            val_ids = _as_ids(val_ids, len(X_val), "val_ids")
+        epochs = c.epochs if epochs is None else int(epochs)
+        if epochs < 0:
+            raise ValueError("epochs must be >= 0")
+        if len(X) == 0:
+            raise ValueError("X is empty")
+        N, bs = len(X), c.batch_size
+        n_batches = -(-N // bs)
+        total = max(1, epochs * n_batches)
+        self.clean_stop_ = False
+        old_handler = self._install_sigint()
+        try:
+            with self._blas():
+                for epoch in range(self.epoch_, epochs):
+                    self._fit_epoch(X, y, ids, epoch, n_batches, total, verbose)
+                    m = self._end_epoch(epoch, X_val, y_val, val_ids, have_val)
+                    if callback is not None:
+                        extra = callback(self, m)
+                        if extra:
+                            m.update(extra)
+        finally:
+            if old_handler is not None:
+                import signal
+                signal.signal(signal.SIGINT, old_handler)
+        if restore_best and have_val and self._best is not None:
+            self.set_params(self._best["params"])
+        return self
+
+    def _fit_epoch(self, X, y, ids, epoch, n_batches, total, verbose):
+        c = self.config
+        N, bs = len(X), c.batch_size
+        perm = np.random.default_rng((c.seed, epoch)).permutation(N)
+        if c.augment_shift:
+            s = c.augment_shift
+            shifts = np.random.default_rng((c.seed, epoch, 1)).integers(-s, s + 1, size=(2, N))
+        p = self._partial if (self._partial and self._partial["epoch"] == epoch) else None
+        start = p["batch"] if p else 0
+        sums = dict(p["sums"]) if p else {"loss": 0.0, "correct": 0, "n": 0, "in": 0.0,
+                                            "c": 0.0, "h": 0.0, "time": 0.0}
+        bar = None
+        if verbose:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=n_batches, initial=start, desc=f"epoch {epoch + 1}", leave=False,
+                       unit="batch", dynamic_ncols=True)
+        lr = c.lr
+        try:
+            for b in range(start, n_batches):
+                if self._stop:
+                    self._partial = {"epoch": epoch, "batch": b, "sums": sums}
+                    self.clean_stop_ = True          # state consistent: safe to checkpoint
+                    raise KeyboardInterrupt
+                t0 = time.perf_counter()
+                pos = slice(b * bs, (b + 1) * bs)
+                idx = perm[pos]
+                xb = X[idx]
+                if c.augment_shift:
+                    xb = shift_images(xb, shifts[0, pos], shifts[1, pos])
+                lr = lr_at(c, epoch, (epoch * n_batches + b) / total)
+                loss, correct, fw = self._train_step(xb, y[idx], ids[idx], epoch, lr)
+                sums["time"] += time.perf_counter() - t0
+                sums["loss"] += loss * len(idx)
+                sums["correct"] += correct
+                sums["n"] += len(idx)
+                self._acc_rates(sums, fw)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{sums['loss'] / sums['n']:.4f}",
+                                    acc=f"{sums['correct'] / sums['n']:.4f}",
+                                    img_s=f"{sums['n'] / max(sums['time'], 1e-9):.0f}")
+        finally:
+            if bar is not None:
+                bar.close()
+        self._partial = None
+        self._epoch_sums = (sums, lr)
+
+    def _end_epoch(self, epoch, X_val, y_val, val_ids, have_val):
+        sums, lr = self._epoch_sums
+        n = max(sums["n"], 1)
+        m = {"epoch": epoch + 1, "lr": lr, "train_loss": sums["loss"] / n,
+             "train_acc": sums["correct"] / n, "train_img_s": sums["n"] / max(sums["time"], 1e-9),
+             "train_time_s": sums["time"]}
+        m.update({"train_" + k: v for k, v in self._rates(sums, n).items()})
+        if have_val:
+            t0 = time.perf_counter()
+            ev = self.evaluate(X_val, y_val, val_ids)
+            m.update(val_acc=ev["accuracy"], val_loss=ev["loss"],
+                     eval_img_s=len(X_val) / max(time.perf_counter() - t0, 1e-9))
+            m.update({"val_" + k: v for k, v in ev.items() if k.startswith("rate_")})
+            if self._best is None or ev["accuracy"] > self._best["val_acc"]:
+                self._best = {"val_acc": ev["accuracy"], "epoch": epoch + 1,
+                              "params": {k: v.copy() for k, v in self.params.items()}}
+        self.epoch_ = epoch + 1
+        self.history_.append(m)
+        return m
+
+    @property
+    def best_epoch_(self):
+        """(epoch, validation accuracy) of the best-validation weights, or None."""
+        return None if self._best is None else (self._best["epoch"], self._best["val_acc"])
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path, metrics=None, checkpoint=False):
+        """Write an HDF5 file atomically.
+
+        Always: canonical weights (group ``params``), the full config (attribute ``config``,
+        JSON), ``preset``, ``snnfast_format = "convsnn-1"``, ``metrics`` and ``history``
+        (JSON). With ``checkpoint=True`` also the optimiser state (moments in canonical
+        layout), step/epoch counters, the best-validation weights and a mid-epoch position,
+        so that :meth:`load` + :meth:`fit` continue exactly where training stopped.
+        """
+        import h5py
+        from . import __version__
+        with atomic_path(path, suffix=".h5.tmp") as tmp:
+            with h5py.File(tmp, "w") as f:
+                f.attrs["snnfast_format"] = FORMAT_VERSION
+                f.attrs["snnfast_version"] = __version__
+                f.attrs["kind"] = "checkpoint" if checkpoint else "model"
+                f.attrs["preset"] = self.config.preset
+                f.attrs["config"] = json.dumps(self.config.to_dict())
+                f.attrs["metrics"] = json.dumps(metrics or {})
+                f.attrs["history"] = json.dumps(self.history_)
+                f.attrs["epoch"] = self.epoch_
+                f.attrs["step"] = self.step_
+                g = f.create_group("params")
+                for k, v in self.params.items():
+                    g.create_dataset(k, data=v)
+                if checkpoint:
+                    self._save_state(f)
+
+    def _save_state(self, f):
+        if self._ema is not None:           # "params" holds the average; keep the raw ones too
+            g = f.create_group("train_params")
+            for k, v in self._canonical(self._p).items():
+                g.create_dataset(k, data=v)
+        if self._opt is not None:
+            o = f.create_group("optimizer")
+            o.attrs["t"] = self._opt["t"]
+            for which in ("m", "v"):
+                grp = o.create_group(which)
+                for k, v in self._opt[which].items():
+                    if k == "W1b":
+                        k, v = "W1", self._K.from_blocked(v)
+                    grp.create_dataset(k, data=v)
+        if self._best is not None:
+            b = f.create_group("best")
+            b.attrs["val_acc"] = self._best["val_acc"]
+            b.attrs["epoch"] = self._best["epoch"]
+            for k, v in self._best["params"].items():
+                b.create_dataset(k, data=v)
+        f.attrs["partial"] = json.dumps(self._partial)
+
+    @classmethod
+    def load(cls, path, n_threads=None, backend="kernels"):
+        """Read a file written by :meth:`save` (model or checkpoint).
+
+        Raises
+        ------
+        ValueError
+            naming the file, if it is missing, not HDF5, truncated/corrupt, or not a
+            ``convsnn-1`` file.
+        """
+        import h5py
+        from pathlib import Path
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"{path}: no such model file")
+        try:
+            with h5py.File(path, "r") as f:
+                fmt = f.attrs.get("snnfast_format")
+                if isinstance(fmt, bytes):
+                    fmt = fmt.decode()
+                if fmt != FORMAT_VERSION:
+                    raise ValueError(f"{path}: not an snnfast ConvSNN file "
+                                     f"(snnfast_format={fmt!r}, expected {FORMAT_VERSION!r})")
+                cfg = json.loads(f.attrs["config"])
+                params = {k: np.array(f["params"][k]) for k in PARAM_SHAPES}
+                state = cls._read_state(f)
+                if "train_params" in f:
+                    state["ema"] = params
+                    params = {k: np.array(f["train_params"][k]) for k in PARAM_SHAPES}
+        except ValueError:
+            raise
+        except Exception as exc:      # h5py raises OSError/KeyError/... for damaged files
+            raise ValueError(f"{path}: cannot read ConvSNN model ({type(exc).__name__}: {exc})") \
+                from None
+        preset = cfg.pop("preset", None)
+        seed = cfg.pop("seed", 0)
+        try:
+            model = cls(preset=preset, seed=seed, n_threads=n_threads, backend=backend, **cfg)
+            model.set_params(params)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: invalid ConvSNN content ({exc})") from None
+        model._restore_state(state)
+        return model
+
+    @staticmethod
+    def _read_state(f):
+        st = {"ema": None, "history": json.loads(f.attrs.get("history", "[]")),
+              "metrics": json.loads(f.attrs.get("metrics", "{}")),
+              "epoch": int(f.attrs.get("epoch", 0)), "step": int(f.attrs.get("step", 0)),
+              "partial": json.loads(f.attrs.get("partial", "null")), "opt": None, "best": None}
+        if "optimizer" in f:
+            o = f["optimizer"]
+            st["opt"] = {"t": int(o.attrs["t"]),
+                         "m": {k: np.array(o["m"][k]) for k in o["m"]},
+                         "v": {k: np.array(o["v"][k]) for k in o["v"]}}
+        if "best" in f:
+            b = f["best"]
+            st["best"] = {"val_acc": float(b.attrs["val_acc"]), "epoch": int(b.attrs["epoch"]),
+                          "params": {k: np.array(b[k]) for k in PARAM_SHAPES}}
+        return st
+
+    def _restore_state(self, st):
+        if st["ema"] is not None:
+            raw = self._p
+            self._p = {}
+            self._set_canonical(st["ema"])
+            self._ema, self._p = self._p, raw
+        self.history_ = st["history"]
+        self.metrics_ = st["metrics"]
+        self.epoch_, self.step_ = st["epoch"], st["step"]
+        self._partial = st["partial"]
+        self._best = st["best"]
+        if st["opt"] is not None:
+            o = st["opt"]
+            for which in ("m", "v"):
+                if "W1" in o[which] and self._K is not None:
+                    o[which]["W1b"] = self._K.to_blocked(o[which].pop("W1"))
+            self._opt = o
+
+    def __repr__(self):
+        return (f"ConvSNN(preset={self.config.preset!r}, seed={self.config.seed}, "
+                f"backend={self.backend!r}, epochs_trained={self.epoch_})")

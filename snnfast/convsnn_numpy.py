@@ -1,0 +1,412 @@
+"""Plain vectorised NumPy (float32) implementation of the Conv-SNN forward pass and training step.
+
+This module is the benchmark baseline and the fallback backend of :class:`snnfast.ConvSNN`.
+It follows the forward contract (``convsnn-semantics``) literally:
+
+* input spikes from the counter-based ``mix64`` stream (thread-count independent);
+* conv currents as a sum of the taps of spiking input pixels plus the bias;
+* LIF layers with the configured decay, strict threshold and reset;
+* the hidden layer updated on the steps ``t % hidden_period == hidden_phase`` from a
+  cumulative or windowed drive accumulator.
+
+Two FC1 strategies exist. ``exact=False`` (default, the baseline) forms the drive with one
+dense sgemm over all updates; BLAS may add the rows in another order, so currents can differ
+from the compiled kernels in the last bit. ``exact=True`` adds the rows of ``W1`` in the
+contract's order (step ascending, neuron ascending) with a sequential float32 ``cumsum``; it
+is slow and meant for tests that require bit-identical spikes.
+"""
+import numpy as np
+
+__all__ = ["mix64", "sample_keys", "det_table", "input_spikes", "conv_patch_index",
+           "conv_currents", "forward", "surrogate", "surrogate_backward", "reference_backward",
+           "smooth_forward", "softmax_xent", "Adam", "EVAL_EPOCH", "GOLDEN"]
+
+GOLDEN = 0x9E3779B97F4A7C15
+EVAL_EPOCH = 2**32 - 1
+_M64 = (1 << 64) - 1
+
+
+# ----------------------------------------------------------------------------- random numbers
+def _mix64_int(z):
+    """splitmix64 finaliser on a Python int (scalar prefix of a key)."""
+    z &= _M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    return z ^ (z >> 31)
+
+
+def mix64(z):
+    """splitmix64 finaliser on a uint64 array (wrapping arithmetic)."""
+    z = np.asarray(z, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def sample_keys(seed, epoch, sample_ids):
+    """Per-sample key ``mix64(mix64(mix64(seed ^ GOLDEN) ^ epoch) ^ sample_id)`` (uint64)."""
+    h = _mix64_int(_mix64_int(int(seed) ^ GOLDEN) ^ (int(epoch) & _M64))
+    ids = np.asarray(sample_ids).astype(np.uint64)
+    return mix64(np.uint64(h) ^ ids)
+
+
+def det_table(n_det=5):
+    """Smallest u8 that spikes at deterministic step t (256 = none), from the float64 rule.
+
+    The rule is ``u8/255.0 > 1.0 - t/5.0`` in float64 (the reference's), so the table makes
+    the integer comparison ``u8 >= table[t]`` give exactly the float64 spikes.
+    """
+    out = np.full(n_det, 256, dtype=np.int32)
+    vals = np.arange(256, dtype=np.float64) / 255.0
+    for t in range(n_det):
+        hit = np.nonzero(vals > 1.0 - t / 5.0)[0]
+        if hit.size:
+            out[t] = hit[0]
+    return out
+
+
+def input_spikes(images, sample_ids, seed, epoch, T=10, n_det=5):
+    """Binary input spikes (B, T, 784) uint8 of uint8 images (B, 784)."""
+    images = np.ascontiguousarray(images, dtype=np.uint8).reshape(len(images), -1)
+    B, P = images.shape
+    s = np.zeros((B, T, P), dtype=np.uint8)
+    table = det_table(n_det)
+    img = images.astype(np.int32)
+    for t in range(min(T, n_det)):
+        s[:, t] = img >= table[t]
+    if T > n_det:
+        keys = sample_keys(seed, epoch, sample_ids)
+        thresh = images.astype(np.uint64) << np.uint64(24)          # u8 * 2^24
+        pix = np.arange(P, dtype=np.uint64)
+        for t in range(n_det, T):
+            h = mix64(keys[:, None] ^ ((np.uint64(t) << np.uint64(32)) | pix)[None, :])
+            s[:, t] = (h >> np.uint64(40)) * np.uint64(255) < thresh
+    return s
+
+
+# ----------------------------------------------------------------------------- conv
+def conv_patch_index(H=28, K=5, stride=2):
+    """(144, 25) pixel indices of each 5x5 stride-2 patch (raster order of taps)."""
+    out = (H - K) // stride + 1
+    ys, xs = np.meshgrid(np.arange(out), np.arange(out), indexing="ij")
+    ky, kx = np.meshgrid(np.arange(K), np.arange(K), indexing="ij")
+    rows = (stride * ys.reshape(-1, 1) + ky.reshape(1, -1))
+    cols = (stride * xs.reshape(-1, 1) + kx.reshape(1, -1))
+    return (rows * H + cols).astype(np.intp)
+
+
+_IDX = conv_patch_index()
+
+
+def conv_event_table():
+    """int64 (784,): conv synaptic events of one input spike (valid output positions x 16)."""
+    hits = np.zeros(784, dtype=np.int64)
+    np.add.at(hits, _IDX.reshape(-1), 1)
+    return hits * 16
+
+
+def conv_currents(x, conv_w, conv_b, exact=False):
+    """Conv currents (..., 2304) of inputs x (..., 784): sum of taps then + bias, float32.
+
+    For binary x, ``exact=True`` adds the taps one at a time in raster order (the contract's
+    float32 order). ``exact=False`` uses one sgemm (also right for real-valued rates).
+    """
+    lead = x.shape[:-1]
+    dt = np.float64 if conv_w.dtype == np.float64 else np.float32   # float64: gradient checks
+    w = conv_w.reshape(16, 25).astype(dt, copy=False)
+    patches = x.reshape(-1, 784)[:, _IDX]                     # (N, 144, 25)
+    if exact:
+        acc = np.zeros((patches.shape[0], 16, 144), dtype=np.float32)
+        for k in range(25):
+            tap = patches[:, None, :, k].astype(bool)
+            acc += np.where(tap, w[None, :, k, None], np.float32(0.0))
+    else:
+        acc = np.matmul(patches.astype(dt, copy=False), w.T)   # (N, 144, 16)
+        acc = acc.transpose(0, 2, 1)
+    acc = acc + conv_b.astype(dt)[None, :, None]
+    return np.ascontiguousarray(acc.reshape(lead + (2304,)), dtype=dt)
+
+
+def _reset_(v, zf, mode, thr):
+    """In-place reset where the float32 0/1 mask ``zf`` is set (exact float32 results)."""
+    if mode == "zero":            # v * (1 - z): spiking v is > thr > 0, so this gives +0
+        v *= np.float32(1.0) - zf
+    elif mode == "subtract":      # v - thr*z equals v - thr or v exactly
+        v -= thr * zf
+    elif mode == "halve":         # v * (1 - 0.5 z)
+        v *= np.float32(1.0) - np.float32(0.5) * zf
+    else:
+        raise ValueError(f"unknown reset mode {mode!r}")
+
+
+def _fc1_exact(zc, W1, update_steps, cumulative):
+    """Drive of every update, rows of W1 added sequentially in (step, j) order. (B, U, H)."""
+    B, T, _ = zc.shape
+    U = len(update_steps)
+    out = np.zeros((B, U, W1.shape[1]), dtype=np.float32)
+    for b in range(B):
+        start = 0
+        acc = np.zeros(W1.shape[1], dtype=np.float32)
+        for u, t in enumerate(update_steps):
+            js = [np.nonzero(zc[b, s])[0] for s in range(start, t + 1)]
+            js = np.concatenate(js) if js else np.zeros(0, dtype=np.intp)
+            if js.size:
+                rows = np.concatenate([acc[None, :], W1[js]], axis=0)
+                acc = np.cumsum(rows, axis=0, dtype=np.float32)[-1]
+            out[b, u] = acc
+            if not cumulative:
+                acc = np.zeros(W1.shape[1], dtype=np.float32)
+            start = t + 1
+    return out
+
+
+def update_steps(cfg):
+    """Hidden update steps of a config (a list of ints)."""
+    return [t for t in range(cfg.T) if t % cfg.hidden_period == cfg.hidden_phase]
+
+
+def forward(params, images, sample_ids, epoch, cfg, exact=False, record=False, matmul=None):
+    """Forward pass of a batch.
+
+    Parameters
+    ----------
+    params : dict of float32 arrays (canonical layouts)
+    images : uint8 (B, 784)
+    sample_ids : int (B,)
+    epoch : int, the noise key's epoch (``EVAL_EPOCH`` for evaluation)
+    cfg : ConvSNNConfig (or any object with the semantics fields)
+    exact : bool, contract-order float32 sums (slow; tests)
+    record : bool, also return the spike trains
+    matmul : callable(A, W1) -> A @ W1 for the FC1 drive (default ``np.matmul``)
+
+    Returns
+    -------
+    dict with logits (B,10), r_in (B,784), r_c (B,2304), r_h (B,1024), n_in, n_c, n_h (int32),
+    a_h (B,1024) mean hidden current per update, c_h (B,2304) conv spikes reaching the hidden
+    layer per update, and with ``record`` s_in, z_c, z_h (uint8, (B,T,...)).
+    """
+    T = cfg.T
+    seed = 42 if cfg.reseeded_noise else cfg.seed
+    if cfg.reseeded_noise:
+        epoch, sample_ids = 0, np.arange(len(images))
+    s_in = input_spikes(images, sample_ids, seed, epoch, T, cfg.n_det)
+    B = s_in.shape[0]
+    Ic = conv_currents(s_in, params["conv_w"], params["conv_b"], exact=exact)   # (B,T,2304)
+    steps = update_steps(cfg)
+    U = len(steps)
+    is_update = np.zeros(T, bool)
+    is_update[steps] = True
+    cumulative = cfg.drive == "cumulative"
+    keep_z = exact or record
+    beta_c, thr_c = np.float32(cfg.beta_c), np.float32(cfg.thr_c)
+    v = np.zeros((B, 2304), dtype=np.float32)
+    z = np.empty((B, 2304), dtype=bool)
+    zf = np.empty((B, 2304), dtype=np.float32)
+    n_c = np.zeros((B, 2304), dtype=np.float32)
+    win = np.zeros((B, 2304), dtype=np.float32)
+    counts = np.zeros((B, U, 2304), dtype=np.float32)    # conv spikes the accumulator adds
+    zc = np.zeros((B, T, 2304), dtype=np.uint8) if keep_z else None
+    conv_count = np.zeros((B, T), dtype=np.int64)
+    fc1_adds = np.zeros((B, T), dtype=np.int64)
+    u = 0
+    for t in range(T):
+        np.multiply(v, beta_c, out=v)
+        np.add(v, Ic[:, t], out=v)
+        np.greater(v, thr_c, out=z)
+        zf[...] = z
+        n_c += zf
+        conv_count[:, t] = z.sum(axis=1)
+        if keep_z:
+            zc[:, t] = z
+        _reset_(v, zf, cfg.reset_c, thr_c)
+        if U:
+            win += zf
+            if is_update[t]:
+                counts[:, u] = n_c if cumulative else win
+                fc1_adds[:, t] = win.sum(axis=1, dtype=np.float64).astype(np.int64) * 1024
+                win[...] = 0
+                u += 1
+    W1, b1 = params["W1"], params["b1"]
+    H = W1.shape[1]
+    if exact:
+        acc = _fc1_exact(zc, W1, steps, cumulative)
+    else:
+        acc = (matmul or np.matmul)(counts.reshape(B * U, 2304), W1).reshape(B, U, H)
+    scale = np.float32(cfg.drive_scale)
+    Ih = (acc + b1) * scale
+    beta_h, thr_h = np.float32(cfg.beta_h), np.float32(cfg.thr_h)
+    vh = np.zeros((B, H), dtype=np.float32)
+    nh = np.zeros((B, H), dtype=np.float32)
+    zh_f = np.empty((B, H), dtype=np.float32)
+    zh = np.zeros((B, T, H), dtype=np.uint8) if record else None
+    hid_count = np.zeros((B, T), dtype=np.int64)
+    for u, t in enumerate(steps):
+        np.multiply(vh, beta_h, out=vh)
+        np.add(vh, Ih[:, u], out=vh)
+        np.greater(vh, thr_h, out=zh_f)
+        nh += zh_f
+        hid_count[:, t] = zh_f.sum(axis=1, dtype=np.float64).astype(np.int64)
+        if record:
+            zh[:, t] = zh_f
+        _reset_(vh, zh_f, cfg.reset_h, thr_h)
+    n_in = s_in.sum(axis=1, dtype=np.int32)
+    norm_h = T if cfg.rate_norm == "T" else U
+    r_c = n_c / np.float32(T)
+    r_h = nh / np.float32(norm_h)
+    logits = r_h @ params["W2"] + params["b2"]
+    out = dict(logits=logits, r_in=n_in.astype(np.float32) / np.float32(T), r_c=r_c, r_h=r_h,
+               n_in=n_in, n_c=n_c.astype(np.int32), n_h=nh.astype(np.int32),
+               a_h=Ih.sum(axis=1) / np.float32(max(U, 1)),
+               c_h=counts.sum(axis=1) / np.float32(max(U, 1)), n_updates=U)
+    in_count = s_in.sum(axis=2, dtype=np.int64)
+    out["counts"] = dict(input_spikes=in_count, conv_spikes=conv_count, hidden_spikes=hid_count,
+                         conv_synaptic_events=(s_in.astype(np.int64) @ conv_event_table()),
+                         fc1_row_adds=fc1_adds)
+    if record:
+        out.update(s_in=s_in, z_c=zc, z_h=zh)
+    return out
+
+
+# ----------------------------------------------------------------------------- gradients
+def softmax_xent(logits, y):
+    """Mean cross-entropy and softmax probabilities (float32)."""
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    p = e / e.sum(axis=1, keepdims=True)
+    loss = float(-np.mean(np.log(np.maximum(p[np.arange(len(y)), y], 1e-30))))
+    return loss, p.astype(logits.dtype, copy=False)
+
+
+def surrogate(a, center, slope, deriv=True):
+    """Fast-sigmoid rate surrogate phi(a) = 0.5 (1 + k x / (1 + k|x|)), x = a - center.
+
+    With ``deriv`` return phi'(a) = 0.5 k / (1 + k|x|)^2 instead.
+    """
+    x = a - a.dtype.type(center)
+    d = 1 + slope * np.abs(x)
+    if deriv:
+        return (0.5 * slope) / (d * d)
+    return 0.5 * (1 + slope * x / d)
+
+
+_CONTROLLER = []
+
+
+def _serial_blas():
+    """Context limiting BLAS to one thread (results independent of the thread count)."""
+    if not _CONTROLLER:
+        from threadpoolctl import ThreadpoolController
+        _CONTROLLER.append(ThreadpoolController())
+    return _CONTROLLER[0].limit(limits=1, user_api="blas")
+
+
+def _conv_input_grad(r_in, delta_ac):
+    """Gradients of conv_w (16,1,5,5) and conv_b (16,) given dL/da_c (B, 2304)."""
+    B = r_in.shape[0]
+    patches = r_in[:, _IDX].reshape(B * 144, 25)                # (B*144, 25)
+    d = delta_ac.reshape(B, 16, 144).transpose(0, 2, 1).reshape(B * 144, 16)
+    with _serial_blas():     # a long reduction: threaded BLAS would split it by thread count
+        gw = (d.T @ patches).reshape(16, 1, 5, 5)
+    return gw, delta_ac.reshape(B, 16, 144).sum(axis=(0, 2))
+
+
+def surrogate_backward(params, fw, dlogits, cfg, w1_outer=None, w1_back=None):
+    """Rate-based surrogate gradient of all parameters (the default/nir training rule).
+
+    Each spiking layer is treated as r = phi(a) with a its mean input current per update;
+    dL/da = dL/dr * phi'(a). The conv current a_c = conv(r_in) + b_c is linear in r_in, so it is
+    recomputed exactly. The hidden current a_h = s (c_h @ W1 + b1) with c_h the conv spikes per
+    update that reached the hidden layer, and dc_h/dr_c = T / n_updates.
+
+    ``w1_outer(c_h, d)`` (-> dL/dW1 in the caller's W1 layout) and ``w1_back(d)`` (-> d @ W1.T)
+    let a caller keep W1 in another layout (the kernels' blocked one); the defaults use the
+    canonical ``params["W1"]``.
+    """
+    if w1_outer is None:
+        def w1_outer(c, d):
+            return c.T @ d
+    if w1_back is None:
+        def w1_back(d):
+            return d @ params["W1"].T
+    r_in, r_h = fw["r_in"], fw["r_h"]
+    s = params["W2"].dtype.type(cfg.drive_scale)
+    g = {}
+    g["W2"] = r_h.T @ dlogits
+    g["b2"] = dlogits.sum(axis=0)
+    delta_rh = dlogits @ params["W2"].T
+    delta_ah = delta_rh * surrogate(fw["a_h"], cfg.surr_center_h, cfg.surr_slope_h)
+    sd = s * delta_ah
+    g["W1"] = w1_outer(fw["c_h"], sd)
+    g["b1"] = sd.sum(axis=0)
+    delta_rc = w1_back(sd) * s.dtype.type(cfg.T / fw["n_updates"])
+    a_c = conv_currents(r_in, params["conv_w"], params["conv_b"])
+    delta_ac = delta_rc * surrogate(a_c, cfg.surr_center_c, cfg.surr_slope_c)
+    g["conv_w"], g["conv_b"] = _conv_input_grad(r_in, delta_ac)
+    return {k: v.astype(params["W2"].dtype, copy=False) for k, v in g.items()}
+
+
+def smooth_forward(params, r_in, cfg):
+    """The smooth surrogate network (phi in place of spike rates), for gradient checks.
+
+    Returns a dict shaped like :func:`forward`'s so :func:`surrogate_backward` applies to it.
+    """
+    U = len(update_steps(cfg))
+    a_c = conv_currents(r_in, params["conv_w"], params["conv_b"])
+    r_c = surrogate(a_c, cfg.surr_center_c, cfg.surr_slope_c, deriv=False)
+    c_h = r_c * (cfg.T / U)
+    a_h = (c_h @ params["W1"] + params["b1"]) * cfg.drive_scale
+    r_h = surrogate(a_h, cfg.surr_center_h, cfg.surr_slope_h, deriv=False)
+    return dict(logits=r_h @ params["W2"] + params["b2"], r_in=r_in, r_c=r_c, r_h=r_h,
+                a_h=a_h, c_h=c_h, n_updates=U)
+
+
+def reference_backward(params, fw, probs, y, w1_outer=None):
+    """Summed (not averaged) gradients of the seed preset: no spike derivative, W2 and W1 only.
+
+    ``w1_outer(r_c, e_h)`` may produce dL/dW1 in another layout (default: canonical).
+    """
+    e = probs.copy()
+    e[np.arange(len(y)), y] -= 1
+    g = {"W2": fw["r_h"].T @ e, "b2": e.sum(axis=0)}
+    e_h = e @ params["W2"].T
+    g["W1"] = fw["r_c"].T @ e_h if w1_outer is None else w1_outer(fw["r_c"], e_h)
+    return g
+
+
+def reference_update(params, g, lr, w1_key="W1"):
+    """In-place seed-preset SGD step with the reference's 0.9999 weight decay."""
+    lr = np.float32(lr)
+    decay = np.float32(0.9999)
+    params["W2"] -= lr * g["W2"]
+    params["b2"] -= lr * g["b2"]
+    params["W2"] *= decay
+    params[w1_key] -= (np.float32(0.1) * lr) * g["W1"]
+    params[w1_key] *= decay
+
+
+class Adam:
+    """Adam in NumPy float32, the same per-element formula as the fused kernel ``adam_step``.
+
+    ``m = b1 m + (1-b1) g``; ``v = b2 v + (1-b2) g^2``;
+    ``p -= (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps)`` with bias corrections bc1, bc2.
+    """
+
+    def __init__(self, params, beta1=0.9, beta2=0.999, eps=1e-8):
+        self.beta1, self.beta2, self.eps = beta1, beta2, eps
+        self.m = {k: np.zeros_like(v) for k, v in params.items()}
+        self.v = {k: np.zeros_like(v) for k, v in params.items()}
+        self.t = 0
+
+    def step(self, params, grads, lr):
+        self.t += 1
+        b1, b2 = float(np.float32(self.beta1)), float(np.float32(self.beta2))
+        step_size = np.float32(lr / (1.0 - b1 ** self.t))
+        rbc2 = np.float32(1.0 / np.sqrt(1.0 - b2 ** self.t))
+        for k, g in grads.items():
+            m, v, p = self.m[k], self.v[k], params[k]
+            m *= np.float32(b1)
+            m += np.float32(1.0 - b1) * g
+            v *= np.float32(b2)
+            v += np.float32(1.0 - b2) * (g * g)
+            p -= step_size * (m / (np.sqrt(v) * rbc2 + np.float32(self.eps)))

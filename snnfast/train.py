@@ -1,0 +1,245 @@
+"""Train a Conv-SNN on MNIST / Fashion-MNIST from the command line.
+
+    python -m snnfast.train [--preset seed|default|nir] [--epochs N] [--batch-size B] [--lr LR]
+                            [--threads N] [--seed S] [--dataset mnist|fashion-mnist]
+                            [--data-dir D] [--val-size N] [--out RUN_DIR] [--resume]
+
+Writes into the run directory (default ``runs/<preset>-<dataset>-<seed>``): ``model.h5``
+(best-validation weights + metrics), ``checkpoint.h5`` (after every epoch and on Ctrl-C) and
+``metrics.json``. ``--resume`` continues from ``checkpoint.h5`` and reaches the same weights
+as an uninterrupted run (shuffles, augmentation and noise are functions of (seed, epoch)).
+"""
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ._utils import atomic_write_bytes
+
+__all__ = ["main", "build_parser"]
+
+
+def _positive_int(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def _nonneg_int(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
+
+
+def _positive_float(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not np.isfinite(v) or v <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return v
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="python -m snnfast.train",
+                                description="Train a convolutional spiking network (snnfast).")
+    p.add_argument("--preset", choices=("default", "seed", "nir"), default="default",
+                   help="model/training preset (default: %(default)s)")
+    p.add_argument("--epochs", type=_positive_int, default=None,
+                   help="epochs (default: the preset's, 15 for default/nir, 30 for seed)")
+    p.add_argument("--batch-size", type=_positive_int, default=None,
+                   help="training batch size (default: the preset's)")
+    p.add_argument("--lr", type=_positive_float, default=None,
+                   help="peak learning rate (default: the preset's)")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="threads for kernels and BLAS (default: SNNFAST_NUM_THREADS, "
+                        "OMP_NUM_THREADS or all cores)")
+    p.add_argument("--seed", type=_nonneg_int, default=0, help="random seed (default: 0)")
+    p.add_argument("--dataset", choices=("mnist", "fashion-mnist"), default="mnist")
+    p.add_argument("--data-dir", default=None, help="data cache directory")
+    p.add_argument("--val-size", type=_nonneg_int, default=None,
+                   help="validation images held out of the training set (default: 5000)")
+    p.add_argument("--out", default=None, help="run directory (default: runs/<preset>-<dataset>-"
+                                               "<seed>)")
+    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.h5")
+    p.add_argument("--backend", choices=("kernels", "numpy"), default="kernels",
+                   help=argparse.SUPPRESS)
+    p.add_argument("--limit-train", type=_positive_int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--limit-test", type=_positive_int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    p.add_argument("--no-plots", action="store_true", help="skip the training report plots")
+    p.add_argument("--synthetic", type=_positive_int, default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def _load_data(args):
+    if args.synthetic:
+        return synthetic_digits(args.synthetic, max(1, args.synthetic // 5), seed=12345)
+    from . import datasets
+    Xtr, ytr = datasets.load(args.dataset, "train", args.data_dir)
+    Xte, yte = datasets.load(args.dataset, "test", args.data_dir)
+    return Xtr, ytr, Xte, yte
+
+
+def synthetic_digits(n_train, n_test, seed=0):
+    """A small learnable stand-in for MNIST (tests, benchmarks without data).
+
+    Ten random stroke prototypes; each image is one prototype shifted by up to 2 px with
+    pixel noise. Returns uint8 (N,28,28) images and uint8 labels like ``datasets.load``.
+    """
+    rng = np.random.default_rng(seed)
+    protos = np.zeros((10, 32, 32))
+    for c in range(10):
+        for _ in range(4):
+            r, col = rng.integers(6, 26, 2)
+            dr, dc = rng.integers(-1, 2, 2)
+            for k in range(9):
+                rr, cc = np.clip(r + k * dr, 1, 30), np.clip(col + k * dc, 1, 30)
+                protos[c, rr - 1:rr + 2, cc - 1:cc + 2] = 1.0
+
+    def make(n):
+        y = rng.integers(0, 10, n)
+        off = rng.integers(0, 5, (n, 2))
+        X = np.empty((n, 28, 28))
+        for i in range(n):
+            X[i] = protos[y[i], off[i, 0]:off[i, 0] + 28, off[i, 1]:off[i, 1] + 28]
+        X = np.clip(X * rng.uniform(0.6, 1.0, (n, 1, 1)) + rng.normal(0, 0.08, X.shape), 0, 1)
+        return (X * 255).round().astype(np.uint8), y.astype(np.uint8)
+    return (*make(n_train), *make(n_test))
+
+
+def _write_json(path, obj):
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=float) + "\n").encode())
+
+
+def _fmt_epoch(m):
+    parts = [f"epoch {m['epoch']:3d}", f"loss {m['train_loss']:.4f}",
+             f"train {100 * m['train_acc']:.2f}%"]
+    if "val_acc" in m:
+        parts.append(f"val {100 * m['val_acc']:.2f}%")
+    if "test_acc" in m:
+        parts.append(f"test {100 * m['test_acc']:.2f}%")
+    parts.append(f"{m['train_img_s']:.0f} img/s")
+    parts.append(f"rates in/conv/hid {100 * m['train_rate_input']:.1f}/"
+                 f"{100 * m['train_rate_conv']:.1f}/{100 * m['train_rate_hidden']:.1f}%")
+    return "  ".join(parts)
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from .convsnn import ConvSNN
+    from .datasets import train_val_split
+
+    run_dir = Path(args.out or f"runs/{args.preset}-{args.dataset}-{args.seed}")
+    ckpt_path, model_path = run_dir / "checkpoint.h5", run_dir / "model.h5"
+    metrics_path = run_dir / "metrics.json"
+    overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size),
+                                   ("lr", args.lr), ("val_size", args.val_size))
+                 if v is not None}
+    if args.resume:
+        if not ckpt_path.is_file():
+            parser.error(f"--resume: no checkpoint at {ckpt_path}")
+        model = ConvSNN.load(ckpt_path, n_threads=args.threads, backend=args.backend)
+        if model.config.preset != args.preset or model.config.seed != args.seed:
+            parser.error(f"--resume: {ckpt_path} holds preset {model.config.preset!r} seed "
+                         f"{model.config.seed}; pass the same --preset/--seed")
+        epochs = args.epochs or model.config.epochs
+        print(f"resuming {ckpt_path} after epoch {model.epoch_} (step {model.step_})")
+    else:
+        try:
+            model = ConvSNN(args.preset, seed=args.seed, n_threads=args.threads,
+                            backend=args.backend, **overrides)
+        except (TypeError, ValueError) as exc:
+            parser.error(str(exc))
+        epochs = model.config.epochs
+    cfg = model.config
+
+    Xtr, ytr, Xte, yte = _load_data(args)
+    n_all = len(Xtr)
+    if args.limit_train:
+        n_all = min(n_all, args.limit_train + cfg.val_size)
+    if cfg.val_size >= n_all:
+        parser.error(f"--val-size {cfg.val_size} leaves no training images")
+    tr_idx, va_idx = train_val_split(n_all, cfg.val_size, cfg.seed)
+    if args.limit_test:
+        Xte, yte = Xte[:args.limit_test], yte[:args.limit_test]
+    Xtr2, ytr2 = Xtr[tr_idx], ytr[tr_idx]
+    Xva, yva = (Xtr[va_idx], ytr[va_idx]) if len(va_idx) else (None, None)
+    print(f"snnfast ConvSNN preset={cfg.preset} backend={model.backend} dataset={args.dataset} "
+          f"train={len(tr_idx)} val={len(va_idx)} test={len(Xte)} epochs={epochs} "
+          f"batch={cfg.batch_size} lr={cfg.lr} seed={cfg.seed} -> {run_dir}")
+
+    def on_epoch(m, metrics):
+        ev = m.evaluate(Xte, yte)
+        extra = {"test_acc": ev["accuracy"], "test_loss": ev["loss"]}
+        metrics.update(extra)
+        print(_fmt_epoch(metrics), flush=True)
+        m.save(ckpt_path, checkpoint=True, metrics={"history": m.history_})
+        _write_json(metrics_path, _metrics(m, epochs, args, done=False))
+        return extra
+
+    t0 = time.time()
+    try:
+        model.fit(Xtr2, ytr2, Xva, yva, epochs=epochs, callback=on_epoch, sample_ids=tr_idx,
+                  val_ids=va_idx, verbose=not args.no_progress)
+    except KeyboardInterrupt:
+        if getattr(model, "clean_stop_", False):
+            model.save(ckpt_path, checkpoint=True, metrics={"history": model.history_})
+            print(f"\ninterrupted; state saved to {ckpt_path}", file=sys.stderr)
+        else:   # a second Ctrl-C may have hit mid-update: keep the last epoch's checkpoint
+            print(f"\ninterrupted hard; {ckpt_path} holds the last completed epoch (if any)",
+                  file=sys.stderr)
+        print(f"resume with: python -m snnfast.train --preset {cfg.preset} --seed {cfg.seed} "
+              f"--dataset {args.dataset} --out {run_dir} --resume", file=sys.stderr)
+        return 130
+    final = model.evaluate(Xte, yte)
+    summary = _metrics(model, epochs, args, done=True)
+    summary["final"] = {"test_acc_best_val_model": final["accuracy"], "test_loss": final["loss"],
+                        "rate_input": final["rate_input"], "rate_conv": final["rate_conv"],
+                        "rate_hidden": final["rate_hidden"], "wall_time_s": time.time() - t0}
+    model.save(model_path, metrics=summary)
+    _write_json(metrics_path, summary)
+    best = model.best_epoch_
+    sel = (f"best validation epoch {best[0]} (val {100 * best[1]:.2f}%)" if best
+           else "final epoch (no validation set)")
+    print(f"test accuracy {100 * final['accuracy']:.2f}% ({sel}); last-epoch test accuracy "
+          f"{100 * model.history_[-1]['test_acc']:.2f}%")
+    print(f"spike rates: input {100 * final['rate_input']:.2f}%/step, conv "
+          f"{100 * final['rate_conv']:.2f}%/step, hidden {100 * final['rate_hidden']:.2f}%/update")
+    print(f"files: {model_path}  {ckpt_path}  {metrics_path}")
+    if args.no_plots:
+        return 0
+    try:
+        from . import plotting
+        plotting.training_report(run_dir, model, summary, Xte, yte)
+    except ImportError:
+        pass
+    except Exception as exc:  # plots must never lose a finished training
+        print(f"warning: plots failed: {exc}", file=sys.stderr)
+    return 0
+
+
+def _metrics(model, epochs, args, done):
+    best = model.best_epoch_
+    return {"preset": model.config.preset, "dataset": args.dataset, "seed": model.config.seed,
+            "epochs": epochs, "epochs_done": model.epoch_, "complete": done,
+            "backend": model.backend, "config": model.config.to_dict(),
+            "best_epoch": best[0] if best else None, "best_val_acc": best[1] if best else None,
+            "history": model.history_}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

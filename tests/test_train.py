@@ -1,0 +1,112 @@
+"""Tests of the ``python -m snnfast.train`` / ``snnfast.evaluate`` command lines."""
+import json
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+from snnfast import train as train_cli
+from snnfast.convsnn import PARAM_SHAPES, ConvSNN
+
+TINY = ["--synthetic", "60", "--val-size", "12", "--batch-size", "16", "--threads", "1",
+        "--backend", "numpy", "--no-progress", "--no-plots"]
+
+
+@pytest.mark.parametrize("bad", [["--epochs", "0"], ["--epochs", "x"], ["--lr", "-1"],
+                                 ["--lr", "nan"], ["--preset", "fancy"], ["--threads", "0"],
+                                 ["--batch-size", "2.5"], ["--dataset", "cifar"],
+                                 ["--seed", "-3"], ["--val-size", "-1"], ["--bogus"]])
+def test_bad_arguments_exit_2(bad, capsys):
+    with pytest.raises(SystemExit) as exc:
+        train_cli.main(bad)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage:" in err and "error:" in err
+
+
+def test_resume_without_checkpoint_is_an_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        train_cli.main(TINY + ["--out", str(tmp_path / "none"), "--resume"])
+    assert exc.value.code == 2
+    assert "checkpoint" in capsys.readouterr().err
+
+
+def test_end_to_end_subprocess(tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "snnfast.train", "--epochs", "2", "--out", str(run)] + TINY
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "test accuracy" in res.stdout and "epoch   2" in res.stdout
+    for name in ("model.h5", "checkpoint.h5", "metrics.json"):
+        assert (run / name).is_file(), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["complete"] and metrics["epochs_done"] == 2 and len(metrics["history"]) == 2
+    assert 0.0 <= metrics["final"]["test_acc_best_val_model"] <= 1.0
+    with h5py.File(run / "model.h5", "r") as f:
+        assert f.attrs["snnfast_format"] == "convsnn-1"
+        assert f.attrs["kind"] == "model"
+    with h5py.File(run / "checkpoint.h5", "r") as f:
+        assert f.attrs["kind"] == "checkpoint" and "optimizer" in f
+    model = ConvSNN.load(run / "model.h5", backend="numpy")
+    assert model.config.batch_size == 16 and model.epoch_ == 2
+
+
+@pytest.mark.parametrize("stop_at", [3, 4])
+# 3 batches per epoch: stop at the epoch boundary / inside the second epoch
+def test_resume_equals_uninterrupted(tmp_path, monkeypatch, stop_at):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert train_cli.main(TINY + ["--epochs", "2", "--out", str(a)]) == 0
+    orig = ConvSNN._train_step
+
+    def step(self, *args, **kw):
+        out = orig(self, *args, **kw)
+        if self.step_ == stop_at:
+            self._stop = True          # what the SIGINT handler does on Ctrl-C
+        return out
+    with monkeypatch.context() as mp:
+        mp.setattr(ConvSNN, "_train_step", step)
+        assert train_cli.main(TINY + ["--epochs", "2", "--out", str(b)]) == 130
+    assert train_cli.main(TINY + ["--out", str(b), "--resume"]) == 0
+    ma = ConvSNN.load(a / "checkpoint.h5", backend="numpy")
+    mb = ConvSNN.load(b / "checkpoint.h5", backend="numpy")
+    for k in PARAM_SHAPES:
+        np.testing.assert_array_equal(ma.params[k], mb.params[k], err_msg=k)
+    fa = ConvSNN.load(a / "model.h5", backend="numpy").params
+    fb = ConvSNN.load(b / "model.h5", backend="numpy").params
+    for k in PARAM_SHAPES:
+        np.testing.assert_array_equal(fa[k], fb[k], err_msg=k)
+    assert ma.step_ == mb.step_ == 6
+
+
+def test_evaluate_cli(tmp_path, capsys, monkeypatch):
+    run = tmp_path / "r"
+    assert train_cli.main(TINY + ["--epochs", "1", "--out", str(run)]) == 0
+    from snnfast import datasets, evaluate
+    Xtr, ytr, Xte, yte = train_cli.synthetic_digits(60, 12, seed=12345)
+    monkeypatch.setattr(datasets, "load", lambda name, split, data_dir=None: (Xte, yte))
+    capsys.readouterr()
+    assert evaluate.main([str(run / "model.h5"), "--backend", "numpy", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "accuracy" in out and "spike rates" in out
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(b"garbage")
+    assert evaluate.main([str(bad)]) == 2
+    assert "bad.h5" in capsys.readouterr().err
+
+
+def test_ctrl_c_saves_checkpoint_and_exits_130(tmp_path, monkeypatch, capsys):
+    run = tmp_path / "c"
+    orig = ConvSNN._train_step
+
+    def step(self, *a, **k):
+        out = orig(self, *a, **k)
+        if self.step_ == 4:
+            self._stop = True          # what the SIGINT handler does
+        return out
+    monkeypatch.setattr(ConvSNN, "_train_step", step)
+    assert train_cli.main(TINY + ["--epochs", "2", "--out", str(run)]) == 130
+    assert "--resume" in capsys.readouterr().err
+    m = ConvSNN.load(run / "checkpoint.h5", backend="numpy")
+    assert m.step_ == 4 and m._partial is not None

@@ -192,7 +192,7 @@ def plot(res, path):
 
 def main(argv=None):
     from snnfast._config import config_dict, effective_n_threads
-    from snnfast.energy import write_json
+    from snnfast._utils import write_json
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="default", choices=["seed", "default", "nir"])
     p.add_argument("--repeats", type=int, default=3)

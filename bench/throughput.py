@@ -16,7 +16,6 @@ import statistics
 import sys
 import time
 
-import numpy as np
 
 
 def _data(n_train, n_test):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["atomic_path", "atomic_write_bytes", "file_lock", "check_array"]
+__all__ = ["atomic_path", "atomic_write_bytes", "write_json", "file_lock", "check_array"]
 
 
 @contextlib.contextmanager
@@ -41,6 +41,21 @@ def atomic_write_bytes(path, data):
     """Write ``data`` to ``path`` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def write_json(path, obj, indent=2):
+    """Write ``obj`` as JSON to ``path`` atomically (NumPy scalars and arrays allowed)."""
+    import json
+    text = json.dumps(obj, indent=indent, default=_json_default) + "\n"
+    atomic_write_bytes(path, text.encode())
 
 
 @contextlib.contextmanager

@@ -13,7 +13,6 @@ networks do not depend on ``--threads``. Windows are calibrated on the training 
 every reported figure is measured on the full test set.
 """
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ._config import effective_n_threads
-from ._utils import atomic_write_bytes
+from ._utils import write_json
 
 DEFAULT_BITS = [2, 3, 4, 5, 6, 8]
 DEFAULT_DT = [0.2, 0.1, 0.05, 0.01, 0.001]
@@ -322,8 +321,7 @@ def run(argv=None):
         results["figures_error"] = repr(exc)
         print(f"warning: figures failed: {exc!r}", file=sys.stderr)
     results["wall_seconds"] = time.perf_counter() - t_start
-    atomic_write_bytes(a.out / "ttfs_results.json",
-                       json.dumps(results, indent=1, default=_json_default).encode())
+    write_json(a.out / "ttfs_results.json", results, indent=1)
     print(f"\nTTFS conversion, {len(x_test)} test images, zeta={a.zeta}, "
           f"threads={n_threads}")
     if v1rows:
@@ -347,13 +345,6 @@ def run(argv=None):
           f"results in {a.out}")
     return results
 
-
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 def main(argv=None):

@@ -52,7 +52,7 @@ import numpy as np
 
 from . import convsnn_numpy as cnp
 from ._config import effective_n_threads
-from ._utils import atomic_path, check_array
+from ._utils import atomic_path
 
 __all__ = ["ConvSNN", "ConvSNNConfig", "PRESETS", "FORMAT_VERSION"]
 

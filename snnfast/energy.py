@@ -47,14 +47,13 @@ modelled.
 table for a Conv-SNN (``snnfast_format = "convsnn-1"``) or TTFS (``"ttfs-1"``) file.
 """
 import argparse
-import json
 import math
 import sys
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._utils import atomic_path
+from ._utils import write_json
 
 __all__ = [
     "EnergyModel", "PRESETS", "get_preset", "LayerSpec", "OpAccountant",
@@ -613,20 +612,6 @@ def _energy_lines(e):
     return out
 
 
-def write_json(path, obj):
-    """Write ``obj`` as JSON to ``path`` atomically."""
-    with atomic_path(path, suffix=".json") as tmp:
-        with open(tmp, "w") as fh:
-            json.dump(obj, fh, indent=2, default=_json_default)
-            fh.write("\n")
-
-
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 # ----------------------------------------------------------------------------- Conv-SNN adapter

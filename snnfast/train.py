@@ -10,14 +10,13 @@ Writes into the run directory (default ``runs/<preset>-<dataset>-<seed>``): ``mo
 as an uninterrupted run (shuffles, augmentation and noise are functions of (seed, epoch)).
 """
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from ._utils import atomic_write_bytes
+from ._utils import write_json
 
 __all__ = ["main", "build_parser"]
 
@@ -120,9 +119,6 @@ def synthetic_digits(n_train, n_test, seed=0):
     return (*make(n_train), *make(n_test))
 
 
-def _write_json(path, obj):
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=float) + "\n").encode())
-
 
 def _fmt_epoch(m):
     parts = [f"epoch {m['epoch']:3d}", f"loss {m['train_loss']:.4f}",
@@ -188,7 +184,7 @@ def main(argv=None):
         metrics.update(extra)
         print(_fmt_epoch(metrics), flush=True)
         m.save(ckpt_path, checkpoint=True, metrics={"history": m.history_})
-        _write_json(metrics_path, _metrics(m, epochs, args, done=False))
+        write_json(metrics_path, _metrics(m, epochs, args, done=False))
         return extra
 
     t0 = time.time()
@@ -211,7 +207,7 @@ def main(argv=None):
                         "rate_input": final["rate_input"], "rate_conv": final["rate_conv"],
                         "rate_hidden": final["rate_hidden"], "wall_time_s": time.time() - t0}
     model.save(model_path, metrics=summary)
-    _write_json(metrics_path, summary)
+    write_json(metrics_path, summary)
     best = model.best_epoch_
     sel = (f"best validation epoch {best[0]} (val {100 * best[1]:.2f}%)" if best
            else "final epoch (no validation set)")

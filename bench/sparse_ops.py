@@ -208,7 +208,12 @@ def main(argv=None):
     if args.model:
         from snnfast.convsnn import ConvSNN
         for path in args.model:
-            rows.append(_convsnn_row(Path(path).stem, ConvSNN.load(path), X, y, args.preset))
+            model = ConvSNN.load(path)
+            # run directories all hold "model.h5": name the row after the preset
+            name = f"convsnn {model.config.preset}"
+            if any(r["name"] == name for r in rows):
+                name += f" #{len(rows) + 1}"
+            rows.append(_convsnn_row(name, model, X, y, args.preset))
     else:
         for preset in args.train_presets:
             model = _quick_convsnn(preset, args.train_limit, args.seed, args.threads, args.dataset,

@@ -20,12 +20,11 @@ the CPU model and SIMD level; writes ``scaling.json`` (atomic) and ``scaling.png
 import argparse
 import inspect
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
+from _timing import median_time  # bench/_timing.py (the script directory is on sys.path)
 
 
 def _data(n, dataset, data_dir):
@@ -61,16 +60,6 @@ def _fit_quiet(model, X, y):
     model.fit(X, y, **kw)
 
 
-def _timed(fn, repeats, warmup=None):
-    (warmup or fn)()                        # warm-up: caches, page faults, thread pools
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), times
-
-
 def _linear_fit(ns, ts):
     ns, ts = np.asarray(ns, float), np.asarray(ts, float)
     b, a = np.polyfit(ns, ts, 1)
@@ -91,10 +80,10 @@ def sweep_images(args, X, y):
             model = _make(args.preset, args.threads, args.seed)
             w = min(n, 256)
             if mode == "train":
-                med, all_t = _timed(lambda: _fit_quiet(model, X[:n], y[:n]), args.repeats,
+                med, all_t = median_time(lambda: _fit_quiet(model, X[:n], y[:n]), args.repeats,
                                     lambda: _fit_quiet(model, X[:w], y[:w]))
             else:
-                med, all_t = _timed(lambda: model.predict(X[:n]), args.repeats,
+                med, all_t = median_time(lambda: model.predict(X[:n]), args.repeats,
                                     lambda: model.predict(X[:w]))
             rows.append({"n": n, "seconds": med, "all": all_t, "images_per_s": n / med})
             print(f"  {mode:<5} n={n:>6}: {med:8.3f} s  {n / med:9.0f} img/s", flush=True)
@@ -110,11 +99,11 @@ def sweep_threads(args, X, y):
     for threads in (1, 2):
         model = _make(args.preset, threads, args.seed)
         n = args.train_sizes[-1]
-        med, _ = _timed(lambda: _fit_quiet(model, X[:n], y[:n]), args.repeats,
+        med, _ = median_time(lambda: _fit_quiet(model, X[:n], y[:n]), args.repeats,
                         lambda: _fit_quiet(model, X[:256], y[:256]))
         out["train"].append({"threads": threads, "n": n, "seconds": med, "images_per_s": n / med})
         n = args.infer_sizes[-1]
-        med, _ = _timed(lambda: model.predict(X[:n]), args.repeats)
+        med, _ = median_time(lambda: model.predict(X[:n]), args.repeats)
         out["infer"].append({"threads": threads, "n": n, "seconds": med, "images_per_s": n / med})
         print(f"  threads {threads}: train {out['train'][-1]['images_per_s']:8.0f} img/s, "
               f"infer {out['infer'][-1]['images_per_s']:8.0f} img/s", flush=True)
@@ -130,7 +119,7 @@ def sweep_batch(args, X, y):
     n = args.train_sizes[-1]
     for bs in args.batch_sizes:
         model = _make(args.preset, args.threads, args.seed, batch_size=bs)
-        med, _ = _timed(lambda: _fit_quiet(model, X[:n], y[:n]), args.repeats,
+        med, _ = median_time(lambda: _fit_quiet(model, X[:n], y[:n]), args.repeats,
                         lambda: _fit_quiet(model, X[:256], y[:256]))
         out["train"].append({"batch_size": bs, "n": n, "seconds": med, "images_per_s": n / med})
         print(f"  train batch {bs:>5}: {n / med:8.0f} img/s", flush=True)
@@ -138,7 +127,7 @@ def sweep_batch(args, X, y):
     for bs in args.infer_batch_sizes:
         # the inference batch is the config's eval_batch_size (predict has no batch argument)
         model = _make(args.preset, args.threads, args.seed, eval_batch_size=bs)
-        med, _ = _timed(lambda: model.predict(X[:n]), args.repeats)
+        med, _ = median_time(lambda: model.predict(X[:n]), args.repeats)
         out["infer"].append({"batch_size": bs, "n": n, "seconds": med, "images_per_s": n / med})
         print(f"  infer batch {bs:>5}: {n / med:8.0f} img/s", flush=True)
     return out

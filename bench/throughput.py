@@ -12,10 +12,9 @@ The NumPy baseline gets fewer images (it is slower); rates are per image, so thi
 """
 import argparse
 import json
-import statistics
 import sys
-import time
 
+from _timing import median_time  # bench/_timing.py (the script directory is on sys.path)
 
 
 def _data(n_train, n_test):
@@ -31,16 +30,6 @@ def _data(n_train, n_test):
         return "synthetic", Xtr, ytr, Xte, yte
 
 
-def _median_time(fn, repeats):
-    fn()                                          # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), times
-
-
 def bench_backend(preset, backend, threads, Xtr, ytr, Xte, yte, repeats):
     from snnfast.convsnn import ConvSNN
     m = ConvSNN(preset, seed=0, n_threads=threads, backend=backend)
@@ -54,8 +43,8 @@ def bench_backend(preset, backend, threads, Xtr, ytr, Xte, yte, repeats):
 
     def infer():
         ev.update(m.evaluate(Xte, yte))
-    t_train, all_train = _median_time(train, repeats)
-    t_inf, all_inf = _median_time(infer, repeats)
+    t_train, all_train = median_time(train, repeats)
+    t_inf, all_inf = median_time(infer, repeats)
     return {"train_img_s": len(Xtr) / t_train, "infer_img_s": len(Xte) / t_inf,
             "train_times_s": all_train, "infer_times_s": all_inf,
             "n_train": len(Xtr), "n_infer": len(Xte), "batch_size": m.config.batch_size,

@@ -17,15 +17,15 @@ __all__ = ["main"]
 
 
 def main(argv=None):
-    from .train import _positive_int
+    from ._cli import positive_int
     p = argparse.ArgumentParser(prog="python -m snnfast.evaluate",
                                 description="Test accuracy and spike rates of a ConvSNN file.")
     p.add_argument("model", help="model file written by snnfast (model.h5 or checkpoint.h5)")
     p.add_argument("--dataset", choices=("mnist", "fashion-mnist"), default=None,
                    help="test set (default: the one recorded in the file, else mnist)")
     p.add_argument("--data-dir", default=None, help="data cache directory")
-    p.add_argument("--threads", type=_positive_int, default=None, help="threads")
-    p.add_argument("--limit", type=_positive_int, default=None, help="first N test images only")
+    p.add_argument("--threads", type=positive_int, default=None, help="threads")
+    p.add_argument("--limit", type=positive_int, default=None, help="first N test images only")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--backend", choices=("kernels", "numpy"), default="kernels",
                    help=argparse.SUPPRESS)

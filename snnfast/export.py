@@ -4,20 +4,11 @@ Prints every feature the NIR graph cannot express (``NIRExportWarning``) and a s
 Exit status: 0 on success, 1 when the model cannot be read or exported, 2 for bad arguments.
 """
 import argparse
-import math
 import sys
 import warnings
 from pathlib import Path
 
-
-def _positive_float(text):
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not math.isfinite(v) or v <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text!r}")
-    return v
+from ._cli import positive_float
 
 
 def build_parser():
@@ -26,7 +17,7 @@ def build_parser():
         description="Export a trained snnfast ConvSNN (.h5) as a NIR graph (.nir, HDF5).")
     p.add_argument("model", type=Path, help="model file written by ConvSNN.save / snnfast.train")
     p.add_argument("out", type=Path, help="NIR file to write (atomically)")
-    p.add_argument("--dt", type=_positive_float, default=1e-4,
+    p.add_argument("--dt", type=positive_float, default=1e-4,
                    help="time step of the mapping tau = dt/(1-beta) (default 1e-4, as snnTorch)")
     p.add_argument("--fold-gain", action="store_true",
                    help="write r = 1 and fold 1/(1-beta) into the weights (for importers that ignore r)")

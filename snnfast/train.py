@@ -16,39 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ._cli import nonneg_int, positive_float, positive_int
 from ._utils import write_json
 
 __all__ = ["main", "build_parser"]
-
-
-def _positive_int(text):
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
-
-
-def _nonneg_int(text):
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
-    return v
-
-
-def _positive_float(text):
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not np.isfinite(v) or v <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return v
 
 
 def build_parser():
@@ -56,30 +27,30 @@ def build_parser():
                                 description="Train a convolutional spiking network (snnfast).")
     p.add_argument("--preset", choices=("default", "seed", "nir"), default="default",
                    help="model/training preset (default: %(default)s)")
-    p.add_argument("--epochs", type=_positive_int, default=None,
+    p.add_argument("--epochs", type=positive_int, default=None,
                    help="epochs (default: the preset's, 15 for default/nir, 30 for seed)")
-    p.add_argument("--batch-size", type=_positive_int, default=None,
+    p.add_argument("--batch-size", type=positive_int, default=None,
                    help="training batch size (default: the preset's)")
-    p.add_argument("--lr", type=_positive_float, default=None,
+    p.add_argument("--lr", type=positive_float, default=None,
                    help="peak learning rate (default: the preset's)")
-    p.add_argument("--threads", type=_positive_int, default=None,
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="threads for kernels and BLAS (default: SNNFAST_NUM_THREADS, "
                         "OMP_NUM_THREADS or all cores)")
-    p.add_argument("--seed", type=_nonneg_int, default=0, help="random seed (default: 0)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="random seed (default: 0)")
     p.add_argument("--dataset", choices=("mnist", "fashion-mnist"), default="mnist")
     p.add_argument("--data-dir", default=None, help="data cache directory")
-    p.add_argument("--val-size", type=_nonneg_int, default=None,
+    p.add_argument("--val-size", type=nonneg_int, default=None,
                    help="validation images held out of the training set (default: 5000)")
     p.add_argument("--out", default=None, help="run directory (default: runs/<preset>-<dataset>-"
                                                "<seed>)")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.h5")
     p.add_argument("--backend", choices=("kernels", "numpy"), default="kernels",
                    help=argparse.SUPPRESS)
-    p.add_argument("--limit-train", type=_positive_int, default=None, help=argparse.SUPPRESS)
-    p.add_argument("--limit-test", type=_positive_int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--limit-train", type=positive_int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--limit-test", type=positive_int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     p.add_argument("--no-plots", action="store_true", help="skip the training report plots")
-    p.add_argument("--synthetic", type=_positive_int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--synthetic", type=positive_int, default=None, help=argparse.SUPPRESS)
     return p
 
 

@@ -309,6 +309,7 @@ def run(argv=None):
         ttfs.save(net, a.out / f"ttfs_L{d}.h5", results={"summary": {k: v for k, v in row.items()
                   if k not in ("operation_counts", "exactness", "training")}, "sweeps": sw},
                   stats=_stats(r, net))
+    results["energy"] = _energy(a.out, sorted(trained), data["test_u8"][:1000], n_threads)
     results["table"] = rows
     results["sweeps"] = {str(d): s for d, s in sweeps.items()}
     results["exactness"] = {str(r["depth"]): r["exactness"] for r in rows}
@@ -341,10 +342,23 @@ def run(argv=None):
               f"{e['single_layer']['max_rel']:.2e}; network {e['network_max_abs']:.2e} / "
               f"{e['network_max_rel']:.2e}; per layer max|dx| "
               + " ".join(f"{v['max_abs']:.1e}" for v in e["layers"]))
+    for d, e in results["energy"].items():
+        print(f"L={d}: {e['summary']}")
     print(f"\ntraining wall {train_wall:.1f} s; total wall {results['wall_seconds']:.1f} s; "
           f"results in {a.out}")
     return results
 
+
+
+def _energy(out_dir, depths, images, n_threads):
+    """Per depth: the counts and energy of ``python -m snnfast.energy`` on ``images``."""
+    from . import energy
+    res = {}
+    for d in depths:
+        out, line = energy.summarize(out_dir / f"ttfs_L{d}.h5", images, n_threads=n_threads)
+        res[str(d)] = {"summary": line, "SynapticOperations": out["result"]["SynapticOperations"],
+                       "energy": out["energy"][0], "samples": out["samples"]}
+    return res
 
 
 def main(argv=None):

@@ -1034,6 +1034,28 @@ def analyse_file(path, preset="horowitz45_fp32", samples=1000, dataset="mnist", 
             "result": res, "energy": energies}
 
 
+def summarize(path, images, preset="horowitz45_fp32", n_threads=None):
+    """Counts and energy of a saved model on ``images``, plus a one-line summary.
+
+    Used by ``python -m snnfast.train`` and ``python -m snnfast.convert`` so that they report
+    the same figures as ``python -m snnfast.energy``.
+
+    Returns
+    -------
+    (dict, str)
+        The :func:`analyse_file` result and a line naming the preset and its assumptions.
+    """
+    out = analyse_file(path, preset, samples=len(images), images=images, n_threads=n_threads)
+    e = out["energy"][0]
+    so = out["result"]["SynapticOperations"]
+    line = (f"energy on {out['samples']} test images ({e['preset']}: MAC {e['e_mac_pJ']} pJ, "
+            f"AC {e['e_ac_pJ']} pJ; compute only): SNN {e['snn_uJ']:.3f} uJ/inference "
+            f"(Effective_MACs {so['Effective_MACs']:,.0f} + Effective_ACs "
+            f"{so['Effective_ACs']:,.0f} per sample), ANN one dense pass "
+            f"{e['ann_single_pass_uJ']:.3f} uJ")
+    return out, line
+
+
 def main(argv=None):
     """``python -m snnfast.energy MODEL.h5 [--preset P] [--samples N] [--json OUT]``."""
     p = argparse.ArgumentParser(prog="python -m snnfast.energy",

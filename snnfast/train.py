@@ -186,6 +186,7 @@ def main(argv=None):
           f"{100 * model.history_[-1]['test_acc']:.2f}%")
     print(f"spike rates: input {100 * final['rate_input']:.2f}%/step, conv "
           f"{100 * final['rate_conv']:.2f}%/step, hidden {100 * final['rate_hidden']:.2f}%/update")
+    _energy_report(run_dir, model_path, Xte[:1000], args.threads)
     print(f"files: {model_path}  {ckpt_path}  {metrics_path}")
     if args.no_plots:
         return 0
@@ -197,6 +198,18 @@ def main(argv=None):
     except Exception as exc:  # plots must never lose a finished training
         print(f"warning: plots failed: {exc}", file=sys.stderr)
     return 0
+
+
+def _energy_report(run_dir, model_path, images, n_threads):
+    """Print and save (energy.json) the same figures as ``python -m snnfast.energy``."""
+    try:
+        from . import energy
+        out, line = energy.summarize(model_path, images, n_threads=n_threads)
+    except Exception as exc:  # the report must never lose a finished training
+        print(f"warning: energy report failed: {exc}", file=sys.stderr)
+        return
+    write_json(run_dir / "energy.json", out)
+    print(line)
 
 
 def _metrics(model, epochs, args, done):

@@ -39,8 +39,12 @@ def test_end_to_end_subprocess(tmp_path):
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert "test accuracy" in res.stdout and "epoch   2" in res.stdout
-    for name in ("model.h5", "checkpoint.h5", "metrics.json"):
+    for name in ("model.h5", "checkpoint.h5", "metrics.json", "energy.json"):
         assert (run / name).is_file(), name
+    # the same figures as `python -m snnfast.energy` (T = 10: conv 10 calls, FC1 5, FC2 1)
+    assert "energy on" in res.stdout and "uJ/inference" in res.stdout
+    ops = json.loads((run / "energy.json").read_text())["result"]["SynapticOperations"]
+    assert ops["Dense"] == 10 * 57_600 + 5 * 2_359_296 + 10_240
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["complete"] and metrics["epochs_done"] == 2 and len(metrics["history"]) == 2
     assert 0.0 <= metrics["final"]["test_acc_best_val_model"] <= 1.0

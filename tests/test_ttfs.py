@@ -372,6 +372,9 @@ def test_convert_cli_tiny_run(tmp_path):
         assert max(r["max_abs_err_per_layer"]) < 1e-9
         assert len(res["sweeps"][str(r["depth"])]["time_bits"]) == 2
     assert len(res["seed_v1"]) == 2
+    # the same figures as `python -m snnfast.energy`, per depth (width 16)
+    dense = {"2": 784 * 16 + 16 * 10, "3": 784 * 16 + 16 * 16 + 16 * 10}
+    assert {d: e["SynapticOperations"]["Dense"] for d, e in res["energy"].items()} == dense
     for name in ("ttfs_L2.h5", "ttfs_L3.h5", "ttfs_depth.png", "ttfs_spike_times.png",
                  "ttfs_windows.png", "ttfs_sweeps.png"):
         assert (out / name).stat().st_size > 0

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["atomic_path", "atomic_write_bytes", "write_json", "file_lock", "check_array"]
+__all__ = ["atomic_path", "atomic_write_bytes", "write_json", "file_lock", "check_array",
+           "h5_format"]
 
 
 @contextlib.contextmanager
@@ -56,6 +57,12 @@ def write_json(path, obj, indent=2):
     import json
     text = json.dumps(obj, indent=indent, default=_json_default) + "\n"
     atomic_write_bytes(path, text.encode())
+
+
+def h5_format(f):
+    """The ``snnfast_format`` attribute of an open HDF5 file as ``str`` (None if absent)."""
+    fmt = f.attrs.get("snnfast_format")
+    return fmt.decode() if isinstance(fmt, bytes) else fmt
 
 
 @contextlib.contextmanager

@@ -52,9 +52,9 @@ import numpy as np
 
 from . import convsnn_numpy as cnp
 from ._config import effective_n_threads
-from ._utils import atomic_path
+from ._utils import atomic_path, h5_format
 
-__all__ = ["ConvSNN", "ConvSNNConfig", "PRESETS", "FORMAT_VERSION"]
+__all__ = ["ConvSNN", "ConvSNNConfig", "PRESETS", "FORMAT_VERSION", "check_params"]
 
 FORMAT_VERSION = "convsnn-1"
 EVAL_EPOCH = cnp.EVAL_EPOCH
@@ -64,6 +64,24 @@ _CHOICES = {"reset_c": ("zero",), "reset_h": ("halve", "subtract", "zero"),
             "drive": ("cumulative", "window"), "rate_norm": ("T", "updates"),
             "trainer": ("reference", "surrogate"), "lr_schedule": ("step", "onecycle", "constant"),
             "init": ("reference", "scaled"), "preset": ("seed", "default", "nir")}
+
+
+def check_params(params):
+    """Validate the six canonical parameter arrays; return float32 C-contiguous copies.
+
+    Raises ``ValueError`` naming the array for a missing key, a wrong shape or NaN/inf.
+    """
+    out = {}
+    for k, shape in PARAM_SHAPES.items():
+        if k not in params:
+            raise ValueError(f"missing parameter {k!r}")
+        a = np.asarray(params[k])
+        if a.shape != shape:
+            raise ValueError(f"parameter {k} must have shape {shape}, got {a.shape}")
+        if not np.isfinite(a).all():
+            raise ValueError(f"parameter {k} contains NaN or infinite values")
+        out[k] = np.array(a, dtype=np.float32, order="C")
+    return out
 
 
 @dataclass(frozen=True)
@@ -354,15 +372,7 @@ class ConvSNN:
                 "b2": np.zeros(10, f32)}
 
     def _set_canonical(self, params):
-        for k, shape in PARAM_SHAPES.items():
-            if k not in params:
-                raise ValueError(f"missing parameter {k!r}")
-            a = np.asarray(params[k])
-            if a.shape != shape:
-                raise ValueError(f"parameter {k} must have shape {shape}, got {a.shape}")
-            if not np.isfinite(a).all():
-                raise ValueError(f"parameter {k} contains NaN or infinite values")
-            a = np.array(a, dtype=np.float32, order="C")
+        for k, a in check_params(params).items():
             if k == "W1" and self._K is not None:
                 self._p["W1b"] = self._K.to_blocked(a)
                 self._p.pop("W1", None)
@@ -873,9 +883,7 @@ class ConvSNN:
             raise ValueError(f"{path}: no such model file")
         try:
             with h5py.File(path, "r") as f:
-                fmt = f.attrs.get("snnfast_format")
-                if isinstance(fmt, bytes):
-                    fmt = fmt.decode()
+                fmt = h5_format(f)
                 if fmt != FORMAT_VERSION:
                     raise ValueError(f"{path}: not an snnfast ConvSNN file "
                                      f"(snnfast_format={fmt!r}, expected {FORMAT_VERSION!r})")

@@ -17,12 +17,14 @@ is slow and meant for tests that require bit-identical spikes.
 """
 import numpy as np
 
-__all__ = ["mix64", "sample_keys", "det_table", "input_spikes", "conv_patch_index",
+# pure-Python parts of the kernel API (the compiled modules load lazily there)
+from ._convsnn_kernels import EVAL_EPOCH, det_table
+
+__all__ = ["mix64", "sample_keys", "input_spikes", "conv_patch_index",
            "conv_currents", "forward", "surrogate", "surrogate_backward", "reference_backward",
            "smooth_forward", "softmax_xent", "Adam", "EVAL_EPOCH", "GOLDEN"]
 
 GOLDEN = 0x9E3779B97F4A7C15
-EVAL_EPOCH = 2**32 - 1
 _M64 = (1 << 64) - 1
 
 
@@ -51,27 +53,12 @@ def sample_keys(seed, epoch, sample_ids):
     return mix64(np.uint64(h) ^ ids)
 
 
-def det_table(n_det=5):
-    """Smallest u8 that spikes at deterministic step t (256 = none), from the float64 rule.
-
-    The rule is ``u8/255.0 > 1.0 - t/5.0`` in float64 (the reference's), so the table makes
-    the integer comparison ``u8 >= table[t]`` give exactly the float64 spikes.
-    """
-    out = np.full(n_det, 256, dtype=np.int32)
-    vals = np.arange(256, dtype=np.float64) / 255.0
-    for t in range(n_det):
-        hit = np.nonzero(vals > 1.0 - t / 5.0)[0]
-        if hit.size:
-            out[t] = hit[0]
-    return out
-
-
 def input_spikes(images, sample_ids, seed, epoch, T=10, n_det=5):
     """Binary input spikes (B, T, 784) uint8 of uint8 images (B, 784)."""
     images = np.ascontiguousarray(images, dtype=np.uint8).reshape(len(images), -1)
     B, P = images.shape
     s = np.zeros((B, T, P), dtype=np.uint8)
-    table = det_table(n_det)
+    table = det_table(T, n_det)      # shared with the kernels: one float64 rule for both
     img = images.astype(np.int32)
     for t in range(min(T, n_det)):
         s[:, t] = img >= table[t]

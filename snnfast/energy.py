@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._utils import write_json
+from ._utils import h5_format, write_json
 
 __all__ = [
     "EnergyModel", "PRESETS", "get_preset", "LayerSpec", "OpAccountant",
@@ -985,11 +985,9 @@ def file_format(path):
     import h5py
     try:
         with h5py.File(path, "r") as f:
-            fmt = f.attrs.get("snnfast_format")
+            fmt = h5_format(f)
     except (OSError, ValueError) as exc:
         raise ValueError(f"{path}: not a readable HDF5 file ({exc})") from None
-    if isinstance(fmt, bytes):
-        fmt = fmt.decode()
     if fmt not in ("convsnn-1", "ttfs-1"):
         raise ValueError(f"{path}: snnfast_format is {fmt!r}, expected 'convsnn-1' or 'ttfs-1'")
     return fmt

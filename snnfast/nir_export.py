@@ -183,20 +183,6 @@ def _scaled(a, s):
     return np.ascontiguousarray((a.astype(np.float64) * s).astype(np.float32))
 
 
-def _check_params(params):
-    want = {"conv_w": (16, 1, 5, 5), "conv_b": (16,), "W1": (_N_CONV, _N_HID), "b1": (_N_HID,),
-            "W2": (_N_HID, _N_OUT), "b2": (_N_OUT,)}
-    for k, shape in want.items():
-        if k not in params:
-            raise ValueError(f"model.params has no {k!r}")
-        a = np.asarray(params[k])
-        if a.shape != shape:
-            raise ValueError(f"model.params[{k!r}] has shape {a.shape}, expected {shape}")
-        if not np.isfinite(a).all():
-            raise ValueError(f"model.params[{k!r}] contains NaN or infinite values")
-    return {k: np.asarray(params[k], dtype=np.float32) for k in want}
-
-
 def _graph_metadata(cfg, dt, fold_gain, lost, approx):
     T, n_det = int(_req(cfg, "T")), int(cfg.get("n_det", 0))
     period, phase = int(cfg["hidden_period"]), int(cfg["hidden_phase"])
@@ -269,7 +255,8 @@ def to_nir(model, path=None, dt=_DEFAULT_DT, fold_gain=False):
     if not np.isfinite(dt) or dt <= 0:
         raise ValueError(f"dt must be a positive finite number, got {dt!r}")
     cfg = _cfg(model)
-    params = _check_params(getattr(model, "params", None) or {})
+    from .convsnn import check_params
+    params = check_params(getattr(model, "params", None) or {})
     T = int(_req(cfg, "T"))
     if T < 1:
         raise ValueError(f"T must be >= 1, got {T}")

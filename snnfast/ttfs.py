@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from ._config import effective_n_threads
-from ._utils import atomic_path
+from ._utils import atomic_path, h5_format
 
 __all__ = ["FORMAT", "TTFSNetwork", "SimResult", "convert", "operation_counts",
            "seed_v1_forward", "scaled_bias_relu", "exactness_report", "save", "load"]
@@ -524,9 +524,7 @@ def load(path):
         raise ValueError(f"{path}: not a readable HDF5 file ({exc})") from None
     try:
         with f:
-            fmt = f.attrs.get("snnfast_format")
-            if isinstance(fmt, bytes):
-                fmt = fmt.decode()
+            fmt = h5_format(f)
             if fmt != FORMAT:
                 raise ValueError(f"{path}: not an snnfast TTFS file (snnfast_format={fmt!r}, "
                                  f"expected {FORMAT!r})")

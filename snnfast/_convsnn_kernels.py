@@ -54,6 +54,7 @@ __all__ = [
     "N_PIX", "N_CONV", "N_HID", "SUPPORTED_BLOCK_WIDTHS", "BLOCK_WIDTH", "EVAL_EPOCH",
     "ConvResult", "HiddenResult", "det_table", "update_steps", "conv_event_table",
     "uniform24", "to_blocked", "from_blocked", "conv_forward", "hidden_forward", "adam_step",
+    "w1_adam_step", "w1_sgd_step",
 ]
 
 N_PIX = 784
@@ -600,6 +601,17 @@ def adam_step(param, grad, m, v, *, lr, beta1=0.9, beta2=0.999, eps=1e-8, step,
     if len({param.ctypes.data, grad.ctypes.data, m.ctypes.data, v.ctypes.data}) < 4 \
             and param.size:
         raise ValueError("param, grad, m and v must be distinct arrays")
+    b1, omb1, b2, omb2, step_size, rbc2, eps = _adam_constants(lr, beta1, beta2, eps, step)
+    n_bad = _adam.adam_step_into(
+        param.reshape(-1), grad.reshape(-1), m.reshape(-1), v.reshape(-1), b1, omb1, b2, omb2,
+        step_size, rbc2, eps, _threads(n_threads))
+    if n_bad:
+        raise ValueError(f"grad contained {n_bad} NaN or infinite values; the matching "
+                         "entries of param, m and v are now non-finite")
+
+
+def _adam_constants(lr, beta1, beta2, eps, step):
+    """Validated float32 ``(b1, 1-b1, b2, 1-b2, step_size, rbc2, eps)`` of one Adam step."""
     lr = _check_float(lr, "lr", 0.0)
     b1 = float(_check_float(beta1, "beta1", 0.0, 1.0))
     b2 = float(_check_float(beta2, "beta2", 0.0, 1.0))
@@ -611,12 +623,75 @@ def adam_step(param, grad, m, v, *, lr, beta1=0.9, beta2=0.999, eps=1e-8, step,
     bc2 = 1.0 - float(np.float64(b2)) ** step
     if bc1 <= 0.0 or bc2 <= 0.0:
         raise ValueError("bias corrections vanish (beta1/beta2 of 0 with step 0?)")
-    step_size = np.float32(float(lr) / bc1)
-    rbc2 = np.float32(1.0 / np.sqrt(bc2))
-    n_bad = _adam.adam_step_into(
-        param.reshape(-1), grad.reshape(-1), m.reshape(-1), v.reshape(-1), np.float32(b1),
-        np.float32(1.0 - b1), np.float32(b2), np.float32(1.0 - b2), step_size, rbc2, eps,
-        _threads(n_threads))
+    f32 = np.float32
+    return (f32(b1), f32(1.0 - b1), f32(b2), f32(1.0 - b2), f32(float(lr) / bc1),
+            f32(1.0 / np.sqrt(bc2)), eps)
+
+
+def _check_w1_grad_inputs(W1b, c, d):
+    """Validate the operands of the fused W1 steps; return d in W1's block layout."""
+    bw = _check_blocked(W1b, "W1b")
+    check_array(c, "c", np.float32, shape=(None, N_CONV), finite=True)
+    check_array(d, "d", np.float32, shape=(c.shape[0], N_HID), finite=True)
+    if c.shape[0] == 0:
+        raise ValueError("c and d must have at least one row (sample)")
+    return np.ascontiguousarray(d.reshape(len(d), N_HID // bw, bw).transpose(1, 0, 2))
+
+
+def _raise_if_nonfinite_grad(n_bad):
     if n_bad:
-        raise ValueError(f"grad contained {n_bad} NaN or infinite values; the matching "
-                         "entries of param, m and v are now non-finite")
+        raise ValueError("the W1 gradient overflowed (NaN or infinite elements); W1 and the "
+                         "optimiser state are now non-finite")
+
+
+def w1_adam_step(W1b, m, v, c, d, *, lr, beta1=0.9, beta2=0.999, eps=1e-8, step,
+                 n_threads=None):
+    """Gradient of W1, back product and Adam step in one pass over the blocked weights.
+
+    With ``g = c.T @ d`` (in W1's blocked layout) this computes ``back = d @ W1.T`` with
+    the weights *before* the step, then applies :func:`adam_step`'s update with ``g``,
+    element for element the same formula. The gradient of a row of W1 is summed only over
+    the samples whose entry of ``c`` is nonzero (conv activity is sparse).
+
+    Parameters
+    ----------
+    W1b, m, v : float32 (1024//bw, 2304, bw), C-contiguous, distinct; updated in place.
+    c : float32 (B, 2304), C-contiguous, finite (e.g. conv spikes per hidden update).
+    d : float32 (B, 1024), C-contiguous, finite (dL/d hidden current, times the drive scale).
+    lr, beta1, beta2, eps, step : as in :func:`adam_step`.
+    n_threads : int or None
+
+    Returns
+    -------
+    back : float32 (B, 2304)
+        ``d @ W1.T``, per element the sum of 8 interleaved partial sums (see ``ext/``).
+    """
+    from . import _convsnn_w1
+    d_blocks = _check_w1_grad_inputs(W1b, c, d)
+    for a, name in ((m, "m"), (v, "v")):
+        check_array(a, name, np.float32, shape=W1b.shape)
+    if len({W1b.ctypes.data, m.ctypes.data, v.ctypes.data}) < 3:
+        raise ValueError("W1b, m and v must be distinct arrays")
+    consts = _adam_constants(lr, beta1, beta2, eps, step)
+    back = np.empty((len(c), N_CONV), np.float32)
+    d_rows = np.zeros((len(c), _convsnn_w1.row_stride()), np.float32)
+    d_rows[:, :N_HID] = d
+    _raise_if_nonfinite_grad(_convsnn_w1.w1_adam_into(W1b, m, v, c, d_blocks, d_rows, back, *consts,
+                                                       _threads(n_threads)))
+    return back
+
+
+def w1_sgd_step(W1b, c, d, *, rate, decay=1.0, n_threads=None):
+    """Gradient of W1 and the step ``W1 = (W1 - rate * g) * decay`` in one pass, in place.
+
+    ``g = c.T @ d`` in W1's blocked layout, summed per row only over the samples whose entry
+    of ``c`` is nonzero; each product and sum is rounded to float32 on its own (the order
+    of NumPy's ``(W1 - np.float32(rate) * g) * np.float32(decay)``). Arguments as in
+    :func:`w1_adam_step`.
+    """
+    from . import _convsnn_w1
+    d_blocks = _check_w1_grad_inputs(W1b, c, d)
+    rate = _check_float(rate, "rate")
+    decay = _check_float(decay, "decay")
+    _raise_if_nonfinite_grad(_convsnn_w1.w1_sgd_into(W1b, c, d_blocks, rate, decay,
+                                                      _threads(n_threads)))

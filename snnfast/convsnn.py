@@ -583,49 +583,46 @@ class ConvSNN:
                 "logits": fw["logits"], "counters": fw["counts"]}
 
     # ------------------------------------------------------------------ training
-    def _w1_ops(self):
-        """(outer, back): dL/dW1 = c.T @ d in the backend's W1 layout, and d @ W1.T.
+    def _w1_numpy_ops(self):
+        """(outer, back) of the NumPy backend: dL/dW1 = c.T @ d and d @ W1.T.
 
         Each output element is computed by one single-threaded BLAS call whatever the thread
-        count; the threads share the output columns (or W1 blocks).
+        count; the threads share the output columns.
         """
         par = self._par()
-        if "W1b" not in self._p:
-            W1 = self._p["W1"]
+        W1 = self._p["W1"]
 
-            def outer(c, d):
-                out = np.empty((c.shape[1], d.shape[1]), np.float32)
-                cT = np.ascontiguousarray(c.T)
-                par.run(lambda s: _mm(cT, d[:, s], out[:, s]), d.shape[1])
-                return out
-
-            def back(d):
-                out = np.empty((len(d), W1.shape[0]), np.float32)
-                par.run(lambda s: out.__setitem__((slice(None), s), d @ W1[s].T), W1.shape[0])
-                return out
-            return outer, back
-        W1b = self._p["W1b"]
-        nblk, _, bw = W1b.shape
-
-        def blocks(d):
-            return np.ascontiguousarray(d.reshape(len(d), nblk, bw).transpose(1, 0, 2))
-
-        def outer(c, d):       # (2304, B) @ (nblk, B, bw) -> blocked (nblk, 2304, bw)
-            db = blocks(d)
+        def outer(c, d):
+            out = np.empty((c.shape[1], d.shape[1]), np.float32)
             cT = np.ascontiguousarray(c.T)
-            out = np.empty((nblk, cT.shape[0], bw), np.float32)
-            par.run(lambda s: _mm(cT, db[s], out[s]), nblk, chunk=max(1, 512 // bw))
+            par.run(lambda s: _mm(cT, d[:, s], out[:, s]), d.shape[1])
             return out
 
-        def back(d):           # d @ W1.T, canonical rows of W1 rebuilt chunk by chunk
-            out = np.empty((len(d), W1b.shape[1]), np.float32)
-
-            def part(s):
-                rows = np.ascontiguousarray(W1b[:, s, :].transpose(1, 0, 2))
-                np.matmul(d, rows.reshape(-1, nblk * bw).T, out=out[:, s])
-            par.run(part, W1b.shape[1], chunk=288)
+        def back(d):
+            out = np.empty((len(d), W1.shape[0]), np.float32)
+            par.run(lambda s: out.__setitem__((slice(None), s), d @ W1[s].T), W1.shape[0])
             return out
         return outer, back
+
+    def _w1_kernel_ops(self, lr):
+        """(outer, step) of the kernel backend: W1's gradient and optimiser step in one pass.
+
+        ``outer(r_c, e_h)`` applies the reference's SGD step, ``step(c_h, d)`` the Adam step
+        and returns d @ W1.T with the old weights; both return None for the gradient.
+        """
+        K, c, W1b = self._K, self.config, self._p["W1b"]
+
+        def outer(r_c, e_h):
+            K.w1_sgd_step(W1b, r_c, e_h, rate=cnp.reference_w1_rate(lr),
+                          decay=cnp.REFERENCE_DECAY, n_threads=self.n_threads)
+
+        def step(c_h, d):
+            o = self._opt_state()
+            back = K.w1_adam_step(W1b, o["m"]["W1b"], o["v"]["W1b"], c_h, d, lr=lr,
+                                  beta1=c.beta1, beta2=c.beta2, eps=c.eps, step=o["t"] + 1,
+                                  n_threads=self.n_threads)
+            return None, back
+        return outer, step
 
     def _train_step(self, X, y, ids, epoch, lr):
         """One optimisation step on a batch; returns (mean loss, #correct, forward dict)."""
@@ -633,37 +630,45 @@ class ConvSNN:
         fw = self._forward(X, ids, epoch)
         loss, prob = cnp.softmax_xent(fw["logits"], y)
         correct = int((fw["logits"].argmax(axis=1) == y).sum())
-        outer, back = self._w1_ops()
-        w1_key = "W1b" if "W1b" in self._p else "W1"
+        if self._K is None:
+            outer, back = self._w1_numpy_ops()
+
+            def step(c_h, d):
+                return outer(c_h, d), back(d)
+        else:
+            outer, step = self._w1_kernel_ops(lr)
         if c.trainer == "reference":
             g = cnp.reference_backward(self._p, fw, prob, y, w1_outer=outer)
-            cnp.reference_update(self._p, g, lr, w1_key=w1_key)
+            cnp.reference_update(self._p, g, lr)
         else:
             dl = prob.copy()
             dl[np.arange(len(y)), y] -= 1
             dl *= np.float32(1.0 / len(y))
             fw["c_h"] = self._c_h(fw)
-            g = cnp.surrogate_backward(self._p, fw, dl, c, w1_outer=outer, w1_back=back)
-            g[w1_key] = g.pop("W1")
+            g = cnp.surrogate_backward(self._p, fw, dl, c, w1_step=step)
             self._adam(g, lr)
         self.step_ += 1
         self._update_ema()
         return loss, correct, fw
 
-    def _adam(self, grads, lr):
-        c = self.config
+    def _opt_state(self):
+        """Adam's state {"m", "v": arrays in the backend's layouts, "t": steps taken}."""
         if self._opt is None:
             self._opt = {"m": {k: np.zeros_like(v) for k, v in self._p.items()},
                          "v": {k: np.zeros_like(v) for k, v in self._p.items()}, "t": 0}
-        o = self._opt
+        return self._opt
+
+    def _adam(self, grads, lr):
+        c = self.config
+        o = self._opt_state()
         o["t"] += 1
         if self._K is not None:
+            # W1 was stepped in the backward pass; the rest are small arrays for which an
+            # OpenMP region would cost more than the update
             for k, g in grads.items():
-                # small arrays: one thread (an OpenMP region costs more than the update)
-                nt = self.n_threads if g.size >= 65536 else 1
                 self._K.adam_step(self._p[k], np.ascontiguousarray(g), o["m"][k], o["v"][k],
                                   lr=lr, beta1=c.beta1, beta2=c.beta2, eps=c.eps, step=o["t"],
-                                  n_threads=nt)
+                                  n_threads=1)
             return
         opt = cnp.Adam({}, c.beta1, c.beta2, c.eps)
         opt.m, opt.v, opt.t = o["m"], o["v"], o["t"] - 1

@@ -298,7 +298,7 @@ def _conv_input_grad(r_in, delta_ac):
     return gw, delta_ac.reshape(B, 16, 144).sum(axis=(0, 2))
 
 
-def surrogate_backward(params, fw, dlogits, cfg, w1_outer=None, w1_back=None):
+def surrogate_backward(params, fw, dlogits, cfg, w1_step=None):
     """Rate-based surrogate gradient of all parameters (the default/nir training rule).
 
     Each spiking layer is treated as r = phi(a) with a its mean input current per update;
@@ -306,16 +306,13 @@ def surrogate_backward(params, fw, dlogits, cfg, w1_outer=None, w1_back=None):
     recomputed exactly. The hidden current a_h = s (c_h @ W1 + b1) with c_h the conv spikes per
     update that reached the hidden layer, and dc_h/dr_c = T / n_updates.
 
-    ``w1_outer(c_h, d)`` (-> dL/dW1 in the caller's W1 layout) and ``w1_back(d)`` (-> d @ W1.T)
-    let a caller keep W1 in another layout (the kernels' blocked one); the defaults use the
-    canonical ``params["W1"]``.
+    ``w1_step(c_h, d) -> (dL/dW1 or None, d @ W1.T)`` lets a caller handle W1 itself (the
+    kernels keep it blocked and update it in the same pass; then it returns None and the
+    result has no "W1"); the default uses the canonical ``params["W1"]``.
     """
-    if w1_outer is None:
-        def w1_outer(c, d):
-            return c.T @ d
-    if w1_back is None:
-        def w1_back(d):
-            return d @ params["W1"].T
+    if w1_step is None:
+        def w1_step(c, d):
+            return c.T @ d, d @ params["W1"].T
     r_in, r_h = fw["r_in"], fw["r_h"]
     s = params["W2"].dtype.type(cfg.drive_scale)
     g = {}
@@ -324,9 +321,11 @@ def surrogate_backward(params, fw, dlogits, cfg, w1_outer=None, w1_back=None):
     delta_rh = dlogits @ params["W2"].T
     delta_ah = delta_rh * surrogate(fw["a_h"], cfg.surr_center_h, cfg.surr_slope_h)
     sd = s * delta_ah
-    g["W1"] = w1_outer(fw["c_h"], sd)
+    gW1, back = w1_step(fw["c_h"], sd)
+    if gW1 is not None:
+        g["W1"] = gW1
     g["b1"] = sd.sum(axis=0)
-    delta_rc = w1_back(sd) * s.dtype.type(cfg.T / fw["n_updates"])
+    delta_rc = back * s.dtype.type(cfg.T / fw["n_updates"])
     a_c = conv_currents(r_in, params["conv_w"], params["conv_b"])
     delta_ac = delta_rc * surrogate(a_c, cfg.surr_center_c, cfg.surr_slope_c)
     g["conv_w"], g["conv_b"] = _conv_input_grad(r_in, delta_ac)
@@ -351,25 +350,40 @@ def smooth_forward(params, r_in, cfg):
 def reference_backward(params, fw, probs, y, w1_outer=None):
     """Summed (not averaged) gradients of the seed preset: no spike derivative, W2 and W1 only.
 
-    ``w1_outer(r_c, e_h)`` may produce dL/dW1 in another layout (default: canonical).
+    ``w1_outer(r_c, e_h)`` may produce dL/dW1 in another layout (default: canonical), or
+    apply the W1 step itself and return None (then the result has no "W1").
     """
     e = probs.copy()
     e[np.arange(len(y)), y] -= 1
     g = {"W2": fw["r_h"].T @ e, "b2": e.sum(axis=0)}
     e_h = e @ params["W2"].T
-    g["W1"] = fw["r_c"].T @ e_h if w1_outer is None else w1_outer(fw["r_c"], e_h)
+    gW1 = fw["r_c"].T @ e_h if w1_outer is None else w1_outer(fw["r_c"], e_h)
+    if gW1 is not None:
+        g["W1"] = gW1
     return g
 
 
-def reference_update(params, g, lr, w1_key="W1"):
-    """In-place seed-preset SGD step with the reference's 0.9999 weight decay."""
+REFERENCE_DECAY = np.float32(0.9999)
+"""The reference's multiplicative weight decay of W1 and W2 after every step."""
+
+
+def reference_w1_rate(lr):
+    """The reference's W1 learning rate (a tenth of W2's), as float32."""
+    return np.float32(0.1) * np.float32(lr)
+
+
+def reference_update(params, g, lr):
+    """In-place seed-preset SGD step with the reference's 0.9999 weight decay.
+
+    W1 is left alone when ``g`` has no "W1" (a fused kernel already stepped it).
+    """
     lr = np.float32(lr)
-    decay = np.float32(0.9999)
     params["W2"] -= lr * g["W2"]
     params["b2"] -= lr * g["b2"]
-    params["W2"] *= decay
-    params[w1_key] -= (np.float32(0.1) * lr) * g["W1"]
-    params[w1_key] *= decay
+    params["W2"] *= REFERENCE_DECAY
+    if "W1" in g:
+        params["W1"] -= reference_w1_rate(lr) * g["W1"]
+        params["W1"] *= REFERENCE_DECAY
 
 
 class Adam:

@@ -1,0 +1,323 @@
+# The training step's work on W1 in one pass over the blocked weights: the gradient
+# g = c^T d (c: conv activity (B, 2304), mostly zero; d: dL/d hidden current (B, 1024)), the
+# back product d @ W1^T with the old weights (optional), then the optimiser step in place.
+#
+# Called only through snnfast._convsnn_kernels (which validates every argument). d comes in
+# two layouts: rows padded to SNN_W1_LD floats for the back product, which sweeps whole rows,
+# and W1's block layout (1024/bw, B, bw) for the gradient, which works block by block: there
+# the bw columns of all samples are contiguous, where in (B, 1024) they would be 4 KiB apart
+# and all fall in one L1 set.
+# Why fused: done separately these are two dense sgemms (151 M multiply-adds each at B = 64),
+# a 9 MB gradient written and read back, and an optimiser pass; here W1 (and Adam's m, v)
+# stream through the cache once, and the gradient of a row segment is summed in registers
+# from the few samples whose conv neuron was active (~10-25 % of them).
+#
+# Work items are tiles of rows of W1 (all of their blocks), so each row is handled by exactly
+# one thread in a fixed order and the results do not depend on the thread count or schedule.
+# Float order (-ffp-contract=off: every product and sum is rounded on its own):
+#   g[i, j]    = sum over b ascending with c[b, i] != 0 of c[b, i] * d[b, j]
+#   back[b, i] = lane sums s_l = sum over j = l (mod 8) ascending of d[b, j] * W1[i, j],
+#                then ((s_0 + s_1) + s_2) + ... + s_7
+# which tests/ reproduce exactly in NumPy.
+from cython.parallel cimport prange, threadid
+from libc.stdlib cimport calloc, free
+from libc.stdint cimport int32_t, int64_t
+
+cdef extern from *:
+    """
+    #include <math.h>
+    #include <stddef.h>
+    #include <stdint.h>
+    #include <stdlib.h>
+    #include <string.h>
+    #if defined(__AVX__)
+    #include <immintrin.h>
+    #endif
+    typedef float snn_w8 __attribute__((vector_size(32)));
+    typedef int32_t snn_w8i __attribute__((vector_size(32)));
+    /* SNN_W1_LD: row stride of the gathered W1 rows and of d in the back product. Rows
+       exactly 4 KiB apart put the six streams of its inner loop in one L1 set; 64 bytes
+       more took it from ~60 % to ~90 % of peak (measured on the AVX2 EPYC). */
+    enum { SNN_W1_ROWS = 16, SNN_NCONV = 2304, SNN_NHID = 1024, SNN_W1_LD = 1040 };
+
+    static inline snn_w8 snn_w_ld(const float *p) { snn_w8 x; memcpy(&x, p, 32); return x; }
+    static inline void snn_w_st(float *p, snn_w8 x) { memcpy(p, &x, 32); }
+    /* Keep x in a register: without this gcc folds the loads of a value used four times
+       into each use, which doubles the load-port traffic of the back product. */
+    #if defined(__AVX__)
+    #define SNN_W_PIN(x) __asm__("" : "+x"(x))
+    #else
+    #define SNN_W_PIN(x) ((void)0)
+    #endif
+    static inline snn_w8 snn_w_sqrt(snn_w8 x) {
+    #if defined(__AVX__)
+        return (snn_w8)_mm256_sqrt_ps((__m256)x);
+    #else
+        for (int l = 0; l < 8; l++) x[l] = sqrtf(x[l]);
+        return x;
+    #endif
+    }
+
+    typedef struct {
+        int adam;                  /* 1: Adam (m, v); 0: w = (w - rate*g) * decay */
+        float b1, omb1, b2, omb2, step_size, rbc2, eps;
+        float rate, decay;
+    } snn_w1_opt;
+
+    /* Per-thread scratch: the nonzero inputs (sample, value) of each row of a tile and the
+       tile's rows of W1 gathered into rows of SNN_W1_LD floats. NULL on allocation failure. */
+    typedef struct { int32_t *nzb; float *nzc; float *rows; } snn_w1_scratch;
+
+    static void snn_w1_scratch_free(snn_w1_scratch *s) {
+        if (s) { free(s->nzb); free(s->nzc); free(s->rows); free(s); }
+    }
+
+    static snn_w1_scratch *snn_w1_scratch_new(int B) {
+        snn_w1_scratch *s = calloc(1, sizeof *s);
+        if (!s) return NULL;
+        size_t n = (size_t)SNN_W1_ROWS * (B > 0 ? B : 1);
+        s->nzb = malloc(n * sizeof(int32_t));
+        s->nzc = malloc(n * sizeof(float));
+        s->rows = malloc((size_t)SNN_W1_ROWS * SNN_W1_LD * sizeof(float));
+        if (!s->nzb || !s->nzc || !s->rows) {
+            snn_w1_scratch_free(s); return NULL;
+        }
+        return s;
+    }
+
+    /* Optimiser step on one 8-float segment; returns the lanes whose gradient is not finite. */
+    static inline snn_w8i snn_w1_apply(float *w, float *m, float *v, snn_w8 g,
+                                       const snn_w1_opt *o) {
+        const snn_w8 zero = {0}, one = zero + 1.0f;
+        snn_w8i bad = (g - g) != zero;
+        if (o->adam) {
+            /* the formula of _adam.pyx, element for element */
+            snn_w8 mi = (one * o->b1) * snn_w_ld(m) + (one * o->omb1) * g;
+            snn_w8 vi = (one * o->b2) * snn_w_ld(v) + (one * o->omb2) * (g * g);
+            snn_w8 denom = snn_w_sqrt(vi) * (one * o->rbc2) + one * o->eps;
+            snn_w_st(m, mi);
+            snn_w_st(v, vi);
+            snn_w_st(w, snn_w_ld(w) - (one * o->step_size) * (mi / denom));
+        } else {
+            snn_w_st(w, (snn_w_ld(w) - (one * o->rate) * g) * (one * o->decay));
+        }
+        return bad;
+    }
+
+    static inline float snn_w1_hsum(snn_w8 a) {
+        float t = a[0];
+        for (int l = 1; l < 8; l++) t += a[l];
+        return t;
+    }
+
+    /* Gather rows i0 .. i0+SNN_W1_ROWS-1 of W1 from their blocks into canonical rows. Per
+       block the tile's rows are one contiguous run (2 KiB at bw = 32), which the hardware
+       prefetcher streams; in W1b the blocks of one row are a multiple of 4 KiB apart. */
+    static void snn_w1_gather(const float *W, int nblk, int bw, float *rows) {
+        const size_t bstride = (size_t)SNN_NCONV * bw;
+        for (int k = 0; k < nblk; k++) {
+            const float *src = W + k * bstride;
+            for (int r = 0; r < SNN_W1_ROWS; r++)
+                for (int j = 0; j < bw; j += 8)
+                    snn_w_st(rows + (size_t)r * SNN_W1_LD + (size_t)k * bw + j,
+                             snn_w_ld(src + (size_t)r * bw + j));
+        }
+    }
+
+    /* back[b, i], back[b, i + 1] for two gathered rows w0, w1 and all samples (d: rows of
+       SNN_W1_LD floats). Four samples at a time keep their 2 x 4 lane sums in registers
+       over all 1024 columns: each loaded vector serves four products. */
+    static void snn_w1_back_pair(const float *w0, const float *w1, const float *d, int B,
+                                 float *back) {
+        const snn_w8 zero = {0};
+        int b0 = 0;
+        for (; b0 + 4 <= B; b0 += 4) {
+            snn_w8 a00 = zero, a01 = zero, a02 = zero, a03 = zero;
+            snn_w8 a10 = zero, a11 = zero, a12 = zero, a13 = zero;
+            const float *x = d + (size_t)b0 * SNN_W1_LD;
+            for (int j = 0; j < SNN_NHID; j += 8) {
+                snn_w8 u = snn_w_ld(w0 + j), v = snn_w_ld(w1 + j);
+                snn_w8 x0 = snn_w_ld(x + j), x1 = snn_w_ld(x + SNN_W1_LD + j);
+                snn_w8 x2 = snn_w_ld(x + 2 * SNN_W1_LD + j);
+                snn_w8 x3 = snn_w_ld(x + 3 * SNN_W1_LD + j);
+                SNN_W_PIN(u); SNN_W_PIN(v); SNN_W_PIN(x0); SNN_W_PIN(x1); SNN_W_PIN(x2);
+                SNN_W_PIN(x3);
+                a00 += x0 * u; a01 += x1 * u; a02 += x2 * u; a03 += x3 * u;
+                a10 += x0 * v; a11 += x1 * v; a12 += x2 * v; a13 += x3 * v;
+            }
+            float *o = back + (size_t)b0 * SNN_NCONV;
+            o[0] = snn_w1_hsum(a00); o[SNN_NCONV] = snn_w1_hsum(a01);
+            o[2 * SNN_NCONV] = snn_w1_hsum(a02); o[3 * SNN_NCONV] = snn_w1_hsum(a03);
+            o[1] = snn_w1_hsum(a10); o[SNN_NCONV + 1] = snn_w1_hsum(a11);
+            o[2 * SNN_NCONV + 1] = snn_w1_hsum(a12); o[3 * SNN_NCONV + 1] = snn_w1_hsum(a13);
+        }
+        for (; b0 < B; b0++) {
+            snn_w8 a0 = zero, a1 = zero;
+            const float *x = d + (size_t)b0 * SNN_W1_LD;
+            for (int j = 0; j < SNN_NHID; j += 8) {
+                snn_w8 xj = snn_w_ld(x + j);
+                a0 += xj * snn_w_ld(w0 + j);
+                a1 += xj * snn_w_ld(w1 + j);
+            }
+            back[(size_t)b0 * SNN_NCONV] = snn_w1_hsum(a0);
+            back[(size_t)b0 * SNN_NCONV + 1] = snn_w1_hsum(a1);
+        }
+    }
+
+    /* Add c[b] * d[b] of the listed samples to the 8*NV-column gradient g of one row. */
+    #define SNN_W1_GRAD_ADD(G, NZB, NZC, N) do {                                              \
+        const float *db_ = dk + (size_t)(NZB)[N] * bw;                                        \
+        const snn_w8 cb_ = zero + (NZC)[N];                                                   \
+        for (int q = 0; q < SNN_W1_NV; q++) G[q] += cb_ * snn_w_ld(db_ + 8 * q);              \
+    } while (0)
+
+    /* Gradient and optimiser step of 8*NV columns (w) of rows r0, r0+1 of one block. The
+       two rows' sums run in lockstep: their independent chains hide the add latency. A
+       macro so that NV is a constant and the gradient stays in registers. */
+    #define SNN_DEF_W1_PAIR(NV)                                                                \
+    static inline snn_w8i snn_w1_pair_##NV(float *w, float *m, float *v, int bw,              \
+            const float *dk, int B, const snn_w1_scratch *s, int r0, const int *nn,           \
+            const snn_w1_opt *o) {                                                             \
+        enum { SNN_W1_NV = NV };                                                               \
+        const snn_w8 zero = {0};                                                               \
+        const int32_t *b0 = s->nzb + (size_t)r0 * B, *b1 = b0 + B;                             \
+        const float *c0 = s->nzc + (size_t)r0 * B, *c1 = c0 + B;                               \
+        const int n0 = nn[r0], n1 = nn[r0 + 1], nm = n0 < n1 ? n0 : n1;                        \
+        snn_w8 g0[NV], g1[NV];                                                                 \
+        for (int q = 0; q < NV; q++) g0[q] = g1[q] = zero;                                     \
+        int n = 0;                                                                             \
+        for (; n < nm; n++) { SNN_W1_GRAD_ADD(g0, b0, c0, n); SNN_W1_GRAD_ADD(g1, b1, c1, n); } \
+        for (int n_ = n; n_ < n0; n_++) SNN_W1_GRAD_ADD(g0, b0, c0, n_);                       \
+        for (; n < n1; n++) SNN_W1_GRAD_ADD(g1, b1, c1, n);                                    \
+        snn_w8i bad = (snn_w8i)zero;                                                           \
+        for (int q = 0; q < NV; q++) {                                                         \
+            bad |= snn_w1_apply(w + 8 * q, m ? m + 8 * q : NULL, v ? v + 8 * q : NULL,        \
+                                g0[q], o);                                                     \
+            bad |= snn_w1_apply(w + bw + 8 * q, m ? m + bw + 8 * q : NULL,                    \
+                                v ? v + bw + 8 * q : NULL, g1[q], o);                          \
+        }                                                                                      \
+        return bad;                                                                            \
+    }
+    SNN_DEF_W1_PAIR(2)
+    SNN_DEF_W1_PAIR(4)
+
+    /* Rows i0 .. i0+SNN_W1_ROWS-1 of W1 across all blocks: back product (if back), then
+       gradient and step block by block (the tile's rows, 2 KiB per block and stream, are
+       still in L2 from the back product). Returns a count that is nonzero if a gradient
+       element was NaN or infinite. */
+    static int64_t snn_w1_tile(float *W, float *M, float *V, int nblk, int bw, int i0,
+                               const float *c, const float *d, const float *dc, int B,
+                               float *back, snn_w1_scratch *s, const snn_w1_opt *o) {
+        int nn[SNN_W1_ROWS];
+        for (int r = 0; r < SNN_W1_ROWS; r++) {
+            int n = 0;
+            for (int b = 0; b < B; b++) {
+                const float x = c[(size_t)b * SNN_NCONV + i0 + r];
+                if (x != 0.0f) { s->nzb[(size_t)r * B + n] = b; s->nzc[(size_t)r * B + n] = x; n++; }
+            }
+            nn[r] = n;
+        }
+        if (back) {
+            snn_w1_gather(W + (size_t)i0 * bw, nblk, bw, s->rows);
+            for (int r = 0; r < SNN_W1_ROWS; r += 2)
+                snn_w1_back_pair(s->rows + (size_t)r * SNN_W1_LD,
+                                 s->rows + (size_t)(r + 1) * SNN_W1_LD, dc, B, back + i0 + r);
+        }
+        const snn_w8 zero = {0};
+        snn_w8i bad = (snn_w8i)zero;
+        const int sub = bw % 32 == 0 ? 32 : 16;
+        for (int k = 0; k < nblk; k++) {
+            const size_t base = ((size_t)k * SNN_NCONV + i0) * bw;
+            for (int r = 0; r < SNN_W1_ROWS; r += 2)
+                for (int j = 0; j < bw; j += sub) {
+                    const size_t off = base + (size_t)r * bw + j;
+                    float *m = o->adam ? M + off : NULL, *v = o->adam ? V + off : NULL;
+                    const float *dk = d + (size_t)k * B * bw + j;
+                    bad |= sub == 32 ? snn_w1_pair_4(W + off, m, v, bw, dk, B, s, r, nn, o)
+                                     : snn_w1_pair_2(W + off, m, v, bw, dk, B, s, r, nn, o);
+                }
+        }
+        int64_t nonfinite = 0;
+        for (int l = 0; l < 8; l++) nonfinite += bad[l] != 0;
+        return nonfinite;
+    }
+    """
+    ctypedef struct snn_w1_opt:
+        int adam
+        float b1, omb1, b2, omb2, step_size, rbc2, eps
+        float rate, decay
+    ctypedef struct snn_w1_scratch:
+        pass
+    snn_w1_scratch *snn_w1_scratch_new(int B) nogil
+    void snn_w1_scratch_free(snn_w1_scratch *s) nogil
+    int64_t snn_w1_tile(float *W, float *M, float *V, int nblk, int bw, int i0, const float *c,
+                        const float *d, const float *dc, int B, float *back,
+                        snn_w1_scratch *s, const snn_w1_opt *o) nogil
+    int SNN_W1_ROWS
+    int SNN_W1_LD
+
+
+cdef int64_t _run(float[:, :, ::1] W1b, float *m, float *v, const float[:, ::1] c,
+                  const float[:, :, ::1] d, const float *dc, float *back, snn_w1_opt *o,
+                  int n_threads) except -1:
+    cdef int nblk = <int>W1b.shape[0], bw = <int>W1b.shape[2], B = <int>c.shape[0]
+    cdef int ntile = <int>W1b.shape[1] // SNN_W1_ROWS
+    cdef int t, i, n_alloc = max(n_threads, 1)
+    cdef int64_t nonfinite = 0
+    cdef snn_w1_scratch **s = <snn_w1_scratch **>calloc(n_alloc, sizeof(snn_w1_scratch *))
+    if s == NULL:
+        raise MemoryError("W1 update: cannot allocate per-thread scratch")
+    try:
+        for i in range(n_alloc):
+            s[i] = snn_w1_scratch_new(B)
+            if s[i] == NULL:
+                raise MemoryError("W1 update: cannot allocate per-thread scratch")
+        # dynamic: a neighbour stealing a core must not leave half the tiles waiting
+        for t in prange(ntile, nogil=True, schedule='dynamic', chunksize=4,
+                        num_threads=n_alloc):
+            nonfinite += snn_w1_tile(&W1b[0, 0, 0], m, v, nblk, bw, t * SNN_W1_ROWS,
+                                     &c[0, 0], &d[0, 0, 0], dc, B, back, s[threadid()], o)
+    finally:
+        for i in range(n_alloc):
+            snn_w1_scratch_free(s[i])
+        free(s)
+    return nonfinite
+
+
+def w1_adam_into(float[:, :, ::1] W1b, float[:, :, ::1] m, float[:, :, ::1] v,
+                 const float[:, ::1] c, const float[:, :, ::1] d, const float[:, ::1] dc,
+                 float[:, ::1] back,
+                 float beta1, float one_minus_beta1, float beta2, float one_minus_beta2,
+                 float step_size, float rbc2, float eps, int n_threads):
+    """Gradient, back product into ``back`` and Adam step (see snnfast._convsnn_kernels).
+
+    ``d`` is in W1's block layout, ``dc`` the same values in rows of ``row_stride()``
+    floats (the first 1024 used). Returns a count
+    that is nonzero if the gradient had NaN or infinite elements.
+    """
+    cdef snn_w1_opt o
+    if dc.shape[1] != SNN_W1_LD or dc.shape[0] != c.shape[0]:
+        raise ValueError(f"dc must have shape (B, {SNN_W1_LD})")
+    o.adam = 1
+    o.b1, o.omb1, o.b2, o.omb2 = beta1, one_minus_beta1, beta2, one_minus_beta2
+    o.step_size, o.rbc2, o.eps = step_size, rbc2, eps
+    o.rate, o.decay = 0, 1
+    return _run(W1b, &m[0, 0, 0], &v[0, 0, 0], c, d, &dc[0, 0], &back[0, 0], &o, n_threads)
+
+
+def w1_sgd_into(float[:, :, ::1] W1b, const float[:, ::1] c, const float[:, :, ::1] d,
+                float rate, float decay, int n_threads):
+    """Gradient and ``W1 = (W1 - rate*g) * decay`` (see snnfast._convsnn_kernels).
+
+    Returns a count that is nonzero if the gradient had NaN or infinite elements.
+    """
+    cdef snn_w1_opt o
+    o.adam = 0
+    o.b1 = o.omb1 = o.b2 = o.omb2 = o.step_size = o.rbc2 = o.eps = 0
+    o.rate, o.decay = rate, decay
+    return _run(W1b, NULL, NULL, c, d, NULL, NULL, &o, n_threads)
+
+
+def row_stride():
+    """Row length (floats) of the padded copy of d that :func:`w1_adam_into` reads."""
+    return SNN_W1_LD

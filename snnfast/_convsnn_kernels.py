@@ -16,8 +16,10 @@ Layouts
 
 Threads
 -------
-Every kernel releases the GIL and runs OpenMP over samples (conv) or (block, sample) pairs
-(FC1 + hidden LIF). Each output element is computed by exactly one thread in a fixed order,
+Every kernel releases the GIL and runs OpenMP over samples (conv, and the conv on rates of
+:func:`conv_rate_currents` / :func:`conv_rate_input_grad`), (block, sample) pairs
+(FC1 + hidden LIF) or tiles of W1 rows (the fused training steps :func:`w1_adam_step` and
+:func:`w1_sgd_step`). Each output element is computed by exactly one thread in a fixed order,
 so results are bit-identical for any ``n_threads`` (rule: :func:`snnfast.effective_n_threads`).
 
 Random numbers
@@ -54,7 +56,7 @@ __all__ = [
     "N_PIX", "N_CONV", "N_HID", "SUPPORTED_BLOCK_WIDTHS", "BLOCK_WIDTH", "EVAL_EPOCH",
     "ConvResult", "HiddenResult", "det_table", "update_steps", "conv_event_table",
     "uniform24", "to_blocked", "from_blocked", "conv_forward", "hidden_forward", "adam_step",
-    "w1_adam_step", "w1_sgd_step",
+    "w1_adam_step", "w1_sgd_step", "conv_rate_currents", "conv_rate_input_grad",
 ]
 
 N_PIX = 784
@@ -695,3 +697,43 @@ def w1_sgd_step(W1b, c, d, *, rate, decay=1.0, n_threads=None):
     decay = _check_float(decay, "decay")
     _raise_if_nonfinite_grad(_convsnn_w1.w1_sgd_into(W1b, c, d_blocks, rate, decay,
                                                       _threads(n_threads)))
+
+
+def _check_rates(x, conv_w):
+    check_array(x, "x", np.float32, shape=(None, N_PIX), finite=True)
+    check_array(conv_w, "conv_w", np.float32, contiguous=False, finite=True)
+    if conv_w.size != N_CH * N_TAPS:
+        raise ValueError(f"conv_w must have 400 elements (16, 1, 5, 5), got {conv_w.shape}")
+    # taps x channels: the 16 channels of one tap are contiguous (two vectors)
+    return np.ascontiguousarray(conv_w.reshape(N_CH, N_TAPS).T)
+
+
+def conv_rate_currents(x, conv_w, conv_b, *, n_threads=None):
+    """Conv currents of real-valued inputs: ``conv(x) + conv_b``, float32 ``(B, 2304)``.
+
+    Per output, the 25 taps are added in (ky, kx) order (each product rounded first), then
+    the bias. ``x`` is float32 ``(B, 784)`` (e.g. input spike rates); ``conv_w`` has 400
+    elements in the order of ``(16, 1, 5, 5)``; ``conv_b`` is ``(16,)``.
+    """
+    from . import _conv_rates
+    wt = _check_rates(x, conv_w)
+    check_array(conv_b, "conv_b", np.float32, shape=(N_CH,), finite=True)
+    out = np.empty((len(x), N_CONV), np.float32)
+    _conv_rates.rate_currents_into(x, wt, conv_b, out, _threads(n_threads))
+    return out
+
+
+def conv_rate_input_grad(x, delta, *, n_threads=None):
+    """Gradients ``(conv_w (16, 1, 5, 5), conv_b (16,))`` given dL/d currents ``delta``.
+
+    ``gw[c, k] = sum_b sum_p delta[b, c*144 + p] * x[b, pix(p, k)]``: per sample over the
+    144 positions in order, then over the samples in order. ``x`` float32 ``(B, 784)``,
+    ``delta`` float32 ``(B, 2304)``.
+    """
+    from . import _conv_rates
+    check_array(x, "x", np.float32, shape=(None, N_PIX), finite=True)
+    check_array(delta, "delta", np.float32, shape=(len(x), N_CONV), finite=True)
+    gw = np.empty((N_TAPS, N_CH), np.float32)
+    _conv_rates.rate_wgrad_into(x, delta, gw, _threads(n_threads))
+    gb = delta.reshape(len(x), N_CH, -1).sum(axis=(0, 2))
+    return np.ascontiguousarray(gw.T).reshape(N_CH, 1, 5, 5), gb

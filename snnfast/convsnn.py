@@ -624,6 +624,14 @@ class ConvSNN:
             return None, back
         return outer, step
 
+    def _conv_ops(self):
+        """(currents, input_grad) for :func:`convsnn_numpy.surrogate_backward`, or None."""
+        if self._K is None:
+            return None
+        K, nt = self._K, self.n_threads
+        return (lambda x, w, b: K.conv_rate_currents(x, w, b, n_threads=nt),
+                lambda x, d: K.conv_rate_input_grad(x, d, n_threads=nt))
+
     def _train_step(self, X, y, ids, epoch, lr):
         """One optimisation step on a batch; returns (mean loss, #correct, forward dict)."""
         c = self.config
@@ -645,7 +653,8 @@ class ConvSNN:
             dl[np.arange(len(y)), y] -= 1
             dl *= np.float32(1.0 / len(y))
             fw["c_h"] = self._c_h(fw)
-            g = cnp.surrogate_backward(self._p, fw, dl, c, w1_step=step)
+            g = cnp.surrogate_backward(self._p, fw, dl, c, w1_step=step,
+                                       conv_ops=self._conv_ops())
             self._adam(g, lr)
         self.step_ += 1
         self._update_ema()

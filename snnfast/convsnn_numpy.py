@@ -298,7 +298,7 @@ def _conv_input_grad(r_in, delta_ac):
     return gw, delta_ac.reshape(B, 16, 144).sum(axis=(0, 2))
 
 
-def surrogate_backward(params, fw, dlogits, cfg, w1_step=None):
+def surrogate_backward(params, fw, dlogits, cfg, w1_step=None, conv_ops=None):
     """Rate-based surrogate gradient of all parameters (the default/nir training rule).
 
     Each spiking layer is treated as r = phi(a) with a its mean input current per update;
@@ -308,8 +308,11 @@ def surrogate_backward(params, fw, dlogits, cfg, w1_step=None):
 
     ``w1_step(c_h, d) -> (dL/dW1 or None, d @ W1.T)`` lets a caller handle W1 itself (the
     kernels keep it blocked and update it in the same pass; then it returns None and the
-    result has no "W1"); the default uses the canonical ``params["W1"]``.
+    result has no "W1"); the default uses the canonical ``params["W1"]``. ``conv_ops`` =
+    ``(currents, input_grad)`` may replace :func:`conv_currents` and the conv weight
+    gradient (same signatures; the kernels' versions).
     """
+    currents, input_grad = conv_ops or (conv_currents, _conv_input_grad)
     if w1_step is None:
         def w1_step(c, d):
             return c.T @ d, d @ params["W1"].T
@@ -326,9 +329,9 @@ def surrogate_backward(params, fw, dlogits, cfg, w1_step=None):
         g["W1"] = gW1
     g["b1"] = sd.sum(axis=0)
     delta_rc = back * s.dtype.type(cfg.T / fw["n_updates"])
-    a_c = conv_currents(r_in, params["conv_w"], params["conv_b"])
+    a_c = currents(r_in, params["conv_w"], params["conv_b"])
     delta_ac = delta_rc * surrogate(a_c, cfg.surr_center_c, cfg.surr_slope_c)
-    g["conv_w"], g["conv_b"] = _conv_input_grad(r_in, delta_ac)
+    g["conv_w"], g["conv_b"] = input_grad(r_in, delta_ac)
     return {k: v.astype(params["W2"].dtype, copy=False) for k, v in g.items()}
 
 

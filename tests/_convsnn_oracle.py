@@ -134,3 +134,55 @@ def adam(param, grad, m, v, lr, beta1, beta2, eps, step):
     denom = ((np.sqrt(v).astype(f) * rbc2).astype(f) + f(eps)).astype(f)
     param = (param - (step_size * (m / denom).astype(f)).astype(f)).astype(f)
     return param, m.astype(f), v.astype(f)
+
+
+def w1_grad(c, d):
+    """dL/dW1 = c.T @ d summed sample by sample (b ascending), each product rounded first:
+    the order of the fused W1 kernels (samples with c[b, i] == 0 add exact zeros)."""
+    g = np.zeros((c.shape[1], d.shape[1]), np.float32)
+    for b in range(len(c)):
+        g += np.outer(c[b], d[b]).astype(np.float32)
+    return g
+
+
+def w1_back(d, W1):
+    """d @ W1.T in the fused kernel's order: 8 lane sums over j = l (mod 8) ascending, then
+    ((s_0 + s_1) + s_2) + ... + s_7, every product and sum rounded to float32."""
+    acc = np.zeros((len(d), W1.shape[0], 8), np.float32)
+    for j0 in range(0, W1.shape[1], 8):
+        acc += d[:, None, j0:j0 + 8] * W1[None, :, j0:j0 + 8]
+    out = acc[..., 0].copy()
+    for lane in range(1, 8):
+        out += acc[..., lane]
+    return out
+
+
+def _taps(x):
+    """(B, 25, 144): the input value under tap (ky, kx) of every output position."""
+    img = x.reshape(len(x), 28, 28)
+    return np.stack([img[:, ky:ky + 23:2, kx:kx + 23:2].reshape(len(x), 144)
+                     for ky in range(5) for kx in range(5)], axis=1)
+
+
+def conv_rate_currents(x, conv_w, conv_b):
+    """conv(x) + b for real-valued x (B, 784): taps added in (ky, kx) order, then the bias."""
+    P = _taps(x)
+    W = conv_w.reshape(16, 25)
+    acc = np.zeros((len(x), 16, 144), np.float32)
+    for k in range(25):
+        acc += W[None, :, k, None] * P[:, None, k, :]
+    acc += conv_b[None, :, None]
+    return acc.reshape(len(x), 2304)
+
+
+def conv_rate_wgrad(x, delta):
+    """dL/dconv_w (16, 25): per sample over the 144 positions in order, then over samples."""
+    P = _taps(x)
+    D = delta.reshape(len(x), 16, 144)
+    part = np.zeros((len(x), 16, 25), np.float32)
+    for p in range(144):
+        part += D[:, :, p, None] * P[:, None, :, p]
+    g = np.zeros((16, 25), np.float32)
+    for b in range(len(x)):
+        g += part[b]
+    return g

@@ -402,6 +402,128 @@ def test_bad_hidden_inputs(good):
         dataclasses.replace(g["cr"], spk_cnt=cnt).conv_spikes()
 
 
+# ------------------------------------------------------------------ fused W1 steps
+def _w1_operands(rng, B, density=0.2):
+    """Sparse non-negative c (conv activity, many exact zeros) and dense d, float32."""
+    c = np.where(rng.random((B, 2304)) < density, rng.integers(1, 6, (B, 2304)) / 5, 0.0)
+    c[:, :16] = 0.0                                           # a tile with no active input
+    d = rng.normal(0, 1e-2, (B, 1024))
+    return c.astype(np.float32), d.astype(np.float32)
+
+
+@pytest.mark.parametrize("bw,B", [(16, 7), (32, 64), (64, 5), (256, 9)])
+def test_w1_adam_step_matches_numpy(bw, B):
+    rng = np.random.default_rng(bw + B)
+    c, d = _w1_operands(rng, B)
+    W1 = rng.normal(0, 0.05, (2304, 1024)).astype(np.float32)
+    W1[rng.random(W1.shape) < 0.05] = 0.0
+    m = rng.normal(0, 1e-3, W1.shape).astype(np.float32)
+    v = (rng.random(W1.shape) * 1e-5).astype(np.float32)
+    Wb, mb, vb = K.to_blocked(W1, bw), K.to_blocked(m, bw), K.to_blocked(v, bw)
+    back = K.w1_adam_step(Wb, mb, vb, c, d, lr=2e-3, beta1=0.9, beta2=0.99, eps=1e-7, step=4)
+    np.testing.assert_array_equal(back, O.w1_back(d, W1))     # with the weights before the step
+    p, m2, v2 = O.adam(W1, O.w1_grad(c, d), m, v, 2e-3, 0.9, 0.99, 1e-7, 4)
+    np.testing.assert_array_equal(K.from_blocked(Wb), p)
+    np.testing.assert_array_equal(K.from_blocked(mb), m2)
+    np.testing.assert_array_equal(K.from_blocked(vb), v2)
+    np.testing.assert_allclose(back, d @ W1.T, rtol=1e-4, atol=1e-6)    # and it is d @ W1.T
+
+
+@pytest.mark.parametrize("bw,B", [(16, 3), (32, 64)])
+def test_w1_sgd_step_matches_numpy(bw, B):
+    rng = np.random.default_rng(7 + bw)
+    c, d = _w1_operands(rng, B, density=0.4)
+    W1 = rng.normal(0, 0.05, (2304, 1024)).astype(np.float32)
+    Wb = K.to_blocked(W1, bw)
+    rate, decay = np.float32(0.1) * np.float32(0.01), np.float32(0.9999)
+    K.w1_sgd_step(Wb, c, d, rate=rate, decay=decay)
+    expect = (W1 - rate * O.w1_grad(c, d)) * decay
+    np.testing.assert_array_equal(K.from_blocked(Wb), expect)
+    assert not np.array_equal(expect, W1 * decay)          # the gradient did something
+
+
+def test_w1_steps_thread_count_bit_identical():
+    rng = np.random.default_rng(3)
+    c, d = _w1_operands(rng, 21)
+    W1 = K.to_blocked(rng.normal(0, 0.05, (2304, 1024)).astype(np.float32))
+    out = []
+    for nt in (1, 2):
+        Wb, m, v = W1.copy(), np.zeros_like(W1), np.zeros_like(W1)
+        back = K.w1_adam_step(Wb, m, v, c, d, lr=1e-3, step=1, n_threads=nt)
+        Ws = W1.copy()
+        K.w1_sgd_step(Ws, c, d, rate=1e-3, decay=0.999, n_threads=nt)
+        out.append((back, Wb, m, v, Ws))
+    for a, b in zip(*out):
+        assert a.tobytes() == b.tobytes()
+
+
+def test_bad_w1_step_inputs():
+    rng = np.random.default_rng(5)
+    c, d = _w1_operands(rng, 4)
+    W1 = K.to_blocked(rng.normal(0, 0.05, (2304, 1024)).astype(np.float32))
+    m, v = np.zeros_like(W1), np.zeros_like(W1)
+    W0 = W1.copy()
+    ok = dict(lr=1e-3, step=1)
+    bad_c = c.copy()
+    bad_c[1, 5] = np.nan
+    bad_d = d.copy()
+    bad_d[0, 3] = np.inf
+    for args in [(W1, m, v, bad_c, d), (W1, m, v, c, bad_d),            # non-finite inputs
+                 (W1, m, v, c.astype(np.float64), d), (W1, m, v, c, d[:3]),
+                 (W1, m, v, c[:, :2303], d), (W1, m, v, np.asfortranarray(c), d),
+                 (W1, m, v, c[:0], d[:0]), (W1, W1, v, c, d),             # empty, aliasing
+                 (W1, m[:, :, :16], v, c, d), (W1[:, :, :16], m, v, c, d)]:
+        with pytest.raises(ValueError):
+            K.w1_adam_step(*args, **ok)
+    for args in [(W1, bad_c, d), (W1, c, d[:, :1000]), (W1.astype(np.float64), c, d)]:
+        with pytest.raises(ValueError):
+            K.w1_sgd_step(*args, rate=1e-3)
+    with pytest.raises(ValueError):
+        K.w1_adam_step(W1, m, v, c, d, lr=1e-3, step=0)
+    with pytest.raises(TypeError):
+        K.w1_sgd_step(W1, c, d, rate="fast")
+    assert W1.tobytes() == W0.tobytes() and not m.any() and not v.any()  # nothing changed
+    big = np.full_like(d, 3e38)                                # the gradient overflows
+    with pytest.raises(ValueError, match="now non-finite"):
+        K.w1_sgd_step(W1, np.full_like(c, 2.0), big, rate=1e-3)
+
+
+# ------------------------------------------------------------------ conv on rates
+@pytest.mark.parametrize("B", [1, 5, 64])
+def test_conv_rate_kernels_match_numpy(B):
+    rng = np.random.default_rng(B)
+    x = (rng.integers(0, 11, (B, 784)) / 10).astype(np.float32)      # rates k/T
+    x[:, :100] = 0.0
+    conv_w, conv_b = random_params(rng)[:2]
+    conv_w = conv_w.reshape(16, 1, 5, 5)
+    got = K.conv_rate_currents(x, conv_w, conv_b)
+    np.testing.assert_array_equal(got, O.conv_rate_currents(x, conv_w, conv_b))
+    delta = rng.normal(0, 1e-2, (B, 2304)).astype(np.float32)
+    gw, gb = K.conv_rate_input_grad(x, delta)
+    assert gw.shape == (16, 1, 5, 5)
+    np.testing.assert_array_equal(gw.reshape(16, 25), O.conv_rate_wgrad(x, delta))
+    np.testing.assert_allclose(gb, delta.reshape(B, 16, 144).sum(axis=(0, 2), dtype=np.float64),
+                               rtol=1e-5, atol=1e-6)
+    for nt in (1, 2):                                                 # any thread count
+        assert K.conv_rate_currents(x, conv_w, conv_b, n_threads=nt).tobytes() == got.tobytes()
+        assert K.conv_rate_input_grad(x, delta, n_threads=nt)[0].tobytes() == gw.tobytes()
+
+
+def test_bad_conv_rate_inputs():
+    x = np.zeros((3, 784), np.float32)
+    w, b = np.zeros((16, 1, 5, 5), np.float32), np.zeros(16, np.float32)
+    d = np.zeros((3, 2304), np.float32)
+    bad_x = x.copy()
+    bad_x[0, 0] = np.nan
+    for args in [(bad_x, w, b), (x.astype(np.float64), w, b), (x[:, :783], w, b),
+                 (x, w[:15], b), (x, w, b[:15]), (np.asfortranarray(x), w, b)]:
+        with pytest.raises(ValueError):
+            K.conv_rate_currents(*args)
+    for args in [(bad_x, d), (x, d[:2]), (x, d[:, ::2]), (x, d.astype(np.float64))]:
+        with pytest.raises(ValueError):
+            K.conv_rate_input_grad(*args)
+
+
 def test_bad_adam_inputs():
     a = np.zeros(10, np.float32)
     ok = dict(lr=1e-3, step=1)

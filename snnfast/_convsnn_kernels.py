@@ -56,7 +56,7 @@ __all__ = [
     "N_PIX", "N_CONV", "N_HID", "SUPPORTED_BLOCK_WIDTHS", "BLOCK_WIDTH", "EVAL_EPOCH",
     "ConvResult", "HiddenResult", "det_table", "update_steps", "conv_event_table",
     "uniform24", "to_blocked", "from_blocked", "conv_forward", "hidden_forward", "adam_step",
-    "w1_adam_step", "w1_sgd_step", "conv_rate_currents", "conv_rate_input_grad",
+    "w1_adam_step", "w1_sgd_step", "conv_rate_currents", "conv_rate_input_grad", "ema_step",
 ]
 
 N_PIX = 784
@@ -737,3 +737,19 @@ def conv_rate_input_grad(x, delta, *, n_threads=None):
     _conv_rates.rate_wgrad_into(x, delta, gw, _threads(n_threads))
     gb = delta.reshape(len(x), N_CH, -1).sum(axis=(0, 2))
     return np.ascontiguousarray(gw.T).reshape(N_CH, 1, 5, 5), gb
+
+
+def ema_step(avg, p, *, decay, n_threads=None):
+    """In place ``avg = avg*decay + (1-decay)*p`` (float32, same shape, C-contiguous).
+
+    The bits of NumPy's ``avg *= f32(decay); avg += f32(1 - decay) * p``, in one pass.
+    """
+    from . import _ema
+    check_array(avg, "avg", np.float32)
+    check_array(p, "p", np.float32, shape=avg.shape)
+    if avg.size and avg.ctypes.data == p.ctypes.data:
+        raise ValueError("avg and p must be distinct arrays")
+    _check_float(decay, "decay", 0.0, 1.0)
+    d = float(decay)            # 1 - d from the unrounded value, as NumPy's expression does
+    _ema.ema_into(avg.reshape(-1), p.reshape(-1), np.float32(d), np.float32(1.0 - d),
+                  _threads(n_threads))

@@ -416,8 +416,12 @@ class ConvSNN:
         # early on the average would be dominated by the initial weights: shorter memory
         d = min(c.ema_decay, (1.0 + self.step_) / (c.ema_ramp + self.step_)) ** c.ema_every
         for k, v in self._ema.items():
-            v *= np.float32(d)
-            v += np.float32(1.0 - d) * self._p[k]
+            if self._K is not None:
+                self._K.ema_step(v, self._p[k], decay=d,
+                                 n_threads=self.n_threads if v.size >= 65536 else 1)
+            else:
+                v *= np.float32(d)
+                v += np.float32(1.0 - d) * self._p[k]
 
     def _reset_training_state(self):
         self.epoch_ = 0            # epochs completed

@@ -524,6 +524,24 @@ def test_bad_conv_rate_inputs():
             K.conv_rate_input_grad(*args)
 
 
+def test_ema_step_equals_numpy_bits():
+    rng = np.random.default_rng(11)
+    avg, p = (rng.normal(size=(3, 2304, 32)).astype(np.float32) for _ in range(2))
+    expect = avg.copy()
+    expect *= np.float32(0.93)
+    expect += np.float32(1.0 - 0.93) * p
+    for nt in (1, 2):
+        a = avg.copy()
+        K.ema_step(a, p, decay=0.93, n_threads=nt)
+        assert a.tobytes() == expect.tobytes()
+    for args, kw in [((avg, p[:2]), {}), ((avg, p.astype(np.float64)), {}), ((avg, avg), {}),
+                     ((avg[:, :, ::2], p[:, :, ::2]), {})]:
+        with pytest.raises(ValueError):
+            K.ema_step(*args, decay=0.5, **kw)
+    with pytest.raises(ValueError):
+        K.ema_step(avg.copy(), p, decay=1.5)
+
+
 def test_bad_adam_inputs():
     a = np.zeros(10, np.float32)
     ok = dict(lr=1e-3, step=1)

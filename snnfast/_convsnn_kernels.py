@@ -642,8 +642,8 @@ def _check_w1_grad_inputs(W1b, c, d):
 
 def _raise_if_nonfinite_grad(n_bad):
     if n_bad:
-        raise ValueError("the W1 gradient overflowed (NaN or infinite elements); W1 and the "
-                         "optimiser state are now non-finite")
+        raise ValueError("the W1 gradient overflowed (NaN or infinite elements); W1 (and "
+                         "Adam's m, v) are now non-finite")
 
 
 def w1_adam_step(W1b, m, v, c, d, *, lr, beta1=0.9, beta2=0.999, eps=1e-8, step,
@@ -678,8 +678,9 @@ def w1_adam_step(W1b, m, v, c, d, *, lr, beta1=0.9, beta2=0.999, eps=1e-8, step,
     back = np.empty((len(c), N_CONV), np.float32)
     d_rows = np.zeros((len(c), _convsnn_w1.row_stride()), np.float32)
     d_rows[:, :N_HID] = d
-    _raise_if_nonfinite_grad(_convsnn_w1.w1_adam_into(W1b, m, v, c, d_blocks, d_rows, back, *consts,
-                                                       _threads(n_threads)))
+    n_bad = _convsnn_w1.w1_adam_into(W1b, m, v, c, d_blocks, d_rows, back, *consts,
+                                     _threads(n_threads))
+    _raise_if_nonfinite_grad(n_bad)
     return back
 
 

@@ -196,7 +196,8 @@ def _kernels_module():
     """The compiled-kernel API, or None if it (or one of its extensions) is not importable."""
     try:
         from . import _convsnn_kernels as K
-        from . import _convsnn_conv, _convsnn_fc, _adam  # noqa: F401  (all compiled?)
+        # all compiled? (a partial build must not fail in the middle of training)
+        from . import _adam, _conv_rates, _convsnn_conv, _convsnn_fc, _convsnn_w1, _ema  # noqa
     except ImportError:
         return None
     return K

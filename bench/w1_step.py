@@ -5,8 +5,8 @@
 Per training batch the default preset needs dL/dW1 = c.T @ d, the back product d @ W1.T
 (with the old weights) and an Adam step over W1's 2.36 M values; the seed preset needs the
 gradient and an SGD step with weight decay. The baseline does this as a competent NumPy
-program does: two sgemms (BLAS with the same thread count) and the update in a few
-in-place array operations. snnfast does each in one pass over the blocked W1
+program does: two sgemms (BLAS with the same thread count) and the update of the NumPy
+baseline (``convsnn_numpy.Adam``, or two in-place array operations for SGD). snnfast does each in one pass over the blocked W1
 (``w1_adam_step``, ``w1_sgd_step``). The activity c is that of a real forward pass (MNIST
 from the local cache if present, else synthetic blobs); every figure is a median.
 """
@@ -21,6 +21,7 @@ from _timing import median_time  # bench/_timing.py (the script directory is on 
 from kernels import load_images
 
 from snnfast import _convsnn_kernels as K
+from snnfast import convsnn_numpy as cnp
 from snnfast import effective_n_threads
 from snnfast._config import config_dict
 
@@ -36,15 +37,10 @@ def operands(B, rng):
     return c, d, W1, origin
 
 
-def numpy_adam(W1, m, v, c, d, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, step=10):
-    g = c.T @ d
-    back = d @ W1.T
-    m *= np.float32(b1)
-    m += np.float32(1 - b1) * g
-    v *= np.float32(b2)
-    v += np.float32(1 - b2) * (g * g)
-    W1 -= np.float32(lr / (1 - b1 ** step)) * (m / (np.sqrt(v) / np.float32(np.sqrt(1 - b2 ** step))
-                                                  + np.float32(eps)))
+def numpy_adam(params, opt, c, d, lr=1e-3):
+    """The NumPy baseline's Adam (``convsnn_numpy.Adam``) after the two BLAS products."""
+    back = d @ params["W1"].T
+    opt.step(params, {"W1": c.T @ d}, lr)
     return back
 
 
@@ -68,16 +64,17 @@ def main(argv=None):
     c, d, W1, origin = operands(args.batch, rng)
     Wb = K.to_blocked(W1)
     m, v = np.zeros_like(Wb), np.zeros_like(Wb)
-    Wn, mn, vn = W1.copy(), np.zeros_like(W1), np.zeros_like(W1)
+    pn = {"W1": W1.copy()}
+    opt = cnp.Adam(pn)
     print(f"cpu: {cfg['cpu']} [{cfg['simd']}]; threads {nt}; batch {args.batch}; block width "
           f"{Wb.shape[2]}; activity from {origin}: {100 * (c != 0).mean():.1f} % of c nonzero")
     cases = {
         "adam (grad + back + step)": (
             lambda: K.w1_adam_step(Wb, m, v, c, d, lr=1e-9, step=10, n_threads=nt),
-            lambda: numpy_adam(Wn, mn, vn, c, d, lr=1e-9)),
+            lambda: numpy_adam(pn, opt, c, d, lr=1e-9)),
         "sgd (grad + step)": (
             lambda: K.w1_sgd_step(Wb, c, d, rate=1e-9, decay=1.0, n_threads=nt),
-            lambda: numpy_sgd(Wn, c, d, rate=1e-9, decay=1.0)),
+            lambda: numpy_sgd(pn["W1"], c, d, rate=1e-9, decay=1.0)),
     }
     out = {"config": cfg, "threads": nt, "batch": args.batch, "cases": {}}
     with threadpool_limits(nt, user_api="blas"):

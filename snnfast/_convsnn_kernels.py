@@ -405,6 +405,14 @@ def _aligned_empty(shape, dtype=np.float32, align=64):
     return raw[off:off + n].view(dtype).reshape(shape)
 
 
+def _check_distinct(**arrays):
+    """ValueError unless the (validated, same-size) arrays use distinct memory: the in-place
+    kernels read one while writing another."""
+    first = next(iter(arrays.values()))
+    if first.size and len({a.ctypes.data for a in arrays.values()}) < len(arrays):
+        raise ValueError(f"{', '.join(arrays)} must be distinct arrays")
+
+
 def _check_blocked(W1b, name, contiguous=True, finite=False):
     check_array(W1b, name, np.float32, ndim=3, contiguous=contiguous, finite=finite)
     nblk, rows, bw = W1b.shape
@@ -600,9 +608,7 @@ def adam_step(param, grad, m, v, *, lr, beta1=0.9, beta2=0.999, eps=1e-8, step,
         check_array(a, name, np.float32, shape=param.shape)
     if check_finite and not np.isfinite(grad).all():
         raise ValueError("grad contains NaN or infinite values")
-    if len({param.ctypes.data, grad.ctypes.data, m.ctypes.data, v.ctypes.data}) < 4 \
-            and param.size:
-        raise ValueError("param, grad, m and v must be distinct arrays")
+    _check_distinct(param=param, grad=grad, m=m, v=v)
     b1, omb1, b2, omb2, step_size, rbc2, eps = _adam_constants(lr, beta1, beta2, eps, step)
     n_bad = _adam.adam_step_into(
         param.reshape(-1), grad.reshape(-1), m.reshape(-1), v.reshape(-1), b1, omb1, b2, omb2,
@@ -672,8 +678,7 @@ def w1_adam_step(W1b, m, v, c, d, *, lr, beta1=0.9, beta2=0.999, eps=1e-8, step,
     d_blocks = _check_w1_grad_inputs(W1b, c, d)
     for a, name in ((m, "m"), (v, "v")):
         check_array(a, name, np.float32, shape=W1b.shape)
-    if len({W1b.ctypes.data, m.ctypes.data, v.ctypes.data}) < 3:
-        raise ValueError("W1b, m and v must be distinct arrays")
+    _check_distinct(W1b=W1b, m=m, v=v)
     consts = _adam_constants(lr, beta1, beta2, eps, step)
     back = np.empty((len(c), N_CONV), np.float32)
     d_rows = np.zeros((len(c), _convsnn_w1.row_stride()), np.float32)
@@ -748,8 +753,7 @@ def ema_step(avg, p, *, decay, n_threads=None):
     from . import _ema
     check_array(avg, "avg", np.float32)
     check_array(p, "p", np.float32, shape=avg.shape)
-    if avg.size and avg.ctypes.data == p.ctypes.data:
-        raise ValueError("avg and p must be distinct arrays")
+    _check_distinct(avg=avg, p=p)
     _check_float(decay, "decay", 0.0, 1.0)
     d = float(decay)            # 1 - d from the unrounded value, as NumPy's expression does
     _ema.ema_into(avg.reshape(-1), p.reshape(-1), np.float32(d), np.float32(1.0 - d),

@@ -589,7 +589,8 @@ class ConvSNN:
 
     # ------------------------------------------------------------------ training
     def _w1_numpy_ops(self):
-        """(outer, back) of the NumPy backend: dL/dW1 = c.T @ d and d @ W1.T.
+        """(outer, step) of the NumPy backend: ``outer(c, d)`` = dL/dW1 = c.T @ d and
+        ``step(c, d)`` = (c.T @ d, d @ W1.T).
 
         Each output element is computed by one single-threaded BLAS call whatever the thread
         count; the threads share the output columns.
@@ -607,7 +608,10 @@ class ConvSNN:
             out = np.empty((len(d), W1.shape[0]), np.float32)
             par.run(lambda s: out.__setitem__((slice(None), s), d @ W1[s].T), W1.shape[0])
             return out
-        return outer, back
+
+        def step(c, d):
+            return outer(c, d), back(d)
+        return outer, step
 
     def _w1_kernel_ops(self, lr):
         """(outer, step) of the kernel backend: W1's gradient and optimiser step in one pass.
@@ -643,13 +647,7 @@ class ConvSNN:
         fw = self._forward(X, ids, epoch)
         loss, prob = cnp.softmax_xent(fw["logits"], y)
         correct = int((fw["logits"].argmax(axis=1) == y).sum())
-        if self._K is None:
-            outer, back = self._w1_numpy_ops()
-
-            def step(c_h, d):
-                return outer(c_h, d), back(d)
-        else:
-            outer, step = self._w1_kernel_ops(lr)
+        outer, step = self._w1_numpy_ops() if self._K is None else self._w1_kernel_ops(lr)
         if c.trainer == "reference":
             g = cnp.reference_backward(self._p, fw, prob, y, w1_outer=outer)
             cnp.reference_update(self._p, g, lr)

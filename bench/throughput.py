@@ -83,6 +83,11 @@ def main(argv=None):
     for path in args.models:
         if not os.path.isfile(path):
             p.error(f"--models: no such file: {path}")
+        try:
+            from snnfast.convsnn import ConvSNN
+            ConvSNN.load(path)
+        except (OSError, ValueError) as exc:
+            p.error(f"--models: {exc}")
 
     from snnfast import effective_n_threads
     from snnfast._config import config_dict

@@ -3,11 +3,13 @@
     python -m snnfast.train [--preset seed|default|nir] [--epochs N] [--batch-size B] [--lr LR]
                             [--threads N] [--seed S] [--dataset mnist|fashion-mnist]
                             [--data-dir D] [--val-size N] [--out RUN_DIR] [--resume]
+                            [--reseeded-noise]
 
-Writes into the run directory (default ``runs/<preset>-<dataset>-<seed>``): ``model.h5``
-(best-validation weights + metrics), ``checkpoint.h5`` (after every epoch and on Ctrl-C) and
-``metrics.json``. ``--resume`` continues from ``checkpoint.h5`` and reaches the same weights
-as an uninterrupted run (shuffles, augmentation and noise are functions of (seed, epoch)).
+Writes into the run directory (default ``runs/<preset>[-reseeded]-<dataset>-<seed>``):
+``model.h5`` (best-validation weights + metrics), ``checkpoint.h5`` (after every epoch and
+on Ctrl-C) and ``metrics.json``. ``--resume`` continues from ``checkpoint.h5`` and reaches the
+same weights as an uninterrupted run (shuffles, augmentation and noise are functions of
+(seed, epoch)).
 """
 import argparse
 import sys
@@ -41,9 +43,13 @@ def build_parser():
     p.add_argument("--data-dir", default=None, help="data cache directory")
     p.add_argument("--val-size", type=nonneg_int, default=None,
                    help="validation images held out of the training set (default: 5000)")
-    p.add_argument("--out", default=None, help="run directory (default: runs/<preset>-<dataset>-"
-                                               "<seed>)")
+    p.add_argument("--out", default=None, help="run directory (default: runs/<preset>"
+                                               "[-reseeded]-<dataset>-<seed>)")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.h5")
+    p.add_argument("--reseeded-noise", action="store_true",
+                   help="--preset seed only: the reference code's quirk of drawing the "
+                        "stochastic input spikes from a generator re-seeded with 42 on every "
+                        "forward pass, so every batch position sees the same noise")
     p.add_argument("--backend", choices=("kernels", "numpy"), default="kernels",
                    help=argparse.SUPPRESS)
     p.add_argument("--limit-train", type=positive_int, default=None, help=argparse.SUPPRESS)
@@ -110,19 +116,26 @@ def main(argv=None):
     from .convsnn import ConvSNN
     from .datasets import train_val_split
 
-    run_dir = Path(args.out or f"runs/{args.preset}-{args.dataset}-{args.seed}")
+    if args.reseeded_noise and args.preset != "seed":
+        parser.error("--reseeded-noise applies to --preset seed only")
+    tag = f"{args.preset}-reseeded" if args.reseeded_noise else args.preset
+    run_dir = Path(args.out or f"runs/{tag}-{args.dataset}-{args.seed}")
     ckpt_path, model_path = run_dir / "checkpoint.h5", run_dir / "model.h5"
     metrics_path = run_dir / "metrics.json"
     overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size),
-                                   ("lr", args.lr), ("val_size", args.val_size))
+                                   ("lr", args.lr), ("val_size", args.val_size),
+                                   ("reseeded_noise", args.reseeded_noise or None))
                  if v is not None}
     if args.resume:
         if not ckpt_path.is_file():
             parser.error(f"--resume: no checkpoint at {ckpt_path}")
         model = ConvSNN.load(ckpt_path, n_threads=args.threads, backend=args.backend)
-        if model.config.preset != args.preset or model.config.seed != args.seed:
+        if (model.config.preset != args.preset or model.config.seed != args.seed
+                or model.config.reseeded_noise != args.reseeded_noise):
+            flag = " --reseeded-noise" if model.config.reseeded_noise else ""
             parser.error(f"--resume: {ckpt_path} holds preset {model.config.preset!r} seed "
-                         f"{model.config.seed}; pass the same --preset/--seed")
+                         f"{model.config.seed}{flag}; pass the same --preset/--seed/"
+                         f"--reseeded-noise")
         epochs = args.epochs or model.config.epochs
         print(f"resuming {ckpt_path} after epoch {model.epoch_} (step {model.step_})")
     else:

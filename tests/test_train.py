@@ -26,6 +26,26 @@ def test_bad_arguments_exit_2(bad, capsys):
     assert "usage:" in err and "error:" in err
 
 
+def test_reseeded_noise_only_with_the_seed_preset(capsys):
+    with pytest.raises(SystemExit) as exc:
+        train_cli.main(TINY + ["--reseeded-noise"])
+    assert exc.value.code == 2
+    assert "--preset seed only" in capsys.readouterr().err
+
+
+def test_reseeded_noise_reaches_the_model_and_guards_resume(tmp_path, capsys):
+    run = tmp_path / "r"
+    seed = TINY + ["--preset", "seed", "--epochs", "1", "--out", str(run)]
+    assert train_cli.main(seed + ["--reseeded-noise"]) == 0
+    model = ConvSNN.load(run / "model.h5", backend="numpy")
+    assert model.config.reseeded_noise and model.config.preset == "seed"
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:       # resuming without the flag is another run
+        train_cli.main(seed + ["--resume"])
+    assert exc.value.code == 2
+    assert "--reseeded-noise" in capsys.readouterr().err
+
+
 def test_resume_without_checkpoint_is_an_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         train_cli.main(TINY + ["--out", str(tmp_path / "none"), "--resume"])

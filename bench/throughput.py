@@ -80,6 +80,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.repeats < 1:
         p.error("--repeats must be >= 1")
+    if not args.presets and not args.models:
+        p.error("nothing to measure: give --presets and/or --models")
     for path in args.models:
         if not os.path.isfile(path):
             p.error(f"--models: no such file: {path}")

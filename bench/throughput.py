@@ -18,7 +18,6 @@ trained models (e.g. the README's runs): both backends load the same file, infer
 """
 import argparse
 import json
-import os
 import sys
 
 from _timing import median_time  # bench/_timing.py (the script directory is on sys.path)
@@ -82,13 +81,11 @@ def main(argv=None):
         p.error("--repeats must be >= 1")
     if not args.presets and not args.models:
         p.error("nothing to measure: give --presets and/or --models")
-    for path in args.models:
-        if not os.path.isfile(path):
-            p.error(f"--models: no such file: {path}")
+    from snnfast.convsnn import ConvSNN
+    for path in args.models:       # fail now, not after the presets' minutes of timing
         try:
-            from snnfast.convsnn import ConvSNN
-            ConvSNN.load(path)
-        except (OSError, ValueError) as exc:
+            ConvSNN.load(path)     # a clear ValueError for missing, foreign or damaged files
+        except ValueError as exc:
             p.error(f"--models: {exc}")
 
     from snnfast import effective_n_threads

@@ -238,6 +238,8 @@ cdef void conv_sample(const uint8_t *img, uint64_t key, const float *wT, const f
         v[k] = 0.0
         I[k] = 0.0
         cnt[k] = 0
+    for k in range(784):
+        n_in[k] = 0
     for t in range(T):
         n = encode_step(img, nz, n_nz, t, n_det, det, key, pix)
         ev = 0
@@ -268,6 +270,8 @@ def conv_forward_into(const uint8_t[:, ::1] images, const int64_t[::1] sample_id
                       uint8_t[:, :, ::1] rec, bint record, int n_threads, bint gather=False):
     """Fill the preallocated outputs (see snnfast._convsnn_kernels.conv_forward).
 
+    Every element of the outputs is written (they may be uninitialised), except ``spk_idx``
+    past ``spk_cnt`` and ``rec``, which must be zeroed when ``record`` is set.
     ``gather`` selects the dense-gather conv instead of the event-driven scatter (same bits).
     """
     cdef Py_ssize_t B = images.shape[0]
@@ -351,3 +355,23 @@ def dense_spikes_into(const uint16_t[:, :, ::1] spk_idx, const int32_t[:, ::1] s
                 else:
                     bad += 1
     return bad
+
+
+def shift_images_into(const uint8_t[:, ::1] images, const int64_t[::1] dy,
+                      const int64_t[::1] dx, uint8_t[:, ::1] out):
+    """out[b] = images[b] (28x28) moved by (dy[b], dx[b]), zero fill (out must be zeroed).
+
+    ``out[y, x] = images[y - dy, x - dx]`` where that pixel exists. Shifts must satisfy
+    ``|dy|, |dx| < 28`` (checked by the caller).
+    """
+    cdef Py_ssize_t b, y, x, x0, x1, sy
+    with nogil:
+        for b in range(images.shape[0]):
+            x0 = dx[b] if dx[b] > 0 else 0                  # first output column with a source
+            x1 = 28 + dx[b] if dx[b] < 0 else 28
+            for y in range(28):
+                sy = y - dy[b]
+                if sy < 0 or sy >= 28:
+                    continue
+                for x in range(x0, x1):
+                    out[b, y * 28 + x] = images[b, sy * 28 + x - dx[b]]

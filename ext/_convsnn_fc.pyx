@@ -231,11 +231,14 @@ cdef extern from *:
         return tail == 0.0f;
     }
 
-    /* Number of spike indices >= 2304 in one sample's valid lists. */
+    /* Number of spike indices >= 2304 in one sample's valid lists, plus one for every
+       count outside [0, 2304] (whose list is then not read). */
     static int64_t snn_count_bad(const uint16_t *idx, const int32_t *cnt, int T) {
         int64_t bad = 0;
-        for (int t = 0; t < T; t++)
+        for (int t = 0; t < T; t++) {
+            if (cnt[t] < 0 || cnt[t] > 2304) { bad++; continue; }
             for (int k = 0; k < cnt[t]; k++) bad += idx[(size_t)t * 2304 + k] >= 2304;
+        }
         return bad;
     }
     """
@@ -257,19 +260,23 @@ def hidden_forward_into(const uint16_t[:, :, ::1] spk_idx, const int32_t[:, ::1]
                         const float[:, :, ::1] W1b, const float[::1] b1,
                         const uint8_t[::1] is_update, float beta, float thr, float scale,
                         int reset, int drive, int32_t[:, ::1] n_h, float[:, ::1] ih_sum,
-                        int32_t[:, :, ::1] part, uint8_t[:, :, ::1] rec, bint record,
+                        int32_t[:, :, ::1] part, int64_t[:, ::1] hid_count,
+                        int64_t[:, ::1] fc1_adds, uint8_t[:, :, ::1] rec, bint record,
                         int n_threads):
     """Fill the preallocated outputs (see snnfast._convsnn_kernels.hidden_forward).
 
-    Returns ``(n_bad_indices, n_nonfinite_blocks)``. With bad indices nothing is computed;
-    with non-finite blocks of W1b the outputs are garbage and must be discarded.
+    ``part`` (zeroed, one count per block, sample and step) is scratch; ``n_h``, ``ih_sum``,
+    ``hid_count`` and ``fc1_adds`` are written in full (they may be uninitialised).
+    Returns ``(n_bad, n_nonfinite_blocks)``: ``n_bad`` counts spike indices >= 2304 and
+    spike counts outside [0, 2304]; if it is nonzero nothing is computed. With non-finite
+    blocks of W1b the outputs are garbage and must be discarded.
     """
     cdef Py_ssize_t B = spk_cnt.shape[0], T = spk_cnt.shape[1]
     cdef Py_ssize_t nblk = W1b.shape[0], bw = W1b.shape[2]
     cdef Py_ssize_t ngroup = (B + 3) // 4
     cdef Py_ssize_t p, k, b
     cdef int last = -1, t
-    cdef int64_t bad = 0
+    cdef int64_t bad = 0, rows, total
     cdef int nonfinite = 0
     cdef uint8_t *rec_p
     for t in range(T):
@@ -300,4 +307,18 @@ def hidden_forward_into(const uint16_t[:, :, ::1] spk_idx, const int32_t[:, ::1]
                           scale, reset, drive == 1, 4 if b + 4 <= B else <int>(B - b),
                           &spk_idx[b, 0, 0], &spk_cnt[b, 0], &n_h[b, k * bw],
                           &ih_sum[b, k * bw], &part[k, b, 0], rec_p, <int>T)
+    # per-step totals: hidden spikes summed over the blocks; FC1 row adds = the conv spikes
+    # since the previous update, counted at the update that adds them
+    for b in range(B):
+        rows = 0
+        for t in range(T):
+            total = 0
+            for k in range(nblk):
+                total += part[k, b, t]
+            hid_count[b, t] = total
+            if t <= last:
+                rows += spk_cnt[b, t]
+            fc1_adds[b, t] = rows * 1024 if is_update[t] else 0
+            if is_update[t]:
+                rows = 0
     return 0, nonfinite

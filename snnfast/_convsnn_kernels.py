@@ -56,7 +56,8 @@ __all__ = [
     "N_PIX", "N_CONV", "N_HID", "SUPPORTED_BLOCK_WIDTHS", "BLOCK_WIDTH", "EVAL_EPOCH",
     "ConvResult", "HiddenResult", "det_table", "update_steps", "conv_event_table",
     "uniform24", "to_blocked", "from_blocked", "conv_forward", "hidden_forward", "adam_step",
-    "w1_adam_step", "w1_sgd_step", "conv_rate_currents", "conv_rate_input_grad", "ema_step",
+    "adam_step_many", "w1_adam_step", "w1_sgd_step", "conv_rate_currents",
+    "conv_rate_input_grad", "ema_step",
 ]
 
 N_PIX = 784
@@ -478,12 +479,13 @@ def conv_forward(images, sample_ids, seed, epoch, conv_w, conv_b, *, T=10, n_det
     nt = _threads(n_threads)
 
     det = _det_table(T, n_det)  # cached, read-only use
+    # every element of these is written by the kernel (by the thread that owns its sample)
     spk_idx = np.empty((B, T, N_CONV), np.uint16)
-    spk_cnt = np.zeros((B, T), np.int32)
-    n_in = np.zeros((B, N_PIX), np.int32)
-    n_c = np.zeros((B, N_CONV), np.int32)
-    in_count = np.zeros((B, T), np.int64)
-    conv_events = np.zeros((B, T), np.int64)
+    spk_cnt = np.empty((B, T), np.int32)
+    n_in = np.empty((B, N_PIX), np.int32)
+    n_c = np.empty((B, N_CONV), np.int32)
+    in_count = np.empty((B, T), np.int64)
+    conv_events = np.empty((B, T), np.int64)
     rec = np.zeros((B, T, N_PIX) if record_input else (0, 0, 0), np.uint8)
     if B:
         # taps transposed to (25, 16): one input spike adds a 16-channel vector per position
@@ -530,9 +532,7 @@ def hidden_forward(conv, W1b, b1, *, beta=0.9, thr=0.8, reset="subtract", period
         raise TypeError(f"conv must be a ConvResult, got {type(conv).__name__}")
     B, T = conv.spk_cnt.shape
     check_array(conv.spk_idx, "conv.spk_idx", np.uint16, shape=(B, T, N_CONV))
-    check_array(conv.spk_cnt, "conv.spk_cnt", np.int32, shape=(B, T))
-    if B and (conv.spk_cnt.min() < 0 or conv.spk_cnt.max() > N_CONV):
-        raise ValueError("conv.spk_cnt out of range [0, 2304]")
+    check_array(conv.spk_cnt, "conv.spk_cnt", np.int32, shape=(B, T))  # range: in the kernel
     bw = _check_blocked(W1b, "W1b")  # finiteness: checked by the kernel, see below
     check_array(b1, "b1", np.float32, shape=(N_HID,), finite=True)
     beta = _check_float(beta, "beta")
@@ -543,38 +543,41 @@ def hidden_forward(conv, W1b, b1, *, beta=0.9, thr=0.8, reset="subtract", period
     steps = update_steps(T, period, phase)
     nt = _threads(n_threads)
 
-    n_h = np.zeros((B, N_HID), np.int32)
-    ih_sum = np.zeros((B, N_HID), np.float32)
-    part = np.zeros((N_HID // bw, B, T), np.int32)
+    run = bool(B and steps)
+    alloc = np.empty if run else np.zeros     # the kernel writes these in full
+    n_h = alloc((B, N_HID), np.int32)
+    ih_sum = alloc((B, N_HID), np.float32)
+    hid_count = alloc((B, T), np.int64)
+    fc1_adds = alloc((B, T), np.int64)
     rec = np.zeros((B, T, N_HID) if record else (0, 0, 0), np.uint8)
-    is_update = np.zeros(T, np.uint8)
-    is_update[list(steps)] = 1
-    if B and steps:
+    if run:
+        part = np.zeros((N_HID // bw, B, T), np.int32)
         n_bad, n_nonfinite = _convsnn_fc.hidden_forward_into(
-            conv.spk_idx, conv.spk_cnt, W1b, b1, is_update, beta, thr, scale, reset_code,
-            drive_code, n_h, ih_sum, part, rec, bool(record), nt)
+            conv.spk_idx, conv.spk_cnt, W1b, b1, _update_mask(T, steps), beta, thr, scale,
+            reset_code, drive_code, n_h, ih_sum, part, hid_count, fc1_adds, rec, bool(record),
+            nt)
         if n_bad:
             # checked by the kernel before any W1 row is read through an index
-            raise ValueError(f"conv.spk_idx holds {n_bad} index(es) >= 2304 in its valid part")
+            raise ValueError(f"conv.spk_cnt out of range [0, 2304] or conv.spk_idx holding "
+                             f"indices >= 2304 in its valid part ({n_bad} found)")
         if n_nonfinite:
             # checked inside the kernel (fused with its first pass over each block: a
             # separate np.isfinite pass over 9 MB would cost ~0.5 ms per call)
             raise ValueError(f"W1b contains NaN or infinite values ({n_nonfinite} block(s))")
-    hid_count = part.sum(0, dtype=np.int64)
-    fc1_adds = _fc1_adds(conv.spk_cnt, steps)
     return HiddenResult(n_h, ih_sum, hid_count, fc1_adds, steps, rec if record else None)
 
 
-def _fc1_adds(spk_cnt, steps):
-    """Rows added x 1024 per (sample, update step): conv spikes since the previous update."""
-    B, T = spk_cnt.shape
-    out = np.zeros((B, T), np.int64)
-    csum = np.concatenate([np.zeros((B, 1), np.int64), np.cumsum(spk_cnt, 1, dtype=np.int64)], 1)
-    prev = 0
-    for t in steps:
-        out[:, t] = (csum[:, t + 1] - csum[:, prev]) * N_HID
-        prev = t + 1
-    return out
+@lru_cache(maxsize=64)
+def _update_mask_cached(T, steps):
+    m = np.zeros(T, np.uint8)
+    m[list(steps)] = 1
+    m.flags.writeable = False
+    return m
+
+
+def _update_mask(T, steps):
+    """uint8 (T,): 1 on hidden-update steps (cached, read-only)."""
+    return _update_mask_cached(T, tuple(steps))
 
 
 def adam_step(param, grad, m, v, *, lr, beta1=0.9, beta2=0.999, eps=1e-8, step,
@@ -602,17 +605,32 @@ def adam_step(param, grad, m, v, *, lr, beta1=0.9, beta2=0.999, eps=1e-8, step,
         counts non-finite gradients during the update and raises ValueError afterwards
         (then the affected entries of ``param``, ``m``, ``v`` are already non-finite).
     """
+    adam_step_many([param], [grad], [m], [v], lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+                   step=step, n_threads=n_threads, check_finite=check_finite)
+
+
+def adam_step_many(params, grads, ms, vs, *, lr, beta1=0.9, beta2=0.999, eps=1e-8, step,
+                   n_threads=None, check_finite=True):
+    """:func:`adam_step` on several arrays at once (lists of equal length), e.g. all the small
+    parameters of a model: validated together, the constants computed once. With
+    ``check_finite`` a non-finite gradient anywhere raises before any array is changed.
+    """
     from . import _adam
-    check_array(param, "param", np.float32)
-    for a, name in ((grad, "grad"), (m, "m"), (v, "v")):
-        check_array(a, name, np.float32, shape=param.shape)
-    if check_finite and not np.isfinite(grad).all():
-        raise ValueError("grad contains NaN or infinite values")
-    _check_distinct(param=param, grad=grad, m=m, v=v)
-    b1, omb1, b2, omb2, step_size, rbc2, eps = _adam_constants(lr, beta1, beta2, eps, step)
-    n_bad = _adam.adam_step_into(
-        param.reshape(-1), grad.reshape(-1), m.reshape(-1), v.reshape(-1), b1, omb1, b2, omb2,
-        step_size, rbc2, eps, _threads(n_threads))
+    if not len(params) == len(grads) == len(ms) == len(vs):
+        raise ValueError("params, grads, ms and vs must have the same length")
+    for param, grad, m, v in zip(params, grads, ms, vs):
+        check_array(param, "param", np.float32)
+        for a, name in ((grad, "grad"), (m, "m"), (v, "v")):
+            check_array(a, name, np.float32, shape=param.shape)
+        if check_finite and not np.isfinite(grad).all():
+            raise ValueError("grad contains NaN or infinite values")
+        _check_distinct(param=param, grad=grad, m=m, v=v)
+    consts = _adam_constants(lr, beta1, beta2, eps, step)
+    nt = _threads(n_threads)
+    n_bad = 0
+    for param, grad, m, v in zip(params, grads, ms, vs):
+        n_bad += _adam.adam_step_into(param.reshape(-1), grad.reshape(-1), m.reshape(-1),
+                                      v.reshape(-1), *consts, nt)
     if n_bad:
         raise ValueError(f"grad contained {n_bad} NaN or infinite values; the matching "
                          "entries of param, m and v are now non-finite")

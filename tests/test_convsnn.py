@@ -208,9 +208,9 @@ def test_kernels_match_numpy_backend(preset):
     mk = ConvSNN(preset, seed=3, n_threads=2)
     X = _images(6, seed=2).reshape(6, 784)
     ids = np.arange(6) + 100
-    fk = mk._forward(X, ids, 4, record=True)
+    fk = mk._forward(X, ids, 4, record=True, train=True)
     fn = cnp.forward(mk.params, X, ids, 4, mk.config, exact=True, record=True)
-    for k in ("s_in", "z_c", "z_h", "n_in", "n_c", "n_h", "logits", "a_h"):
+    for k in ("s_in", "z_c", "z_h", "n_in", "n_c", "n_h", "logits", "a_h", "r_in", "r_c"):
         np.testing.assert_array_equal(fk[k], fn[k], err_msg=k)
     for k in fn["counts"]:
         np.testing.assert_array_equal(fk["counts"][k], fn["counts"][k], err_msg=k)
@@ -289,6 +289,34 @@ def test_shift_images():
     assert (b[0, 0] == 0).all()
     np.testing.assert_array_equal(b[1, :, :-2], a[1, :, 2:])
     assert (b[1, :, -2:] == 0).all()
+
+
+def _shift_reference(X, dy, dx):
+    out = np.zeros((len(X), 28, 28), np.uint8)
+    for b, img in enumerate(X.reshape(-1, 28, 28)):
+        for y in range(28):
+            for x in range(28):
+                if 0 <= y - dy[b] < 28 and 0 <= x - dx[b] < 28:
+                    out[b, y, x] = img[y - dy[b], x - dx[b]]
+    return out.reshape(len(X), 784)
+
+
+@pytest.mark.parametrize("kernels", [True, False])
+def test_shift_images_random(kernels, monkeypatch):
+    import sys
+    if not kernels:           # the NumPy fallback used when the extensions are not built
+        monkeypatch.setitem(sys.modules, "snnfast._convsnn_conv", None)
+    rng = np.random.default_rng(5)
+    X = rng.integers(1, 256, (40, 784)).astype(np.uint8)
+    for s in (1, 4, 27):
+        dy, dx = rng.integers(-s, s + 1, (2, 40))
+        dy[:2], dx[:2] = (s, -s), (-s, 0)
+        np.testing.assert_array_equal(shift_images(X, dy, dx), _shift_reference(X, dy, dx))
+    zero = np.zeros(40, np.int64)
+    np.testing.assert_array_equal(shift_images(X, zero, zero), X)
+    for bad in [(X, zero + 28, zero), (X[:, :700], zero, zero), (X, zero[:3], zero)]:
+        with pytest.raises(ValueError):
+            shift_images(*bad)
 
 
 def test_schedules():

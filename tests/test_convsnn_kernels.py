@@ -129,6 +129,27 @@ def test_forward_matches_oracle(preset):
     assert hr.update_steps == tuple(t for t in range(10) if t % mode["period"] == mode["phase"])
 
 
+def test_outputs_written_in_full(monkeypatch):
+    # the wrappers allocate most outputs uninitialised: every element must come from the
+    # kernels, so outputs allocated over junk must still equal the oracle
+    real_empty = np.empty
+
+    def junk_empty(shape, dtype=float, **kw):
+        a = real_empty(shape, dtype, **kw)
+        a.reshape(-1).view(np.uint8)[:] = 0xA5
+        return a
+    rng = np.random.default_rng(19)
+    B = 6
+    images = random_images(rng, B)
+    sids = np.arange(B, dtype=np.int64)
+    params = random_params(rng)
+    mode = PRESETS["default"]
+    monkeypatch.setattr(np, "empty", junk_empty)
+    cr, hr = run_kernels(images, sids, 5, 1, params, mode)
+    monkeypatch.undo()
+    assert_matches_oracle(cr, hr, O.forward(images, sids, 5, 1, *params, T=10, n_det=5, **mode))
+
+
 @pytest.mark.parametrize("bw", K.SUPPORTED_BLOCK_WIDTHS)
 def test_every_block_width_matches_oracle(bw):
     rng = np.random.default_rng(100 + bw)
@@ -395,9 +416,10 @@ def test_bad_hidden_inputs(good):
         bad_cr.conv_spikes()
     with pytest.raises(ValueError, match="2304"):
         bad_cr.drive_counts(2, 1, "window")
-    cnt[0, 0] = 3000
-    with pytest.raises(ValueError):
-        _hidden(g, conv=dataclasses.replace(g["cr"], spk_cnt=cnt))
+    for wrong in (3000, -1):                  # counts are range-checked inside the kernel
+        cnt[0, 0] = wrong
+        with pytest.raises(ValueError, match="spk_cnt out of range"):
+            _hidden(g, conv=dataclasses.replace(g["cr"], spk_idx=g["cr"].spk_idx, spk_cnt=cnt))
     with pytest.raises(ValueError):
         dataclasses.replace(g["cr"], spk_cnt=cnt).conv_spikes()
 
@@ -567,3 +589,27 @@ def test_bad_adam_inputs():
         K.adam_step(a, a.copy(), a.copy(), a.copy(), lr=-1.0, step=1)
     with pytest.raises(ValueError):
         K.adam_step(a, a.copy(), a.copy(), a.copy(), lr=1e-3, beta1=1.0, step=1)
+
+
+def test_adam_step_many_equals_one_by_one():
+    rng = np.random.default_rng(23)
+    shapes = [(16, 1, 5, 5), (16,), (1024,), (1024, 10), (10,)]
+    P = [rng.normal(size=s).astype(np.float32) for s in shapes]
+    G = [rng.normal(size=s).astype(np.float32) for s in shapes]
+    M = [rng.normal(size=s).astype(np.float32) for s in shapes]
+    V = [rng.random(s).astype(np.float32) for s in shapes]
+    one = [[a.copy() for a in arrs] for arrs in (P, M, V)]
+    for i in range(len(shapes)):
+        K.adam_step(one[0][i], G[i], one[1][i], one[2][i], lr=3e-3, step=7)
+    K.adam_step_many(P, G, M, V, lr=3e-3, step=7)
+    for got, want in zip(P + M + V, one[0] + one[1] + one[2]):
+        np.testing.assert_array_equal(got, want)
+    # a non-finite gradient anywhere: an error before any array changes
+    before = [a.copy() for a in P]
+    G[3][2, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        K.adam_step_many(P, G, M, V, lr=3e-3, step=8)
+    for got, want in zip(P, before):
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="same length"):
+        K.adam_step_many(P, G[:2], M, V, lr=3e-3, step=8)

@@ -109,9 +109,10 @@ cdef extern from *:
         return x;
     }
 
-    /* Conv LIF on the [pos][16] layout; clears I for the next step. Emits the spikes as ascending j = c*144 + pos: the [pos][c] spike bits
-       become per-channel bitsets through bit transposes, and each 64-bit word is unpacked
-       with a fixed 8-step loop (no data-dependent branch unless a word holds > 8 spikes). */
+    /* Conv LIF on the [pos][16] layout; clears I for the next step. Emits the spikes as
+       ascending j = c*144 + pos: the [pos][c] spike bits become per-channel bitsets through
+       bit transposes, and each 64-bit word is unpacked with a fixed 8-step loop (no
+       data-dependent branch unless a word holds > 8 spikes). */
     static inline int snn_conv_lif(float *v, float *I, const float *bias, float beta, float thr,
                                    uint16_t *out) {
         uint64_t chan[16][3];          /* 144 bits per channel: bit pos % 64 of word pos / 64 */

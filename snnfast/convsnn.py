@@ -491,7 +491,8 @@ class ConvSNN:
                   n_h=hid.n_h, n_updates=U, conv=conv)
         if train:
             # only the backward pass reads these: evaluation need not build them
-            fw.update(r_in=conv.n_in.astype(np.float32) / T, r_c=conv.n_c.astype(np.float32) / T,
+            fw.update(r_in=conv.n_in.astype(np.float32) / T,
+                      r_c=conv.n_c.astype(np.float32) / T,
                       a_h=hid.ih_sum / np.float32(max(U, 1)))
         fw["counts"] = dict(input_spikes=conv.in_count,
                             conv_spikes=conv.spk_cnt.astype(np.int64),
@@ -572,8 +573,8 @@ class ConvSNN:
                 **self._rates(acc, n)}
 
     def _acc_rates(self, acc, fw):
-        # the per-step counters (B x T) hold the same totals as n_in, n_c, n_h, at a tenth
-        # of the cost of summing those
+        # the per-step counters hold the same totals as n_in, n_c, n_h in B x T elements
+        # instead of B x 4 112
         cnt = fw["counts"]
         acc["in"] += float(cnt["input_spikes"].sum())
         acc["c"] += float(cnt["conv_spikes"].sum())

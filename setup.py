@@ -119,6 +119,8 @@ def _write_build_info():
 def _extensions():
     only = {s.strip() for s in os.environ.get("SNNFAST_BUILD_ONLY", "").split(",") if s.strip()}
     exts = []
+    # C headers shared by several kernels: a change to one rebuilds them all
+    headers = sorted(str(h.relative_to(HERE)) for h in (HERE / "ext").glob("*.h"))
     for pyx in sorted((HERE / "ext").glob("*.pyx")):
         name = pyx.stem
         if only and name not in only:
@@ -127,6 +129,7 @@ def _extensions():
             f"snnfast.{name}",
             sources=[str(pyx.relative_to(HERE))],
             include_dirs=[np.get_include(), "ext"],
+            depends=headers,
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
             extra_compile_args=CFLAGS,
             extra_link_args=LDFLAGS,

@@ -4,30 +4,19 @@
 # computes the bias-correction constants). Elementwise, so any chunking gives the same bits.
 from cython.parallel cimport prange
 
+cdef extern from "snn_adam8.h":     # the vector formula, shared with _convsnn_w1.pyx
+    pass
+
 cdef extern from *:
     """
     #include <math.h>
     #include <stddef.h>
     #include <stdint.h>
     #include <string.h>
-    #if defined(__AVX__)
-    #include <immintrin.h>
-    #endif
     typedef float snn_a8f __attribute__((vector_size(32)));
     typedef int32_t snn_a8i __attribute__((vector_size(32)));
 
     static inline snn_a8f snn_a_ld(const float *p) { snn_a8f x; memcpy(&x, p, 32); return x; }
-    static inline void snn_a_st(float *p, snn_a8f x) { memcpy(p, &x, 32); }
-    /* IEEE sqrt is correctly rounded, so the vector and scalar forms give the same bits;
-       explicit because sqrtf's errno semantics stop the auto-vectoriser. */
-    static inline snn_a8f snn_a_sqrt(snn_a8f x) {
-    #if defined(__AVX__)
-        return (snn_a8f)_mm256_sqrt_ps((__m256)x);
-    #else
-        for (int l = 0; l < 8; l++) x[l] = sqrtf(x[l]);
-        return x;
-    #endif
-    }
 
     static inline float snn_adam_one(float *p, float g, float *m, float *v, float b1,
                                      float omb1, float b2, float omb2, float step_size,
@@ -43,21 +32,13 @@ cdef extern from *:
     static ptrdiff_t snn_adam_chunk(float *p, const float *g, float *m, float *v, ptrdiff_t n,
                                     float b1, float omb1, float b2, float omb2, float step_size,
                                     float rbc2, float eps) {
-        const snn_a8f one = {1, 1, 1, 1, 1, 1, 1, 1};
-        const snn_a8f vb1 = one * b1, vomb1 = one * omb1, vb2 = one * b2, vomb2 = one * omb2;
-        const snn_a8f vstep = one * step_size, vrbc2 = one * rbc2, veps = one * eps;
-        const snn_a8f zero = one - one;
+        const snn_a8f zero = {0};
         snn_a8i bad = (snn_a8i)zero;   /* fused finiteness count: g - g != 0 for NaN/inf */
         ptrdiff_t i = 0, nonfinite = 0;
         for (; i + 8 <= n; i += 8) {
             snn_a8f gi = snn_a_ld(g + i);
             bad -= (gi - gi) != zero;
-            snn_a8f mi = vb1 * snn_a_ld(m + i) + vomb1 * gi;
-            snn_a8f vi = vb2 * snn_a_ld(v + i) + vomb2 * (gi * gi);
-            snn_a8f denom = snn_a_sqrt(vi) * vrbc2 + veps;
-            snn_a_st(m + i, mi);
-            snn_a_st(v + i, vi);
-            snn_a_st(p + i, snn_a_ld(p + i) - vstep * (mi / denom));
+            snn_adam8(p + i, m + i, v + i, gi, b1, omb1, b2, omb2, step_size, rbc2, eps);
         }
         for (int l = 0; l < 8; l++) nonfinite += bad[l];
         for (; i < n; i++) {

@@ -23,16 +23,15 @@ from cython.parallel cimport prange, threadid
 from libc.stdlib cimport calloc, free
 from libc.stdint cimport int32_t, int64_t
 
+cdef extern from "snn_adam8.h":     # Adam's formula, shared with _adam.pyx
+    pass
+
 cdef extern from *:
     """
-    #include <math.h>
     #include <stddef.h>
     #include <stdint.h>
     #include <stdlib.h>
     #include <string.h>
-    #if defined(__AVX__)
-    #include <immintrin.h>
-    #endif
     typedef float snn_w8 __attribute__((vector_size(32)));
     typedef int32_t snn_w8i __attribute__((vector_size(32)));
     /* SNN_W1_LD: row stride of the gathered W1 rows and of d in the back product. Rows
@@ -49,14 +48,6 @@ cdef extern from *:
     #else
     #define SNN_W_PIN(x) ((void)0)
     #endif
-    static inline snn_w8 snn_w_sqrt(snn_w8 x) {
-    #if defined(__AVX__)
-        return (snn_w8)_mm256_sqrt_ps((__m256)x);
-    #else
-        for (int l = 0; l < 8; l++) x[l] = sqrtf(x[l]);
-        return x;
-    #endif
-    }
 
     typedef struct {
         int adam;                  /* 1: Adam (m, v); 0: w = (w - rate*g) * decay */
@@ -91,13 +82,8 @@ cdef extern from *:
         const snn_w8 zero = {0}, one = zero + 1.0f;
         snn_w8i bad = (g - g) != zero;
         if (o->adam) {
-            /* the formula of _adam.pyx, element for element */
-            snn_w8 mi = (one * o->b1) * snn_w_ld(m) + (one * o->omb1) * g;
-            snn_w8 vi = (one * o->b2) * snn_w_ld(v) + (one * o->omb2) * (g * g);
-            snn_w8 denom = snn_w_sqrt(vi) * (one * o->rbc2) + one * o->eps;
-            snn_w_st(m, mi);
-            snn_w_st(v, vi);
-            snn_w_st(w, snn_w_ld(w) - (one * o->step_size) * (mi / denom));
+            snn_adam8(w, m, v, g, o->b1, o->omb1, o->b2, o->omb2, o->step_size, o->rbc2,
+                      o->eps);
         } else {
             snn_w_st(w, (snn_w_ld(w) - (one * o->rate) * g) * (one * o->decay));
         }

@@ -552,10 +552,11 @@ def hidden_forward(conv, W1b, b1, *, beta=0.9, thr=0.8, reset="subtract", period
     rec = np.zeros((B, T, N_HID) if record else (0, 0, 0), np.uint8)
     if run:
         part = np.zeros((N_HID // bw, B, T), np.int32)
+        is_update = np.zeros(T, np.uint8)
+        is_update[list(steps)] = 1
         n_bad, n_nonfinite = _convsnn_fc.hidden_forward_into(
-            conv.spk_idx, conv.spk_cnt, W1b, b1, _update_mask(T, steps), beta, thr, scale,
-            reset_code, drive_code, n_h, ih_sum, part, hid_count, fc1_adds, rec, bool(record),
-            nt)
+            conv.spk_idx, conv.spk_cnt, W1b, b1, is_update, beta, thr, scale, reset_code,
+            drive_code, n_h, ih_sum, part, hid_count, fc1_adds, rec, bool(record), nt)
         if n_bad:
             # checked by the kernel before any W1 row is read through an index
             raise ValueError(f"conv.spk_cnt out of range [0, 2304] or conv.spk_idx holding "
@@ -565,19 +566,6 @@ def hidden_forward(conv, W1b, b1, *, beta=0.9, thr=0.8, reset="subtract", period
             # separate np.isfinite pass over 9 MB would cost ~0.5 ms per call)
             raise ValueError(f"W1b contains NaN or infinite values ({n_nonfinite} block(s))")
     return HiddenResult(n_h, ih_sum, hid_count, fc1_adds, steps, rec if record else None)
-
-
-@lru_cache(maxsize=64)
-def _update_mask_cached(T, steps):
-    m = np.zeros(T, np.uint8)
-    m[list(steps)] = 1
-    m.flags.writeable = False
-    return m
-
-
-def _update_mask(T, steps):
-    """uint8 (T,): 1 on hidden-update steps (cached, read-only)."""
-    return _update_mask_cached(T, tuple(steps))
 
 
 def adam_step(param, grad, m, v, *, lr, beta1=0.9, beta2=0.999, eps=1e-8, step,

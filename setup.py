@@ -121,7 +121,11 @@ def _extensions():
     exts = []
     # C headers shared by several kernels: a change to one rebuilds them all
     headers = sorted(str(h.relative_to(HERE)) for h in (HERE / "ext").glob("*.h"))
-    for pyx in sorted((HERE / "ext").glob("*.pyx")):
+    sources = sorted((HERE / "ext").glob("*.pyx"))
+    if not sources:
+        # a package without its kernels would install and then fail at the first model
+        sys.exit("setup.py: no Cython sources in ext/ (an incomplete source tree?)")
+    for pyx in sources:
         name = pyx.stem
         if only and name not in only:
             continue

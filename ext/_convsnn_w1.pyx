@@ -12,15 +12,17 @@
 # stream through the cache once, and the gradient of a row segment is summed in registers
 # from the few samples whose conv neuron was active (~10-25 % of them).
 #
-# Work items are tiles of rows of W1 (all of their blocks), so each row is handled by exactly
-# one thread in a fixed order and the results do not depend on the thread count or schedule.
+# With the back product (Adam), work items are tiles of rows of W1 (all of their blocks), which
+# the back product needs whole; without it (SGD), items are runs of rows within one block,
+# so that block's columns of d stay in L1 (~25 % faster). Either way each weight is updated by
+# exactly one thread in a fixed order: results do not depend on the thread count or schedule.
 # Float order (-ffp-contract=off: every product and sum is rounded on its own):
 #   g[i, j]    = sum over b ascending with c[b, i] != 0 of c[b, i] * d[b, j]
 #   back[b, i] = lane sums s_l = sum over j = l (mod 8) ascending of d[b, j] * W1[i, j],
 #                then ((s_0 + s_1) + s_2) + ... + s_7
 # which tests/ reproduce exactly in NumPy.
 from cython.parallel cimport prange, threadid
-from libc.stdlib cimport calloc, free
+from libc.stdlib cimport calloc, free, malloc
 from libc.stdint cimport int32_t, int64_t
 
 cdef extern from "snn_adam8.h":     # Adam's formula, shared with _adam.pyx
@@ -74,20 +76,6 @@ cdef extern from *:
             snn_w1_scratch_free(s); return NULL;
         }
         return s;
-    }
-
-    /* Optimiser step on one 8-float segment; returns the lanes whose gradient is not finite. */
-    static inline snn_w8i snn_w1_apply(float *w, float *m, float *v, snn_w8 g,
-                                       const snn_w1_opt *o) {
-        const snn_w8 zero = {0}, one = zero + 1.0f;
-        snn_w8i bad = (g - g) != zero;
-        if (o->adam) {
-            snn_adam8(w, m, v, g, o->b1, o->omb1, o->b2, o->omb2, o->step_size, o->rbc2,
-                      o->eps);
-        } else {
-            snn_w_st(w, (snn_w_ld(w) - (one * o->rate) * g) * (one * o->decay));
-        }
-        return bad;
     }
 
     static inline float snn_w1_hsum(snn_w8 a) {
@@ -157,18 +145,21 @@ cdef extern from *:
         for (int q = 0; q < SNN_W1_NV; q++) G[q] += cb_ * snn_w_ld(db_ + 8 * q);              \
     } while (0)
 
-    /* Gradient and optimiser step of 8*NV columns (w) of rows r0, r0+1 of one block. The
-       two rows' sums run in lockstep: their independent chains hide the add latency. A
-       macro so that NV is a constant and the gradient stays in registers. */
-    #define SNN_DEF_W1_PAIR(NV)                                                                \
-    static inline snn_w8i snn_w1_pair_##NV(float *w, float *m, float *v, int bw,              \
-            const float *dk, int B, const snn_w1_scratch *s, int r0, const int *nn,           \
-            const snn_w1_opt *o) {                                                             \
+    /* Gradient and optimiser step (RULE: 1 Adam, 0 SGD) of 8*NV columns (w) of two rows of
+       one block, whose nonzero inputs are nzb/nzc[0 .. nn[0]) and nzb/nzc[B .. B + nn[1]).
+       The two rows' sums run in lockstep: their independent chains hide the add latency. A
+       macro so that NV and the rule are constants: the gradient stays in registers and the
+       step has no branch. */
+    #define SNN_DEF_W1_PAIR(NV, RULE, NAME)                                                    \
+    static inline snn_w8i NAME(float *w, float *m, float *v, int bw, const float *dk, int B,  \
+            const int32_t *nzb, const float *nzc, const int *nn, const snn_w1_opt *o) {        \
         enum { SNN_W1_NV = NV };                                                               \
-        const snn_w8 zero = {0};                                                               \
-        const int32_t *b0 = s->nzb + (size_t)r0 * B, *b1 = b0 + B;                             \
-        const float *c0 = s->nzc + (size_t)r0 * B, *c1 = c0 + B;                               \
-        const int n0 = nn[r0], n1 = nn[r0 + 1], nm = n0 < n1 ? n0 : n1;                        \
+        const snn_w8 zero = {0}, one = zero + 1.0f;                                            \
+        /* a copy: the stores through w, m and v may alias *o, which would force reloads */    \
+        const snn_w1_opt c = *o;                                                               \
+        const int32_t *b0 = nzb, *b1 = nzb + B;                                                \
+        const float *c0 = nzc, *c1 = nzc + B;                                                  \
+        const int n0 = nn[0], n1 = nn[1], nm = n0 < n1 ? n0 : n1;                              \
         snn_w8 g0[NV], g1[NV];                                                                 \
         for (int q = 0; q < NV; q++) g0[q] = g1[q] = zero;                                     \
         int n = 0;                                                                             \
@@ -177,15 +168,82 @@ cdef extern from *:
         for (; n < n1; n++) SNN_W1_GRAD_ADD(g1, b1, c1, n);                                    \
         snn_w8i bad = (snn_w8i)zero;                                                           \
         for (int q = 0; q < NV; q++) {                                                         \
-            bad |= snn_w1_apply(w + 8 * q, m ? m + 8 * q : NULL, v ? v + 8 * q : NULL,        \
-                                g0[q], o);                                                     \
-            bad |= snn_w1_apply(w + bw + 8 * q, m ? m + bw + 8 * q : NULL,                    \
-                                v ? v + bw + 8 * q : NULL, g1[q], o);                          \
+            bad |= ((g0[q] - g0[q]) != zero) | ((g1[q] - g1[q]) != zero);                      \
+            if (RULE) {                                                                        \
+                snn_adam8(w + 8 * q, m + 8 * q, v + 8 * q, g0[q], c.b1, c.omb1, c.b2, c.omb2,  \
+                          c.step_size, c.rbc2, c.eps);                                          \
+                snn_adam8(w + bw + 8 * q, m + bw + 8 * q, v + bw + 8 * q, g1[q], c.b1, c.omb1, \
+                          c.b2, c.omb2, c.step_size, c.rbc2, c.eps);                            \
+            } else {                                                                           \
+                const snn_w8 vr = one * c.rate, vd = one * c.decay;                            \
+                snn_w_st(w + 8 * q, (snn_w_ld(w + 8 * q) - vr * g0[q]) * vd);                  \
+                snn_w_st(w + bw + 8 * q, (snn_w_ld(w + bw + 8 * q) - vr * g1[q]) * vd);        \
+            }                                                                                  \
         }                                                                                      \
         return bad;                                                                            \
     }
-    SNN_DEF_W1_PAIR(2)
-    SNN_DEF_W1_PAIR(4)
+    SNN_DEF_W1_PAIR(2, 0, snn_w1_sgd_16)
+    SNN_DEF_W1_PAIR(4, 0, snn_w1_sgd_32)
+    SNN_DEF_W1_PAIR(2, 1, snn_w1_adam_16)
+    SNN_DEF_W1_PAIR(4, 1, snn_w1_adam_32)
+
+    /* Gradient and step of two rows (nonzero lists nzb, nzc, nn as above) over the sub
+       columns at offset off of W (and M, V) and dk of d. */
+    static inline snn_w8i snn_w1_pair(float *W, float *M, float *V, size_t off, int bw, int sub,
+                                      const float *dk, int B, const int32_t *nzb,
+                                      const float *nzc, const int *nn, const snn_w1_opt *o) {
+        if (o->adam)
+            return sub == 32
+                ? snn_w1_adam_32(W + off, M + off, V + off, bw, dk, B, nzb, nzc, nn, o)
+                : snn_w1_adam_16(W + off, M + off, V + off, bw, dk, B, nzb, nzc, nn, o);
+        return sub == 32 ? snn_w1_sgd_32(W + off, NULL, NULL, bw, dk, B, nzb, nzc, nn, o)
+                         : snn_w1_sgd_16(W + off, NULL, NULL, bw, dk, B, nzb, nzc, nn, o);
+    }
+
+    static int64_t snn_w1_count_bad(snn_w8i bad) {
+        int64_t n = 0;
+        for (int l = 0; l < 8; l++) n += bad[l] != 0;
+        return n;
+    }
+
+    /* The nonzero inputs of rows i0 .. i0+nr-1 of c^T: for row i0+r, the samples
+       nzb[r*B .. r*B+nn[r]) (ascending) and their values nzc. */
+    static void snn_w1_nonzeros(const float *c, int B, int i0, int nr, int32_t *nzb,
+                                float *nzc, int *nn) {
+        for (int r = 0; r < nr; r++) {
+            /* branch-free: ~20 % of c is nonzero, in no pattern a predictor could learn; the
+               write at n when x is zero is harmless (n <= b < B: inside the row's B slots,
+               then overwritten or past nn[r]) */
+            int32_t *rb = nzb + (size_t)r * B;
+            float *rc = nzc + (size_t)r * B;
+            int n = 0;
+            for (int b = 0; b < B; b++) {
+                const float x = c[(size_t)b * SNN_NCONV + i0 + r];
+                rb[n] = b;
+                rc[n] = x;
+                n += x != 0.0f;
+            }
+            nn[r] = n;
+        }
+    }
+
+    /* Gradient and step of rows i0 .. i1-1 (an even count) of block k, for a step without
+       back product: the block's columns of d (B x bw, 8 KiB at B = 64, bw = 32) stay in L1
+       for all of these rows, which stream through in memory order. nzb, nzc, nn: the
+       nonzero lists of all 2304 rows (snn_w1_nonzeros). */
+    static int64_t snn_w1_block(float *W, float *M, float *V, int bw, int k, int i0, int i1,
+                                const float *d, int B, const int32_t *nzb, const float *nzc,
+                                const int *nn, const snn_w1_opt *o) {
+        const snn_w8 zero = {0};
+        snn_w8i bad = (snn_w8i)zero;
+        const int sub = bw % 32 == 0 ? 32 : 16;
+        for (int i = i0; i < i1; i += 2)
+            for (int j = 0; j < bw; j += sub)
+                bad |= snn_w1_pair(W, M, V, ((size_t)k * SNN_NCONV + i) * bw + j, bw, sub,
+                                   d + (size_t)k * B * bw + j, B, nzb + (size_t)i * B,
+                                   nzc + (size_t)i * B, nn + i, o);
+        return snn_w1_count_bad(bad);
+    }
 
     /* Rows i0 .. i0+SNN_W1_ROWS-1 of W1 across all blocks: back product (if back), then
        gradient and step block by block (the tile's rows, 2 KiB per block and stream, are
@@ -195,14 +253,7 @@ cdef extern from *:
                                const float *c, const float *d, const float *dc, int B,
                                float *back, snn_w1_scratch *s, const snn_w1_opt *o) {
         int nn[SNN_W1_ROWS];
-        for (int r = 0; r < SNN_W1_ROWS; r++) {
-            int n = 0;
-            for (int b = 0; b < B; b++) {
-                const float x = c[(size_t)b * SNN_NCONV + i0 + r];
-                if (x != 0.0f) { s->nzb[(size_t)r * B + n] = b; s->nzc[(size_t)r * B + n] = x; n++; }
-            }
-            nn[r] = n;
-        }
+        snn_w1_nonzeros(c, B, i0, SNN_W1_ROWS, s->nzb, s->nzc, nn);
         if (back) {
             snn_w1_gather(W + (size_t)i0 * bw, nblk, bw, s->rows);
             for (int r = 0; r < SNN_W1_ROWS; r += 2)
@@ -215,17 +266,12 @@ cdef extern from *:
         for (int k = 0; k < nblk; k++) {
             const size_t base = ((size_t)k * SNN_NCONV + i0) * bw;
             for (int r = 0; r < SNN_W1_ROWS; r += 2)
-                for (int j = 0; j < bw; j += sub) {
-                    const size_t off = base + (size_t)r * bw + j;
-                    float *m = o->adam ? M + off : NULL, *v = o->adam ? V + off : NULL;
-                    const float *dk = d + (size_t)k * B * bw + j;
-                    bad |= sub == 32 ? snn_w1_pair_4(W + off, m, v, bw, dk, B, s, r, nn, o)
-                                     : snn_w1_pair_2(W + off, m, v, bw, dk, B, s, r, nn, o);
-                }
+                for (int j = 0; j < bw; j += sub)
+                    bad |= snn_w1_pair(W, M, V, base + (size_t)r * bw + j, bw, sub,
+                                       d + (size_t)k * B * bw + j, B, s->nzb + (size_t)r * B,
+                                       s->nzc + (size_t)r * B, nn + r, o);
         }
-        int64_t nonfinite = 0;
-        for (int l = 0; l < 8; l++) nonfinite += bad[l] != 0;
-        return nonfinite;
+        return snn_w1_count_bad(bad);
     }
     """
     ctypedef struct snn_w1_opt:
@@ -239,6 +285,11 @@ cdef extern from *:
     int64_t snn_w1_tile(float *W, float *M, float *V, int nblk, int bw, int i0, const float *c,
                         const float *d, const float *dc, int B, float *back,
                         snn_w1_scratch *s, const snn_w1_opt *o) nogil
+    void snn_w1_nonzeros(const float *c, int B, int i0, int nr, int32_t *nzb, float *nzc,
+                         int *nn) nogil
+    int64_t snn_w1_block(float *W, float *M, float *V, int bw, int k, int i0, int i1,
+                         const float *d, int B, const int32_t *nzb, const float *nzc,
+                         const int *nn, const snn_w1_opt *o) nogil
     int SNN_W1_ROWS
     int SNN_W1_LD
 
@@ -267,6 +318,36 @@ cdef int64_t _run(float[:, :, ::1] W1b, float *m, float *v, const float[:, ::1] 
         for i in range(n_alloc):
             snn_w1_scratch_free(s[i])
         free(s)
+    return nonfinite
+
+
+cdef int64_t _run_blocks(float[:, :, ::1] W1b, const float[:, ::1] c, const float[:, :, ::1] d,
+                         snn_w1_opt *o, int n_threads) except -1:
+    # Without the back product nothing ties the work to rows of W1, so it runs block by
+    # block (items: a quarter of a block's rows), which keeps d's block in L1
+    cdef int nblk = <int>W1b.shape[0], bw = <int>W1b.shape[2], B = <int>c.shape[0]
+    cdef int nq = 4, rows = 2304 // 4, p, r, t
+    cdef size_t cap = <size_t>2304 * max(B, 1)
+    cdef int64_t nonfinite = 0
+    cdef int32_t *nzb = <int32_t *>malloc(cap * sizeof(int32_t))
+    cdef float *nzc = <float *>malloc(cap * sizeof(float))
+    cdef int *nn = <int *>malloc(2304 * sizeof(int))
+    try:
+        if nzb == NULL or nzc == NULL or nn == NULL:
+            raise MemoryError("W1 update: cannot allocate the nonzero lists")
+        with nogil:
+            for t in prange(2304 // SNN_W1_ROWS, schedule='static', num_threads=n_threads):
+                r = t * SNN_W1_ROWS
+                snn_w1_nonzeros(&c[0, 0], B, r, SNN_W1_ROWS, nzb + <size_t>r * B,
+                                nzc + <size_t>r * B, nn + r)
+            for p in prange(nblk * nq, schedule='dynamic', num_threads=n_threads):
+                r = (p % nq) * rows
+                nonfinite += snn_w1_block(&W1b[0, 0, 0], NULL, NULL, bw, p // nq, r, r + rows,
+                                          &d[0, 0, 0], B, nzb, nzc, nn, o)
+    finally:
+        free(nzb)
+        free(nzc)
+        free(nn)
     return nonfinite
 
 
@@ -301,7 +382,7 @@ def w1_sgd_into(float[:, :, ::1] W1b, const float[:, ::1] c, const float[:, :, :
     o.adam = 0
     o.b1 = o.omb1 = o.b2 = o.omb2 = o.step_size = o.rbc2 = o.eps = 0
     o.rate, o.decay = rate, decay
-    return _run(W1b, NULL, NULL, c, d, NULL, NULL, &o, n_threads)
+    return _run_blocks(W1b, c, d, &o, n_threads)
 
 
 def row_stride():

@@ -451,7 +451,7 @@ def test_w1_adam_step_matches_numpy(bw, B):
     np.testing.assert_allclose(back, d @ W1.T, rtol=1e-4, atol=1e-6)    # and it is d @ W1.T
 
 
-@pytest.mark.parametrize("bw,B", [(16, 3), (32, 64)])
+@pytest.mark.parametrize("bw,B", [(16, 3), (32, 64), (64, 5), (128, 1), (256, 33)])
 def test_w1_sgd_step_matches_numpy(bw, B):
     rng = np.random.default_rng(7 + bw)
     c, d = _w1_operands(rng, B, density=0.4)

@@ -94,7 +94,7 @@ def main(argv=None):
     threads = effective_n_threads(args.threads)
     source, Xtr, ytr, Xte, yte = _data(args.train_images, args.test_images)
     print(f"cpu: {cfg['cpu']} [{cfg['simd']}], {cfg['cpus_available']} cpus; threads {threads}; "
-          f"openmp {cfg['openmp']}; data {source}")
+          f"openmp {cfg['openmp']} ({cfg['omp_wait']}); data {source}")
     nf = max(64, int(args.train_images * args.numpy_fraction))
     nt = max(256, int(args.test_images * args.numpy_fraction))
     results = {"config": cfg, "threads": threads, "data": source, "presets": {}, "models": {}}

@@ -1,11 +1,14 @@
 """snnfast: fast, exact and honest spiking neural networks on the CPU."""
 import os as _os
 
-# Between OpenMP regions, GNU OpenMP's workers spin for a while by default. In snnfast a
-# kernel is followed by BLAS calls on their own threads, and spinning workers would steal
-# the cores they need (measured: 2-thread training 2 100 -> 3 000 img/s with passive waiting).
-# Must be set before the first kernel loads libgomp; an explicit user setting wins.
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# How GNU OpenMP's idle workers wait for the next parallel region. Asleep (PASSIVE), each
+# region must wake them first: 20-200 us on the project's 2-core VMs, several times per
+# training step, which cost 13-16 % of training speed. Spinning for ever (ACTIVE) would take a
+# core from whatever runs after the kernels (the NumPy baseline's BLAS threads, for one).
+# 100 000 spins (~3 ms here) bridge the Python between two kernels of a step; then the workers
+# sleep. Must be set before the first kernel loads libgomp; a user setting of either wins.
+if "OMP_WAIT_POLICY" not in _os.environ:
+    _os.environ.setdefault("GOMP_SPINCOUNT", "100000")
 
 __version__ = "0.1.0"
 

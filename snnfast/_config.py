@@ -121,6 +121,8 @@ def config_dict():
         "cpus_available": _cpus_available(),
         "openmp": openmp_enabled(),
         "effective_n_threads": effective_n_threads(),
+        "omp_wait": " ".join(f"{k}={os.environ.get(k, '(unset)')}"
+                             for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")),
         "build": build,
         "blas": _blas_info(),
     }
@@ -135,6 +137,7 @@ def show_config(file=None):
         f"cpu:                 {c['cpu']} [{c['simd']}], {c['cpus_available']} available",
         f"OpenMP:              {'enabled' if c['openmp'] else 'DISABLED (serial build)'}",
         f"effective threads:   {c['effective_n_threads']}",
+        f"OpenMP waiting:      {c['omp_wait']}",
         f"compiler:            {c['build']['compiler']}",
         f"compile flags:       {' '.join(c['build']['cflags'] or [])}",
     ]

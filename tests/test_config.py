@@ -45,3 +45,20 @@ def test_show_config_cli():
     assert snnfast.__version__ in out
     assert "OpenMP:              enabled" in out
     assert "effective threads:" in out
+
+
+@pytest.mark.parametrize("user_env,expect", [
+    ({}, {"GOMP_SPINCOUNT": "100000", "OMP_WAIT_POLICY": None}),
+    ({"OMP_WAIT_POLICY": "PASSIVE"}, {"GOMP_SPINCOUNT": None, "OMP_WAIT_POLICY": "PASSIVE"}),
+    ({"GOMP_SPINCOUNT": "7"}, {"GOMP_SPINCOUNT": "7", "OMP_WAIT_POLICY": None}),
+])
+def test_openmp_wait_default_yields_to_the_user(user_env, expect):
+    # workers spin briefly by default (see snnfast/__init__.py); the user's setting wins
+    import os
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env.update(user_env)
+    code = ("import os, snnfast; print(os.environ.get('GOMP_SPINCOUNT'), "
+            "os.environ.get('OMP_WAIT_POLICY'))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert out == [str(expect["GOMP_SPINCOUNT"]), str(expect["OMP_WAIT_POLICY"])]

@@ -20,27 +20,38 @@ cdef extern from *:
     static inline snn_r8 snn_r_ld(const float *p) { snn_r8 x; memcpy(&x, p, 32); return x; }
     static inline void snn_r_st(float *p, snn_r8 x) { memcpy(p, &x, 32); }
 
-    /* One sample. wt: taps x channels (25 x 16), so the 16 channels of a tap are 2 vectors. */
+    /* One sample. wt: taps x channels (25 x 16), so the 16 channels of a tap are 2 vectors.
+       Two neighbouring positions at a time: each output's 25 additions form one dependency
+       chain, and four independent chains keep the adder busy. */
     static void snn_rate_currents(const float *x, const float *wt, const float *bias,
                                   float *out) {
         const snn_r8 zero = {0};
         const snn_r8 b0 = snn_r_ld(bias), b1 = snn_r_ld(bias + 8);
         for (int y = 0; y < 12; y++)
-            for (int xo = 0; xo < 12; xo++) {
-                snn_r8 a0 = zero, a1 = zero;
-                for (int ky = 0; ky < 5; ky++)
+            for (int xo = 0; xo < 12; xo += 2) {
+                snn_r8 a0 = zero, a1 = zero, c0 = zero, c1 = zero;
+                for (int ky = 0; ky < 5; ky++) {
+                    const float *row = x + (2 * y + ky) * 28 + 2 * xo;
                     for (int kx = 0; kx < 5; kx++) {
-                        const snn_r8 v = zero + x[(2 * y + ky) * 28 + 2 * xo + kx];
+                        const snn_r8 v = zero + row[kx], u = zero + row[kx + 2];
                         const float *w = wt + (ky * 5 + kx) * 16;
-                        a0 += snn_r_ld(w) * v;
-                        a1 += snn_r_ld(w + 8) * v;
+                        const snn_r8 w0 = snn_r_ld(w), w1 = snn_r_ld(w + 8);
+                        a0 += w0 * v;
+                        a1 += w1 * v;
+                        c0 += w0 * u;
+                        c1 += w1 * u;
                     }
+                }
                 a0 += b0;
                 a1 += b1;
+                c0 += b0;
+                c1 += b1;
                 const int p = y * 12 + xo;
                 for (int c = 0; c < 8; c++) {
                     out[c * 144 + p] = a0[c];
                     out[(c + 8) * 144 + p] = a1[c];
+                    out[c * 144 + p + 1] = c0[c];
+                    out[(c + 8) * 144 + p + 1] = c1[c];
                 }
             }
     }
@@ -53,21 +64,41 @@ cdef extern from *:
         float dt[144 * 16];
         for (int c = 0; c < 16; c++)
             for (int p = 0; p < 144; p++) dt[p * 16 + c] = delta[c * 144 + p];
+        /* taps kx and kx + 1 (or kx alone at kx = 4) at a time: four independent chains */
         for (int ky = 0; ky < 5; ky++)
-            for (int kx = 0; kx < 5; kx++) {
-                snn_r8 a0 = zero, a1 = zero;
-                for (int y = 0; y < 12; y++)
+            for (int kx = 0; kx < 5; kx += 2) {
+                const int two = kx + 1 < 5;
+                snn_r8 a0 = zero, a1 = zero, c0 = zero, c1 = zero;
+                for (int y = 0; y < 12; y++) {
+                    const float *row = x + (2 * y + ky) * 28 + kx;
                     for (int xo = 0; xo < 12; xo++) {
-                        const snn_r8 v = zero + x[(2 * y + ky) * 28 + 2 * xo + kx];
+                        const snn_r8 v = zero + row[2 * xo], u = zero + row[2 * xo + two];
                         const float *d = dt + (y * 12 + xo) * 16;
-                        a0 += snn_r_ld(d) * v;
-                        a1 += snn_r_ld(d + 8) * v;
+                        const snn_r8 d0 = snn_r_ld(d), d1 = snn_r_ld(d + 8);
+                        a0 += d0 * v;
+                        a1 += d1 * v;
+                        c0 += d0 * u;
+                        c1 += d1 * u;
                     }
+                }
                 snn_r_st(g + (ky * 5 + kx) * 16, a0);
                 snn_r_st(g + (ky * 5 + kx) * 16 + 8, a1);
+                if (two) {
+                    snn_r_st(g + (ky * 5 + kx + 1) * 16, c0);
+                    snn_r_st(g + (ky * 5 + kx + 1) * 16 + 8, c1);
+                }
             }
     }
+
+    /* g[k] = sum over b ascending of part[b*400 + k] (from 0): the per-sample partials in
+       sample order, so the sum does not depend on the thread count. */
+    static void snn_rate_wgrad_sum(const float *part, int B, float *g) {
+        for (int k = 0; k < 400; k++) g[k] = 0.0f;
+        for (int b = 0; b < B; b++)
+            for (int k = 0; k < 400; k++) g[k] += part[(size_t)b * 400 + k];
+    }
     """
+    void snn_rate_wgrad_sum(const float *part, int B, float *g) nogil
     void snn_rate_currents(const float *x, const float *wt, const float *bias,
                            float *out) nogil
     void snn_rate_wgrad(const float *x, const float *delta, float *g) nogil
@@ -91,9 +122,6 @@ def rate_wgrad_into(const float[:, ::1] x, const float[:, ::1] delta, float[:, :
     try:
         for b in prange(B, nogil=True, schedule='static', num_threads=n_threads):
             snn_rate_wgrad(&x[b, 0], &delta[b, 0], part + b * 400)
-        gw[:, :] = 0
-        for b in range(B):       # sample order: the sum does not depend on the thread count
-            for k in range(400):
-                gw[k // 16, k % 16] += part[b * 400 + k]
+        snn_rate_wgrad_sum(part, <int>B, &gw[0, 0])
     finally:
         free(part)

@@ -6,9 +6,11 @@ import os as _os
 # training step, which cost 13-16 % of training speed. Spinning for ever (ACTIVE) would take a
 # core from whatever runs after the kernels (the NumPy baseline's BLAS threads, for one).
 # 100 000 spins (~3 ms here) bridge the Python between two kernels of a step; then the workers
-# sleep. Must be set before the first kernel loads libgomp; a user setting of either wins.
+# sleep. KMP_BLOCKTIME is the same for LLVM's OpenMP (clang builds; its default is 200 ms).
+# Must be set before the first kernel loads the OpenMP runtime; a user setting wins.
 if "OMP_WAIT_POLICY" not in _os.environ:
     _os.environ.setdefault("GOMP_SPINCOUNT", "100000")
+    _os.environ.setdefault("KMP_BLOCKTIME", "3")
 
 __version__ = "0.1.0"
 

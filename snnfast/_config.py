@@ -122,7 +122,7 @@ def config_dict():
         "openmp": openmp_enabled(),
         "effective_n_threads": effective_n_threads(),
         "omp_wait": " ".join(f"{k}={os.environ.get(k, '(unset)')}"
-                             for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")),
+                             for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")),
         "build": build,
         "blas": _blas_info(),
     }

@@ -245,21 +245,19 @@ cdef extern from *:
         return snn_w1_count_bad(bad);
     }
 
-    /* Rows i0 .. i0+SNN_W1_ROWS-1 of W1 across all blocks: back product (if back), then
-       gradient and step block by block (the tile's rows, 2 KiB per block and stream, are
-       still in L2 from the back product). Returns a count that is nonzero if a gradient
-       element was NaN or infinite. */
+    /* Rows i0 .. i0+SNN_W1_ROWS-1 of W1 across all blocks, for the step with the back
+       product (without it: snn_w1_block): back product, then gradient and step block by
+       block (the tile's rows, 2 KiB per block and stream, are still in L2 from the back
+       product). Returns a count that is nonzero if a gradient element was NaN or infinite. */
     static int64_t snn_w1_tile(float *W, float *M, float *V, int nblk, int bw, int i0,
                                const float *c, const float *d, const float *dc, int B,
                                float *back, snn_w1_scratch *s, const snn_w1_opt *o) {
         int nn[SNN_W1_ROWS];
         snn_w1_nonzeros(c, B, i0, SNN_W1_ROWS, s->nzb, s->nzc, nn);
-        if (back) {
-            snn_w1_gather(W + (size_t)i0 * bw, nblk, bw, s->rows);
-            for (int r = 0; r < SNN_W1_ROWS; r += 2)
-                snn_w1_back_pair(s->rows + (size_t)r * SNN_W1_LD,
-                                 s->rows + (size_t)(r + 1) * SNN_W1_LD, dc, B, back + i0 + r);
-        }
+        snn_w1_gather(W + (size_t)i0 * bw, nblk, bw, s->rows);
+        for (int r = 0; r < SNN_W1_ROWS; r += 2)
+            snn_w1_back_pair(s->rows + (size_t)r * SNN_W1_LD,
+                             s->rows + (size_t)(r + 1) * SNN_W1_LD, dc, B, back + i0 + r);
         const snn_w8 zero = {0};
         snn_w8i bad = (snn_w8i)zero;
         const int sub = bw % 32 == 0 ? 32 : 16;
@@ -294,9 +292,9 @@ cdef extern from *:
     int SNN_W1_LD
 
 
-cdef int64_t _run(float[:, :, ::1] W1b, float *m, float *v, const float[:, ::1] c,
-                  const float[:, :, ::1] d, const float *dc, float *back, snn_w1_opt *o,
-                  int n_threads) except -1:
+cdef int64_t _run_tiles(float[:, :, ::1] W1b, float *m, float *v, const float[:, ::1] c,
+                        const float[:, :, ::1] d, const float *dc, float *back,
+                        snn_w1_opt *o, int n_threads) except -1:
     cdef int nblk = <int>W1b.shape[0], bw = <int>W1b.shape[2], B = <int>c.shape[0]
     cdef int ntile = <int>W1b.shape[1] // SNN_W1_ROWS
     cdef int t, i, n_alloc = max(n_threads, 1)
@@ -369,7 +367,8 @@ def w1_adam_into(float[:, :, ::1] W1b, float[:, :, ::1] m, float[:, :, ::1] v,
     o.b1, o.omb1, o.b2, o.omb2 = beta1, one_minus_beta1, beta2, one_minus_beta2
     o.step_size, o.rbc2, o.eps = step_size, rbc2, eps
     o.rate, o.decay = 0, 1
-    return _run(W1b, &m[0, 0, 0], &v[0, 0, 0], c, d, &dc[0, 0], &back[0, 0], &o, n_threads)
+    return _run_tiles(W1b, &m[0, 0, 0], &v[0, 0, 0], c, d, &dc[0, 0], &back[0, 0], &o,
+                      n_threads)
 
 
 def w1_sgd_into(float[:, :, ::1] W1b, const float[:, ::1] c, const float[:, :, ::1] d,

@@ -482,7 +482,8 @@ class ConvSNN:
                               n_threads=self.n_threads, record_input=record_input or record)
         hid = K.hidden_forward(conv, p["W1b"], p["b1"], beta=c.beta_h, thr=c.thr_h,
                                reset=c.reset_h, period=c.hidden_period, phase=c.hidden_phase,
-                               drive=c.drive, scale=c.drive_scale, n_threads=self.n_threads,
+                               drive=c.drive, scale=c.drive_scale,
+                               incremental=cnp.fc1_incremental(c), n_threads=self.n_threads,
                                record=record)
         U = hid.n_updates
         T = np.float32(c.T)

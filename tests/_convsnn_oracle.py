@@ -1,9 +1,12 @@
 """Slow, obviously correct NumPy implementation of the Conv-SNN forward contract (test oracle).
 
-Written straight from ``convsnn-semantics.md`` with no attempt at speed: loops over samples,
+Written straight from the forward contract (the docstrings of ``snnfast._convsnn_kernels``,
+``hidden_forward`` for FC1) with no attempt at speed: loops over samples,
 taps and spikes in exactly the contract's order, float32 throughout, so the compiled kernels
 must match it bit for bit (integers and spikes exactly; float sums too, as the order is fixed).
 """
+import collections
+
 import numpy as np
 
 M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
@@ -55,10 +58,34 @@ def conv_current(s_in, conv_w, conv_b):
     return (acc + conv_b[None, :, None, None]).reshape(B, 2304).astype(np.float32)
 
 
+def _window_drive_rows(zc_b, window, prev, incremental):
+    """(clear, rows to add, rows to subtract) of one sample's windowed update.
+
+    Direct: clear the accumulator, then add the rows of the window's spikes, step then
+    neuron ascending. Incremental (both windows at most two steps, and fewer rows): keep
+    the accumulator, add the neurons that spiked more often in this window than in the
+    previous one (twice if by two), then subtract those that spiked less often, each in
+    ascending order.
+    """
+    direct = [j for t in window for j in np.flatnonzero(zc_b[t])]
+    if incremental and prev is not None and len(window) <= 2 and len(prev) <= 2:
+        now = collections.Counter(direct)
+        before = collections.Counter(j for t in prev for j in np.flatnonzero(zc_b[t]))
+        adds = sorted((now - before).elements())
+        subs = sorted((before - now).elements())
+        if len(adds) + len(subs) < len(direct):
+            return False, adds, subs
+    return True, direct, []
+
+
 def forward(images, sample_ids, seed, epoch, conv_w, conv_b, W1, b1, *, T=10, n_det=5,
             beta_c=0.9, thr_c=0.8, beta_h=0.9, thr_h=0.8, reset_h="subtract", period=2,
-            phase=1, drive="window", scale=1.0):
-    """Return a dict with all spikes, counts and counters of the contract."""
+            phase=1, drive="window", scale=1.0, incremental=False):
+    """Return a dict with all spikes, counts and counters of the contract.
+
+    Also ``n_incremental`` (updates formed incrementally) and ``n_repeated`` (rows added or
+    subtracted twice in them), so that tests can see that they exercised that form.
+    """
     f = np.float32
     beta_c, thr_c, beta_h, thr_h, scale = map(f, (beta_c, thr_c, beta_h, thr_h, scale))
     B = images.shape[0]
@@ -71,6 +98,8 @@ def forward(images, sample_ids, seed, epoch, conv_w, conv_b, W1, b1, *, T=10, n_
     ih_sum = np.zeros((B, 1024), f)
     fc1_adds = np.zeros((B, T), np.int64)
     pending = 0                      # first step whose conv spikes the hidden layer has not seen
+    prev_window = None               # steps of the previous update's window
+    n_incremental = n_repeated = 0
     evt = conv_events_per_pixel()
     for t in range(T):
         I_c = conv_current(s_in[:, t], conv_w, conv_b)
@@ -80,11 +109,24 @@ def forward(images, sample_ids, seed, epoch, conv_w, conv_b, W1, b1, *, T=10, n_
         zc_all[:, t] = z_c
         v_c = np.where(z_c, f(0), v_c)
         if t % period == phase:
+            window = range(pending, t + 1)
             for b in range(B):
-                for tt in range(pending, t + 1):
-                    for j in np.flatnonzero(zc_all[b, tt]):
-                        acc[b] = acc[b] + W1[j]
-                        fc1_adds[b, t] += 1024
+                fc1_adds[b, t] = 1024 * int(zc_all[b, pending:t + 1].sum())
+                if drive == "cumulative":
+                    clear, adds, subs = False, [j for tt in window
+                                                for j in np.flatnonzero(zc_all[b, tt])], []
+                else:
+                    clear, adds, subs = _window_drive_rows(zc_all[b], window, prev_window,
+                                                           incremental)
+                    n_incremental += not clear
+                    n_repeated += len(adds) - len(set(adds)) + len(subs) - len(set(subs))
+                if clear:
+                    acc[b] = 0
+                for j in adds:
+                    acc[b] = acc[b] + W1[j]
+                for j in subs:
+                    acc[b] = acc[b] - W1[j]
+            prev_window = window
             pending = t + 1
             I_h = ((acc + b1).astype(f) * scale).astype(f)
             ih_sum = (ih_sum + I_h).astype(f)
@@ -100,8 +142,6 @@ def forward(images, sample_ids, seed, epoch, conv_w, conv_b, W1, b1, *, T=10, n_
                 v_h = np.where(z_h, f(0), v_h)
             else:
                 raise ValueError(reset_h)
-            if drive == "window":
-                acc[:] = 0
     return {
         "input_spikes": s_in, "conv_spikes": zc_all, "hidden_spikes": zh_all,
         "n_in": s_in.sum(1, dtype=np.int32), "n_c": zc_all.sum(1, dtype=np.int32),
@@ -110,7 +150,7 @@ def forward(images, sample_ids, seed, epoch, conv_w, conv_b, W1, b1, *, T=10, n_
         "conv_count": zc_all.sum(2, dtype=np.int64),
         "hid_count": zh_all.sum(2, dtype=np.int64),
         "conv_events": (s_in.astype(np.int64) * evt[None, None, :]).sum(2),
-        "fc1_adds": fc1_adds,
+        "fc1_adds": fc1_adds, "n_incremental": n_incremental, "n_repeated": n_repeated,
     }
 
 

@@ -12,7 +12,8 @@ import _convsnn_oracle as O  # noqa: E402
 
 PRESETS = {
     "seed": dict(reset_h="halve", period=2, phase=0, drive="cumulative", scale=0.1),
-    "default": dict(reset_h="subtract", period=2, phase=1, drive="window", scale=1.0),
+    "default": dict(reset_h="subtract", period=2, phase=1, drive="window", scale=1.0,
+                    incremental=True),
     "nir": dict(reset_h="zero", period=1, phase=0, drive="window", scale=1.0),
 }
 
@@ -43,7 +44,8 @@ def run_kernels(images, sids, seed, epoch, params, mode, *, T=10, n_det=5, bw=No
                         record_input=True, n_threads=n_threads)
     hr = K.hidden_forward(cr, K.to_blocked(W1, bw), b1, reset=mode["reset_h"],
                           period=mode["period"], phase=mode["phase"], drive=mode["drive"],
-                          scale=mode["scale"], record=True, n_threads=n_threads)
+                          scale=mode["scale"], incremental=mode.get("incremental", False),
+                          record=True, n_threads=n_threads)
     return cr, hr
 
 
@@ -127,6 +129,43 @@ def test_forward_matches_oracle(preset):
     assert_matches_oracle(cr, hr, ref)
     assert ref["hidden_spikes"].any() and ref["conv_spikes"].any()   # not a vacuous test
     assert hr.update_steps == tuple(t for t in range(10) if t % mode["period"] == mode["phase"])
+    if mode.get("incremental"):
+        assert ref["n_incremental"] > 0 and ref["n_repeated"] > 0
+
+
+@pytest.mark.parametrize("period,phase,T", [(2, 1, 10), (2, 0, 9), (1, 0, 6), (3, 1, 10),
+                                            (4, 3, 12)])
+def test_incremental_window_drive_matches_oracle(period, phase, T):
+    """Incremental updates where both windows span <= 2 steps and it saves rows, else direct."""
+    rng = np.random.default_rng(40 + 7 * period + phase)
+    B = 7
+    images = random_images(rng, B, 0.35)
+    sids = np.arange(B, dtype=np.int64) + 3
+    params = random_params(rng)
+    mode = dict(reset_h="subtract", period=period, phase=phase, drive="window", scale=1.0,
+                incremental=True)
+    cr, hr = run_kernels(images, sids, 9, 3, params, mode, T=T, n_det=4)
+    ref = O.forward(images, sids, 9, 3, *params, T=T, n_det=4, **mode)
+    assert_matches_oracle(cr, hr, ref)
+    if period <= 2:
+        assert ref["n_incremental"] > 0
+        assert ref["n_repeated"] > 0 or period == 1       # 1-step windows: d is -1..1
+    else:                    # windows of 3 or 4 steps: always the direct sum
+        assert ref["n_incremental"] == 0
+    # the same drive as the direct sums up to rounding
+    direct = O.forward(images, sids, 9, 3, *params, T=T, n_det=4, **dict(mode, incremental=False))
+    np.testing.assert_allclose(hr.ih_sum, direct["ih_sum"], rtol=1e-5, atol=1e-4)
+
+
+def test_incremental_needs_window_drive():
+    rng = np.random.default_rng(2)
+    params = random_params(rng)
+    cr = K.conv_forward(random_images(rng, 2), np.arange(2), 0, 0, *params[:2])
+    with pytest.raises(ValueError, match="window"):
+        K.hidden_forward(cr, K.to_blocked(params[2]), params[3], drive="cumulative",
+                         incremental=True)
+    with pytest.raises(TypeError):
+        K.hidden_forward(cr, K.to_blocked(params[2]), params[3], incremental="yes")
 
 
 def test_outputs_written_in_full(monkeypatch):
@@ -150,19 +189,25 @@ def test_outputs_written_in_full(monkeypatch):
     assert_matches_oracle(cr, hr, O.forward(images, sids, 5, 1, *params, T=10, n_det=5, **mode))
 
 
+@pytest.mark.parametrize("incremental", [False, True])
 @pytest.mark.parametrize("bw", K.SUPPORTED_BLOCK_WIDTHS)
-def test_every_block_width_matches_oracle(bw):
+def test_every_block_width_matches_oracle(bw, incremental):
     rng = np.random.default_rng(100 + bw)
-    B, T, n_det = 5, 7, 3                          # a group of 4 + a single sample
+    B, T, n_det = 7, 7, 3                          # a group of 4, a pair and a single sample
     images = random_images(rng, B, 0.3)
     sids = np.arange(B, dtype=np.int64) * 7
     params = random_params(rng)
     mode = dict(reset_h="subtract", period=3, phase=2, drive="cumulative", scale=0.5)
+    if incremental:
+        mode = dict(reset_h="halve", period=2, phase=0, drive="window", scale=0.5,
+                    incremental=True)
     conv_w4 = params[0].reshape(16, 1, 5, 5)                 # the (16, 1, 5, 5) form works too
     cr, hr = run_kernels(images, sids, 1, 2, (conv_w4,) + params[1:], mode, T=T, n_det=n_det,
                          bw=bw)
     ref = O.forward(images, sids, 1, 2, *params, T=T, n_det=n_det, **mode)
     assert_matches_oracle(cr, hr, ref)
+    if incremental:
+        assert ref["n_incremental"] > 0 and ref["n_repeated"] > 0
 
 
 def test_conv_gather_equals_scatter():

@@ -25,13 +25,19 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from snnfast import _convsnn_kernels as K
+from snnfast import convsnn_numpy as cnp
 from snnfast._config import config_dict
+from snnfast.convsnn import make_config
 
-PRESETS = {
-    "seed": dict(reset="halve", period=2, phase=0, drive="cumulative", scale=0.1),
-    "default": dict(reset="subtract", period=2, phase=1, drive="window", scale=1.0),
-    "nir": dict(reset="zero", period=1, phase=0, drive="window", scale=1.0),
-}
+def _hidden_mode(preset):
+    """hidden_forward's arguments as the model runs them for ``preset``."""
+    c = make_config(preset)
+    return dict(beta=c.beta_h, thr=c.thr_h, reset=c.reset_h, period=c.hidden_period,
+                phase=c.hidden_phase, drive=c.drive, scale=c.drive_scale,
+                incremental=cnp.fc1_incremental(c))
+
+
+PRESETS = {p: _hidden_mode(p) for p in ("seed", "default", "nir")}
 
 
 def load_images(n, synthetic, rng):

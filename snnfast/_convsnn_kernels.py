@@ -243,8 +243,9 @@ class HiddenResult:
     hid_count : int64 (B, T)
         Hidden spikes per sample and step (0 on steps without a hidden update).
     fc1_adds : int64 (B, T)
-        FC1 additions per sample at each update step: rows added x 1024 (rows of the conv
-        spikes since the previous update, counted at the update step that adds them).
+        FC1 row operations per sample at each update step, x 1024: the rows the kernel added
+        (one per conv spike since the previous update) or, for an incremental update, added
+        and subtracted; counted at the update step that does them.
     update_steps : tuple of int
         The steps with a hidden update (``t % period == phase``).
     spikes : uint8 (B, T, 1024) or None

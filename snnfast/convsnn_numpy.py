@@ -23,7 +23,8 @@ from ._convsnn_kernels import EVAL_EPOCH, det_table
 
 __all__ = ["mix64", "sample_keys", "input_spikes", "conv_patch_index",
            "conv_currents", "forward", "surrogate", "surrogate_backward", "reference_backward",
-           "smooth_forward", "softmax_xent", "Adam", "EVAL_EPOCH", "GOLDEN", "fc1_incremental"]
+           "smooth_forward", "softmax_xent", "Adam", "EVAL_EPOCH", "GOLDEN", "fc1_incremental",
+           "fc1_rows"]
 
 GOLDEN = 0x9E3779B97F4A7C15
 _M64 = (1 << 64) - 1
@@ -164,6 +165,25 @@ def _fc1_exact(zc, W1, update_steps, cumulative, incremental=False):
     return out
 
 
+def fc1_rows(windows, update_steps, incremental):
+    """Rows of W1 the compiled FC1 adds or subtracts per (sample, update): int64 (B, U).
+
+    ``windows`` (B, U, 2304): each neuron's conv spikes in each update's window. Directly,
+    one row per spike; with ``incremental`` (see :func:`_fc1_exact`) an update whose window
+    and the previous one span at most two steps takes sum_j |window_u - window_{u-1}|
+    rows instead, if that is fewer.
+    """
+    w = np.asarray(windows, dtype=np.int64)
+    rows = w.sum(axis=2)
+    if incremental:
+        span = np.diff([-1] + list(update_steps))                 # steps per window
+        for u in range(1, len(update_steps)):
+            if span[u] <= 2 and span[u - 1] <= 2:
+                delta = np.abs(w[:, u] - w[:, u - 1]).sum(axis=1)
+                rows[:, u] = np.minimum(rows[:, u], delta)
+    return rows
+
+
 def fc1_incremental(cfg):
     """Whether the compiled FC1 forms a windowed hidden drive incrementally.
 
@@ -237,9 +257,10 @@ def forward(params, images, sample_ids, epoch, cfg, exact=False, record=False, m
             win += zf
             if is_update[t]:
                 counts[:, u] = n_c if cumulative else win
-                fc1_adds[:, t] = win.sum(axis=1, dtype=np.float64).astype(np.int64) * 1024
                 win[...] = 0
                 u += 1
+    windows = np.diff(counts, axis=1, prepend=0) if cumulative else counts
+    fc1_adds[:, steps] = fc1_rows(windows, steps, fc1_incremental(cfg)) * 1024
     W1, b1 = params["W1"], params["b1"]
     H = W1.shape[1]
     if exact:

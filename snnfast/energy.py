@@ -53,6 +53,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import convsnn_numpy as cnp
 from ._utils import h5_format, write_json
 
 __all__ = [
@@ -628,8 +629,10 @@ CONVSNN_NOTES = (
     "MembraneUpdates replayed in NumPy float32 from the traced spikes (membrane changed "
     "between before and after each call, reset included; all neurons on the first call)",
     "executed = snnfast kernels' exact counters: conv synaptic events (input spike x valid "
-    "output positions x 16 filters, zero weights included), FC1 row adds x 1024 (each conv "
-    "spike's row added once, also with the cumulative drive), FC2 dense sgemm (10 240 MACs)",
+    "output positions x 16 filters, zero weights included), FC1 rows x 1024 (each conv "
+    "spike's row added once, also with the cumulative drive; where the windowed drive of a "
+    "layer updated every other step is formed incrementally, the rows added and subtracted, "
+    "about a third fewer), FC2 dense sgemm (10 240 MACs)",
     "Footprint = canonical parameters + per-layer decay and threshold (float32); the kernels' "
     "private blocked copy of W1 is not counted",
 )
@@ -749,10 +752,14 @@ def account_convsnn_batch(acc, params, cfg, s_in, z_c, z_h, hidden_update, count
     acc.add_activation("hidden", zh_u, membrane_updates=mem_h)
     acc.add_samples(n)
 
-    # what an event-driven kernel executes: each spike once, with its full fan-out
+    # what the kernels execute: each input spike once with its full fan-out (conv); for FC1
+    # the rows of W1 they add (each conv spike's once) or, where the windowed drive is
+    # formed incrementally, add and subtract (see convsnn_numpy.fc1_rows)
+    incremental = drive == "window" and _cfg(cfg, "hidden_period", 1) > 1   # fc1_incremental
+    fc1_rows = cnp.fc1_rows(fc1_inputs(z_c, steps, "window"), steps, incremental)
     recount = {
         "conv_synaptic_events": event_driven_ops(acc.layers["conv"], s_in),
-        "fc1_row_adds": event_driven_ops(acc.layers["fc1"], fc1_inputs(z_c, steps, "window")),
+        "fc1_row_adds": int(fc1_rows.sum()) * int(params["W1"].shape[1]),
         "fc2_dense_macs": n * int(params["W2"].size),
     }
     if counters is not None:

@@ -111,7 +111,6 @@ def forward(images, sample_ids, seed, epoch, conv_w, conv_b, W1, b1, *, T=10, n_
         if t % period == phase:
             window = range(pending, t + 1)
             for b in range(B):
-                fc1_adds[b, t] = 1024 * int(zc_all[b, pending:t + 1].sum())
                 if drive == "cumulative":
                     clear, adds, subs = False, [j for tt in window
                                                 for j in np.flatnonzero(zc_all[b, tt])], []
@@ -120,6 +119,7 @@ def forward(images, sample_ids, seed, epoch, conv_w, conv_b, W1, b1, *, T=10, n_
                                                            incremental)
                     n_incremental += not clear
                     n_repeated += len(adds) - len(set(adds)) + len(subs) - len(set(subs))
+                fc1_adds[b, t] = 1024 * (len(adds) + len(subs))
                 if clear:
                     acc[b] = 0
                 for j in adds:

@@ -261,11 +261,17 @@ def test_trace_and_counters():
     np.testing.assert_array_equal(c["input_spikes"], tr["input"].sum(axis=2))
     np.testing.assert_array_equal(c["conv_spikes"], tr["conv"].sum(axis=2))
     np.testing.assert_array_equal(c["hidden_spikes"], tr["hidden"].sum(axis=2))
-    # window drive, update on odd steps: rows added = conv spikes of steps t-1 and t
+    # window drive, update on odd steps: the rows of the conv spikes of steps t-1 and t, or
+    # (incrementally, after the first update) those of the neurons whose count changed by
+    # one, twice for a change by two, if fewer
     conv = tr["conv"].sum(axis=2)
+    win = tr["conv"][:, 0::2].astype(np.int64) + tr["conv"][:, 1::2]      # (3, 5, 2304)
+    rows = win.sum(axis=2)
+    rows[:, 1:] = np.minimum(rows[:, 1:], np.abs(np.diff(win, axis=1)).sum(axis=2))
     expect = np.zeros_like(conv)
-    expect[:, 1::2] = (conv[:, 0::2] + conv[:, 1::2]) * 1024
+    expect[:, 1::2] = rows * 1024
     np.testing.assert_array_equal(c["fc1_row_adds"], expect)
+    assert (rows[:, 1:] < win[:, 1:].sum(axis=2)).any()          # incremental updates happened
     assert m.counters_["n_samples"] == 3
     np.testing.assert_array_equal(m.counters_["conv_spikes"], conv.sum(axis=0))
 

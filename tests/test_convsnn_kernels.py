@@ -229,14 +229,18 @@ def test_conv_event_table_and_counters():
     rng = np.random.default_rng(5)
     images = random_images(rng, 4)
     params = random_params(rng)
-    cr, hr = run_kernels(images, np.arange(4, dtype=np.int64), 0, 0, params, PRESETS["default"])
+    direct = dict(PRESETS["default"], incremental=False)
+    cr, hr = run_kernels(images, np.arange(4, dtype=np.int64), 0, 0, params, direct)
     sc, st = cr.sample_counters(), cr.step_counters()
     assert sc["conv_spikes"].sum() == st["conv_spikes"].sum() == cr.n_c.sum()
     assert sc["input_spikes"].sum() == cr.n_in.sum() == cr.input_spikes.sum()
     assert (hr.sample_counters()["hidden_spikes"] == hr.n_h.sum(1)).all()
-    # every conv spike before the last update is added exactly once
+    # direct sums: every conv spike before the last update is added exactly once
     last = max(hr.update_steps)
     assert hr.fc1_adds.sum() == cr.spk_cnt[:, :last + 1].sum() * 1024
+    # incremental: the rows actually added and subtracted (the oracle's count), fewer
+    _, hi = run_kernels(images, np.arange(4, dtype=np.int64), 0, 0, params, PRESETS["default"])
+    assert hi.fc1_adds.sum() < hr.fc1_adds.sum()
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))

@@ -414,7 +414,7 @@ def hidden_forward_into(const uint16_t[:, :, ::1] spk_idx, const int32_t[:, ::1]
     cdef Py_ssize_t nblk = W1b.shape[0], bw = W1b.shape[2]
     cdef Py_ssize_t ngroup = (B + 3) // 4
     cdef Py_ssize_t p, k, b
-    cdef int last = -1, t, U = 0, nthr = max(n_threads, 1)
+    cdef int last = -1, t, u, U = 0, nthr = max(n_threads, 1)
     cdef int64_t bad = 0, total, cap = 0, n
     cdef int nonfinite = 0
     cdef uint8_t *rec_p
@@ -479,6 +479,6 @@ def hidden_forward_into(const uint16_t[:, :, ::1] spk_idx, const int32_t[:, ::1]
                 total += part[k, b, t]
             hid_count[b, t] = total
             fc1_adds[b, t] = 0
-        for t in range(U):
-            fc1_adds[b, upd_t[t]] = (<int64_t>ops[b, t, 1] + ops[b, t, 2]) * 1024
+        for u in range(U):
+            fc1_adds[b, upd_t[u]] = (<int64_t>ops[b, u, 1] + ops[b, u, 2]) * 1024
     return 0, nonfinite

@@ -146,16 +146,15 @@ def _fc1_exact(zc, W1, update_steps, cumulative, incremental=False):
         for u, t in enumerate(update_steps):
             win = range(start, t + 1)
             js = np.concatenate([np.nonzero(zc[b, s])[0] for s in win])
-            rows = W1[js]
+            rows, keep = W1[js], cumulative
             if incremental and prev is not None and len(win) <= 2 and len(prev) <= 2:
                 d = zc[b, win].sum(axis=0, dtype=np.int64) - zc[b, prev].sum(axis=0, dtype=np.int64)
                 up = np.repeat(np.arange(n), np.maximum(d, 0))
                 down = np.repeat(np.arange(n), np.maximum(-d, 0))
                 if up.size + down.size < js.size:
                     rows = np.concatenate([W1[up], -W1[down]], axis=0)   # a - w == a + (-w)
-                elif not cumulative:
-                    acc = np.zeros(W1.shape[1], dtype=np.float32)
-            elif not cumulative:
+                    keep = True
+            if not keep:
                 acc = np.zeros(W1.shape[1], dtype=np.float32)
             if len(rows):
                 acc = np.cumsum(np.concatenate([acc[None, :], rows], axis=0), axis=0,

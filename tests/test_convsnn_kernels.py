@@ -271,18 +271,22 @@ def test_drive_counts(preset):
 
 
 # ------------------------------------------------------------------ determinism
-def test_thread_count_bit_identical():
+@pytest.mark.parametrize("drive", ["cumulative", "incremental"])
+def test_thread_count_bit_identical(drive):
     rng = np.random.default_rng(21)
     B = 37
     images = random_images(rng, B)
     sids = rng.permutation(1000)[:B].astype(np.int64)
     conv_w, conv_b, W1, b1 = random_params(rng)
     W1b = K.to_blocked(W1)
+    hidden = dict(reset="halve", period=2, phase=0, drive="cumulative", scale=0.1)
+    if drive == "incremental":
+        hidden = dict(reset="subtract", period=2, phase=1, drive="window", scale=1.0,
+                      incremental=True)
     out = []
     for nt in (1, 2, 3):
         cr = K.conv_forward(images, sids, 9, 4, conv_w, conv_b, record_input=True, n_threads=nt)
-        hr = K.hidden_forward(cr, W1b, b1, reset="halve", period=2, phase=0, drive="cumulative",
-                              scale=0.1, record=True, n_threads=nt)
+        hr = K.hidden_forward(cr, W1b, b1, record=True, n_threads=nt, **hidden)
         out.append((cr, hr))
     (c1, h1) = out[0]
     for c2, h2 in out[1:]:
@@ -458,8 +462,10 @@ def test_bad_hidden_inputs(good):
     cnt = g["cr"].spk_cnt.copy()
     cnt[1, 6] = max(cnt[1, 6], 1)
     idx[1, 6, 0] = 5000
-    with pytest.raises(ValueError, match="2304"):
-        _hidden(g, conv=dataclasses.replace(g["cr"], spk_idx=idx, spk_cnt=cnt))
+    for incremental in (False, True):     # also before the incremental plan reads it
+        with pytest.raises(ValueError, match="2304"):
+            _hidden(g, conv=dataclasses.replace(g["cr"], spk_idx=idx, spk_cnt=cnt),
+                    incremental=incremental)
     bad_cr = dataclasses.replace(g["cr"], spk_idx=idx, spk_cnt=cnt)
     with pytest.raises(ValueError, match="2304"):
         bad_cr.conv_spikes()
@@ -467,8 +473,10 @@ def test_bad_hidden_inputs(good):
         bad_cr.drive_counts(2, 1, "window")
     for wrong in (3000, -1):                  # counts are range-checked inside the kernel
         cnt[0, 0] = wrong
-        with pytest.raises(ValueError, match="spk_cnt out of range"):
-            _hidden(g, conv=dataclasses.replace(g["cr"], spk_idx=g["cr"].spk_idx, spk_cnt=cnt))
+        for incremental in (False, True):
+            with pytest.raises(ValueError, match="spk_cnt out of range"):
+                _hidden(g, conv=dataclasses.replace(g["cr"], spk_idx=g["cr"].spk_idx,
+                                                    spk_cnt=cnt), incremental=incremental)
     with pytest.raises(ValueError):
         dataclasses.replace(g["cr"], spk_cnt=cnt).conv_spikes()
 

@@ -236,22 +236,30 @@ cdef extern from *:
         }
     }
 
-    /* Gradient and step of rows i0 .. i1-1 (an even count) of block k, for a step without
-       back product: the block's columns of d (B x bw, 8 KiB at B = 64, bw = 32) stay in L1
-       for all of these rows, which stream through in memory order. nzb, nzc, nn: the
-       nonzero lists of all 2304 rows (snn_w1_nonzeros). */
-    static int64_t snn_w1_block(float *W, float *M, float *V, int bw, int k, int i0, int i1,
-                                const float *d, int B, const int32_t *nzb, const float *nzc,
-                                const int *nn, const snn_w1_opt *o) {
+    /* Gradient and step of rows i0 .. i1-1 (an even count) of block k, whose nonzero lists
+       start at nzb, nzc, nn (row i0 first; snn_w1_nonzeros). For the step without back
+       product the block's columns of d (B x bw, 8 KiB at B = 64, bw = 32) stay in L1 for
+       all of these rows, which stream through in memory order. */
+    static snn_w8i snn_w1_rows(float *W, float *M, float *V, int bw, int k, int i0, int i1,
+                               const float *d, int B, const int32_t *nzb, const float *nzc,
+                               const int *nn, const snn_w1_opt *o) {
         const snn_w8 zero = {0};
         snn_w8i bad = (snn_w8i)zero;
         const int sub = bw % 32 == 0 ? 32 : 16;
-        for (int i = i0; i < i1; i += 2)
+        for (int r = 0; r < i1 - i0; r += 2)
             for (int j = 0; j < bw; j += sub)
-                bad |= snn_w1_pair(W, M, V, ((size_t)k * SNN_NCONV + i) * bw + j, bw, sub,
-                                   d + (size_t)k * B * bw + j, B, nzb + (size_t)i * B,
-                                   nzc + (size_t)i * B, nn + i, o);
-        return snn_w1_count_bad(bad);
+                bad |= snn_w1_pair(W, M, V, ((size_t)k * SNN_NCONV + i0 + r) * bw + j, bw, sub,
+                                   d + (size_t)k * B * bw + j, B, nzb + (size_t)r * B,
+                                   nzc + (size_t)r * B, nn + r, o);
+        return bad;
+    }
+
+    /* snn_w1_rows as a work item of the step without back product; returns the count of
+       non-finite gradient lanes. */
+    static int64_t snn_w1_block(float *W, float *M, float *V, int bw, int k, int i0, int i1,
+                                const float *d, int B, const int32_t *nzb, const float *nzc,
+                                const int *nn, const snn_w1_opt *o) {
+        return snn_w1_count_bad(snn_w1_rows(W, M, V, bw, k, i0, i1, d, B, nzb, nzc, nn, o));
     }
 
     /* Rows i0 .. i0+SNN_W1_ROWS-1 of W1 across all blocks, for the step with the back
@@ -291,15 +299,9 @@ cdef extern from *:
         }
         const snn_w8 zero = {0};
         snn_w8i bad = (snn_w8i)zero;
-        const int sub = bw % 32 == 0 ? 32 : 16;
-        for (int k = 0; k < nblk; k++) {
-            const size_t base = ((size_t)k * SNN_NCONV + i0) * bw;
-            for (int r = 0; r < SNN_W1_ROWS; r += 2)
-                for (int j = 0; j < bw; j += sub)
-                    bad |= snn_w1_pair(W, M, V, base + (size_t)r * bw + j, bw, sub,
-                                       d + (size_t)k * B * bw + j, B, s->nzb + (size_t)r * B,
-                                       s->nzc + (size_t)r * B, nn + r, o);
-        }
+        for (int k = 0; k < nblk; k++)
+            bad |= snn_w1_rows(W, M, V, bw, k, i0, i0 + SNN_W1_ROWS, d, B, s->nzb, s->nzc, nn,
+                               o);
         return snn_w1_count_bad(bad);
     }
     """
@@ -372,7 +374,8 @@ cdef int64_t _run_blocks(float[:, :, ::1] W1b, const float[:, ::1] c, const floa
             for p in prange(nblk * nq, schedule='dynamic', num_threads=n_threads):
                 r = (p % nq) * rows
                 nonfinite += snn_w1_block(&W1b[0, 0, 0], NULL, NULL, bw, p // nq, r, r + rows,
-                                          &d[0, 0, 0], B, nzb, nzc, nn, o)
+                                          &d[0, 0, 0], B, nzb + <size_t>r * B,
+                                          nzc + <size_t>r * B, nn + r, o)
     finally:
         free(nzb)
         free(nzc)

@@ -25,19 +25,11 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from snnfast import _convsnn_kernels as K
-from snnfast import convsnn_numpy as cnp
 from snnfast._config import config_dict
-from snnfast.convsnn import make_config
+from snnfast.convsnn import hidden_forward_args, make_config
 
-def _hidden_mode(preset):
-    """hidden_forward's arguments as the model runs them for ``preset``."""
-    c = make_config(preset)
-    return dict(beta=c.beta_h, thr=c.thr_h, reset=c.reset_h, period=c.hidden_period,
-                phase=c.hidden_phase, drive=c.drive, scale=c.drive_scale,
-                incremental=cnp.fc1_incremental(c))
-
-
-PRESETS = {p: _hidden_mode(p) for p in ("seed", "default", "nir")}
+# hidden_forward's arguments as the model runs them
+PRESETS = {p: hidden_forward_args(make_config(p)) for p in ("seed", "default", "nir")}
 
 
 def load_images(n, synthetic, rng):

@@ -192,6 +192,14 @@ def make_config(preset="default", **overrides):
 
 
 # ----------------------------------------------------------------------------- helpers
+def hidden_forward_args(cfg):
+    """The hidden layer's arguments of ``_convsnn_kernels.hidden_forward`` for a config: its
+    LIF, its update steps and the FC1 drive, as the model runs them."""
+    return dict(beta=cfg.beta_h, thr=cfg.thr_h, reset=cfg.reset_h, period=cfg.hidden_period,
+                phase=cfg.hidden_phase, drive=cfg.drive, scale=cfg.drive_scale,
+                incremental=cnp.fc1_incremental(cfg.drive, cfg.hidden_period))
+
+
 def _kernels_module():
     """The compiled-kernel API, or None if it (or one of its extensions) is not importable."""
     try:
@@ -480,11 +488,8 @@ class ConvSNN:
         conv = K.conv_forward(X, key_ids, seed, int(epoch), p["conv_w"], p["conv_b"],
                               T=c.T, n_det=c.n_det, beta=c.beta_c, thr=c.thr_c, reset=c.reset_c,
                               n_threads=self.n_threads, record_input=record_input or record)
-        hid = K.hidden_forward(conv, p["W1b"], p["b1"], beta=c.beta_h, thr=c.thr_h,
-                               reset=c.reset_h, period=c.hidden_period, phase=c.hidden_phase,
-                               drive=c.drive, scale=c.drive_scale,
-                               incremental=cnp.fc1_incremental(c), n_threads=self.n_threads,
-                               record=record)
+        hid = K.hidden_forward(conv, p["W1b"], p["b1"], n_threads=self.n_threads,
+                               record=record, **hidden_forward_args(c))
         U = hid.n_updates
         T = np.float32(c.T)
         r_h = hid.n_h.astype(np.float32) / np.float32(c.T if c.rate_norm == "T" else U)

@@ -183,14 +183,15 @@ def fc1_rows(windows, update_steps, incremental):
     return rows
 
 
-def fc1_incremental(cfg):
-    """Whether the compiled FC1 forms a windowed hidden drive incrementally.
+def fc1_incremental(drive, hidden_period):
+    """Whether the compiled FC1 forms a hidden drive incrementally (a config's ``drive`` and
+    ``hidden_period``).
 
-    Only when the hidden layer is updated every other step or less often: with an update
+    Only a windowed drive of a layer updated every other step or less often: with an update
     every step (the ``nir`` preset) each update's drive stays the plain sum that a NIR
     graph computes.
     """
-    return cfg.drive == "window" and cfg.hidden_period > 1
+    return drive == "window" and hidden_period > 1
 
 
 def update_steps(cfg):
@@ -259,11 +260,12 @@ def forward(params, images, sample_ids, epoch, cfg, exact=False, record=False, m
                 win[...] = 0
                 u += 1
     windows = np.diff(counts, axis=1, prepend=0) if cumulative else counts
-    fc1_adds[:, steps] = fc1_rows(windows, steps, fc1_incremental(cfg)) * 1024
+    incremental = fc1_incremental(cfg.drive, cfg.hidden_period)
+    fc1_adds[:, steps] = fc1_rows(windows, steps, incremental) * 1024
     W1, b1 = params["W1"], params["b1"]
     H = W1.shape[1]
     if exact:
-        acc = _fc1_exact(zc, W1, steps, cumulative, fc1_incremental(cfg))
+        acc = _fc1_exact(zc, W1, steps, cumulative, incremental)
     else:
         acc = (matmul or np.matmul)(counts.reshape(B * U, 2304), W1).reshape(B, U, H)
     scale = np.float32(cfg.drive_scale)

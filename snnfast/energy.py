@@ -755,8 +755,9 @@ def account_convsnn_batch(acc, params, cfg, s_in, z_c, z_h, hidden_update, count
     # what the kernels execute: each input spike once with its full fan-out (conv); for FC1
     # the rows of W1 they add (each conv spike's once) or, where the windowed drive is
     # formed incrementally, add and subtract (see convsnn_numpy.fc1_rows)
-    incremental = drive == "window" and _cfg(cfg, "hidden_period", 1) > 1   # fc1_incremental
-    fc1_rows = cnp.fc1_rows(fc1_inputs(z_c, steps, "window"), steps, incremental)
+    incremental = cnp.fc1_incremental(drive, _cfg(cfg, "hidden_period", 1))
+    windows = x1 if drive == "window" else fc1_inputs(z_c, steps, "window")
+    fc1_rows = cnp.fc1_rows(windows, steps, incremental)
     recount = {
         "conv_synaptic_events": event_driven_ops(acc.layers["conv"], s_in),
         "fc1_row_adds": int(fc1_rows.sum()) * int(params["W1"].shape[1]),

@@ -386,6 +386,7 @@ def test_convsnn_kernel_counters_equal_recount():
     kern = pytest.importorskip("snnfast._convsnn_kernels")
     pytest.importorskip("snnfast._convsnn_fc")
     from snnfast import convsnn_numpy as cn
+    from snnfast.convsnn import hidden_forward_args
     for preset in ("seed", "default"):
         cfg = _cfg(preset)
         params = _convsnn_params(4)
@@ -394,10 +395,8 @@ def test_convsnn_kernel_counters_equal_recount():
         conv = kern.conv_forward(imgs, ids, cfg.seed, cn.EVAL_EPOCH, params["conv_w"], params["conv_b"],
                                  T=cfg.T, n_det=cfg.n_det, beta=cfg.beta_c, thr=cfg.thr_c,
                                  reset=cfg.reset_c, record_input=True, n_threads=2)
-        hid = kern.hidden_forward(conv, kern.to_blocked(params["W1"]), params["b1"], beta=cfg.beta_h,
-                                  thr=cfg.thr_h, reset=cfg.reset_h, period=cfg.hidden_period,
-                                  phase=cfg.hidden_phase, drive=cfg.drive, scale=cfg.drive_scale,
-                                  incremental=cn.fc1_incremental(cfg), record=True, n_threads=2)
+        hid = kern.hidden_forward(conv, kern.to_blocked(params["W1"]), params["b1"], record=True,
+                                  n_threads=2, **hidden_forward_args(cfg))
         hu = np.zeros(cfg.T, dtype=bool)
         hu[list(hid.update_steps)] = True
         counters = {**conv.sample_counters(), **hid.sample_counters()}

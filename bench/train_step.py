@@ -5,7 +5,7 @@
 Trains ``--warmup`` images first (so the spike rates are past their untrained peak), then
 times ``--images`` more, batch by batch, with a timer around every compiled kernel and the
 backward pass. Prints ms per step (64 images) for each stage; stages nest (``backward``
-contains ``w1_adam`` and ``conv_rate_*``), so the lines do not add up to ``step``; the last
+contains ``w1_adam_step`` and ``conv_rate_backward``), so the lines do not add up to ``step``; the last
 line is what the kernels leave of ``step``: the Python and NumPy code between them.
 MNIST must be in the local cache (``python -m snnfast.datasets fetch mnist``).
 """
@@ -23,7 +23,7 @@ from snnfast._config import config_dict
 from snnfast.convsnn import ConvSNN
 
 KERNELS = ("conv_forward", "hidden_forward", "w1_adam_step", "w1_sgd_step",
-           "conv_rate_currents", "conv_rate_input_grad", "adam_step_many", "ema_step")
+           "conv_patch_active", "conv_rate_backward", "adam_step_many", "ema_step")
 
 
 def timed(fn, name, totals):

@@ -10,6 +10,13 @@
 # Float order (-ffp-contract=off: every product and sum rounded on its own):
 #   currents[b, c*144 + p] = (sum over taps k ascending of w[c, k] * x[b, pix(p, k)]) + bias[c]
 #   gw[c, k] = sum over b ascending of (sum over p ascending of delta[b, c*144+p] * x[b, pix(p, k)])
+# The fused backward pass of the surrogate conv layer (rate_backward_into) forms delta itself:
+#   phi'(a)    = (0.5*slope) / (((|a - center| * slope) + 1) * (...)), as convsnn_numpy.surrogate
+#   delta[b, i] = (back[b, i] * scale) * phi'(currents[b, i])
+#   gb[c]      = sum over b ascending of u[b, c], then + (scale * phi'(bias[c])) * t[c], where
+#                u[b, c] and t[c] are lane sums (p = l mod 8 ascending, then ((s_0 + s_1) + ...)
+#                + s_7) over the 144 positions of (back[b, i]*scale) * (phi'(a) - phi'(bias[c]))
+#                and of total[i]
 from cython.parallel cimport prange
 from libc.stdlib cimport free, malloc
 
@@ -90,15 +97,83 @@ cdef extern from *:
             }
     }
 
-    /* g[k] = sum over b ascending of part[b*400 + k] (from 0): the per-sample partials in
-       sample order, so the sum does not depend on the thread count. */
-    static void snn_rate_wgrad_sum(const float *part, int B, float *g) {
+    /* g[k] = sum over b ascending of part[b*stride + k] (from 0): the per-sample partials
+       in sample order, so the sum does not depend on the thread count. */
+    static void snn_rate_wgrad_sum(const float *part, int B, float *g, int stride) {
         for (int k = 0; k < 400; k++) g[k] = 0.0f;
         for (int b = 0; b < B; b++)
-            for (int k = 0; k < 400; k++) g[k] += part[(size_t)b * 400 + k];
+            for (int k = 0; k < 400; k++) g[k] += part[(size_t)b * stride + k];
+    }
+
+    /* out[p] = 1 if any of the 25 inputs of position p is nonzero, else 0: where the
+       current is the bias alone. Columns of 5 rows first, then runs of 5 columns. */
+    static void snn_patch_active(const float *x, unsigned char *out) {
+        for (int y = 0; y < 12; y++) {
+            unsigned char col[28];
+            for (int c = 0; c < 28; c++) {
+                int any = 0;
+                for (int ky = 0; ky < 5; ky++) any |= x[(2 * y + ky) * 28 + c] != 0.0f;
+                col[c] = (unsigned char)any;
+            }
+            for (int xo = 0; xo < 12; xo++)
+                out[y * 12 + xo] = col[2 * xo] | col[2 * xo + 1] | col[2 * xo + 2]
+                                   | col[2 * xo + 3] | col[2 * xo + 4];
+        }
+    }
+
+    typedef int snn_r8i __attribute__((vector_size(32)));
+
+    /* phi'(a) of 8 currents, in convsnn_numpy.surrogate's order of operations */
+    static inline snn_r8 snn_r_dphi(snn_r8 a, float center, float slope, float half) {
+        const snn_r8 zero = {0};
+        snn_r8 t = a - center;
+        t = (snn_r8)((snn_r8i)t & 0x7fffffff);          /* |t| */
+        t = t * slope;
+        t = t + 1.0f;
+        t = t * t;
+        return (zero + half) / t;
+    }
+
+    static inline float snn_r_dphi1(float a, float center, float slope, float half) {
+        const snn_r8 zero = {0};
+        return snn_r_dphi(zero + a, center, slope, half)[0];
+    }
+
+    static inline float snn_r_lanesum(snn_r8 s) {
+        float t = s[0];
+        for (int l = 1; l < 8; l++) t += s[l];
+        return t;
+    }
+
+    /* One sample of the surrogate conv layer's backward pass: its weight gradient g (25 x
+       16, overwritten) and the lane sums u[16] of the bias gradient's first part (see
+       above). phib[c] = phi'(bias[c]). */
+    static void snn_rate_backward(const float *x, const float *wt, const float *bias,
+                                  const float *back, float scale, float center, float slope,
+                                  float half, const float *phib, float *g, float *u) {
+        float a[2304], delta[2304];
+        const snn_r8 zero = {0};
+        snn_rate_currents(x, wt, bias, a);
+        for (int c = 0; c < 16; c++) {
+            snn_r8 acc = zero;
+            for (int p = 0; p < 144; p += 8) {
+                const int i = c * 144 + p;
+                const snn_r8 ph = snn_r_dphi(snn_r_ld(a + i), center, slope, half);
+                const snn_r8 br = snn_r_ld(back + i) * scale;
+                snn_r_st(delta + i, br * ph);
+                acc += br * (ph - phib[c]);
+            }
+            u[c] = snn_r_lanesum(acc);
+        }
+        snn_rate_wgrad(x, delta, g);
     }
     """
-    void snn_rate_wgrad_sum(const float *part, int B, float *g) nogil
+    void snn_patch_active(const float *x, unsigned char *out) nogil
+    void snn_rate_backward(const float *x, const float *wt, const float *bias,
+                           const float *back, float scale, float center, float slope,
+                           float half, const float *phib, float *g, float *u) nogil
+    void snn_rate_wgrad_sum(const float *part, int B, float *g, int stride) nogil
+    float snn_r_dphi1(float a, float center, float slope, float half) nogil
     void snn_rate_currents(const float *x, const float *wt, const float *bias,
                            float *out) nogil
     void snn_rate_wgrad(const float *x, const float *delta, float *g) nogil
@@ -122,6 +197,52 @@ def rate_wgrad_into(const float[:, ::1] x, const float[:, ::1] delta, float[:, :
     try:
         for b in prange(B, nogil=True, schedule='static', num_threads=n_threads):
             snn_rate_wgrad(&x[b, 0], &delta[b, 0], part + b * 400)
-        snn_rate_wgrad_sum(part, <int>B, &gw[0, 0])
+        snn_rate_wgrad_sum(part, <int>B, &gw[0, 0], 400)
+    finally:
+        free(part)
+
+
+def patch_active_into(const float[:, ::1] x, unsigned char[:, ::1] out, int n_threads):
+    """out[b, p] (B, 144) = 1 where the 5x5 input patch of position p of x[b] has a nonzero."""
+    cdef Py_ssize_t b, B = x.shape[0]
+    for b in prange(B, nogil=True, schedule='static', num_threads=n_threads):
+        snn_patch_active(&x[b, 0], &out[b, 0])
+
+
+def rate_backward_into(const float[:, ::1] x, const float[:, ::1] wt, const float[::1] bias,
+                       const float[:, ::1] back, const float[::1] total, float scale,
+                       float center, float slope, float[:, ::1] gw, float[::1] gb,
+                       int n_threads):
+    """Weight (25, 16) and bias (16,) gradients of the surrogate conv layer into gw, gb,
+    given back (B, 2304) = dL/dr_c / scale where the input patch is nonzero (else 0) and
+    its column sums total (2304,)."""
+    cdef Py_ssize_t b, c, l, p, B = x.shape[0]
+    cdef float half = <float>(0.5 * <double>slope)
+    cdef float phib[16]
+    cdef float tc
+    cdef float acc[8]
+    cdef float *part = <float *>malloc(B * 416 * sizeof(float)) if B else NULL
+    if B and part == NULL:
+        raise MemoryError("conv backward: cannot allocate per-sample partials")
+    try:
+        for c in range(16):
+            phib[c] = snn_r_dphi1(bias[c], center, slope, half)
+        for b in prange(B, nogil=True, schedule='static', num_threads=n_threads):
+            snn_rate_backward(&x[b, 0], &wt[0, 0], &bias[0], &back[b, 0], scale, center,
+                              slope, half, phib, part + b * 416, part + b * 416 + 400)
+        snn_rate_wgrad_sum(part, <int>B, &gw[0, 0], 416)
+        for c in range(16):
+            gb[c] = 0
+            for b in range(B):
+                gb[c] = gb[c] + part[b * 416 + 400 + c]
+            for l in range(8):
+                acc[l] = total[c * 144 + l]
+            for p in range(8, 144, 8):
+                for l in range(8):
+                    acc[l] = acc[l] + total[c * 144 + p + l]
+            tc = acc[0]
+            for l in range(1, 8):
+                tc = tc + acc[l]
+            gb[c] = gb[c] + (scale * phib[c]) * tc
     finally:
         free(part)

@@ -12,6 +12,11 @@
 # stream through the cache once, and the gradient of a row segment is summed in registers
 # from the few samples whose conv neuron was active (~10-25 % of them).
 #
+# The back product is computed only where the caller needs it: entry (b, i) of conv neuron
+# i = channel*144 + position p only if act[b, p] (the surrogate gradient needs it only where
+# the 5x5 input patch at p is nonzero: ~55 % on MNIST); elsewhere it is 0. The sum over all
+# samples, total[i] = (sum_b d[b]) . W1[i], is computed whole, as one more row of products.
+#
 # With the back product (Adam), work items are tiles of rows of W1 (all of their blocks), which
 # the back product needs whole; without it (SGD), items are runs of rows within one block,
 # so that block's columns of d stay in L1 (~25 % faster). Either way each weight is updated by
@@ -20,10 +25,11 @@
 #   g[i, j]    = sum over b ascending with c[b, i] != 0 of c[b, i] * d[b, j]
 #   back[b, i] = lane sums s_l = sum over j = l (mod 8) ascending of d[b, j] * W1[i, j],
 #                then ((s_0 + s_1) + s_2) + ... + s_7
+#   total[i]   = the same with d[b] replaced by D = ((d[0] + d[1]) + d[2]) + ... + d[B-1]
 # which tests/ reproduce exactly in NumPy.
 from cython.parallel cimport prange, threadid
 from libc.stdlib cimport calloc, free, malloc
-from libc.stdint cimport int32_t, int64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t
 
 cdef extern from "snn_adam8.h":     # Adam's formula, shared with _adam.pyx
     pass
@@ -39,7 +45,8 @@ cdef extern from *:
     /* SNN_W1_LD: row stride of the gathered W1 rows and of d in the back product. Rows
        exactly 4 KiB apart put the six streams of its inner loop in one L1 set; 64 bytes
        more took it from ~60 % to ~90 % of peak (measured on the AVX2 EPYC). */
-    enum { SNN_W1_ROWS = 16, SNN_NCONV = 2304, SNN_NHID = 1024, SNN_W1_LD = 1040 };
+    enum { SNN_W1_ROWS = 16, SNN_NCONV = 2304, SNN_NHID = 1024, SNN_W1_LD = 1040,
+           SNN_NPOS = 144 };
     /* Cache lines of Adam's m (and of v) prefetched per 4-sample group of the back product */
     enum { SNN_W1_PFQ = 8 };
 
@@ -59,12 +66,15 @@ cdef extern from *:
         float rate, decay;
     } snn_w1_opt;
 
-    /* Per-thread scratch: the nonzero inputs (sample, value) of each row of a tile and the
-       tile's rows of W1 gathered into rows of SNN_W1_LD floats. NULL on allocation failure. */
-    typedef struct { int32_t *nzb; float *nzc; float *rows; } snn_w1_scratch;
+    /* Per-thread scratch: the nonzero inputs (sample, value) of each row of a tile, the
+       tile's rows of W1 gathered into rows of SNN_W1_LD floats, and a row pair's list of
+       rows of dc for the back product with its two results per entry. NULL on allocation
+       failure. */
+    typedef struct { int32_t *nzb; float *nzc; float *rows; int32_t *idx; float *out; }
+        snn_w1_scratch;
 
     static void snn_w1_scratch_free(snn_w1_scratch *s) {
-        if (s) { free(s->nzb); free(s->nzc); free(s->rows); free(s); }
+        if (s) { free(s->nzb); free(s->nzc); free(s->rows); free(s->idx); free(s->out); free(s); }
     }
 
     static snn_w1_scratch *snn_w1_scratch_new(int B) {
@@ -74,7 +84,9 @@ cdef extern from *:
         s->nzb = malloc(n * sizeof(int32_t));
         s->nzc = malloc(n * sizeof(float));
         s->rows = malloc((size_t)SNN_W1_ROWS * SNN_W1_LD * sizeof(float));
-        if (!s->nzb || !s->nzc || !s->rows) {
+        s->idx = malloc(((size_t)B + 8) * sizeof(int32_t));
+        s->out = malloc(2 * ((size_t)B + 8) * sizeof(float));
+        if (!s->nzb || !s->nzc || !s->rows || !s->idx || !s->out) {
             snn_w1_scratch_free(s); return NULL;
         }
         return s;
@@ -100,51 +112,72 @@ cdef extern from *:
         }
     }
 
-    /* back[b, i], back[b, i + 1] for two gathered rows w0, w1 and all samples (d: rows of
-       SNN_W1_LD floats). Four samples at a time keep their 2 x 4 lane sums in registers
-       over all 1024 columns: each loaded vector serves four products. Group g of four also
-       prefetches SNN_W1_PFQ lines from each of pf[2g] and pf[2g+1], for g < npf. */
-    static void snn_w1_back_pair(const float *w0, const float *w1, const float *d, int B,
-                                 float *back, const char *const *pf, int npf) {
+    /* The back product of two gathered rows w0, w1 with the rows idx[0 .. n) of dc (rows of
+       SNN_W1_LD floats; n a multiple of 4): out[2k] = dc[idx[k]] . w0, out[2k+1] =
+       dc[idx[k]] . w1. Four rows of dc at a time keep their 2 x 4 lane sums in registers
+       over all 1024 columns: each loaded vector serves four products. The npf pairs of
+       prefetch addresses pf[0 .. 2 npf) (SNN_W1_PFQ lines each) are spread over the groups. */
+    static void snn_w1_back_pair(const float *w0, const float *w1, const float *dc,
+                                 const int32_t *idx, int n, float *out,
+                                 const char *const *pf, int npf) {
         const snn_w8 zero = {0};
-        int b0 = 0;
-        for (; b0 + 4 <= B; b0 += 4) {
-            const int g = b0 / 4;
-            if (g < npf)
-                for (int q = 0; q < SNN_W1_PFQ; q++) {
-                    __builtin_prefetch(pf[2 * g] + 64 * q, 1, 2);
-                    __builtin_prefetch(pf[2 * g + 1] + 64 * q, 1, 2);
+        const int ng = n / 4;
+        for (int g = 0; g < ng; g++) {
+            for (int q = g * npf / ng; q < (g + 1) * npf / ng; q++)
+                for (int l = 0; l < SNN_W1_PFQ; l++) {
+                    __builtin_prefetch(pf[2 * q] + 64 * l, 1, 2);
+                    __builtin_prefetch(pf[2 * q + 1] + 64 * l, 1, 2);
                 }
             snn_w8 a00 = zero, a01 = zero, a02 = zero, a03 = zero;
             snn_w8 a10 = zero, a11 = zero, a12 = zero, a13 = zero;
-            const float *x = d + (size_t)b0 * SNN_W1_LD;
+            const float *p0 = dc + (size_t)idx[4 * g] * SNN_W1_LD;
+            const float *p1 = dc + (size_t)idx[4 * g + 1] * SNN_W1_LD;
+            const float *p2 = dc + (size_t)idx[4 * g + 2] * SNN_W1_LD;
+            const float *p3 = dc + (size_t)idx[4 * g + 3] * SNN_W1_LD;
             for (int j = 0; j < SNN_NHID; j += 8) {
                 snn_w8 u = snn_w_ld(w0 + j), v = snn_w_ld(w1 + j);
-                snn_w8 x0 = snn_w_ld(x + j), x1 = snn_w_ld(x + SNN_W1_LD + j);
-                snn_w8 x2 = snn_w_ld(x + 2 * SNN_W1_LD + j);
-                snn_w8 x3 = snn_w_ld(x + 3 * SNN_W1_LD + j);
+                snn_w8 x0 = snn_w_ld(p0 + j), x1 = snn_w_ld(p1 + j);
+                snn_w8 x2 = snn_w_ld(p2 + j), x3 = snn_w_ld(p3 + j);
                 SNN_W_PIN(u); SNN_W_PIN(v); SNN_W_PIN(x0); SNN_W_PIN(x1); SNN_W_PIN(x2);
                 SNN_W_PIN(x3);
                 a00 += x0 * u; a01 += x1 * u; a02 += x2 * u; a03 += x3 * u;
                 a10 += x0 * v; a11 += x1 * v; a12 += x2 * v; a13 += x3 * v;
             }
-            float *o = back + (size_t)b0 * SNN_NCONV;
-            o[0] = snn_w1_hsum(a00); o[SNN_NCONV] = snn_w1_hsum(a01);
-            o[2 * SNN_NCONV] = snn_w1_hsum(a02); o[3 * SNN_NCONV] = snn_w1_hsum(a03);
-            o[1] = snn_w1_hsum(a10); o[SNN_NCONV + 1] = snn_w1_hsum(a11);
-            o[2 * SNN_NCONV + 1] = snn_w1_hsum(a12); o[3 * SNN_NCONV + 1] = snn_w1_hsum(a13);
+            float *o = out + 8 * g;
+            o[0] = snn_w1_hsum(a00); o[1] = snn_w1_hsum(a10);
+            o[2] = snn_w1_hsum(a01); o[3] = snn_w1_hsum(a11);
+            o[4] = snn_w1_hsum(a02); o[5] = snn_w1_hsum(a12);
+            o[6] = snn_w1_hsum(a03); o[7] = snn_w1_hsum(a13);
         }
-        for (; b0 < B; b0++) {
-            snn_w8 a0 = zero, a1 = zero;
-            const float *x = d + (size_t)b0 * SNN_W1_LD;
-            for (int j = 0; j < SNN_NHID; j += 8) {
-                snn_w8 xj = snn_w_ld(x + j);
-                a0 += xj * snn_w_ld(w0 + j);
-                a1 += xj * snn_w_ld(w1 + j);
-            }
-            back[(size_t)b0 * SNN_NCONV] = snn_w1_hsum(a0);
-            back[(size_t)b0 * SNN_NCONV + 1] = snn_w1_hsum(a1);
+    }
+
+    /* back[., i], back[., i+1] and total[i], total[i+1] for the gathered rows w0, w1 of
+       conv neurons i, i+1 (i even: positions p, p+1 of one channel). dc has B rows of d,
+       then their sum D (row B) and a row of zeros (row B+1), which pads the list. */
+    static void snn_w1_back_rows(const float *w0, const float *w1, const float *dc, int B,
+                                 const uint8_t *act, int i, float *back, float *total,
+                                 snn_w1_scratch *s, const char *const *pf, int npf) {
+        const int p = i % SNN_NPOS;
+        int n = 0;
+        for (int b = 0; b < B; b++) {
+            /* branch-free as in snn_w1_nonzeros; also clears the row pair's entries */
+            s->idx[n] = b;
+            n += (act[(size_t)b * SNN_NPOS + p] | act[(size_t)b * SNN_NPOS + p + 1]) != 0;
+            back[(size_t)b * SNN_NCONV + i] = 0.0f;
+            back[(size_t)b * SNN_NCONV + i + 1] = 0.0f;
         }
+        const int nb = n;
+        s->idx[n++] = B;
+        while (n % 4) s->idx[n++] = B + 1;
+        snn_w1_back_pair(w0, w1, dc, s->idx, n, s->out, pf, npf);
+        for (int k = 0; k < nb; k++) {
+            const int b = s->idx[k];
+            if (act[(size_t)b * SNN_NPOS + p]) back[(size_t)b * SNN_NCONV + i] = s->out[2 * k];
+            if (act[(size_t)b * SNN_NPOS + p + 1])
+                back[(size_t)b * SNN_NCONV + i + 1] = s->out[2 * k + 1];
+        }
+        total[i] = s->out[2 * nb];
+        total[i + 1] = s->out[2 * nb + 1];
     }
 
     /* Add c[b] * d[b] of the listed samples to the 8*NV-column gradient g of one row. */
@@ -268,7 +301,8 @@ cdef extern from *:
        product). Returns a count that is nonzero if a gradient element was NaN or infinite. */
     static int64_t snn_w1_tile(float *W, float *M, float *V, int nblk, int bw, int i0,
                                const float *c, const float *d, const float *dc, int B,
-                               float *back, snn_w1_scratch *s, const snn_w1_opt *o) {
+                               const uint8_t *act, float *back, float *total,
+                               snn_w1_scratch *s, const snn_w1_opt *o) {
         int nn[SNN_W1_ROWS];
         snn_w1_nonzeros(c, B, i0, SNN_W1_ROWS, s->nzb, s->nzc, nn);
         snn_w1_gather(W + (size_t)i0 * bw, nblk, bw, s->rows);
@@ -287,14 +321,13 @@ cdef extern from *:
                 pfl[npl++] = (const char *)(V + base) + o;
             }
         }
-        int used = 0;                       /* chunk pairs handed out */
-        const int nslot = npl / 2, groups = B / 4;
+        int used = 0;                       /* chunk pairs handed out, evenly per row pair */
+        const int nslot = npl / 2;
         for (int r = 0; r < SNN_W1_ROWS; r += 2) {
-            int avail = nslot - used;
-            int take = avail < groups ? avail : groups;
-            snn_w1_back_pair(s->rows + (size_t)r * SNN_W1_LD,
-                             s->rows + (size_t)(r + 1) * SNN_W1_LD, dc, B, back + i0 + r,
-                             pfl + 2 * used, take);
+            const int take = (nslot - used) / ((SNN_W1_ROWS - r) / 2);
+            snn_w1_back_rows(s->rows + (size_t)r * SNN_W1_LD,
+                             s->rows + (size_t)(r + 1) * SNN_W1_LD, dc, B, act, i0 + r, back,
+                             total, s, pfl + 2 * used, take);
             used += take;
         }
         const snn_w8 zero = {0};
@@ -314,8 +347,9 @@ cdef extern from *:
     snn_w1_scratch *snn_w1_scratch_new(int B) nogil
     void snn_w1_scratch_free(snn_w1_scratch *s) nogil
     int64_t snn_w1_tile(float *W, float *M, float *V, int nblk, int bw, int i0, const float *c,
-                        const float *d, const float *dc, int B, float *back,
-                        snn_w1_scratch *s, const snn_w1_opt *o) nogil
+                        const float *d, const float *dc, int B, const uint8_t *act,
+                        float *back, float *total, snn_w1_scratch *s,
+                        const snn_w1_opt *o) nogil
     void snn_w1_nonzeros(const float *c, int B, int i0, int nr, int32_t *nzb, float *nzc,
                          int *nn) nogil
     int64_t snn_w1_block(float *W, float *M, float *V, int bw, int k, int i0, int i1,
@@ -326,8 +360,8 @@ cdef extern from *:
 
 
 cdef int64_t _run_tiles(float[:, :, ::1] W1b, float *m, float *v, const float[:, ::1] c,
-                        const float[:, :, ::1] d, const float *dc, float *back,
-                        snn_w1_opt *o, int n_threads) except -1:
+                        const float[:, :, ::1] d, const float *dc, const uint8_t *act,
+                        float *back, float *total, snn_w1_opt *o, int n_threads) except -1:
     cdef int nblk = <int>W1b.shape[0], bw = <int>W1b.shape[2], B = <int>c.shape[0]
     cdef int ntile = <int>W1b.shape[1] // SNN_W1_ROWS
     cdef int t, i, n_alloc = max(n_threads, 1)
@@ -344,7 +378,8 @@ cdef int64_t _run_tiles(float[:, :, ::1] W1b, float *m, float *v, const float[:,
         for t in prange(ntile, nogil=True, schedule='dynamic', chunksize=4,
                         num_threads=n_alloc):
             nonfinite += snn_w1_tile(&W1b[0, 0, 0], m, v, nblk, bw, t * SNN_W1_ROWS,
-                                     &c[0, 0], &d[0, 0, 0], dc, B, back, s[threadid()], o)
+                                     &c[0, 0], &d[0, 0, 0], dc, B, act, back, total,
+                                     s[threadid()], o)
     finally:
         for i in range(n_alloc):
             snn_w1_scratch_free(s[i])
@@ -384,25 +419,37 @@ cdef int64_t _run_blocks(float[:, :, ::1] W1b, const float[:, ::1] c, const floa
 
 
 def w1_adam_into(float[:, :, ::1] W1b, float[:, :, ::1] m, float[:, :, ::1] v,
-                 const float[:, ::1] c, const float[:, :, ::1] d, const float[:, ::1] dc,
-                 float[:, ::1] back,
+                 const float[:, ::1] c, const float[:, :, ::1] d, float[:, ::1] dc,
+                 const uint8_t[:, ::1] act, float[:, ::1] back, float[::1] total,
                  float beta1, float one_minus_beta1, float beta2, float one_minus_beta2,
                  float step_size, float rbc2, float eps, int n_threads):
-    """Gradient, back product into ``back`` and Adam step (see snnfast._convsnn_kernels).
+    """Gradient, back product into ``back`` (where ``act``), ``total`` and Adam step (see
+    snnfast._convsnn_kernels).
 
-    ``d`` is in W1's block layout, ``dc`` the same values in rows of ``row_stride()``
-    floats (the first 1024 used). Returns a count
-    that is nonzero if the gradient had NaN or infinite elements.
+    ``d`` is in W1's block layout, ``dc`` the same values in its first B rows of
+    ``row_stride()`` floats (the first 1024 used; the rest zero), then two rows of zeros:
+    row B receives the sum of the B rows. ``act`` (B, 144): nonzero where the back product
+    of a position is wanted. Returns a count that is nonzero if the gradient had NaN or
+    infinite elements.
     """
     cdef snn_w1_opt o
-    if dc.shape[1] != SNN_W1_LD or dc.shape[0] != c.shape[0]:
-        raise ValueError(f"dc must have shape (B, {SNN_W1_LD})")
+    cdef Py_ssize_t B = c.shape[0], b, j
+    if dc.shape[1] != SNN_W1_LD or dc.shape[0] != B + 2:
+        raise ValueError(f"dc must have shape (B + 2, {SNN_W1_LD})")
+    if act.shape[0] != B or act.shape[1] != 144 or back.shape[0] != B or total.shape[0] != 2304:
+        raise ValueError("act, back or total has the wrong shape")
+    with nogil:
+        for j in range(SNN_W1_LD):      # D = ((d[0] + d[1]) + d[2]) + ..., in float32
+            dc[B, j] = dc[0, j]
+        for b in range(1, B):
+            for j in range(SNN_W1_LD):
+                dc[B, j] = dc[B, j] + dc[b, j]
     o.adam = 1
     o.b1, o.omb1, o.b2, o.omb2 = beta1, one_minus_beta1, beta2, one_minus_beta2
     o.step_size, o.rbc2, o.eps = step_size, rbc2, eps
     o.rate, o.decay = 0, 1
-    return _run_tiles(W1b, &m[0, 0, 0], &v[0, 0, 0], c, d, &dc[0, 0], &back[0, 0], &o,
-                      n_threads)
+    return _run_tiles(W1b, &m[0, 0, 0], &v[0, 0, 0], c, d, &dc[0, 0], &act[0, 0], &back[0, 0],
+                      &total[0], &o, n_threads)
 
 
 def w1_sgd_into(float[:, :, ::1] W1b, const float[:, ::1] c, const float[:, :, ::1] d,

@@ -636,14 +636,15 @@ class ConvSNN:
             return out
 
         def step(c, d):
-            return outer(c, d), back(d)
+            return outer(c, d), back(d), None
         return outer, step
 
-    def _w1_kernel_ops(self, lr):
+    def _w1_kernel_ops(self, lr, r_in):
         """(outer, step) of the kernel backend: W1's gradient and optimiser step in one pass.
 
         ``outer(r_c, e_h)`` applies the reference's SGD step, ``step(c_h, d)`` the Adam step
-        and returns d @ W1.T with the old weights; both return None for the gradient.
+        and returns d @ W1.T with the old weights, computed only where the input patch of
+        ``r_in`` is nonzero, and its column sums; both return None for the gradient.
         """
         K, c, W1b = self._K, self.config, self._p["W1b"]
 
@@ -653,19 +654,21 @@ class ConvSNN:
 
         def step(c_h, d):
             o = self._opt_state()
-            back = K.w1_adam_step(W1b, o["m"]["W1b"], o["v"]["W1b"], c_h, d, lr=lr,
-                                  beta1=c.beta1, beta2=c.beta2, eps=c.eps, step=o["t"] + 1,
-                                  n_threads=self.n_threads)
-            return None, back
+            active = K.conv_patch_active(r_in, n_threads=self.n_threads)
+            back, total = K.w1_adam_step(W1b, o["m"]["W1b"], o["v"]["W1b"], c_h, d, lr=lr,
+                                         beta1=c.beta1, beta2=c.beta2, eps=c.eps,
+                                         step=o["t"] + 1, active=active,
+                                         n_threads=self.n_threads)
+            return None, back, total
         return outer, step
 
-    def _conv_ops(self):
-        """(currents, input_grad) for :func:`convsnn_numpy.surrogate_backward`, or None."""
+    def _conv_grad(self):
+        """The kernels' :func:`convsnn_numpy.conv_backward`, or None for the NumPy backend."""
         if self._K is None:
             return None
         K, nt = self._K, self.n_threads
-        return (lambda x, w, b: K.conv_rate_currents(x, w, b, n_threads=nt),
-                lambda x, d: K.conv_rate_input_grad(x, d, n_threads=nt))
+        return (lambda x, w, b, back, total, scale, center, slope: K.conv_rate_backward(
+            x, w, b, back, total, scale=scale, center=center, slope=slope, n_threads=nt))
 
     def _train_step(self, X, y, ids, epoch, lr):
         """One optimisation step on a batch; returns (mean loss, #correct, forward dict)."""
@@ -673,7 +676,8 @@ class ConvSNN:
         fw = self._forward(X, ids, epoch, train=True)
         loss, prob = cnp.softmax_xent(fw["logits"], y)
         correct = int((fw["logits"].argmax(axis=1) == y).sum())
-        outer, step = self._w1_numpy_ops() if self._K is None else self._w1_kernel_ops(lr)
+        outer, step = (self._w1_numpy_ops() if self._K is None
+                       else self._w1_kernel_ops(lr, fw["r_in"]))
         if c.trainer == "reference":
             g = cnp.reference_backward(self._p, fw, prob, y, w1_outer=outer)
             cnp.reference_update(self._p, g, lr)
@@ -683,7 +687,7 @@ class ConvSNN:
             dl *= np.float32(1.0 / len(y))
             fw["c_h"] = self._c_h(fw)
             g = cnp.surrogate_backward(self._p, fw, dl, c, w1_step=step,
-                                       conv_ops=self._conv_ops())
+                                       conv_grad=self._conv_grad())
             self._adam(g, lr)
         self.step_ += 1
         self._update_ema()

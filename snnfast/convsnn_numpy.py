@@ -19,10 +19,10 @@ that require bit-identical spikes.
 import numpy as np
 
 # pure-Python parts of the kernel API (the compiled modules load lazily there)
-from ._convsnn_kernels import EVAL_EPOCH, det_table
+from ._convsnn_kernels import EVAL_EPOCH, N_POS, det_table
 
 __all__ = ["mix64", "sample_keys", "input_spikes", "conv_patch_index",
-           "conv_currents", "forward", "surrogate", "surrogate_backward", "reference_backward",
+           "conv_currents", "forward", "surrogate", "conv_backward", "surrogate_backward", "reference_backward",
            "smooth_forward", "softmax_xent", "Adam", "EVAL_EPOCH", "GOLDEN", "fc1_incremental",
            "fc1_rows"]
 
@@ -351,7 +351,29 @@ def _conv_input_grad(r_in, delta_ac):
     return gw, delta_ac.reshape(B, 16, 144).sum(axis=(0, 2))
 
 
-def surrogate_backward(params, fw, dlogits, cfg, w1_step=None, conv_ops=None):
+def conv_backward(r_in, conv_w, conv_b, back, total, scale, center, slope):
+    """Gradients (conv_w, conv_b) of the surrogate conv layer r_c = phi(a_c), given
+    dL/dr_c = scale * back.
+
+    With ``total`` None, ``back`` is dense. Otherwise ``back`` may be 0 where a conv
+    neuron's 5x5 input patch is all zero, and ``total`` holds its full column sums: there
+    a_c = b_c, so those entries add nothing to dL/dw_c, and
+    dL/db_c = scale sum back (phi'(a_c) - phi'(b_c)) + scale phi'(b_c) sum back, whose first
+    sum has no terms at them and whose second is ``total``'s. This lets the back product
+    skip them (:func:`snnfast._convsnn_kernels.w1_adam_step`).
+    """
+    delta_rc = back * scale
+    phi = surrogate(conv_currents(r_in, conv_w, conv_b), center, slope)
+    gw, gb = _conv_input_grad(r_in, delta_rc * phi)
+    if total is not None:
+        phi_b = surrogate(conv_b, center, slope)
+        phi -= np.repeat(phi_b, N_POS)
+        gb = ((delta_rc * phi).reshape(len(back), len(phi_b), N_POS).sum(axis=(0, 2))
+              + scale * phi_b * total.reshape(len(phi_b), N_POS).sum(axis=1))
+    return gw, gb
+
+
+def surrogate_backward(params, fw, dlogits, cfg, w1_step=None, conv_grad=None):
     """Rate-based surrogate gradient of all parameters (the default/nir training rule).
 
     Each spiking layer is treated as r = phi(a) with a its mean input current per update;
@@ -359,16 +381,16 @@ def surrogate_backward(params, fw, dlogits, cfg, w1_step=None, conv_ops=None):
     recomputed exactly. The hidden current a_h = s (c_h @ W1 + b1) with c_h the conv spikes per
     update that reached the hidden layer, and dc_h/dr_c = T / n_updates.
 
-    ``w1_step(c_h, d) -> (dL/dW1 or None, d @ W1.T)`` lets a caller handle W1 itself (the
-    kernels keep it blocked and update it in the same pass; then it returns None and the
-    result has no "W1"); the default uses the canonical ``params["W1"]``. ``conv_ops`` =
-    ``(currents, input_grad)`` may replace :func:`conv_currents` and the conv weight
-    gradient (same signatures; the kernels' versions).
+    ``w1_step(c_h, d) -> (dL/dW1 or None, back, total or None)`` lets a caller handle W1
+    itself (the kernels keep it blocked and update it in the same pass; then it returns None
+    and the result has no "W1"); the default uses the canonical ``params["W1"]``. ``back``
+    and ``total`` are as in :func:`conv_backward`, which ``conv_grad`` (same signature; the
+    kernels' version) may replace.
     """
-    currents, input_grad = conv_ops or (conv_currents, _conv_input_grad)
+    conv_grad = conv_grad or conv_backward
     if w1_step is None:
         def w1_step(c, d):
-            return c.T @ d, d @ params["W1"].T
+            return c.T @ d, d @ params["W1"].T, None
     r_in, r_h = fw["r_in"], fw["r_h"]
     s = params["W2"].dtype.type(cfg.drive_scale)
     g = {}
@@ -377,14 +399,13 @@ def surrogate_backward(params, fw, dlogits, cfg, w1_step=None, conv_ops=None):
     delta_rh = dlogits @ params["W2"].T
     delta_ah = delta_rh * surrogate(fw["a_h"], cfg.surr_center_h, cfg.surr_slope_h)
     sd = s * delta_ah
-    gW1, back = w1_step(fw["c_h"], sd)
+    gW1, back, total = w1_step(fw["c_h"], sd)
     if gW1 is not None:
         g["W1"] = gW1
     g["b1"] = sd.sum(axis=0)
-    delta_rc = back * s.dtype.type(cfg.T / fw["n_updates"])
-    a_c = currents(r_in, params["conv_w"], params["conv_b"])
-    delta_ac = delta_rc * surrogate(a_c, cfg.surr_center_c, cfg.surr_slope_c)
-    g["conv_w"], g["conv_b"] = input_grad(r_in, delta_ac)
+    g["conv_w"], g["conv_b"] = conv_grad(r_in, params["conv_w"], params["conv_b"], back, total,
+                                         s.dtype.type(cfg.T / fw["n_updates"]),
+                                         cfg.surr_center_c, cfg.surr_slope_c)
     return {k: v.astype(params["W2"].dtype, copy=False) for k, v in g.items()}
 
 

@@ -226,3 +226,35 @@ def conv_rate_wgrad(x, delta):
     for b in range(len(x)):
         g += part[b]
     return g
+
+
+def _lane_sums(v):
+    """Sums over the last axis (a multiple of 8) in the kernels' order: 8 lane sums over
+    j = l (mod 8) ascending, then ((s_0 + s_1) + s_2) + ... + s_7, all in float32."""
+    acc = v[..., 0:8].copy()
+    for j0 in range(8, v.shape[-1], 8):
+        acc += v[..., j0:j0 + 8]
+    out = acc[..., 0].copy()
+    for lane in range(1, 8):
+        out += acc[..., lane]
+    return out
+
+
+def conv_rate_backward(x, conv_w, conv_b, back, total, scale, center, slope):
+    """The fused conv backward pass in the kernel's order (see ext/_conv_rates.pyx)."""
+    f32 = np.float32
+
+    def dphi(a):                       # convsnn_numpy.surrogate's operations, one by one
+        t = np.abs(a - f32(center)) * f32(slope)
+        t = t + f32(1)
+        return f32(0.5 * slope) / (t * t)
+    B = len(x)
+    br = back * f32(scale)
+    ph = dphi(conv_rate_currents(x, conv_w, conv_b))
+    gw = conv_rate_wgrad(x, br * ph)
+    phib = dphi(conv_b)
+    u = _lane_sums((br * (ph - np.repeat(phib, 144))).reshape(B, 16, 144))
+    gb = np.zeros(16, f32)
+    for b in range(B):
+        gb += u[b]
+    return gw, gb + (f32(scale) * phib) * _lane_sums(total.reshape(16, 144))

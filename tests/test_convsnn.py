@@ -192,6 +192,48 @@ def test_surrogate_gradient_equals_finite_differences(preset):
             assert abs(fd - g[k].reshape(-1)[i]) <= 1e-7 + 1e-5 * abs(fd), (k, i, fd)
 
 
+@needs_kernels
+def test_surrogate_backward_with_back_product_on_nonzero_patches_only():
+    # The kernels compute d @ W1.T only where a conv neuron's input patch is nonzero and
+    # recover dL/db_c from the column sums: the gradients must equal the dense ones.
+    from snnfast import _convsnn_kernels as K
+    cfg = make_config("default")
+    rng = np.random.default_rng(8)
+    p = {"conv_w": rng.normal(0, 0.3, (16, 1, 5, 5)), "conv_b": rng.normal(0.3, 0.3, 16),
+         "W1": rng.normal(0, 1 / 48, (2304, 1024)), "b1": rng.normal(0, 0.1, 1024),
+         "W2": rng.normal(0, 1 / 32, (1024, 10)), "b2": rng.normal(0, 0.1, 10)}
+    p = {k: v.astype(np.float32) for k, v in p.items()}
+    B = 12
+    ink = _images(B, seed=9).reshape(B, 784) > 0
+    r_in = (rng.integers(0, 11, (B, 784)) / 10.0 * ink).astype(np.float32)
+    active = K.conv_patch_active(r_in)
+    assert 0.2 < active.mean() < 0.9                  # both kinds of position occur
+    fw = cnp.smooth_forward(p, r_in, cfg)
+    _, prob = cnp.softmax_xent(fw["logits"], np.arange(B) % 10)
+    dl = prob.copy()
+    dl[np.arange(B), np.arange(B) % 10] -= 1
+    dense = cnp.surrogate_backward(p, fw, dl, cfg)
+    Wb = K.to_blocked(p["W1"])
+
+    def skipping(c, d):
+        back, total = K.w1_adam_step(Wb.copy(), np.zeros_like(Wb), np.zeros_like(Wb), c, d,
+                                     lr=1e-3,
+                                     step=1, active=active)
+        return None, back, total
+    def kernel_conv(x, w, b, back, total, scale, center, slope):
+        return K.conv_rate_backward(x, w, b, back, total, scale=scale, center=center,
+                                    slope=slope)
+    for conv_grad in (None, kernel_conv):
+        got = cnp.surrogate_backward(p, fw, dl, cfg, w1_step=skipping, conv_grad=conv_grad)
+        for k in ("conv_w", "conv_b", "b1", "W2", "b2"):
+            np.testing.assert_allclose(got[k], dense[k], rtol=1e-4,
+                                       atol=1e-5 * np.abs(dense[k]).max(), err_msg=k)
+    # the column sums matter: without them dL/db_c would miss the empty patches' share
+    no_total = cnp.surrogate_backward(p, fw, dl, cfg, w1_step=lambda c, d: skipping(c, d)[:2]
+                                      + (np.zeros(2304, np.float32),))
+    assert not np.allclose(no_total["conv_b"], dense["conv_b"], rtol=1e-2)
+
+
 def test_surrogate_derivative_is_derivative_of_phi():
     a = np.linspace(-2, 3, 101)
     d = cnp.surrogate(a, 0.45, 4.0)

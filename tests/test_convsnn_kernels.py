@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from snnfast import _convsnn_kernels as K
+from snnfast import convsnn_numpy as cnp
 
 sys.path.insert(0, os.path.dirname(__file__))  # the oracle sits beside this file (any import mode)
 import _convsnn_oracle as O  # noqa: E402
@@ -490,8 +491,17 @@ def _w1_operands(rng, B, density=0.2):
     return c.astype(np.float32), d.astype(np.float32)
 
 
-@pytest.mark.parametrize("bw,B", [(16, 7), (32, 64), (64, 5), (256, 9)])
-def test_w1_adam_step_matches_numpy(bw, B):
+def _column_sum(d):
+    """Rows of d added in order, ((d[0] + d[1]) + d[2]) + ..., in float32."""
+    D = d[0].copy()
+    for row in d[1:]:
+        D += row
+    return D
+
+
+@pytest.mark.parametrize("bw,B,density", [(16, 7, 1.0), (32, 64, 0.55), (64, 5, 0.3),
+                                          (256, 9, 0.0)])
+def test_w1_adam_step_matches_numpy(bw, B, density):
     rng = np.random.default_rng(bw + B)
     c, d = _w1_operands(rng, B)
     W1 = rng.normal(0, 0.05, (2304, 1024)).astype(np.float32)
@@ -499,13 +509,41 @@ def test_w1_adam_step_matches_numpy(bw, B):
     m = rng.normal(0, 1e-3, W1.shape).astype(np.float32)
     v = (rng.random(W1.shape) * 1e-5).astype(np.float32)
     Wb, mb, vb = K.to_blocked(W1, bw), K.to_blocked(m, bw), K.to_blocked(v, bw)
-    back = K.w1_adam_step(Wb, mb, vb, c, d, lr=2e-3, beta1=0.9, beta2=0.99, eps=1e-7, step=4)
-    np.testing.assert_array_equal(back, O.w1_back(d, W1))     # with the weights before the step
+    active = rng.random((B, 144)) < density
+    active[0, 1] = not active[0, 0]                  # a row pair with one wanted entry
+    back, total = K.w1_adam_step(Wb, mb, vb, c, d, lr=2e-3, beta1=0.9, beta2=0.99, eps=1e-7,
+                                 step=4, active=active if density < 1 else None)
+    wanted = np.tile(active, 16) if density < 1 else np.ones((B, 2304), bool)
+    full = O.w1_back(d, W1)                          # with the weights before the step
+    np.testing.assert_array_equal(back, np.where(wanted, full, 0))
+    np.testing.assert_array_equal(total, O.w1_back(_column_sum(d)[None], W1)[0])
     p, m2, v2 = O.adam(W1, O.w1_grad(c, d), m, v, 2e-3, 0.9, 0.99, 1e-7, 4)
     np.testing.assert_array_equal(K.from_blocked(Wb), p)
     np.testing.assert_array_equal(K.from_blocked(mb), m2)
     np.testing.assert_array_equal(K.from_blocked(vb), v2)
-    np.testing.assert_allclose(back, d @ W1.T, rtol=1e-4, atol=1e-6)    # and it is d @ W1.T
+    np.testing.assert_allclose(full, d @ W1.T, rtol=1e-4, atol=1e-6)    # and it is d @ W1.T
+    np.testing.assert_allclose(total, (d @ W1.T).sum(axis=0), rtol=1e-4, atol=1e-6)
+
+
+def test_conv_patch_active_matches_numpy():
+    rng = np.random.default_rng(11)
+    x = np.where(rng.random((9, 784)) < 0.03, rng.random((9, 784)), 0).astype(np.float32)
+    x[:2] = 0.0
+    x[1, 26 * 28 + 26] = -0.5                         # only the last patch sees it
+    x[1, 27 * 28 + 3] = 0.5                           # no patch sees row 27
+    got = K.conv_patch_active(x, n_threads=2)
+    expect = (np.abs(x[:, _patch_pixels()]) > 0).any(axis=2)
+    np.testing.assert_array_equal(got, expect.astype(np.uint8))
+    assert got[1, 143] == 1 and got[1].sum() == 1 and not got[0].any()
+    assert 0 < got[2:].mean() < 1
+    with pytest.raises(ValueError):
+        K.conv_patch_active(x.astype(np.float64))
+
+
+def _patch_pixels():
+    """(144, 25) pixel indices of the 5x5 stride-2 patches, from first principles."""
+    return np.array([[(2 * (p // 12) + ky) * 28 + 2 * (p % 12) + kx
+                      for ky in range(5) for kx in range(5)] for p in range(144)])
 
 
 @pytest.mark.parametrize("bw,B", [(16, 3), (32, 64), (64, 5), (128, 1), (256, 33)])
@@ -528,10 +566,11 @@ def test_w1_steps_thread_count_bit_identical():
     out = []
     for nt in (1, 2):
         Wb, m, v = W1.copy(), np.zeros_like(W1), np.zeros_like(W1)
-        back = K.w1_adam_step(Wb, m, v, c, d, lr=1e-3, step=1, n_threads=nt)
+        back, total = K.w1_adam_step(Wb, m, v, c, d, lr=1e-3, step=1, n_threads=nt,
+                                     active=np.arange(21 * 144).reshape(21, 144) % 3 != 0)
         Ws = W1.copy()
         K.w1_sgd_step(Ws, c, d, rate=1e-3, decay=0.999, n_threads=nt)
-        out.append((back, Wb, m, v, Ws))
+        out.append((back, total, Wb, m, v, Ws))
     for a, b in zip(*out):
         assert a.tobytes() == b.tobytes()
 
@@ -559,6 +598,10 @@ def test_bad_w1_step_inputs():
             K.w1_sgd_step(*args, rate=1e-3)
     with pytest.raises(ValueError):
         K.w1_adam_step(W1, m, v, c, d, lr=1e-3, step=0)
+    for active in (np.ones((4, 143), bool), np.ones((3, 144), bool), np.ones((4, 144)),
+                   np.ones((144, 4), np.uint8).T):
+        with pytest.raises(ValueError, match="active"):
+            K.w1_adam_step(W1, m, v, c, d, lr=1e-3, step=1, active=active)
     with pytest.raises(TypeError):
         K.w1_sgd_step(W1, c, d, rate="fast")
     assert W1.tobytes() == W0.tobytes() and not m.any() and not v.any()  # nothing changed
@@ -588,6 +631,33 @@ def test_conv_rate_kernels_match_numpy(B):
         assert K.conv_rate_input_grad(x, delta, n_threads=nt)[0].tobytes() == gw.tobytes()
 
 
+@pytest.mark.parametrize("B", [1, 6, 64])
+def test_conv_rate_backward_matches_numpy(B):
+    rng = np.random.default_rng(20 + B)
+    x = (rng.integers(0, 11, (B, 784)) / 10 * (rng.random((B, 784)) < 0.1)).astype(np.float32)
+    x[:, :300] = 0.0                                  # whole rows of empty patches
+    conv_w, conv_b = random_params(rng)[:2]
+    conv_w = conv_w.reshape(16, 1, 5, 5)
+    full = rng.normal(0, 1e-2, (B, 2304)).astype(np.float32)
+    active = np.tile(K.conv_patch_active(x), 16).astype(bool)
+    assert 0.05 < active.mean() < 0.95
+    back = np.where(active, full, np.float32(0))
+    total = full.sum(axis=0)
+    args = (x, conv_w, conv_b, back, total)
+    kw = dict(scale=2.5, center=0.45, slope=4.0)
+    gw, gb = K.conv_rate_backward(*args, **kw)
+    ew, eb = O.conv_rate_backward(*args, 2.5, 0.45, 4.0)
+    np.testing.assert_array_equal(gw.reshape(16, 25), ew)
+    np.testing.assert_array_equal(gb, eb)
+    # and it is the gradient of the dense formula (phi' of the currents times the full back)
+    dw, db = cnp.conv_backward(x, conv_w, conv_b, full, None, np.float32(2.5), 0.45, 4.0)
+    np.testing.assert_allclose(gw, dw, rtol=1e-4, atol=1e-5 * np.abs(dw).max())
+    np.testing.assert_allclose(gb, db, rtol=1e-4, atol=1e-5 * np.abs(db).max())
+    for nt in (1, 2):
+        w2, b2 = K.conv_rate_backward(*args, **kw, n_threads=nt)
+        assert w2.tobytes() == gw.tobytes() and b2.tobytes() == gb.tobytes()
+
+
 def test_bad_conv_rate_inputs():
     x = np.zeros((3, 784), np.float32)
     w, b = np.zeros((16, 1, 5, 5), np.float32), np.zeros(16, np.float32)
@@ -601,6 +671,16 @@ def test_bad_conv_rate_inputs():
     for args in [(bad_x, d), (x, d[:2]), (x, d[:, ::2]), (x, d.astype(np.float64))]:
         with pytest.raises(ValueError):
             K.conv_rate_input_grad(*args)
+    t = np.zeros(2304, np.float32)
+    kw = dict(scale=1.0, center=0.45, slope=4.0)
+    for args in [(bad_x, w, b, d, t), (x, w, b, d[:2], t), (x, w, b, d, t[:2]),
+                 (x, w, b, d, t.astype(np.float64)), (x, w, b[:3], d, t)]:
+        with pytest.raises(ValueError):
+            K.conv_rate_backward(*args, **kw)
+    with pytest.raises(ValueError):
+        K.conv_rate_backward(x, w, b, d, t, scale=np.inf, center=0.45, slope=4.0)
+    with pytest.raises(TypeError):
+        K.conv_rate_backward(x, w, b, d, t, scale="2", center=0.45, slope=4.0)
 
 
 def test_ema_step_equals_numpy_bits():

@@ -1,22 +1,24 @@
-# The 16x5x5 stride-2 convolution on real-valued input rates, and its weight gradient: the
-# two conv pieces of the surrogate-gradient backward pass.
+# The backward pass of the surrogate conv layer (16x5x5, stride 2, on real-valued input
+# rates): its currents, phi' of them, and the weight and bias gradients, per sample in one
+# pass; and the map of positions whose 5x5 input patch has a nonzero.
 #
 # Called only through snnfast._convsnn_kernels (which validates every argument). OpenMP over
-# samples; each sample is computed by one thread in a fixed order and the per-sample weight
+# samples; each sample is computed by one thread in a fixed order and the per-sample
 # gradients are summed in sample order afterwards, so nothing depends on the thread count.
-# Why not BLAS: as a matrix product both need the (B, 144, 25) patch matrix gathered first,
-# which costs more than the 57 600 multiply-adds per sample; here the 16 channels are two
-# vectors, multiplied by one broadcast input value per (position, tap).
+# Why not BLAS: as a matrix product both convolutions need the (B, 144, 25) patch matrix
+# gathered first, which costs more than the 57 600 multiply-adds per sample; here the 16
+# channels are two vectors, multiplied by one broadcast input value per (position, tap).
 # Float order (-ffp-contract=off: every product and sum rounded on its own):
-#   currents[b, c*144 + p] = (sum over taps k ascending of w[c, k] * x[b, pix(p, k)]) + bias[c]
+#   a[b, c*144 + p] = (sum over taps k ascending of w[c, k] * x[b, pix(p, k)]) + bias[c]
+#   phi'(a)     = (0.5*slope) / (t * t), t = (|a - center| * slope) + 1, as convsnn_numpy.surrogate
+#   delta[b, i] = (back[b, i] * scale) * phi'(a[b, i])
 #   gw[c, k] = sum over b ascending of (sum over p ascending of delta[b, c*144+p] * x[b, pix(p, k)])
-# The fused backward pass of the surrogate conv layer (rate_backward_into) forms delta itself:
-#   phi'(a)    = (0.5*slope) / (((|a - center| * slope) + 1) * (...)), as convsnn_numpy.surrogate
-#   delta[b, i] = (back[b, i] * scale) * phi'(currents[b, i])
-#   gb[c]      = sum over b ascending of u[b, c], then + (scale * phi'(bias[c])) * t[c], where
-#                u[b, c] and t[c] are lane sums (p = l mod 8 ascending, then ((s_0 + s_1) + ...)
-#                + s_7) over the 144 positions of (back[b, i]*scale) * (phi'(a) - phi'(bias[c]))
-#                and of total[i]
+#   gb[c]    = (sum over b ascending of u[b, c]) + (scale * phi'(bias[c])) * t[c], where
+#              u[b, c] and t[c] are lane sums (over p = l mod 8 ascending, then
+#              ((s_0 + s_1) + ...) + s_7) over the 144 positions of
+#              (back[b, i] * scale) * (phi'(a[b, i]) - phi'(bias[c])) and of total[i]
+# (back may be 0 where the input patch is empty and total holds its full column sums: see
+# convsnn_numpy.conv_backward).
 from cython.parallel cimport prange
 from libc.stdlib cimport free, malloc
 
@@ -177,29 +179,6 @@ cdef extern from *:
     void snn_rate_currents(const float *x, const float *wt, const float *bias,
                            float *out) nogil
     void snn_rate_wgrad(const float *x, const float *delta, float *g) nogil
-
-
-def rate_currents_into(const float[:, ::1] x, const float[:, ::1] wt, const float[::1] bias,
-                       float[:, ::1] out, int n_threads):
-    """Conv currents of input rates x (B, 784) into out (B, 2304); wt is (25, 16)."""
-    cdef Py_ssize_t b, B = x.shape[0]
-    for b in prange(B, nogil=True, schedule='static', num_threads=n_threads):
-        snn_rate_currents(&x[b, 0], &wt[0, 0], &bias[0], &out[b, 0])
-
-
-def rate_wgrad_into(const float[:, ::1] x, const float[:, ::1] delta, float[:, ::1] gw,
-                    int n_threads):
-    """Weight gradient (25, 16) of the conv given dL/d currents delta (B, 2304), into gw."""
-    cdef Py_ssize_t b, k, B = x.shape[0]
-    cdef float *part = <float *>malloc(B * 400 * sizeof(float)) if B else NULL
-    if B and part == NULL:
-        raise MemoryError("conv weight gradient: cannot allocate per-sample partials")
-    try:
-        for b in prange(B, nogil=True, schedule='static', num_threads=n_threads):
-            snn_rate_wgrad(&x[b, 0], &delta[b, 0], part + b * 400)
-        snn_rate_wgrad_sum(part, <int>B, &gw[0, 0], 400)
-    finally:
-        free(part)
 
 
 def patch_active_into(const float[:, ::1] x, unsigned char[:, ::1] out, int n_threads):

@@ -17,7 +17,7 @@ Layouts
 Threads
 -------
 Every kernel releases the GIL and runs OpenMP over samples (conv, and the conv on rates of
-:func:`conv_rate_currents` / :func:`conv_rate_input_grad`), (block, sample) pairs
+:func:`conv_rate_backward` and :func:`conv_patch_active`), (block, sample) pairs
 (FC1 + hidden LIF) or tiles of W1 rows (the fused training steps :func:`w1_adam_step` and
 :func:`w1_sgd_step`). Each output element is computed by exactly one thread in a fixed order,
 so results are bit-identical for any ``n_threads`` (rule: :func:`snnfast.effective_n_threads`).
@@ -56,8 +56,8 @@ __all__ = [
     "N_PIX", "N_CONV", "N_HID", "SUPPORTED_BLOCK_WIDTHS", "BLOCK_WIDTH", "EVAL_EPOCH",
     "ConvResult", "HiddenResult", "det_table", "update_steps", "conv_event_table",
     "uniform24", "to_blocked", "from_blocked", "conv_forward", "hidden_forward", "adam_step",
-    "adam_step_many", "w1_adam_step", "w1_sgd_step", "conv_rate_currents",
-    "conv_rate_input_grad", "conv_rate_backward", "conv_patch_active", "ema_step",
+    "adam_step_many", "w1_adam_step", "w1_sgd_step", "conv_rate_backward",
+    "conv_patch_active", "ema_step",
 ]
 
 N_PIX = 784
@@ -757,27 +757,12 @@ def _check_rates(x, conv_w):
     return np.ascontiguousarray(conv_w.reshape(N_CH, N_TAPS).T)
 
 
-def conv_rate_currents(x, conv_w, conv_b, *, n_threads=None):
-    """Conv currents of real-valued inputs: ``conv(x) + conv_b``, float32 ``(B, 2304)``.
-
-    Per output, the 25 taps are added in (ky, kx) order (each product rounded first), then
-    the bias. ``x`` is float32 ``(B, 784)`` (e.g. input spike rates); ``conv_w`` has 400
-    elements in the order of ``(16, 1, 5, 5)``; ``conv_b`` is ``(16,)``.
-    """
-    from . import _conv_rates
-    wt = _check_rates(x, conv_w)
-    check_array(conv_b, "conv_b", np.float32, shape=(N_CH,), finite=True)
-    out = np.empty((len(x), N_CONV), np.float32)
-    _conv_rates.rate_currents_into(x, wt, conv_b, out, _threads(n_threads))
-    return out
-
-
 def conv_rate_backward(x, conv_w, conv_b, back, total, *, scale, center, slope,
                        n_threads=None):
     """Gradients ``(conv_w (16, 1, 5, 5), conv_b (16,))`` of the surrogate conv layer.
 
-    The layer is ``r = phi(a)``, ``a = conv(x) + conv_b`` (:func:`conv_rate_currents`),
-    with ``phi'`` as :func:`snnfast.convsnn_numpy.surrogate`, and ``dL/dr = scale * back``.
+    The layer is ``r = phi(a)``, ``a = conv(x) + conv_b`` (the 25 taps added in (ky, kx)
+    order, each product rounded first, then the bias), with ``phi'`` as :func:`snnfast.convsnn_numpy.surrogate`, and ``dL/dr = scale * back``.
     ``back`` may be zero where a position's 5x5 input patch is all zero (see
     :func:`w1_adam_step`'s ``active``), as long as ``total`` holds its full column sums:
     there ``a = conv_b``, which lets ``dL/dconv_b`` be formed from ``total`` (see ``ext/``
@@ -817,22 +802,6 @@ def conv_patch_active(x, *, n_threads=None):
     out = np.empty((len(x), N_POS), np.uint8)
     _conv_rates.patch_active_into(x, out, _threads(n_threads))
     return out
-
-
-def conv_rate_input_grad(x, delta, *, n_threads=None):
-    """Gradients ``(conv_w (16, 1, 5, 5), conv_b (16,))`` given dL/d currents ``delta``.
-
-    ``gw[c, k] = sum_b sum_p delta[b, c*144 + p] * x[b, pix(p, k)]``: per sample over the
-    144 positions in order, then over the samples in order. ``x`` float32 ``(B, 784)``,
-    ``delta`` float32 ``(B, 2304)``.
-    """
-    from . import _conv_rates
-    check_array(x, "x", np.float32, shape=(None, N_PIX), finite=True)
-    check_array(delta, "delta", np.float32, shape=(len(x), N_CONV), finite=True)
-    gw = np.empty((N_TAPS, N_CH), np.float32)
-    _conv_rates.rate_wgrad_into(x, delta, gw, _threads(n_threads))
-    gb = delta.reshape(len(x), N_CH, -1).sum(axis=(0, 2))
-    return np.ascontiguousarray(gw.T).reshape(N_CH, 1, 5, 5), gb
 
 
 def ema_step(avg, p, *, decay, n_threads=None):

@@ -6,8 +6,10 @@ Per training batch the default preset needs dL/dW1 = c.T @ d, the back product d
 (with the old weights) and an Adam step over W1's 2.36 M values; the seed preset needs the
 gradient and an SGD step with weight decay. The baseline does this as a competent NumPy
 program does: two sgemms (BLAS with the same thread count) and the update of the NumPy
-baseline (``convsnn_numpy.Adam``, or two in-place array operations for SGD). snnfast does each in one pass over the blocked W1
-(``w1_adam_step``, ``w1_sgd_step``). The activity c is that of a real forward pass (MNIST
+baseline (``convsnn_numpy.Adam``, or two in-place array operations for SGD). snnfast does
+each in one pass over the blocked W1 (``w1_adam_step``, ``w1_sgd_step``); as in training,
+its back product is computed only where the conv neuron's input patch is nonzero (the
+second Adam line computes all of it). The activity c is that of a real forward pass (MNIST
 from the local cache if present, else synthetic blobs); every figure is a median.
 """
 import argparse
@@ -27,14 +29,17 @@ from snnfast._config import config_dict
 
 
 def operands(B, rng):
-    """Conv activity per hidden update (default preset, untrained weights), d and W1."""
+    """Conv activity per hidden update (default preset, untrained weights), d, W1, and the
+    conv positions whose input patch has a nonzero pixel (where training needs the back
+    product; it uses the pixels that spiked, a subset of these)."""
     images, origin = load_images(B, False, rng)
     conv_w = rng.normal(0, np.sqrt(2 / 25), (16, 25)).astype(np.float32)
     conv = K.conv_forward(images, np.arange(B), 0, 0, conv_w, np.zeros(16, np.float32))
     c = (conv.drive_counts(2, 1, "window") / np.float32(5)).astype(np.float32)
     d = rng.normal(0, 1e-3, (B, 1024)).astype(np.float32)
     W1 = rng.normal(0, 1 / 48, (2304, 1024)).astype(np.float32)
-    return c, d, W1, origin
+    active = K.conv_patch_active((images > 0).astype(np.float32))
+    return c, d, W1, active, origin
 
 
 def numpy_adam(params, opt, c, d, lr=1e-3):
@@ -61,15 +66,20 @@ def main(argv=None):
     nt = effective_n_threads(args.threads)
     cfg = config_dict()
     rng = np.random.default_rng(0)
-    c, d, W1, origin = operands(args.batch, rng)
+    c, d, W1, active, origin = operands(args.batch, rng)
     Wb = K.to_blocked(W1)
     m, v = np.zeros_like(Wb), np.zeros_like(Wb)
     pn = {"W1": W1.copy()}
     opt = cnp.Adam(pn)
     print(f"cpu: {cfg['cpu']} [{cfg['simd']}]; threads {nt}; batch {args.batch}; block width "
-          f"{Wb.shape[2]}; activity from {origin}: {100 * (c != 0).mean():.1f} % of c nonzero")
+          f"{Wb.shape[2]}; activity from {origin}: {100 * (c != 0).mean():.1f} % of c nonzero, "
+          f"{100 * active.mean():.1f} % of the back product wanted")
     cases = {
         "adam (grad + back + step)": (
+            lambda: K.w1_adam_step(Wb, m, v, c, d, lr=1e-9, step=10, active=active,
+                                   n_threads=nt),
+            lambda: numpy_adam(pn, opt, c, d, lr=1e-9)),
+        "adam, whole back product": (
             lambda: K.w1_adam_step(Wb, m, v, c, d, lr=1e-9, step=10, n_threads=nt),
             lambda: numpy_adam(pn, opt, c, d, lr=1e-9)),
         "sgd (grad + step)": (

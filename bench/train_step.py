@@ -5,8 +5,9 @@
 Trains ``--warmup`` images first (so the spike rates are past their untrained peak), then
 times ``--images`` more, batch by batch, with a timer around every compiled kernel and the
 backward pass. Prints ms per step (64 images) for each stage; stages nest (``backward``
-contains ``w1_adam_step`` and ``conv_rate_backward``), so the lines do not add up to ``step``; the last
-line is what the kernels leave of ``step``: the Python and NumPy code between them.
+contains ``w1_adam_step`` and ``conv_rate_backward``), so the lines do not add up to
+``step``; the last line is what the kernels leave of ``step``: the Python and NumPy code
+between them.
 MNIST must be in the local cache (``python -m snnfast.datasets fetch mnist``).
 """
 import argparse

@@ -10,9 +10,10 @@
 # channels are two vectors, multiplied by one broadcast input value per (position, tap).
 # Float order (-ffp-contract=off: every product and sum rounded on its own):
 #   a[b, c*144 + p] = (sum over taps k ascending of w[c, k] * x[b, pix(p, k)]) + bias[c]
-#   phi'(a)     = (0.5*slope) / (t * t), t = (|a - center| * slope) + 1, as convsnn_numpy.surrogate
+#   phi'(a)     = (0.5*slope) / (t * t), t = (|a - center| * slope) + 1 (convsnn_numpy.surrogate)
 #   delta[b, i] = (back[b, i] * scale) * phi'(a[b, i])
-#   gw[c, k] = sum over b ascending of (sum over p ascending of delta[b, c*144+p] * x[b, pix(p, k)])
+#   gw[c, k] = sum over b ascending of
+#              (sum over p ascending of delta[b, c*144+p] * x[b, pix(p, k)])
 #   gb[c]    = (sum over b ascending of u[b, c]) + (scale * phi'(bias[c])) * t[c], where
 #              u[b, c] and t[c] are lane sums (over p = l mod 8 ascending, then
 #              ((s_0 + s_1) + ...) + s_7) over the 144 positions of

@@ -766,7 +766,8 @@ def conv_rate_backward(x, conv_w, conv_b, back, total, *, scale, center, slope,
     """Gradients ``(conv_w (16, 1, 5, 5), conv_b (16,))`` of the surrogate conv layer.
 
     The layer is ``r = phi(a)``, ``a = conv(x) + conv_b`` (the 25 taps added in (ky, kx)
-    order, each product rounded first, then the bias), with ``phi'`` as :func:`snnfast.convsnn_numpy.surrogate`, and ``dL/dr = scale * back``.
+    order, each product rounded first, then the bias), with ``phi'`` as
+    :func:`snnfast.convsnn_numpy.surrogate`, and ``dL/dr = scale * back``.
     ``back`` may be zero where a position's 5x5 input patch is all zero (see
     :func:`w1_adam_step`'s ``active``), as long as ``total`` holds its full column sums:
     there ``a = conv_b``, which lets ``dL/dconv_b`` be formed from ``total`` (see ``ext/``

@@ -22,9 +22,9 @@ import numpy as np
 from ._convsnn_kernels import EVAL_EPOCH, N_POS, det_table
 
 __all__ = ["mix64", "sample_keys", "input_spikes", "conv_patch_index",
-           "conv_currents", "forward", "surrogate", "conv_backward", "surrogate_backward", "reference_backward",
-           "smooth_forward", "softmax_xent", "Adam", "EVAL_EPOCH", "GOLDEN", "fc1_incremental",
-           "fc1_rows"]
+           "conv_currents", "forward", "surrogate", "conv_backward", "surrogate_backward",
+           "reference_backward", "smooth_forward", "softmax_xent", "Adam", "EVAL_EPOCH",
+           "GOLDEN", "fc1_incremental", "fc1_rows"]
 
 GOLDEN = 0x9E3779B97F4A7C15
 _M64 = (1 << 64) - 1

@@ -100,12 +100,15 @@ cdef extern from *:
             }
     }
 
-    /* g[k] = sum over b ascending of part[b*stride + k] (from 0): the per-sample partials
-       in sample order, so the sum does not depend on the thread count. */
-    static void snn_rate_wgrad_sum(const float *part, int B, float *g, int stride) {
-        for (int k = 0; k < 400; k++) g[k] = 0.0f;
+    /* Per sample, the partials are its weight gradient (400) and its bias lane sums (16). */
+    enum { SNN_R_PART = 416 };
+
+    /* sum[k] = sum over b ascending of part[b*SNN_R_PART + k] (from 0): the per-sample
+       partials in sample order, so the sum does not depend on the thread count. */
+    static void snn_rate_part_sum(const float *part, int B, float *sum) {
+        for (int k = 0; k < SNN_R_PART; k++) sum[k] = 0.0f;
         for (int b = 0; b < B; b++)
-            for (int k = 0; k < 400; k++) g[k] += part[(size_t)b * stride + k];
+            for (int k = 0; k < SNN_R_PART; k++) sum[k] += part[(size_t)b * SNN_R_PART + k];
     }
 
     /* out[p] = 1 if any of the 25 inputs of position p is nonzero, else 0: where the
@@ -148,6 +151,13 @@ cdef extern from *:
         return t;
     }
 
+    /* The lane sum of one channel's 144 positions of v (see the float order above) */
+    static float snn_r_sum144(const float *v) {
+        snn_r8 acc = snn_r_ld(v);
+        for (int p = 8; p < 144; p += 8) acc += snn_r_ld(v + p);
+        return snn_r_lanesum(acc);
+    }
+
     /* One sample of the surrogate conv layer's backward pass: its weight gradient g (25 x
        16, overwritten) and the lane sums u[16] of the bias gradient's first part (see
        above). phib[c] = phi'(bias[c]). */
@@ -175,7 +185,9 @@ cdef extern from *:
     void snn_rate_backward(const float *x, const float *wt, const float *bias,
                            const float *back, float scale, float center, float slope,
                            float half, const float *phib, float *g, float *u) nogil
-    void snn_rate_wgrad_sum(const float *part, int B, float *g, int stride) nogil
+    void snn_rate_part_sum(const float *part, int B, float *sum) nogil
+    float snn_r_sum144(const float *v) nogil
+    int SNN_R_PART
     float snn_r_dphi1(float a, float center, float slope, float half) nogil
     void snn_rate_currents(const float *x, const float *wt, const float *bias,
                            float *out) nogil
@@ -196,12 +208,11 @@ def rate_backward_into(const float[:, ::1] x, const float[:, ::1] wt, const floa
     """Weight (25, 16) and bias (16,) gradients of the surrogate conv layer into gw, gb,
     given back (B, 2304) = dL/dr_c / scale where the input patch is nonzero (else 0) and
     its column sums total (2304,)."""
-    cdef Py_ssize_t b, c, l, p, B = x.shape[0]
+    cdef Py_ssize_t b, c, k, B = x.shape[0]
     cdef float half = <float>(0.5 * <double>slope)
     cdef float phib[16]
-    cdef float tc
-    cdef float acc[8]
-    cdef float *part = <float *>malloc(B * 416 * sizeof(float)) if B else NULL
+    cdef float sums[416]          # SNN_R_PART
+    cdef float *part = <float *>malloc(B * SNN_R_PART * sizeof(float)) if B else NULL
     if B and part == NULL:
         raise MemoryError("conv backward: cannot allocate per-sample partials")
     try:
@@ -209,20 +220,12 @@ def rate_backward_into(const float[:, ::1] x, const float[:, ::1] wt, const floa
             phib[c] = snn_r_dphi1(bias[c], center, slope, half)
         for b in prange(B, nogil=True, schedule='static', num_threads=n_threads):
             snn_rate_backward(&x[b, 0], &wt[0, 0], &bias[0], &back[b, 0], scale, center,
-                              slope, half, phib, part + b * 416, part + b * 416 + 400)
-        snn_rate_wgrad_sum(part, <int>B, &gw[0, 0], 416)
+                              slope, half, phib, part + b * SNN_R_PART,
+                              part + b * SNN_R_PART + 400)
+        snn_rate_part_sum(part, <int>B, sums)
+        for k in range(400):
+            gw[k // 16, k % 16] = sums[k]
         for c in range(16):
-            gb[c] = 0
-            for b in range(B):
-                gb[c] = gb[c] + part[b * 416 + 400 + c]
-            for l in range(8):
-                acc[l] = total[c * 144 + l]
-            for p in range(8, 144, 8):
-                for l in range(8):
-                    acc[l] = acc[l] + total[c * 144 + p + l]
-            tc = acc[0]
-            for l in range(1, 8):
-                tc = tc + acc[l]
-            gb[c] = gb[c] + (scale * phib[c]) * tc
+            gb[c] = sums[400 + c] + (scale * phib[c]) * snn_r_sum144(&total[c * 144])
     finally:
         free(part)

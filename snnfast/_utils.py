@@ -102,7 +102,8 @@ def check_array(a, name, dtype, ndim=None, shape=None, finite=False, contiguous=
         raise ValueError(f"{name} must have dtype {np.dtype(dtype)}, got {a.dtype}")
     if ndim is not None and a.ndim != ndim:
         raise ValueError(f"{name} must be {ndim}-D, got shape {a.shape}")
-    if shape is not None:
+    # a.shape == shape first: the whole test in one tuple comparison in the common case
+    if shape is not None and a.shape != tuple(shape):
         if a.ndim != len(shape) or any(s is not None and s != d for s, d in zip(shape, a.shape)):
             want = tuple("*" if s is None else s for s in shape)
             raise ValueError(f"{name} must have shape {want}, got {a.shape}")

@@ -15,3 +15,20 @@ def median_time(fn, repeats, warmup=None):
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times), times
+
+
+def alternate_times(fns, repeats):
+    """Run each of ``fns`` (name -> callable) once to warm up, then time them in turn,
+    ``repeats`` rounds. Alternating keeps a drifting machine from favouring one of them.
+
+    Returns name -> list of wall times in seconds, one per round.
+    """
+    for fn in fns.values():
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return times

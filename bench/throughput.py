@@ -5,7 +5,10 @@
                                [--models RUN/model.h5 ...]
 
 Both backends run in the same process, on the same data, with the same preset and thread
-count. Every figure is the median of ``--repeats`` timed runs after one warm-up run.
+count, their timed runs alternating (kernels, NumPy, kernels, ...) so that both see the same
+machine: on a shared VM the speed of the neighbours drifts within a minute. Each img/s figure
+is the median of ``--repeats`` timed runs after one warm-up run; each ratio is the median of
+the ``--repeats`` ratios of neighbouring runs, printed with their range.
 Training = ``fit`` for one epoch over the images (forward, backward, optimiser, shuffling,
 augmentation; no evaluation), inference = ``evaluate`` (forward + loss + rates). MNIST is
 used if it is in the local cache, otherwise a synthetic stand-in (reported as such).
@@ -18,9 +21,10 @@ trained models (e.g. the README's runs): both backends load the same file, infer
 """
 import argparse
 import json
+import statistics
 import sys
 
-from _timing import median_time  # bench/_timing.py (the script directory is on sys.path)
+from _timing import alternate_times  # bench/_timing.py (the script directory is on sys.path)
 
 
 def _data(n_train, n_test):
@@ -36,8 +40,8 @@ def _data(n_train, n_test):
         return "synthetic", Xtr, ytr, Xte, yte
 
 
-def bench_backend(preset, backend, threads, Xtr, ytr, Xte, yte, repeats, model=None):
-    """Time ``fit`` and ``evaluate`` of a fresh model of ``preset``, or of the saved ``model``."""
+def _model(preset, backend, threads, model):
+    """A fresh model of ``preset`` on ``backend``, or the saved ``model`` loaded into it."""
     from snnfast.convsnn import ConvSNN
     if model is None:
         m = ConvSNN(preset, seed=0, n_threads=threads, backend=backend)
@@ -45,22 +49,47 @@ def bench_backend(preset, backend, threads, Xtr, ytr, Xte, yte, repeats, model=N
         m = ConvSNN.load(model, n_threads=threads, backend=backend)
     if m.backend != backend:
         raise RuntimeError(f"backend {backend!r} not available")
+    return m
 
-    def train():
-        m.fit(Xtr, ytr, epochs=m.epoch_ + 1)
 
+def bench_pair(preset, threads, data, repeats, model=None):
+    """Training and inference of the two backends, timed alternately (see the module doc).
+
+    ``data``: backend -> (Xtr, ytr, Xte, yte). Training is one more epoch of ``fit`` per
+    run, inference ``evaluate``."""
+    models = {b: _model(preset, b, threads, model) for b in data}
     ev = {}
 
-    def infer():
-        ev.update(m.evaluate(Xte, yte))
-    t_train, all_train = median_time(train, repeats)
-    t_inf, all_inf = median_time(infer, repeats)
-    return {"train_img_s": len(Xtr) / t_train, "infer_img_s": len(Xte) / t_inf,
-            "train_times_s": all_train, "infer_times_s": all_inf,
-            "n_train": len(Xtr), "n_infer": len(Xte), "batch_size": m.config.batch_size,
-            "preset": m.config.preset,
-            "rate_input": ev["rate_input"], "rate_conv": ev["rate_conv"],
-            "rate_hidden": ev["rate_hidden"]}
+    def train(b):
+        Xtr, ytr = data[b][:2]
+        return lambda: models[b].fit(Xtr, ytr, epochs=models[b].epoch_ + 1)
+
+    def infer(b):
+        return lambda: ev.__setitem__(b, models[b].evaluate(*data[b][2:]))
+    t_train = alternate_times({b: train(b) for b in data}, repeats)
+    t_inf = alternate_times({b: infer(b) for b in data}, repeats)
+    out = {}
+    for b, (Xtr, _, Xte, _) in data.items():
+        out[b] = {"train_img_s": len(Xtr) / statistics.median(t_train[b]),
+                  "infer_img_s": len(Xte) / statistics.median(t_inf[b]),
+                  "train_times_s": t_train[b], "infer_times_s": t_inf[b],
+                  "n_train": len(Xtr), "n_infer": len(Xte),
+                  "batch_size": models[b].config.batch_size, "preset": models[b].config.preset,
+                  "rate_input": ev[b]["rate_input"], "rate_conv": ev[b]["rate_conv"],
+                  "rate_hidden": ev[b]["rate_hidden"]}
+    for kind, times, n in (("train", t_train, "n_train"), ("infer", t_inf, "n_infer")):
+        # per-run ratios of img/s: (n_k / t_k) / (n_n / t_n)
+        scale = out["kernels"][n] / out["numpy"][n]
+        pairs = [scale * tn / tk for tk, tn in zip(times["kernels"], times["numpy"])]
+        out[f"{kind}_speedup"] = statistics.median(pairs)
+        out[f"{kind}_speedup_runs"] = pairs
+    return out
+
+
+def _ratio(r, kind):
+    runs = r[f"{kind}_speedup_runs"]
+    spread = f" ({min(runs):.1f}-{max(runs):.1f})" if len(runs) > 1 else ""
+    return f"x{r[f'{kind}_speedup']:.1f}{spread}"
 
 
 def main(argv=None):
@@ -100,12 +129,9 @@ def main(argv=None):
     results = {"config": cfg, "threads": threads, "data": source, "presets": {}, "models": {}}
     runs = [(preset, None) for preset in args.presets] + [(None, path) for path in args.models]
     for preset, model in runs:
-        r = {"kernels": bench_backend(preset, "kernels", threads, Xtr, ytr, Xte, yte,
-                                      args.repeats, model),
-             "numpy": bench_backend(preset, "numpy", threads, Xtr[:nf], ytr[:nf], Xte[:nt],
-                                    yte[:nt], args.repeats, model)}
-        r["train_speedup"] = r["kernels"]["train_img_s"] / r["numpy"]["train_img_s"]
-        r["infer_speedup"] = r["kernels"]["infer_img_s"] / r["numpy"]["infer_img_s"]
+        r = bench_pair(preset, threads, {"kernels": (Xtr, ytr, Xte, yte),
+                                         "numpy": (Xtr[:nf], ytr[:nf], Xte[:nt], yte[:nt])},
+                       args.repeats, model)
         if model is None:
             results["presets"][preset] = r
             tag, rates = preset, "untrained->after the timed epochs"
@@ -115,10 +141,10 @@ def main(argv=None):
             rates = "trained model, after the timed epochs"
         k, n = r["kernels"], r["numpy"]
         print(f"[{tag}] training  : kernels {k['train_img_s']:8.0f} img/s   numpy "
-              f"{n['train_img_s']:7.0f} img/s   x{r['train_speedup']:.1f}  (batch "
+              f"{n['train_img_s']:7.0f} img/s   {_ratio(r, 'train')}  (batch "
               f"{k['batch_size']})")
         print(f"[{tag}] inference : kernels {k['infer_img_s']:8.0f} img/s   numpy "
-              f"{n['infer_img_s']:7.0f} img/s   x{r['infer_speedup']:.1f}")
+              f"{n['infer_img_s']:7.0f} img/s   {_ratio(r, 'infer')}")
         print(f"[{tag}] spike rates ({rates}): input "
               f"{100 * k['rate_input']:.2f}%/step  conv {100 * k['rate_conv']:.2f}%/step  "
               f"hidden {100 * k['rate_hidden']:.2f}%/update")

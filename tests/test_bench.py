@@ -1,0 +1,48 @@
+"""The benchmark scripts run and report what they claim (tiny sizes; no timing is checked)."""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def _load_timing():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import _timing
+        return _timing
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def test_alternate_times_runs_in_turn():
+    calls = []
+    fns = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    times = _load_timing().alternate_times(fns, 3)
+    assert calls == ["a", "b"] * 4                   # one warm-up round, then 3 timed rounds
+    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
+    assert all(t >= 0 for v in times.values() for t in v)
+
+
+@pytest.mark.skipif(not BENCH.is_dir(), reason="bench/ is not shipped with this install")
+def test_throughput_script_reports_paired_ratios(tmp_path):
+    out = tmp_path / "tp.json"
+    r = subprocess.run([sys.executable, str(BENCH / "throughput.py"), "--presets", "default",
+                        "--train-images", "128", "--test-images", "256", "--repeats", "2",
+                        "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "[default] training  : kernels" in r.stdout and "numpy" in r.stdout
+    d = json.loads(out.read_text())["presets"]["default"]
+    for kind, n in (("train", "n_train"), ("infer", "n_infer")):
+        runs = d[f"{kind}_speedup_runs"]
+        assert len(runs) == 2 and d[f"{kind}_speedup"] == pytest.approx(sum(runs) / 2)
+        # each ratio is the img/s ratio of one kernels run and the NumPy run after it
+        k, nb = d["kernels"], d["numpy"]
+        for i, ratio in enumerate(runs):
+            expect = (k[n] / k[f"{kind}_times_s"][i]) / (nb[n] / nb[f"{kind}_times_s"][i])
+            assert math.isclose(ratio, expect, rel_tol=1e-12)
+    assert d["kernels"]["n_train"] == 128 and d["numpy"]["n_train"] == 64

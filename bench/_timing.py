@@ -20,6 +20,9 @@ def median_time(fn, repeats, warmup=None):
 def alternate_times(fns, repeats):
     """Run each of ``fns`` (name -> callable) once to warm up, then time them in turn,
     ``repeats`` rounds. Alternating keeps a drifting machine from favouring one of them.
+    Only for runs long against the ~3 ms that idle OpenMP (or OpenBLAS) workers spin after
+    their last task: alternating runs of a few ms, each followed by the other's spinning
+    threads, slow each other down (``bench/w1_step.py``'s kernels took 15 ms instead of 5).
 
     Returns name -> list of wall times in seconds, one per round.
     """

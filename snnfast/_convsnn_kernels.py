@@ -662,15 +662,19 @@ def _adam_constants(lr, beta1, beta2, eps, step):
     if bc1 <= 0.0 or bc2 <= 0.0:
         raise ValueError("bias corrections vanish (beta1/beta2 of 0 with step 0?)")
     f32 = np.float32
-    return (f32(b1), f32(1.0 - b1), f32(b2), f32(1.0 - b2), f32(float(lr) / bc1),
+    step_size = float(lr) / bc1
+    if not step_size <= float(np.finfo(np.float32).max):
+        raise ValueError(f"lr={lr!r} gives a step size lr / (1 - beta1**step) = {step_size:.3g}"
+                         " that is not a finite float32")
+    return (f32(b1), f32(1.0 - b1), f32(b2), f32(1.0 - b2), f32(step_size),
             f32(1.0 / np.sqrt(bc2)), eps)
 
 
-def _check_w1_grad_inputs(W1b, c, d):
+def _check_w1_grad_inputs(W1b, c, d, check_finite):
     """Validate the operands of the fused W1 steps; return d in W1's block layout."""
     bw = _check_blocked(W1b, "W1b")
-    check_array(c, "c", np.float32, shape=(None, N_CONV), finite=True)
-    check_array(d, "d", np.float32, shape=(c.shape[0], N_HID), finite=True)
+    check_array(c, "c", np.float32, shape=(None, N_CONV), finite=check_finite)
+    check_array(d, "d", np.float32, shape=(c.shape[0], N_HID), finite=check_finite)
     if c.shape[0] == 0:
         raise ValueError("c and d must have at least one row (sample)")
     return np.ascontiguousarray(d.reshape(len(d), N_HID // bw, bw).transpose(1, 0, 2))
@@ -683,7 +687,7 @@ def _raise_if_nonfinite_grad(n_bad):
 
 
 def w1_adam_step(W1b, m, v, c, d, *, lr, beta1=0.9, beta2=0.999, eps=1e-8, step,
-                 active=None, n_threads=None):
+                 active=None, n_threads=None, check_finite=True):
     """Gradient of W1, back product and Adam step in one pass over the blocked weights.
 
     With ``g = c.T @ d`` (in W1's blocked layout) this computes ``back = d @ W1.T`` with
@@ -703,6 +707,11 @@ def w1_adam_step(W1b, m, v, c, d, *, lr, beta1=0.9, beta2=0.999, eps=1e-8, step,
         The surrogate gradient needs only those, and skipping the rest saves about a third
         of the back product on MNIST. Default: all.
     n_threads : int or None
+    check_finite : bool
+        Scan ``c`` and ``d`` for NaN and infinities first (default), so that bad input
+        raises before anything changes. ``False`` skips the scans, for callers whose
+        operands are finite by construction: a non-finite value then still raises, after
+        the step, through the gradient's own check (W1, m and v are then non-finite).
 
     Returns
     -------
@@ -714,7 +723,7 @@ def w1_adam_step(W1b, m, v, c, d, *, lr, beta1=0.9, beta2=0.999, eps=1e-8, step,
         sum of the rows of ``d`` (added in sample order), in the same lane order.
     """
     from . import _convsnn_w1
-    d_blocks = _check_w1_grad_inputs(W1b, c, d)
+    d_blocks = _check_w1_grad_inputs(W1b, c, d, check_finite)
     for a, name in ((m, "m"), (v, "v")):
         check_array(a, name, np.float32, shape=W1b.shape)
     _check_distinct(W1b=W1b, m=m, v=v)
@@ -736,7 +745,7 @@ def w1_adam_step(W1b, m, v, c, d, *, lr, beta1=0.9, beta2=0.999, eps=1e-8, step,
     return back, total
 
 
-def w1_sgd_step(W1b, c, d, *, rate, decay=1.0, n_threads=None):
+def w1_sgd_step(W1b, c, d, *, rate, decay=1.0, n_threads=None, check_finite=True):
     """Gradient of W1 and the step ``W1 = (W1 - rate * g) * decay`` in one pass, in place.
 
     ``g = c.T @ d`` in W1's blocked layout, summed per row only over the samples whose entry
@@ -745,15 +754,15 @@ def w1_sgd_step(W1b, c, d, *, rate, decay=1.0, n_threads=None):
     :func:`w1_adam_step`.
     """
     from . import _convsnn_w1
-    d_blocks = _check_w1_grad_inputs(W1b, c, d)
+    d_blocks = _check_w1_grad_inputs(W1b, c, d, check_finite)
     rate = _check_float(rate, "rate")
     decay = _check_float(decay, "decay")
     _raise_if_nonfinite_grad(_convsnn_w1.w1_sgd_into(W1b, c, d_blocks, rate, decay,
                                                       _threads(n_threads)))
 
 
-def _check_rates(x, conv_w):
-    check_array(x, "x", np.float32, shape=(None, N_PIX), finite=True)
+def _check_rates(x, conv_w, check_finite=True):
+    check_array(x, "x", np.float32, shape=(None, N_PIX), finite=check_finite)
     check_array(conv_w, "conv_w", np.float32, contiguous=False, finite=True)
     if conv_w.size != N_CH * N_TAPS:
         raise ValueError(f"conv_w must have 400 elements (16, 1, 5, 5), got {conv_w.shape}")
@@ -762,7 +771,7 @@ def _check_rates(x, conv_w):
 
 
 def conv_rate_backward(x, conv_w, conv_b, back, total, *, scale, center, slope,
-                       n_threads=None):
+                       n_threads=None, check_finite=True):
     """Gradients ``(conv_w (16, 1, 5, 5), conv_b (16,))`` of the surrogate conv layer.
 
     The layer is ``r = phi(a)``, ``a = conv(x) + conv_b`` (the 25 taps added in (ky, kx)
@@ -780,12 +789,16 @@ def conv_rate_backward(x, conv_w, conv_b, back, total, *, scale, center, slope,
     back : float32 (B, 2304); total : float32 (2304,); both finite.
     scale, center, slope : float
     n_threads : int or None
+    check_finite : bool
+        Scan ``x``, ``back`` and ``total`` for NaN and infinities (default). ``False`` skips
+        these scans, for callers whose arrays are finite by construction or whose gradients
+        are checked afterwards: non-finite input then gives non-finite gradients.
     """
     from . import _conv_rates
-    wt = _check_rates(x, conv_w)
+    wt = _check_rates(x, conv_w, check_finite)
     check_array(conv_b, "conv_b", np.float32, shape=(N_CH,), finite=True)
-    check_array(back, "back", np.float32, shape=(len(x), N_CONV), finite=True)
-    check_array(total, "total", np.float32, shape=(N_CONV,), finite=True)
+    check_array(back, "back", np.float32, shape=(len(x), N_CONV), finite=check_finite)
+    check_array(total, "total", np.float32, shape=(N_CONV,), finite=check_finite)
     scale = _check_float(scale, "scale")
     center = _check_float(center, "center")
     slope = _check_float(slope, "slope", 0.0)
@@ -796,14 +809,15 @@ def conv_rate_backward(x, conv_w, conv_b, back, total, *, scale, center, slope,
     return np.ascontiguousarray(gw.T).reshape(N_CH, 1, 5, 5), gb
 
 
-def conv_patch_active(x, *, n_threads=None):
+def conv_patch_active(x, *, n_threads=None, check_finite=True):
     """uint8 ``(B, 144)``: 1 where the 5x5 input patch of a conv position has a nonzero.
 
     Elsewhere every channel's current at that position is its bias alone. ``x`` is float32
-    ``(B, 784)``, finite.
+    ``(B, 784)``, finite (``check_finite=False`` skips that scan; NaN then counts as
+    nonzero).
     """
     from . import _conv_rates
-    check_array(x, "x", np.float32, shape=(None, N_PIX), finite=True)
+    check_array(x, "x", np.float32, shape=(None, N_PIX), finite=check_finite)
     out = np.empty((len(x), N_POS), np.uint8)
     _conv_rates.patch_active_into(x, out, _threads(n_threads))
     return out

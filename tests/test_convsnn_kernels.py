@@ -602,6 +602,51 @@ def test_bad_w1_step_inputs():
         K.w1_sgd_step(W1, np.full_like(c, 2.0), big, rate=1e-3)
 
 
+def test_w1_steps_without_the_nan_scans_still_raise():
+    # check_finite=False skips the up-front scans of c and d; a NaN then reaches the
+    # gradient, whose own check raises after the step (W1 is then non-finite)
+    rng = np.random.default_rng(6)
+    c, d = _w1_operands(rng, 4)
+    c[2, :] = 0.5                                     # sample 2 feeds every row's gradient
+    d[2, 7] = np.nan
+    W1 = K.to_blocked(rng.normal(0, 0.05, (2304, 1024)).astype(np.float32), 32)
+    m, v = np.zeros_like(W1), np.zeros_like(W1)
+    with pytest.raises(ValueError, match="c contains NaN|d contains NaN"):
+        K.w1_adam_step(W1.copy(), m.copy(), v.copy(), c, d, lr=1e-3, step=1)
+    with pytest.raises(ValueError, match="now non-finite"):
+        K.w1_adam_step(W1.copy(), m, v, c, d, lr=1e-3, step=1, check_finite=False)
+    with pytest.raises(ValueError, match="now non-finite"):
+        K.w1_sgd_step(W1.copy(), c, d, rate=1e-3, check_finite=False)
+    ok = np.nan_to_num(d)                             # and finite input is unaffected
+    outs = [K.w1_adam_step(W1.copy(), np.zeros_like(W1), np.zeros_like(W1), c, ok, lr=1e-3,
+                           step=1, check_finite=f) for f in (True, False)]
+    for a, b in zip(*outs):
+        assert a.tobytes() == b.tobytes()
+
+
+def test_conv_rate_kernels_without_the_nan_scans():
+    rng = np.random.default_rng(8)
+    x = (rng.random((3, 784)) * (rng.random((3, 784)) < 0.1)).astype(np.float32)
+    x[0] = 0.0
+    x[0, 28 * 13 + 13] = np.nan                       # sample 0: one NaN pixel, else empty
+    with pytest.raises(ValueError, match="x contains NaN"):
+        K.conv_patch_active(x)
+    act = K.conv_patch_active(x, check_finite=False)   # NaN != 0: its patches count
+    clean = x.copy()
+    clean[0, 28 * 13 + 13] = 1.0
+    np.testing.assert_array_equal(act, K.conv_patch_active(clean))
+    w = rng.normal(0, 0.3, (16, 1, 5, 5)).astype(np.float32)
+    b = rng.normal(0, 0.1, 16).astype(np.float32)
+    back = rng.normal(size=(3, 2304)).astype(np.float32)
+    back[1, 5] = np.inf
+    total = back.sum(axis=0)
+    kw = dict(scale=2.0, center=0.45, slope=4.0)
+    with pytest.raises(ValueError, match="back contains NaN"):
+        K.conv_rate_backward(clean, w, b, back, total, **kw)
+    gw, gb = K.conv_rate_backward(clean, w, b, back, total, check_finite=False, **kw)
+    assert not np.isfinite(gb).all()                  # propagated, for the caller to catch
+
+
 # ------------------------------------------------------------------ conv on rates
 @pytest.mark.parametrize("B", [1, 6, 64])
 def test_conv_rate_backward_matches_numpy(B):

@@ -51,7 +51,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from ._config import effective_n_threads
-from ._utils import check_array
+from ._utils import adam_step_size, check_array
 
 __all__ = [
     "N_PIX", "N_CONV", "N_HID", "SUPPORTED_BLOCK_WIDTHS", "BLOCK_WIDTH", "EVAL_EPOCH",
@@ -662,11 +662,7 @@ def _adam_constants(lr, beta1, beta2, eps, step):
     if bc1 <= 0.0 or bc2 <= 0.0:
         raise ValueError("bias corrections vanish (beta1/beta2 of 0 with step 0?)")
     f32 = np.float32
-    step_size = float(lr) / bc1
-    if not step_size <= float(np.finfo(np.float32).max):
-        raise ValueError(f"lr={lr!r} gives a step size lr / (1 - beta1**step) = {step_size:.3g}"
-                         " that is not a finite float32")
-    return (f32(b1), f32(1.0 - b1), f32(b2), f32(1.0 - b2), f32(step_size),
+    return (f32(b1), f32(1.0 - b1), f32(b2), f32(1.0 - b2), adam_step_size(lr, bc1),
             f32(1.0 / np.sqrt(bc2)), eps)
 
 
@@ -680,10 +676,11 @@ def _check_w1_grad_inputs(W1b, c, d, check_finite):
     return np.ascontiguousarray(d.reshape(len(d), N_HID // bw, bw).transpose(1, 0, 2))
 
 
-def _raise_if_nonfinite_grad(n_bad):
+def _raise_if_nonfinite_grad(n_bad, adam):
     if n_bad:
-        raise ValueError("the W1 gradient overflowed (NaN or infinite elements); W1 (and "
-                         "Adam's m, v) are now non-finite")
+        now = "W1 and Adam's m, v are" if adam else "W1 is"
+        raise ValueError(f"the W1 gradient overflowed (NaN or infinite elements); {now} now "
+                         "non-finite")
 
 
 def w1_adam_step(W1b, m, v, c, d, *, lr, beta1=0.9, beta2=0.999, eps=1e-8, step,
@@ -741,7 +738,7 @@ def w1_adam_step(W1b, m, v, c, d, *, lr, beta1=0.9, beta2=0.999, eps=1e-8, step,
     d_rows[:B, :N_HID] = d
     n_bad = _convsnn_w1.w1_adam_into(W1b, m, v, c, d_blocks, d_rows, act, back, total,
                                      *consts, _threads(n_threads))
-    _raise_if_nonfinite_grad(n_bad)
+    _raise_if_nonfinite_grad(n_bad, adam=True)
     return back, total
 
 
@@ -758,7 +755,7 @@ def w1_sgd_step(W1b, c, d, *, rate, decay=1.0, n_threads=None, check_finite=True
     rate = _check_float(rate, "rate")
     decay = _check_float(decay, "decay")
     _raise_if_nonfinite_grad(_convsnn_w1.w1_sgd_into(W1b, c, d_blocks, rate, decay,
-                                                      _threads(n_threads)))
+                                                      _threads(n_threads)), adam=False)
 
 
 def _check_rates(x, conv_w, check_finite=True):

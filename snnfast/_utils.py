@@ -89,6 +89,18 @@ def file_lock(path, timeout=600.0, poll=0.1):
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
+def adam_step_size(lr, bc1):
+    """Adam's float32 step size ``lr / bc1`` (``bc1 = 1 - beta1**t``, computed in float64).
+
+    Raises ``ValueError`` if it overflows float32, which would step the weights by infinity.
+    """
+    step_size = float(lr) / bc1
+    if not step_size <= float(np.finfo(np.float32).max):
+        raise ValueError(f"lr={lr!r} gives a step size lr / (1 - beta1**step) = "
+                         f"{step_size:.3g} that is not a finite float32")
+    return np.float32(step_size)
+
+
 def check_array(a, name, dtype, ndim=None, shape=None, finite=False, contiguous=True):
     """Validate an array argument once, at the Python boundary of a kernel.
 

@@ -84,6 +84,12 @@ def check_params(params):
     return out
 
 
+class TrainingError(ValueError):
+    """Training stopped on a non-finite loss, gradient or weight: it diverged, typically from
+    too high a learning rate. The model's weights are then unusable; a checkpoint written
+    before is not touched."""
+
+
 @dataclass(frozen=True)
 class ConvSNNConfig:
     """Every semantic field of the forward contract plus the training hyper-parameters."""
@@ -763,6 +769,9 @@ class ConvSNN:
         KeyboardInterrupt; :meth:`save` with ``checkpoint=True`` then allows an exact resume.
         Training accuracy/loss come from the training forward passes themselves (on the
         augmented images, with the weights of that moment), not from a second pass.
+
+        Raises :class:`TrainingError` (a ValueError) if training diverges: a non-finite loss,
+        gradient or weight, typically from too high a learning rate.
         """
         c = self.config
         X = _as_images(X)
@@ -830,7 +839,15 @@ class ConvSNN:
                 if c.augment_shift:
                     xb = shift_images(xb, shifts[0, pos], shifts[1, pos])
                 lr = lr_at(c, epoch, (epoch * n_batches + b) / total)
-                loss, correct, fw = self._train_step(xb, y[idx], ids[idx], epoch, lr)
+                where = f"epoch {epoch + 1}, batch {b + 1} of {n_batches}"
+                try:
+                    # the inputs were validated before the loop: a ValueError here is a
+                    # non-finite value met by a kernel's check
+                    loss, correct, fw = self._train_step(xb, y[idx], ids[idx], epoch, lr)
+                except ValueError as exc:
+                    raise TrainingError(f"training failed at {where}: {exc}") from exc
+                if not math.isfinite(loss):
+                    raise TrainingError(f"training diverged at {where}: the loss is {loss}")
                 sums["time"] += time.perf_counter() - t0
                 sums["loss"] += loss * len(idx)
                 sums["correct"] += correct

@@ -20,6 +20,7 @@ import numpy as np
 
 # pure-Python parts of the kernel API (the compiled modules load lazily there)
 from ._convsnn_kernels import EVAL_EPOCH, N_POS, det_table
+from ._utils import adam_step_size
 
 __all__ = ["mix64", "sample_keys", "input_spikes", "conv_patch_index",
            "conv_currents", "forward", "surrogate", "conv_backward", "surrogate_backward",
@@ -479,7 +480,7 @@ class Adam:
     def step(self, params, grads, lr):
         self.t += 1
         b1, b2 = float(np.float32(self.beta1)), float(np.float32(self.beta2))
-        step_size = np.float32(lr / (1.0 - b1 ** self.t))
+        step_size = adam_step_size(lr, 1.0 - b1 ** self.t)
         rbc2 = np.float32(1.0 / np.sqrt(1.0 - b2 ** self.t))
         for k, g in grads.items():
             m, v, p = self.m[k], self.v[k], params[k]

@@ -113,7 +113,7 @@ def _fmt_epoch(m):
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .convsnn import ConvSNN
+    from .convsnn import ConvSNN, TrainingError
     from .datasets import train_val_split
 
     if args.reseeded_noise and args.preset != "seed":
@@ -175,6 +175,10 @@ def main(argv=None):
     try:
         model.fit(Xtr2, ytr2, Xva, yva, epochs=epochs, callback=on_epoch, sample_ids=tr_idx,
                   val_ids=va_idx, verbose=not args.no_progress)
+    except TrainingError as exc:
+        print(f"\nerror: {exc}\n{ckpt_path} holds the last completed epoch (if any), "
+              f"untouched; a lower --lr (now {cfg.lr}) may help", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         if getattr(model, "clean_stop_", False):
             model.save(ckpt_path, checkpoint=True, metrics={"history": model.history_})

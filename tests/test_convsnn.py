@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from snnfast import convsnn_numpy as cnp
-from snnfast.convsnn import PARAM_SHAPES, ConvSNN, make_config, shift_images
+from snnfast.convsnn import (PARAM_SHAPES, ConvSNN, TrainingError, make_config,
+                             shift_images)
 
 HAVE_KERNELS = __import__("snnfast.convsnn", fromlist=["x"])._kernels_module() is not None
 needs_kernels = pytest.mark.skipif(not HAVE_KERNELS, reason="compiled kernels not built")
@@ -243,20 +244,24 @@ def test_surrogate_derivative_is_derivative_of_phi():
     np.testing.assert_allclose(d, fd, rtol=1e-5, atol=1e-9)   # phi' has a kink at the centre
 
 
-@needs_kernels
-def test_diverging_training_raises():
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")   # overflows in the NumPy backend's
+@pytest.mark.parametrize("backend", ["kernels", "numpy"])  # threads (errstate is per thread)
+def test_diverging_training_raises(backend):
     # SGD with an absurd learning rate overflows the weights within a step or two: training
-    # must stop with ValueError (the kernels' checks), never go on with NaN
-    m = ConvSNN("seed", seed=0, lr=1e38, lr_schedule="constant")
+    # must stop with TrainingError (a ValueError saying where), never go on with NaN
+    if backend == "kernels" and not HAVE_KERNELS:
+        pytest.skip("compiled kernels not built")
+    m = ConvSNN("seed", seed=0, lr=1e38, lr_schedule="constant", backend=backend)
     X = _images(256, seed=4).reshape(256, 784)
     y = np.arange(256) % 10
-    with np.errstate(all="ignore"), pytest.raises(ValueError, match="NaN|non-finite"):
+    with np.errstate(all="ignore"), pytest.raises(TrainingError, match=r"epoch 1, batch \d"):
         m.fit(X, y, epochs=1)
+    assert m.step_ < 4
     # Adam's step is bounded by lr, so there an absurd lr is refused before any step
-    m = ConvSNN("default", seed=0, lr=1e38, lr_schedule="constant")
-    with pytest.raises(ValueError, match="not a finite float32"):
+    m = ConvSNN("default", seed=0, lr=1e38, lr_schedule="constant", backend=backend)
+    with pytest.raises(TrainingError, match="not a finite float32") as info:
         m.fit(X, y, epochs=1)
-    assert m.step_ == 0
+    assert isinstance(info.value, ValueError) and m.step_ == 0
 
 
 # ------------------------------------------------------------------------ backends, threads

@@ -46,6 +46,16 @@ def test_reseeded_noise_reaches_the_model_and_guards_resume(tmp_path, capsys):
     assert "--reseeded-noise" in capsys.readouterr().err
 
 
+def test_diverging_run_exits_1_with_a_clear_message(tmp_path, capsys):
+    run = tmp_path / "d"
+    args = TINY + ["--preset", "seed", "--lr", "1e38", "--epochs", "2", "--out", str(run)]
+    with np.errstate(all="ignore"):
+        assert train_cli.main(args) == 1
+    err = capsys.readouterr().err
+    assert "error: training" in err and "epoch 1, batch" in err and "--lr" in err
+    assert "Traceback" not in err and not (run / "model.h5").exists()
+
+
 def test_resume_without_checkpoint_is_an_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         train_cli.main(TINY + ["--out", str(tmp_path / "none"), "--resume"])

@@ -65,7 +65,9 @@ def bench_pair(preset, threads, data, repeats, model=None):
         return lambda: models[b].fit(Xtr, ytr, epochs=models[b].epoch_ + 1)
 
     def infer(b):
-        return lambda: ev.__setitem__(b, models[b].evaluate(*data[b][2:]))
+        def run():
+            ev[b] = models[b].evaluate(*data[b][2:])
+        return run
     t_train = alternate_times({b: train(b) for b in data}, repeats)
     t_inf = alternate_times({b: infer(b) for b in data}, repeats)
     out = {}

@@ -826,6 +826,9 @@ class ConvSNN:
             bar = tqdm(total=n_batches, initial=start, desc=f"epoch {epoch + 1}", leave=False,
                        unit="batch", dynamic_ncols=True)
         lr = c.lr
+
+        def where(b):          # for error messages only: not built on every batch
+            return f"epoch {epoch + 1}, batch {b + 1} of {n_batches}"
         try:
             for b in range(start, n_batches):
                 if self._stop:
@@ -839,15 +842,14 @@ class ConvSNN:
                 if c.augment_shift:
                     xb = shift_images(xb, shifts[0, pos], shifts[1, pos])
                 lr = lr_at(c, epoch, (epoch * n_batches + b) / total)
-                where = f"epoch {epoch + 1}, batch {b + 1} of {n_batches}"
                 try:
                     # the inputs were validated before the loop: a ValueError here is a
                     # non-finite value met by a kernel's check
                     loss, correct, fw = self._train_step(xb, y[idx], ids[idx], epoch, lr)
                 except ValueError as exc:
-                    raise TrainingError(f"training failed at {where}: {exc}") from exc
+                    raise TrainingError(f"training failed at {where(b)}: {exc}") from exc
                 if not math.isfinite(loss):
-                    raise TrainingError(f"training diverged at {where}: the loss is {loss}")
+                    raise TrainingError(f"training diverged at {where(b)}: the loss is {loss}")
                 sums["time"] += time.perf_counter() - t0
                 sums["loss"] += loss * len(idx)
                 sums["correct"] += correct

@@ -628,21 +628,10 @@ def adam_step_many(params, grads, ms, vs, *, lr, beta1=0.9, beta2=0.999, eps=1e-
     ``check_finite`` a non-finite gradient anywhere raises before any array is changed.
     """
     from . import _adam
-    if not len(params) == len(grads) == len(ms) == len(vs):
-        raise ValueError("params, grads, ms and vs must have the same length")
-    for param, grad, m, v in zip(params, grads, ms, vs):
-        check_array(param, "param", np.float32)
-        for a, name in ((grad, "grad"), (m, "m"), (v, "v")):
-            check_array(a, name, np.float32, shape=param.shape)
-        if check_finite and not np.isfinite(grad).all():
-            raise ValueError("grad contains NaN or infinite values")
-        _check_distinct(param=param, grad=grad, m=m, v=v)
     consts = _adam_constants(lr, beta1, beta2, eps, step)
-    nt = _threads(n_threads)
-    n_bad = 0
-    for param, grad, m, v in zip(params, grads, ms, vs):
-        n_bad += _adam.adam_step_into(param.reshape(-1), grad.reshape(-1), m.reshape(-1),
-                                      v.reshape(-1), *consts, nt)
+    # the arrays are validated in the extension (see ext/_adam.pyx for why)
+    n_bad = _adam.adam_step_many_into(list(params), list(grads), list(ms), list(vs), *consts,
+                                      _threads(n_threads), bool(check_finite))
     if n_bad:
         raise ValueError(f"grad contained {n_bad} NaN or infinite values; the matching "
                          "entries of param, m and v are now non-finite")

@@ -768,3 +768,42 @@ def test_adam_step_many_equals_one_by_one():
         np.testing.assert_array_equal(got, want)
     with pytest.raises(ValueError, match="same length"):
         K.adam_step_many(P, G[:2], M, V, lr=3e-3, step=8)
+
+
+def test_adam_step_many_bad_arrays_name_the_entry():
+    shapes = [(16,), (4, 10)]
+    P, G, M, V = ([np.zeros(s, np.float32) for s in shapes] for _ in range(4))
+    ok = dict(lr=1e-3, step=1)
+
+    def bad(k, i, value):
+        lists = [list(P), list(G), list(M), list(V)]
+        lists[k][i] = value
+        return lists
+    ro = np.zeros((4, 10), np.float32)
+    ro.flags.writeable = False
+    cases = [(bad(1, 1, [[0.0] * 10] * 4), TypeError, r"grads\[1\] must be a numpy"),
+             (bad(2, 1, np.zeros((4, 10))), ValueError, r"ms\[1\] must have dtype float32"),
+             (bad(3, 1, np.zeros((10, 4), np.float32).T), ValueError, r"vs\[1\] must be C-c"),
+             (bad(1, 0, np.zeros(15, np.float32)), ValueError, r"grads\[0\] must have the sh"),
+             (bad(1, 1, np.zeros(40, np.float32)), ValueError, r"grads\[1\] must have the sh"),
+             (bad(0, 1, ro), ValueError, r"params\[1\] must be writeable"),
+             (bad(2, 0, P[0]), ValueError, r"params\[0\], grads\[0\], ms\[0\] and vs"),
+             (bad(3, 1, G[1]), ValueError, "must be distinct")]
+    for lists, exc, msg in cases:
+        with pytest.raises(exc, match=msg):
+            K.adam_step_many(*lists, **ok)
+    for a in P + M + V:                 # nothing was changed by a refused call
+        assert not a.any()
+
+
+@pytest.mark.parametrize("where", [0, 8 * 1000 + 3, 20000 - 1])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_adam_finite_check_finds_every_position(where, bad):
+    """The up-front scan (vector lanes plus a scalar tail) sees any element."""
+    p = np.ones(20000, np.float32)
+    g = np.zeros(20000, np.float32)
+    g[where] = bad
+    with pytest.raises(ValueError, match=r"grads\[0\] contains NaN or infinite"):
+        K.adam_step(p, g, np.zeros_like(p), np.zeros_like(p), lr=1e-3, step=1)
+    assert (p == 1).all()
+

@@ -3,8 +3,8 @@
 # Called only through snnfast._convsnn_kernels.adam_step(_many), which compute the
 # bias-correction constants. Elementwise, so any chunking gives the same bits.
 # adam_step_many_into validates its arrays itself, through NumPy's C API: a model steps its
-# five small parameters every batch, and validating 20 arrays in Python cost ~0.25 ms of a
-# ~13 ms training step, six times the update itself.
+# five small parameters every batch, and validating 20 arrays in Python cost ~0.2 ms of a
+# ~13 ms training step, five times the update itself.
 from cython.parallel cimport prange
 cimport numpy as cnp
 

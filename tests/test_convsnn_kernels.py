@@ -772,7 +772,8 @@ def test_adam_step_many_equals_one_by_one():
 
 def test_adam_step_many_bad_arrays_name_the_entry():
     shapes = [(16,), (4, 10)]
-    P, G, M, V = ([np.zeros(s, np.float32) for s in shapes] for _ in range(4))
+    P, M, V = ([np.zeros(s, np.float32) for s in shapes] for _ in range(3))
+    G = [np.ones(s, np.float32) for s in shapes]    # a step would change P, M and V
     ok = dict(lr=1e-3, step=1)
 
     def bad(k, i, value):
@@ -794,14 +795,16 @@ def test_adam_step_many_bad_arrays_name_the_entry():
             K.adam_step_many(*lists, **ok)
     for a in P + M + V:                 # nothing was changed by a refused call
         assert not a.any()
+    K.adam_step_many(P, G, M, V, **ok)  # and the valid call does change them
+    assert all(a.all() for a in P + M + V)
 
 
-@pytest.mark.parametrize("where", [0, 8 * 1000 + 3, 20000 - 1])
+@pytest.mark.parametrize("where", [0, 8 * 1000 + 3, 20003 - 1])
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_adam_finite_check_finds_every_position(where, bad):
-    """The up-front scan (vector lanes plus a scalar tail) sees any element."""
-    p = np.ones(20000, np.float32)
-    g = np.zeros(20000, np.float32)
+    """The up-front scan (8-float vectors, then a scalar tail of 3 here) sees any element."""
+    p = np.ones(20003, np.float32)
+    g = np.zeros(20003, np.float32)
     g[where] = bad
     with pytest.raises(ValueError, match=r"grads\[0\] contains NaN or infinite"):
         K.adam_step(p, g, np.zeros_like(p), np.zeros_like(p), lr=1e-3, step=1)

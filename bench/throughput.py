@@ -1,6 +1,6 @@
 """Training and inference throughput of ConvSNN: compiled kernels vs the NumPy baseline.
 
-    python bench/throughput.py [--presets default seed] [--threads N] [--repeats 3]
+    python bench/throughput.py [--presets default seed] [--threads N] [--repeats 5]
                                [--train-images N] [--test-images N] [--json out.json]
                                [--models RUN/model.h5 ...]
 
@@ -99,7 +99,9 @@ def main(argv=None):
     p.add_argument("--presets", nargs="*", default=["default", "seed"],
                    choices=["default", "seed", "nir"])
     p.add_argument("--threads", type=int, default=None, help="threads (default: the rule)")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5,
+                   help="timed runs per backend and measurement (default 5: on a shared "
+                   "machine the ratio of one pair of runs can be 30 %% off the median)")
     p.add_argument("--train-images", type=int, default=4096)
     p.add_argument("--test-images", type=int, default=8192)
     p.add_argument("--numpy-fraction", type=float, default=0.25,

@@ -799,12 +799,13 @@ def test_adam_step_many_bad_arrays_name_the_entry():
     assert all(a.all() for a in P + M + V)
 
 
-@pytest.mark.parametrize("where", [0, 8 * 1000 + 3, 20003 - 1])
+@pytest.mark.parametrize("where", [0, 8003, 8011, 8019, 8027, 20009, 20019 - 1])
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_adam_finite_check_finds_every_position(where, bad):
-    """The up-front scan (8-float vectors, then a scalar tail of 3 here) sees any element."""
-    p = np.ones(20003, np.float32)
-    g = np.zeros(20003, np.float32)
+    """The up-front scan sees any element: 20 019 floats are 625 steps of 32 (four
+    vectors, one position in each here), two of 8 (20 000-20 015) and a scalar tail of 3."""
+    p = np.ones(20019, np.float32)
+    g = np.zeros(20019, np.float32)
     g[where] = bad
     with pytest.raises(ValueError, match=r"grads\[0\] contains NaN or infinite"):
         K.adam_step(p, g, np.zeros_like(p), np.zeros_like(p), lr=1e-3, step=1)

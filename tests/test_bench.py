@@ -46,3 +46,12 @@ def test_throughput_script_reports_paired_ratios(tmp_path):
             expect = (k[n] / k[f"{kind}_times_s"][i]) / (nb[n] / nb[f"{kind}_times_s"][i])
             assert math.isclose(ratio, expect, rel_tol=1e-12)
     assert d["kernels"]["n_train"] == 128 and d["numpy"]["n_train"] == 64
+    # the verdicts follow the figures they judge, and are printed
+    for kind in ("train", "infer"):
+        t = d["targets"][kind]
+        assert t["ratio"] == d[f"{kind}_speedup"] and t["img_s"] == d["kernels"][f"{kind}_img_s"]
+        assert t["ratio_met"] == (t["ratio"] >= 5.0)
+        assert t["img_s_met"] == (t["img_s"] >= t["img_s_target"])
+        assert t["img_s_target"] in ({"train": 15000, "infer": 30000}[kind] * f
+                                     for f in (0.5, 1.0))
+    assert "[default] targets   : training x" in r.stdout

@@ -13,6 +13,7 @@ networks do not depend on ``--threads``. Windows are calibrated on the training 
 every reported figure is measured on the full test set.
 """
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -65,6 +66,46 @@ def _check_args(a):
         raise ValueError("--time-bits values must lie in [1, 52]")
     if any(not (np.isfinite(d) and d > 0) for d in a.dt):
         raise ValueError("--dt values must be > 0")
+    from .ttfs import check_dt
+    for d in a.dt:
+        try:
+            check_dt(d)     # t_min(N) >= 1 for every network: refused now, not after training
+        except ValueError:
+            raise ValueError(f"--dt {d!r} is too small: t/dt overflows float64 for spike "
+                             "times t >= 1") from None
+    if a.threads == 0:
+        raise ValueError("--threads must not be 0 (a positive count, or -1 for all cores)")
+
+
+def _make_out_dir(out):
+    """Create the output directory before any work is done.
+
+    Returns the directories created here, deepest first, so that a failed run can
+    remove them again (:func:`_remove_if_empty`). Raises ValueError naming ``--out`` when
+    ``out`` is a file, cannot be created or is not writable.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: exists and is not a directory")
+    created = [p for p in (out, *out.parents) if not p.exists()]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        _remove_if_empty(created)
+        raise ValueError(f"--out {out}: cannot create the directory "
+                         f"({exc.strerror or exc})") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out}: the directory is not writable")
+    return created
+
+
+def _remove_if_empty(dirs):
+    """Remove the directories ``dirs`` (deepest first) while they are empty."""
+    for d in dirs:
+        try:
+            d.rmdir()
+        except OSError:     # not empty (the run wrote something) or already gone
+            return
 
 
 def _load_data(a):
@@ -269,12 +310,22 @@ def _stats(r, net):
 def run(argv=None):
     a = _parser().parse_args(argv)
     _check_args(a)
+    n_threads = effective_n_threads(a.threads)
+    # the output location is checked (and created) before the data is loaded and the
+    # networks are trained; a run that fails leaves no empty directory of its own behind
+    created = _make_out_dir(a.out)
+    try:
+        return _run(a, n_threads)
+    except BaseException:
+        _remove_if_empty(created)
+        raise
+
+
+def _run(a, n_threads):
     from . import ttfs
     from ._config import config_dict
     progress = not a.no_progress
-    n_threads = effective_n_threads(a.threads)
     t_start = time.perf_counter()
-    a.out.mkdir(parents=True, exist_ok=True)
     data = _load_data(a)
     x_test = data["test_u8"].reshape(len(data["test_u8"]), -1) / 255.0
     x_train = data["train_u8"].reshape(len(data["train_u8"]), -1) / 255.0
@@ -367,6 +418,9 @@ def main(argv=None):
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:      # e.g. the disk filled up while writing the results
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

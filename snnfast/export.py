@@ -4,6 +4,7 @@ Prints every feature the NIR graph cannot express (``NIRExportWarning``) and a s
 Exit status: 0 on success, 1 when the model cannot be read or exported, 2 for bad arguments.
 """
 import argparse
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -24,6 +25,15 @@ def build_parser():
     return p
 
 
+def _is_input(out, model):
+    """True if ``out`` names the model file itself (another spelling, a symlink, a hard
+    link): the atomic write would replace the trained model by the NIR graph."""
+    try:
+        return out.exists() and os.path.samefile(out, model)
+    except OSError:
+        return False
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -31,13 +41,22 @@ def main(argv=None):
         parser.error(f"model file {str(args.model)!r} does not exist")
     if args.out.exists() and args.out.is_dir():
         parser.error(f"output {str(args.out)!r} is a directory")
+    if _is_input(args.out, args.model):
+        print(f"error: output {str(args.out)!r} is the input model {str(args.model)!r}; "
+              "choose another output file", file=sys.stderr)
+        return 2
     from .convsnn import ConvSNN
-    from .nir_export import NIRExportWarning, to_nir
+    from .nir_export import NIRExportWarning, check_dt, to_nir
     try:
         model = ConvSNN.load(args.model)
     except (ValueError, OSError) as exc:
         print(f"error: cannot load {str(args.model)!r}: {exc}", file=sys.stderr)
         return 1
+    try:
+        check_dt(args.dt, model)    # a bad --dt is a bad argument (exit 2), not a bad model
+    except ValueError as exc:
+        print(f"error: --dt: {exc}", file=sys.stderr)
+        return 2
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", NIRExportWarning)
         try:

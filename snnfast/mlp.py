@@ -19,14 +19,25 @@ from ._config import effective_n_threads
 __all__ = ["MLP", "make_mlp", "preprocess", "loss_and_grads", "train_mlp"]
 
 
+def positive_int(name, value):
+    """``value`` as an int if it is an integer >= 1, else ValueError naming ``name``.
+
+    Floats (even integral ones) and bools are refused rather than truncated: ``2.7``
+    images per batch is a caller's mistake, not a request for 2.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
 class MLP:
     """A ReLU MLP: ``weights[n]`` has shape ``(n_out, n_in)``, ``biases[n]`` ``(n_out,)``.
 
     Parameters
     ----------
     weights, biases : list of ndarray
-        One entry per weight layer, consistent shapes. Stored as given (float32 from
-        training, float64 copies for exactness checks via :meth:`astype`).
+        One entry per weight layer, consistent shapes, floating point. Stored as given
+        (float32 from training, float64 copies for exactness checks via :meth:`astype`).
     """
 
     def __init__(self, weights, biases):
@@ -41,6 +52,11 @@ class MLP:
             if n > 0 and w.shape[1] != self.weights[n - 1].shape[0]:
                 raise ValueError(f"layer {n + 1} expects {w.shape[1]} inputs but layer {n} "
                                  f"has {self.weights[n - 1].shape[0]} outputs")
+            # inputs are cast to the weights' dtype: integer weights would turn every
+            # pixel in [0, 1) into 0 without a word
+            if w.dtype.kind != "f" or b.dtype.kind != "f":
+                raise ValueError(f"layer {n + 1}: weights and biases must be floating point, "
+                                 f"got {w.dtype} / {b.dtype}")
             if not (np.isfinite(w).all() and np.isfinite(b).all()):
                 raise ValueError(f"layer {n + 1} has non-finite parameters")
 
@@ -62,15 +78,15 @@ class MLP:
         """Copy with all parameters cast to ``dtype``."""
         return MLP([w.astype(dtype) for w in self.weights], [b.astype(dtype) for b in self.biases])
 
-    def _check_input(self, X):
+    def _check_input(self, X, name="X"):
         if not isinstance(X, np.ndarray):
-            raise TypeError(f"X must be a numpy.ndarray, got {type(X).__name__}")
+            raise TypeError(f"{name} must be a numpy.ndarray, got {type(X).__name__}")
         if X.ndim != 2 or X.shape[1] != self.sizes[0]:
-            raise ValueError(f"X must have shape (n, {self.sizes[0]}), got {X.shape}")
+            raise ValueError(f"{name} must have shape (n, {self.sizes[0]}), got {X.shape}")
         if X.dtype.kind != "f":
-            raise ValueError(f"X must be floating point, got {X.dtype} (use preprocess())")
+            raise ValueError(f"{name} must be floating point, got {X.dtype} (use preprocess())")
         if not np.isfinite(X).all():
-            raise ValueError("X contains NaN or infinite values")
+            raise ValueError(f"{name} contains NaN or infinite values")
         return X.astype(self.dtype, copy=False)
 
     def forward(self, X, return_hidden=False):
@@ -88,8 +104,13 @@ class MLP:
         return np.argmax(self.forward(X), axis=1)
 
     def accuracy(self, X, y):
-        """Fraction of rows of ``X`` classified as ``y``."""
-        return float(np.mean(self.predict(X) == np.asarray(y)))
+        """Fraction of rows of ``X`` classified as ``y``.
+
+        ``y`` must hold one integer label in ``[0, n_out)`` per row of ``X``: a (n, 1)
+        column would broadcast against the predictions and give a meaningless number.
+        """
+        pred = self.predict(X)
+        return float(np.mean(pred == _labels(y, len(pred), self.sizes[-1])))
 
 
 def make_mlp(depth, n_in=784, width=400, n_out=10, seed=0):
@@ -121,13 +142,31 @@ def preprocess(images):
     return (images.reshape(len(images), -1).astype(np.float32) / np.float32(255.0))
 
 
-def _labels(y, n, n_out):
+def _labels(y, n, n_out, name="y"):
     y = np.asarray(y)
     if y.shape != (n,) or y.dtype.kind not in "iu":
-        raise ValueError(f"y must be an integer array of shape ({n},), got {y.dtype} {y.shape}")
+        raise ValueError(f"{name} must be an integer array of shape ({n},), "
+                         f"got {y.dtype} {y.shape}")
     if n and (y.min() < 0 or y.max() >= n_out):
-        raise ValueError(f"labels must lie in [0, {n_out})")
+        raise ValueError(f"{name}: labels must lie in [0, {n_out}), "
+                         f"got values in [{y.min()}, {y.max()}]")
     return y.astype(np.intp)
+
+
+def _is_real(v):
+    return not isinstance(v, bool) and isinstance(v, (int, float, np.integer, np.floating))
+
+
+def _training_set(mlp, X, y, x_name, y_name):
+    """Checked (inputs, labels) of a training or validation set: at least one sample,
+    inputs in [0, 1] (the scale TTFS conversion assumes), labels in range."""
+    X = mlp._check_input(X, x_name)
+    if len(X) == 0:
+        raise ValueError(f"{x_name} must contain at least one sample, got shape {X.shape}")
+    if X.min() < 0 or X.max() > 1:
+        raise ValueError(f"{x_name} must lie in [0, 1], got values in [{X.min():g}, {X.max():g}] "
+                         "(use preprocess())")
+    return X, _labels(y, len(X), mlp.sizes[-1], y_name)
 
 
 def loss_and_grads(mlp, X, y):
@@ -208,9 +247,9 @@ def train_mlp(mlp, X, y, X_val, y_val, epochs=30, patience=5, lr=1e-3, batch_siz
     mlp : MLP
         float32 network (e.g. from :func:`make_mlp`), modified in place.
     X, y : ndarray
-        Training inputs (n, n_in) float32 in [0, 1] and integer labels.
+        Training inputs (n, n_in) float32 in [0, 1] and integer labels (n >= 1).
     X_val, y_val : ndarray
-        Validation split (held out of the training set) for early stopping.
+        Validation split (held out of the training set, n >= 1) for early stopping.
     epochs : int
         Maximum number of epochs.
     patience : int
@@ -231,17 +270,26 @@ def train_mlp(mlp, X, y, X_val, y_val, epochs=30, patience=5, lr=1e-3, batch_siz
     dict
         ``history`` (per epoch: loss, val_acc, lr), ``best_epoch``, ``best_val_acc``,
         ``epochs_run``.
+
+    Raises
+    ------
+    ValueError
+        For an empty training or validation set, inputs outside [0, 1], bad labels,
+        non-integer or non-positive ``epochs``/``batch_size``/``patience``/``decay_every``,
+        ``lr`` not finite and > 0, ``decay`` outside (0, 1], and when the loss stops being
+        finite (the step size diverged; ``mlp`` then holds the diverged weights).
     """
     from threadpoolctl import threadpool_limits
 
-    X = mlp._check_input(X)
-    X_val = mlp._check_input(X_val)
-    y = _labels(y, len(X), mlp.sizes[-1])
-    y_val = _labels(y_val, len(X_val), mlp.sizes[-1])
-    if int(epochs) < 1 or int(batch_size) < 1 or int(patience) < 1 or int(decay_every) < 1:
-        raise ValueError("epochs, batch_size, patience and decay_every must be >= 1")
-    if not (lr > 0 and 0 < decay <= 1):
-        raise ValueError("lr must be > 0 and decay in (0, 1]")
+    X, y = _training_set(mlp, X, y, "X", "y")
+    X_val, y_val = _training_set(mlp, X_val, y_val, "X_val", "y_val")
+    epochs, batch_size, patience, decay_every = (
+        positive_int(k, v) for k, v in (("epochs", epochs), ("batch_size", batch_size),
+                                        ("patience", patience), ("decay_every", decay_every)))
+    if not _is_real(lr) or not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    if not _is_real(decay) or not 0 < decay <= 1:
+        raise ValueError(f"decay must be a number in (0, 1], got {decay!r}")
     rng = np.random.default_rng(seed)
     opt = _Adam(mlp.weights + mlp.biases, lr)
     best = (-1.0, None, 0)
@@ -249,17 +297,22 @@ def train_mlp(mlp, X, y, X_val, y_val, epochs=30, patience=5, lr=1e-3, batch_siz
     bar = None
     if progress:
         from tqdm.auto import tqdm
-        bar = tqdm(total=int(epochs), desc=f"train L={mlp.depth}", leave=False)
+        bar = tqdm(total=epochs, desc=f"train L={mlp.depth}", leave=False)
     with threadpool_limits(limits=effective_n_threads(n_threads), user_api="blas"):
-        for epoch in range(int(epochs)):
-            opt.lr = lr * decay ** (epoch // int(decay_every))
+        for epoch in range(epochs):
+            opt.lr = lr * decay ** (epoch // decay_every)
             order = rng.permutation(len(X))
             total = 0.0
-            for start in range(0, len(X), int(batch_size)):
-                idx = order[start:start + int(batch_size)]
+            for start in range(0, len(X), batch_size):
+                idx = order[start:start + batch_size]
                 loss, gw, gb = _loss_and_grads(mlp, X[idx], y[idx])
                 opt.step(gw + gb)
                 total += loss * len(idx)
+            if not math.isfinite(total):
+                # a step size that blows the weights up (e.g. lr=1e30) would otherwise
+                # end in NaN weights and a chance-level "best" model without a word
+                raise ValueError(f"training diverged in epoch {epoch + 1} (loss {total}); "
+                                 f"lr={lr!r} is too large")
             val_acc = mlp.accuracy(X_val, y_val)
             history.append({"epoch": epoch + 1, "loss": total / len(X), "val_acc": val_acc,
                             "lr": opt.lr})
@@ -271,7 +324,7 @@ def train_mlp(mlp, X, y, X_val, y_val, epochs=30, patience=5, lr=1e-3, batch_siz
             if val_acc > best[0]:
                 best = (val_acc, ([w.copy() for w in mlp.weights], [b.copy() for b in mlp.biases]),
                         epoch + 1)
-            elif epoch + 1 - best[2] >= int(patience):
+            elif epoch + 1 - best[2] >= patience:
                 break
     if bar is not None:
         bar.close()

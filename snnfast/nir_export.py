@@ -45,7 +45,7 @@ from ._utils import atomic_path
 
 __all__ = [
     "NIRExportWarning", "to_nir", "from_nir", "graph_to_spec", "inexpressible_features",
-    "simulate_graph", "FORMAT", "GAIN_RTOL",
+    "simulate_graph", "check_dt", "FORMAT", "GAIN_RTOL",
 ]
 
 FORMAT = "snnfast-nir-1"
@@ -163,6 +163,48 @@ def _version():
     return __version__
 
 
+def check_dt(dt, config):
+    """Raise ValueError unless ``dt`` can be exported for a model with ``config``.
+
+    ``dt`` must be a finite number > 0 and the quantities :func:`to_nir` writes must be
+    finite normal float64 numbers: ``tau = dt/(1-beta)`` of both LIF layers, ``T*dt`` and
+    the read-out rate ``r = 1/(T*dt)``. A tiny ``dt`` (1e-320) would otherwise write
+    ``r = inf`` and a huge one ``tau = inf``: a file that :func:`from_nir` rejects, or a
+    subnormal ``tau`` from which ``beta = 1 - dt/tau`` cannot be recovered.
+    Decays outside [0, 1) and ``T < 1`` are left to :func:`to_nir`'s own checks.
+
+    Parameters
+    ----------
+    dt : float
+        The time step to export with.
+    config : ConvSNN, its config dataclass, or dict
+        Needs ``T``, ``beta_c`` and ``beta_h``.
+
+    Raises
+    ------
+    ValueError
+        Naming ``dt`` and the first derived quantity that is out of range.
+    """
+    dt = float(dt)
+    if not np.isfinite(dt) or dt <= 0:
+        raise ValueError(f"dt must be a positive finite number, got {dt!r}")
+    cfg = _cfg(config)
+    T = int(_req(cfg, "T"))
+    derived = {}
+    if T >= 1:
+        derived["T*dt"] = T * dt
+        derived["readout r = 1/(T*dt)"] = 1.0 / derived["T*dt"]
+    for layer, key in (("conv", "beta_c"), ("hidden", "beta_h")):
+        beta = float(_req(cfg, key))
+        if 0.0 <= beta < 1.0:
+            derived[f"{layer} tau = dt/(1-beta)"] = dt / (1.0 - beta)
+    tiny = np.finfo(np.float64).tiny
+    for name, v in derived.items():
+        if not (np.isfinite(v) and v >= tiny):
+            raise ValueError(f"dt={dt!r} is out of range for this model: {name} = {v!r} is not "
+                             "a finite normal float64 number")
+
+
 def _lif(shape, beta, thr, dt, fold_gain, meta):
     beta = float(beta)
     if not 0.0 <= beta < 1.0:
@@ -236,7 +278,8 @@ def to_nir(model, path=None, dt=_DEFAULT_DT, fold_gain=False):
     path : str or Path, optional
         Where to write the graph (``nir.write``, HDF5); written atomically.
     dt : float
-        Time step written into the mapping ``tau = dt/(1-beta)`` and the metadata.
+        Time step written into the mapping ``tau = dt/(1-beta)`` and the metadata; see
+        :func:`check_dt` for the values refused.
     fold_gain : bool
         Write ``r = 1`` and multiply ``1/(1-beta)`` into the preceding weights and biases.
 
@@ -251,10 +294,9 @@ def to_nir(model, path=None, dt=_DEFAULT_DT, fold_gain=False):
         ``graph.metadata["inexpressible"]``). The ``nir`` preset exports exactly and does not warn.
     """
     import nir
-    dt = float(dt)
-    if not np.isfinite(dt) or dt <= 0:
-        raise ValueError(f"dt must be a positive finite number, got {dt!r}")
     cfg = _cfg(model)
+    check_dt(dt, cfg)
+    dt = float(dt)
     from .convsnn import check_params
     params = check_params(getattr(model, "params", None) or {})
     T = int(_req(cfg, "T"))

@@ -24,8 +24,8 @@ Conventions
 - Synaptic events = sum over delivered spikes (input pixels included) of their fan-out.
 
 Public API: :func:`convert`, :class:`TTFSNetwork` (``simulate``, ``closed_form``,
-``relu_forward``), :func:`operation_counts`, :func:`seed_v1_forward`, :func:`save`,
-:func:`load`.
+``relu_forward``), :func:`operation_counts`, :func:`seed_v1_forward`, :func:`check_dt`,
+:func:`save`, :func:`load`.
 """
 import json
 from dataclasses import dataclass, field
@@ -35,9 +35,10 @@ import numpy as np
 
 from ._config import effective_n_threads
 from ._utils import atomic_path, h5_format
+from .mlp import positive_int
 
 __all__ = ["FORMAT", "TTFSNetwork", "SimResult", "convert", "operation_counts",
-           "seed_v1_forward", "scaled_bias_relu", "exactness_report", "save", "load"]
+           "seed_v1_forward", "scaled_bias_relu", "exactness_report", "check_dt", "save", "load"]
 
 FORMAT = "ttfs-1"
 TAU_C = 1.0
@@ -78,6 +79,40 @@ class SimResult:
             raise ValueError("spike times were not recorded (record_times=False)")
         return [np.where(np.isinf(t), 0.0, tm - t.astype(np.float64))
                 for t, tm in zip(self.times, self.t_max)]
+
+
+def check_dt(dt, latency=1.0):
+    """Refuse a clock step ``dt > 0`` for which the clock-driven grid cannot be computed.
+
+    Every spike time ``t <= latency`` is registered at ``ceil(t/dt) dt``; when
+    ``latency/dt`` overflows float64 (e.g. ``dt=1e-320``) all spikes would land at ``inf``
+    and be lost, a silently wrong result. A network's latency ``t_min(N)`` is at least 1,
+    so ``check_dt(dt)`` alone already tells whether ``dt`` can be used with any network.
+
+    Parameters
+    ----------
+    dt : float
+        Clock step (>= 0; 0 = exact simulation, always accepted).
+    latency : float
+        The network's ``t_min(N)`` (:attr:`TTFSNetwork.latency`).
+
+    Raises
+    ------
+    ValueError
+        When ``latency/dt`` is not finite.
+    """
+    if dt > 0 and not np.isfinite(latency / dt):
+        raise ValueError(f"dt={dt!r} is too small: the clock grid t/dt overflows for spike "
+                         f"times up to t_min(N)={latency:g}; use dt=0 for the exact simulation")
+
+
+def _check_result(result, X):
+    """``result`` must be a simulation of exactly the images of ``X``."""
+    if not isinstance(result, SimResult):
+        raise TypeError(f"result must be a SimResult, got {type(result).__name__}")
+    if len(result.logits) != len(X):
+        raise ValueError(f"result holds {len(result.logits)} images but X has {len(X)}; "
+                         "pass the result of simulating this X")
 
 
 def _check_x(X, n_in, name="X"):
@@ -186,12 +221,12 @@ class TTFSNetwork:
         windows = np.concatenate([[1.0], self.deltas])
         return windows / (2.0 ** int(time_bits) - 1.0)
 
-    @staticmethod
-    def _check_options(dt, jitter):
+    def _check_options(self, dt, jitter):
         for name, v in (("dt", dt), ("jitter", jitter)):
             if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)) \
                     or not np.isfinite(v) or v < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+        check_dt(dt, self.latency)
 
     # ------------------------------------------------------------------ simulation
     def simulate(self, X, dtype=np.float64, dt=0.0, time_bits=None, jitter=0.0, seed=0,
@@ -206,7 +241,8 @@ class TTFSNetwork:
             Arithmetic precision (float64 is the exactness path).
         dt : float
             0 = exact. > 0: clock-driven, every spike is registered at ``ceil(t/dt) dt``
-            (input pixels included); spikes pushed to ``t >= t_max`` are lost.
+            (input pixels included); spikes pushed to ``t >= t_max`` are lost. A ``dt`` so
+            small that ``t_min(N)/dt`` overflows is refused (see :func:`check_dt`).
         time_bits : int or None
             Quantise every emitted spike time to ``2**k`` levels per window
             (round-to-nearest, step ``Delta/(2**k - 1)``, x = 0 exact; spec §5.3).
@@ -214,12 +250,15 @@ class TTFSNetwork:
             Std of Gaussian jitter added to real spikes only (clamped at ``t_min`` of the
             window; spikes pushed to ``t >= t_max`` are lost). Draws depend on
             ``(seed, image, layer, unit)`` only.
+        seed : int
+            In ``[0, 2**64)`` (the kernel's counter-based generator takes a uint64).
         record_times : bool
             Keep per-layer spike times (memory: n x hidden units).
         n_threads : int or None
             See :func:`snnfast.effective_n_threads`; results do not depend on it.
         batch_size : int or None
-            Images per kernel call (bounds the float64 conversion copy of X).
+            Images per kernel call (bounds the float64 conversion copy of X), a positive
+            integer; None = all images in one call.
 
         Returns
         -------
@@ -233,8 +272,12 @@ class TTFSNetwork:
         _check_x(X, self.sizes[0])
         self._check_options(dt, jitter)
         qstep = self._qsteps(time_bits)
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) \
+                or not 0 <= seed < 2 ** 64:
+            raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+        # validated here: range() with a negative step would skip the kernel and return
+        # the np.empty outputs, and 0 used to mean "all images"
+        step = max(len(X), 1) if batch_size is None else positive_int("batch_size", batch_size)
         nt = effective_n_threads(n_threads)
         wt, theta, bias, w_off, u_off = self._pack(dtype)
         sizes = np.asarray(self.sizes, dtype=np.int64)
@@ -249,7 +292,6 @@ class TTFSNetwork:
         sc_w = np.empty((nt, width), dtype)
         sc_idx = np.empty((nt, width), np.intc)
         tmin = np.ascontiguousarray(self.t_min, dtype=np.float64)
-        step = int(batch_size) if batch_size else max(n, 1)
         for s in range(0, n, step):
             sl = slice(s, min(n, s + step))
             xb = np.ascontiguousarray(X[sl], dtype=dtype)
@@ -332,7 +374,13 @@ def convert(mlp, X_calib, zeta=0.5, batch_size=4096, meta=None):
         largest activation of hidden layer n over these inputs.
     zeta : float
         ``Delta_n = (1 + zeta) X_n``.
+    batch_size : int
+        Calibration inputs per forward pass (a positive integer; bounds the memory).
+    meta : dict, optional
+        Extra provenance stored in ``net.meta``.
     """
+    # checked first: a negative step would skip the calibration loop and leave X_n = 0
+    batch_size = positive_int("batch_size", batch_size)
     if len(X_calib) == 0:
         raise ValueError("X_calib must contain at least one input")
     net = TTFSNetwork(mlp.weights, mlp.biases, np.zeros(mlp.depth - 1), zeta)
@@ -374,6 +422,9 @@ def operation_counts(net, X, n_threads=None, result=None):
         ``synaptic_events_per_image``, ``dense_macs``, ``spikes_per_hidden_neuron``,
         ``n_images``.
     """
+    _check_x(X, net.sizes[0])
+    if result is not None:
+        _check_result(result, X)
     r = result if result is not None else net.simulate(X, record_times=False,
                                                        n_threads=n_threads)
     n = max(len(r.logits), 1)
@@ -411,8 +462,10 @@ def exactness_report(net, X, result=None, n_threads=None):
     decoded activations ``t_max - t`` of the event-driven simulation, the output layer the
     potentials at ``t_min(N)``. ``single_layer`` is layer 1 (fed by the exact input).
     """
-    r = result if result is not None else net.simulate(X, n_threads=n_threads)
     z, hidden = net.relu_forward(X)
+    if result is not None:
+        _check_result(result, X)
+    r = result if result is not None else net.simulate(X, n_threads=n_threads)
     rows = []
     for l, (a, h) in enumerate(zip(r.activations() + [r.logits.astype(np.float64)],
                                    hidden + [z])):
@@ -460,7 +513,16 @@ def seed_v1_forward(net, X, t_out_max=15.0):
 
 
 def scaled_bias_relu(net, X, scales):
-    """ReLU net with ``b(n) <- s_n(x) b(n)`` and a ReLU on the logits (the v1 identity)."""
+    """ReLU net with ``b(n) <- s_n(x) b(n)`` and a ReLU on the logits (the v1 identity).
+
+    ``scales`` has shape (n, N): one factor per image and weight layer, as returned by
+    :func:`seed_v1_forward`.
+    """
+    _check_x(X, net.sizes[0])
+    scales = np.asarray(scales, dtype=np.float64)
+    if scales.shape != (len(X), net.depth):
+        raise ValueError(f"scales must have shape ({len(X)}, {net.depth}) (images x weight "
+                         f"layers), got {scales.shape}")
     h = X.astype(np.float64)
     for l, (w, b) in enumerate(zip(net.weights, net.biases)):
         h = np.maximum(h @ w.T + scales[:, l:l + 1] * b, 0.0)

@@ -130,3 +130,55 @@ def test_preprocess_and_bad_inputs():
         MLP([np.zeros((3, 4))], [np.zeros(2)])
     with pytest.raises(ValueError):
         MLP([np.zeros((3, 4)), np.zeros((2, 5))], [np.zeros(3), np.zeros(2)])
+
+
+def test_accuracy_checks_the_labels():
+    x, y = _blobs(40, 3)
+    m = make_mlp(2, n_in=20, width=8, n_out=3, seed=0)
+    assert m.accuracy(x, y) == np.mean(m.predict(x) == y)
+    # a (n, 1) column broadcast to n x n; out-of-range or float labels just gave 0.0
+    for bad in (y[:, None], y[:5], y + 100, y - 1, y + 0.5, y.astype(float)):
+        with pytest.raises(ValueError, match="y"):
+            m.accuracy(x, bad)
+
+
+def test_integer_weights_are_refused():
+    # the float inputs in [0, 1] were cast to the weights' int dtype: every pixel became 0
+    with pytest.raises(ValueError, match="floating point"):
+        MLP([np.ones((10, 20), int)], [np.zeros(10, int)])
+    with pytest.raises(ValueError, match="floating point"):
+        MLP([np.ones((10, 20), np.float32)], [np.zeros(10, np.int32)])
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"lr": float("inf")}, "lr"), ({"lr": float("nan")}, "lr"), ({"lr": 0.0}, "lr"),
+    ({"lr": -1e-3}, "lr"), ({"lr": "0.1"}, "lr"), ({"decay": float("nan")}, "decay"),
+    ({"batch_size": 2.7}, "batch_size"), ({"batch_size": -1}, "batch_size"),
+    ({"epochs": 1.5}, "epochs"), ({"patience": True}, "patience"),
+    ({"decay_every": 0}, "decay_every")])
+def test_train_mlp_rejects_bad_hyperparameters(kw, match):
+    x, y = _blobs(30, 0)
+    m = make_mlp(2, n_in=20, width=8, n_out=3, seed=0)
+    with pytest.raises(ValueError, match=match):
+        train_mlp(m, x, y, x, y, **{"epochs": 1, "n_threads": 1, **kw})
+
+
+def test_train_mlp_rejects_bad_sets():
+    x, y = _blobs(30, 0)
+    m = make_mlp(2, n_in=20, width=8, n_out=3, seed=0)
+    cases = [((x[:0], y[:0], x, y), "X must contain at least one sample"),     # ZeroDivisionError
+             ((x, y, x[:0], y[:0]), "X_val must contain at least one sample"),  # TypeError
+             ((x * 255, y, x, y), r"X must lie in \[0, 1\]"),
+             ((x, y, x * 255, y), r"X_val must lie in \[0, 1\]"),
+             ((x, y, x, y[:5]), "y_val")]
+    for args, match in cases:
+        with pytest.raises(ValueError, match=match):
+            train_mlp(m, *args, epochs=1, n_threads=1)
+
+
+def test_train_mlp_divergence_is_an_error():
+    # lr=1e30 used to return NaN weights and a chance-level "best" model without a word
+    x, y = _blobs(60, 0)
+    m = make_mlp(2, n_in=20, width=8, n_out=3, seed=0)
+    with np.errstate(all="ignore"), pytest.raises(ValueError, match="diverged"):
+        train_mlp(m, x, y, x, y, epochs=2, lr=1e30, n_threads=1)

@@ -1,6 +1,7 @@
 """NIR export/import of Conv-SNNs (snnfast.nir_export, snnfast.export)."""
 import dataclasses
 import importlib
+import re
 import subprocess
 import sys
 import types
@@ -692,3 +693,40 @@ def test_lossy_export_imports_with_the_graph_semantics():
     assert np.array_equal(params["W1"], (model.params["W1"].astype(np.float64) * 0.1).astype(np.float32))
     assert np.array_equal(params["b1"], (model.params["b1"].astype(np.float64) * 0.1).astype(np.float32))
     assert info["T"] == 10 and cfg["n_det"] == 5 and info["seed"] == model.config.seed
+
+
+def test_export_rejects_a_dt_whose_time_constants_overflow(tmp_path):
+    # dt=1e-320 wrote r = 1/(T*dt) = inf, a file that from_nir then rejected
+    m = _model("nir")
+    slow = _model("nir", beta_h=1 - 1e-6)
+    for model, dt, what in ((m, 1e-320, "T*dt"), (m, 1e-310, "T*dt"), (m, 1e308, "T*dt"),
+                            (m, 1e307, "readout r"), (slow, 1e303, "hidden tau")):
+        with pytest.raises(ValueError, match=re.escape(f"dt={dt!r} is out of range") + ".*"
+                           + re.escape(what)):
+            ne.to_nir(model, tmp_path / "x.nir", dt=dt)
+    assert not list(tmp_path.iterdir())
+    for dt in (3e-308, 1e300):          # extreme but representable: the file imports again
+        ne.to_nir(m, tmp_path / "ok.nir", dt=dt)
+        back = ne.from_nir(tmp_path / "ok.nir")
+        assert all(np.array_equal(back.params[k], m.params[k]) for k in m.params)
+
+
+def test_cli_refuses_to_overwrite_the_input_model(tmp_path, capsys):
+    ConvSNN = _convsnn()
+    from snnfast import export
+    src = tmp_path / "model.h5"
+    _randomize(ConvSNN(preset="nir", seed=0)).save(src)
+    raw = src.read_bytes()
+    (tmp_path / "link.h5").symlink_to(src)
+    (tmp_path / "sub").mkdir()
+    for out in (src, tmp_path / "sub" / ".." / "model.h5", tmp_path / "link.h5"):
+        assert export.main([str(src), str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and "is the input model" in err and err.count("\n") == 1
+    assert src.read_bytes() == raw
+    assert ConvSNN.load(src).params.keys() == _params().keys()
+    out = tmp_path / "out.nir"
+    assert export.main([str(src), str(out), "--dt", "1e-320"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --dt") and "T*dt = 1e-319" in err and err.count("\n") == 1
+    assert not out.exists()

@@ -305,6 +305,59 @@ def test_bad_inputs_raise(case):
         ttfs.convert(MLP(w, b), x[:0])
 
 
+@pytest.mark.parametrize("bs", [-5, 0, 2.7, "4", True])
+def test_batch_size_must_be_a_positive_integer(case, bs):
+    # a negative step skipped the kernel (np.empty logits) and the calibration loop
+    # (X_n = 0); 0 meant "all images"; 2.7 was truncated
+    m, net, x = case
+    with pytest.raises(ValueError, match="batch_size"):
+        net.simulate(x, batch_size=bs)
+    with pytest.raises(ValueError, match="batch_size"):
+        ttfs.convert(m, x, batch_size=bs)
+
+
+def test_batch_size_of_convert_does_not_change_the_windows(case):
+    m, net, _ = case
+    assert np.array_equal(ttfs.convert(m, _inputs(seed=2), batch_size=7).x_max, net.x_max)
+
+
+def test_dt_too_small_for_the_clock_grid_is_refused(case):
+    # t/dt overflowed to inf: every spike was lost and the logits were garbage
+    _, net, x = case
+    for fn in (net.simulate, net.closed_form):
+        with pytest.raises(ValueError, match="dt=1e-320 is too small"):
+            fn(x, dt=1e-320)
+    with pytest.raises(ValueError, match="dt"):
+        ttfs.check_dt(1e-320)
+    z, _ = net.relu_forward(x)
+    r = net.simulate(x, dt=1e-300)          # tiny but usable: as good as exact
+    assert np.abs(r.logits - net.simulate(x).logits).max() <= 1e-12 * max(1, np.abs(z).max())
+
+
+def test_seed_beyond_uint64_is_a_value_error(case):
+    _, net, x = case
+    with pytest.raises(ValueError, match="seed"):
+        net.simulate(x[:3], jitter=0.1, seed=2 ** 70)
+    net.simulate(x[:3], jitter=0.1, seed=2 ** 64 - 1)
+
+
+def test_results_of_other_images_and_wrong_scales_are_refused(case):
+    _, net, x = case
+    r = net.simulate(x[:20])
+    with pytest.raises(ValueError, match="result holds 20 images but X has 5"):
+        ttfs.operation_counts(net, x[:5], result=r)
+    with pytest.raises(ValueError, match="result holds 20 images but X has 5"):
+        ttfs.exactness_report(net, x[:5], result=r)
+    with pytest.raises(TypeError, match="SimResult"):
+        ttfs.operation_counts(net, x[:20], result=r.logits)
+    assert ttfs.operation_counts(net, x[:20], result=r) == ttfs.operation_counts(net, x[:20])
+    _, s = ttfs.seed_v1_forward(net, x[:4])
+    with pytest.raises(ValueError, match=r"scales must have shape \(4, 4\)"):
+        ttfs.scaled_bias_relu(net, x[:4], np.ones(3))
+    with pytest.raises(ValueError, match="scales"):
+        ttfs.scaled_bias_relu(net, x[:4], s[:3])
+
+
 def test_hdf5_roundtrip(tmp_path, case):
     _, net, x = case
     path = tmp_path / "net.h5"
@@ -343,6 +396,49 @@ def test_hdf5_malformed_files_raise_clear_errors(tmp_path, case):
     for p in (trunc, junk, foreign, partial, tampered, tmp_path / "missing.h5"):
         with pytest.raises(ValueError, match=p.name):
             ttfs.load(p)
+
+
+def _convert_cli(monkeypatch, capsys, *args):
+    """Run the convert CLI with the data loading replaced by a failure: an argument
+    error must be reported before any data is loaded or network trained."""
+    from snnfast import convert
+
+    def no_work(a):
+        raise AssertionError("convert started its work despite a bad argument")
+    monkeypatch.setattr(convert, "_load_data", no_work)
+    rc = convert.main(["--no-progress", *map(str, args)])
+    return rc, capsys.readouterr().err
+
+
+def test_convert_cli_refuses_bad_arguments_up_front(tmp_path, monkeypatch, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    for args, msg in ((["--out", afile], "exists and is not a directory"),
+                      (["--out", afile / "sub"], "cannot create the directory"),
+                      (["--threads", 0, "--out", tmp_path / "r"], "--threads must not be 0"),
+                      (["--dt", 0.1, 1e-320, "--out", tmp_path / "r"], "--dt 1e-320 is too small")):
+        rc, err = _convert_cli(monkeypatch, capsys, *args)
+        assert rc == 2, args
+        assert err.startswith("error: ") and msg in err and err.count("\n") == 1, err
+        assert "None" not in err        # library wording ("use None for the default")
+    assert afile.read_text() == "keep me"
+    assert not (tmp_path / "r").exists()
+
+
+def test_convert_cli_failed_run_removes_only_the_dirs_it_created(tmp_path, monkeypatch, capsys):
+    from snnfast import convert
+
+    def fail(a):
+        raise ValueError("--n-val must lie in (0, 300)")
+    monkeypatch.setattr(convert, "_load_data", fail)
+    new = tmp_path / "new" / "sub"
+    assert convert.main(["--no-progress", "--out", str(new)]) == 2
+    assert "--n-val" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+    old = tmp_path / "old"
+    old.mkdir()
+    assert convert.main(["--no-progress", "--out", str(old)]) == 2
+    assert old.is_dir()                 # the user's (empty) directory stays
 
 
 def _mnist_available():

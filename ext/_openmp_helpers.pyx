@@ -19,3 +19,12 @@ def omp_max_threads():
         return openmp.omp_get_max_threads()
     ELSE:
         return 1
+
+
+def omp_thread_limit():
+    """``omp_get_thread_limit()``: ``OMP_THREAD_LIMIT``, or INT_MAX if unset (and without
+    OpenMP)."""
+    IF SNNFAST_OPENMP:
+        return openmp.omp_get_thread_limit()
+    ELSE:
+        return 2**31 - 1

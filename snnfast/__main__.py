@@ -11,10 +11,16 @@ def main(argv=None):
                         help="print OpenMP status, threads, BLAS and build flags")
     args = parser.parse_args(argv)
     import snnfast
+    from snnfast._config import _threads_or_error
     if args.version:
         print(f"snnfast {snnfast.__version__}")
     if args.config or not args.version:
         snnfast.show_config()
+        error = _threads_or_error()[1]
+        if error:
+            # the report is printed; the exit code and one line on stderr flag the bad setting
+            print(f"{parser.prog}: error: {error}", file=sys.stderr)
+            return 1
     return 0
 
 

@@ -2,8 +2,10 @@
 import os
 import platform
 import sys
+from functools import lru_cache
 
-__all__ = ["effective_n_threads", "openmp_enabled", "show_config", "config_dict"]
+__all__ = ["effective_n_threads", "max_n_threads", "openmp_enabled", "show_config",
+           "config_dict"]
 
 
 def openmp_enabled():
@@ -20,6 +22,40 @@ def _cpus_available():
     return max(1, n)
 
 
+# Upper bound on a thread count. libgomp starts every requested thread, each with its own
+# stack, and never reports a failure: n_threads=100000 crashed the process (Linux's default
+# pid_max is 32768 threads), and values >= 2**31 do not fit the kernels' C int. More threads
+# than cores never helps (results are the same for any count), so anything beyond a few per
+# core is a typo. 1024 keeps every count a small machine could want (8x oversubscription of
+# 128 cores), and 4 per available core keeps the rule meaningful on bigger machines.
+MAX_THREADS_FLOOR = 1024
+THREADS_PER_CPU_LIMIT = 4
+
+
+def max_n_threads():
+    """The largest thread count :func:`effective_n_threads` accepts.
+
+    ``max(1024, 4 * available cores)``; see ``MAX_THREADS_FLOOR`` for why.
+    """
+    return max(MAX_THREADS_FLOOR, THREADS_PER_CPU_LIMIT * _cpus_available())
+
+
+@lru_cache(maxsize=1)
+def _omp_thread_limit():
+    # OMP_THREAD_LIMIT, read once by the OpenMP runtime when it loads (INT_MAX if unset)
+    from . import _openmp_helpers
+    return int(_openmp_helpers.omp_thread_limit())
+
+
+def _check_limit(n, what):
+    limit = max_n_threads()
+    if n > limit:
+        raise ValueError(f"{what} exceeds the limit of {limit} threads "
+                         f"({THREADS_PER_CPU_LIMIT} per available core, at least "
+                         f"{MAX_THREADS_FLOOR}; this process has {_cpus_available()} cores)")
+    return n
+
+
 def _env_threads(name):
     raw = os.environ.get(name, "").strip()
     if not raw:
@@ -31,7 +67,7 @@ def _env_threads(name):
         raise ValueError(f"{name}={raw!r} is not an integer") from None
     if value < 1:
         raise ValueError(f"{name}={raw!r} must be >= 1")
-    return value
+    return _check_limit(value, f"{name}={raw!r}")
 
 
 def effective_n_threads(n_threads=None):
@@ -48,7 +84,16 @@ def effective_n_threads(n_threads=None):
     Returns
     -------
     int
-        At least 1; always 1 when the kernels were built without OpenMP.
+        At least 1; always 1 when the kernels were built without OpenMP. At most
+        ``OMP_THREAD_LIMIT`` if that is set (OpenMP would not start more threads anyway).
+
+    Raises
+    ------
+    ValueError
+        For 0, an invalid environment variable, or a count above :func:`max_n_threads`
+        (``max(1024, 4 * available cores)``), explicit or from the environment.
+    TypeError
+        If ``n_threads`` is not an integer.
     """
     cpus = _cpus_available()
     if n_threads is None:
@@ -60,9 +105,10 @@ def effective_n_threads(n_threads=None):
         if n_threads == 0:
             raise ValueError("n_threads=0 is not allowed; use None for the default")
         n = n_threads if n_threads > 0 else max(1, cpus + 1 + n_threads)
+        _check_limit(n, f"n_threads={n_threads}")
     if not openmp_enabled():
         return 1
-    return int(n)
+    return min(int(n), _omp_thread_limit())
 
 
 def _blas_info():
@@ -101,8 +147,21 @@ def _simd_level():
     return "baseline"
 
 
+def _threads_or_error():
+    """``(effective_n_threads(), None)``, or ``(None, message)`` for a bad environment variable:
+    the diagnostic report must still appear when the setting it should diagnose is wrong."""
+    try:
+        return effective_n_threads(), None
+    except ValueError as exc:
+        return None, str(exc)
+
+
 def config_dict():
-    """Facts about this installation as a dict (used by benchmarks and show_config)."""
+    """Facts about this installation as a dict (used by benchmarks and show_config).
+
+    ``effective_n_threads`` is None and ``threads_error`` says why when
+    ``SNNFAST_NUM_THREADS`` or ``OMP_NUM_THREADS`` is invalid (else ``threads_error`` is None).
+    """
     from . import __version__
     try:
         from . import _build_info as bi
@@ -111,6 +170,7 @@ def config_dict():
     except ImportError:
         build = {"openmp": None, "cflags": None, "ldflags": None, "compiler": None}
     import numpy as np
+    threads, threads_error = _threads_or_error()
     return {
         "snnfast": __version__,
         "python": sys.version.split()[0],
@@ -120,7 +180,8 @@ def config_dict():
         "simd": _simd_level(),
         "cpus_available": _cpus_available(),
         "openmp": openmp_enabled(),
-        "effective_n_threads": effective_n_threads(),
+        "effective_n_threads": threads,
+        "threads_error": threads_error,
         "omp_wait": " ".join(f"{k}={os.environ.get(k, '(unset)')}"
                              for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")),
         "build": build,
@@ -129,14 +190,20 @@ def config_dict():
 
 
 def show_config(file=None):
-    """Print the version, OpenMP status, thread count, BLAS and build flags."""
+    """Print the version, OpenMP status, thread count, BLAS and build flags.
+
+    An invalid thread variable is shown on the "effective threads" line, not raised.
+    """
     c = config_dict()
+    threads = c["effective_n_threads"]
+    if c["threads_error"]:
+        threads = f"INVALID: {c['threads_error']}"
     lines = [
         f"snnfast {c['snnfast']} (Python {c['python']}, NumPy {c['numpy']})",
         f"platform:            {c['platform']}",
         f"cpu:                 {c['cpu']} [{c['simd']}], {c['cpus_available']} available",
         f"OpenMP:              {'enabled' if c['openmp'] else 'DISABLED (serial build)'}",
-        f"effective threads:   {c['effective_n_threads']}",
+        f"effective threads:   {threads}",
         f"OpenMP waiting:      {c['omp_wait']}",
         f"compiler:            {c['build']['compiler']}",
         f"compile flags:       {' '.join(c['build']['cflags'] or [])}",

@@ -51,7 +51,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from ._config import effective_n_threads
-from ._utils import adam_step_size, check_array
+from ._utils import adam_step_size, check_array, check_disjoint
 
 __all__ = [
     "N_PIX", "N_CONV", "N_HID", "SUPPORTED_BLOCK_WIDTHS", "BLOCK_WIDTH", "EVAL_EPOCH",
@@ -410,16 +410,6 @@ def _aligned_empty(shape, dtype=np.float32, align=64):
     return raw[off:off + n].view(dtype).reshape(shape)
 
 
-def _check_distinct(**arrays):
-    """ValueError unless the (validated, same-size) arrays use distinct memory: the in-place
-    kernels read one while writing another."""
-    first = next(iter(arrays.values()))
-    # __array_interface__ rather than .ctypes, which builds a helper object (~6 us each)
-    starts = {a.__array_interface__["data"][0] for a in arrays.values()}
-    if first.size and len(starts) < len(arrays):
-        raise ValueError(f"{', '.join(arrays)} must be distinct arrays")
-
-
 def _check_blocked(W1b, name, contiguous=True, finite=False):
     check_array(W1b, name, np.float32, ndim=3, contiguous=contiguous, finite=finite)
     nblk, rows, bw = W1b.shape
@@ -712,7 +702,6 @@ def w1_adam_step(W1b, m, v, c, d, *, lr, beta1=0.9, beta2=0.999, eps=1e-8, step,
     d_blocks = _check_w1_grad_inputs(W1b, c, d, check_finite)
     for a, name in ((m, "m"), (v, "v")):
         check_array(a, name, np.float32, shape=W1b.shape)
-    _check_distinct(W1b=W1b, m=m, v=v)
     consts = _adam_constants(lr, beta1, beta2, eps, step)
     B = len(c)
     if active is None:
@@ -721,6 +710,8 @@ def w1_adam_step(W1b, m, v, c, d, *, lr, beta1=0.9, beta2=0.999, eps=1e-8, step,
         if isinstance(active, np.ndarray) and active.dtype == np.bool_:
             active = active.view(np.uint8)
         act = check_array(active, "active", np.uint8, shape=(B, N_POS))
+    # d_blocks may be a view of d (one sample or one block): checking d covers it
+    check_disjoint({"W1b": W1b, "m": m, "v": v}, {"c": c, "d": d, "active": act})
     back = np.empty((B, N_CONV), np.float32)
     total = np.empty(N_CONV, np.float32)
     d_rows = np.zeros((B + 2, _convsnn_w1.row_stride()), np.float32)
@@ -741,6 +732,7 @@ def w1_sgd_step(W1b, c, d, *, rate, decay=1.0, n_threads=None, check_finite=True
     """
     from . import _convsnn_w1
     d_blocks = _check_w1_grad_inputs(W1b, c, d, check_finite)
+    check_disjoint({"W1b": W1b}, {"c": c, "d": d})
     rate = _check_float(rate, "rate")
     decay = _check_float(decay, "decay")
     _raise_if_nonfinite_grad(_convsnn_w1.w1_sgd_into(W1b, c, d_blocks, rate, decay,
@@ -809,16 +801,32 @@ def conv_patch_active(x, *, n_threads=None, check_finite=True):
     return out
 
 
-def ema_step(avg, p, *, decay, n_threads=None):
+def ema_step(avg, p, *, decay, n_threads=None, check_finite=True):
     """In place ``avg = avg*decay + (1-decay)*p`` (float32, same shape, C-contiguous).
 
     The bits of NumPy's ``avg *= f32(decay); avg += f32(1 - decay) * p``, in one pass.
+
+    Parameters
+    ----------
+    avg : float32 array, C-contiguous, writeable; updated in place.
+    p : float32 array of ``avg``'s shape, C-contiguous, finite, not sharing memory with
+        ``avg``.
+    decay : float in [0, 1]
+    n_threads : int or None
+    check_finite : bool
+        Scan ``p`` for NaN and infinities before updating (default; ValueError, nothing
+        changed). The scan reads ``p`` once more: a third to a half of the update's time
+        (~0.18 ms single-threaded for W1's 2.4 M floats). ``False`` skips it, for callers
+        whose ``p`` is finite by construction: a non-finite ``p`` then makes the matching
+        entries of ``avg`` non-finite.
     """
     from . import _ema
     check_array(avg, "avg", np.float32)
     check_array(p, "p", np.float32, shape=avg.shape)
-    _check_distinct(avg=avg, p=p)
+    check_disjoint({"avg": avg}, {"p": p})
     _check_float(decay, "decay", 0.0, 1.0)
     d = float(decay)            # 1 - d from the unrounded value, as NumPy's expression does
-    _ema.ema_into(avg.reshape(-1), p.reshape(-1), np.float32(d), np.float32(1.0 - d),
-                  _threads(n_threads))
+    nt = _threads(n_threads)
+    if check_finite and not _ema.all_finite(p.reshape(-1), nt):
+        raise ValueError("p contains NaN or infinite values")
+    _ema.ema_into(avg.reshape(-1), p.reshape(-1), np.float32(d), np.float32(1.0 - d), nt)

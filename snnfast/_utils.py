@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["atomic_path", "atomic_write_bytes", "write_json", "file_lock", "check_array",
-           "h5_format"]
+           "check_disjoint", "h5_format"]
 
 
 @contextlib.contextmanager
@@ -124,3 +124,29 @@ def check_array(a, name, dtype, ndim=None, shape=None, finite=False, contiguous=
     if finite and a.dtype.kind == "f" and not np.isfinite(a).all():
         raise ValueError(f"{name} contains NaN or infinite values")
     return a
+
+
+def check_disjoint(written, read=None):
+    """ValueError unless no array in ``written`` shares memory with any other operand.
+
+    An in-place kernel reads one array while writing another; if they overlap (the same
+    array, or two views of one buffer), the result depends on the order of the updates.
+
+    Parameters
+    ----------
+    written, read : dict of name -> numpy.ndarray
+        Validated operands that the kernel writes, and that it only reads (which may
+        share memory with each other). Each must be C-contiguous (``check_array``'s default):
+        its memory is then exactly the byte range ``[start, start + nbytes)``, so
+        ``np.may_share_memory``'s bounds test is exact, in O(1) per pair (unlike
+        ``np.shares_memory``'s general search). Empty arrays use no memory.
+    """
+    names = list(written)
+    arrays = list(written.values())
+    others = list(read.items()) if read else []
+    for i, (name, a) in enumerate(zip(names, arrays)):
+        for other, b in list(zip(names[i + 1:], arrays[i + 1:])) + others:
+            if np.may_share_memory(a, b):
+                raise ValueError(f"{name} and {other} share memory: {name} is updated in "
+                                 "place, so it must be distinct from (and not overlap) "
+                                 f"{other}")

@@ -788,8 +788,8 @@ def test_adam_step_many_bad_arrays_name_the_entry():
              (bad(1, 0, np.zeros(15, np.float32)), ValueError, r"grads\[0\] must have the sh"),
              (bad(1, 1, np.zeros(40, np.float32)), ValueError, r"grads\[1\] must have the sh"),
              (bad(0, 1, ro), ValueError, r"params\[1\] must be writeable"),
-             (bad(2, 0, P[0]), ValueError, r"params\[0\], grads\[0\], ms\[0\] and vs"),
-             (bad(3, 1, G[1]), ValueError, "must be distinct")]
+             (bad(2, 0, P[0]), ValueError, r"params\[0\] and ms\[0\] share memory"),
+             (bad(3, 1, G[1]), ValueError, r"grads\[1\] and vs\[1\] share memory")]
     for lists, exc, msg in cases:
         with pytest.raises(exc, match=msg):
             K.adam_step_many(*lists, **ok)
@@ -811,3 +811,128 @@ def test_adam_finite_check_finds_every_position(where, bad):
         K.adam_step(p, g, np.zeros_like(p), np.zeros_like(p), lr=1e-3, step=1)
     assert (p == 1).all()
 
+
+
+# ------------------------------------------------------------------ overlapping operands
+def _adam_lists(n=3, size=8):
+    """Fresh (params, grads, ms, vs) lists of n float32 vectors; a step changes P, M, V."""
+    P, M, V = ([np.zeros(size, np.float32) for _ in range(n)] for _ in range(3))
+    return P, [np.ones(size, np.float32) for _ in range(n)], M, V
+
+
+def test_adam_step_rejects_overlapping_views():
+    # distinct start pointers, shared memory: the old check (start pointers only) passed it
+    big = np.arange(21, dtype=np.float32)
+    before = big.copy()
+    g, v = np.ones(10, np.float32), np.zeros(10, np.float32)
+    with pytest.raises(ValueError, match=r"params\[0\] and ms\[0\] share memory"):
+        K.adam_step(big[:10], g, big[1:11], v, lr=0.1, step=1)
+    with pytest.raises(ValueError, match=r"params\[0\] and grads\[0\] share memory"):
+        K.adam_step(big[1:11], big[:10], np.zeros(10, np.float32), v, lr=0.1, step=1)
+    assert big.tobytes() == before.tobytes() and not v.any()
+    # adjacent views of one buffer do not overlap: accepted, same bits as separate arrays
+    p, m = big[:10], big[10:20]
+    want_p, want_m, want_v = p.copy(), m.copy(), v.copy()
+    K.adam_step(want_p, g, want_m, want_v, lr=0.1, step=1)
+    K.adam_step(p, g, m, v, lr=0.1, step=1)
+    assert p.tobytes() == want_p.tobytes() and m.tobytes() == want_m.tobytes()
+
+
+@pytest.mark.parametrize("k1,i1,k2,i2", [
+    (2, 0, 2, 1),    # one m for two parameters (the audit's case)
+    (0, 0, 0, 2),    # the same parameter twice
+    (0, 0, 1, 1),    # a parameter read as another entry's gradient
+    (3, 2, 1, 0),    # a v read as an earlier entry's gradient
+    (2, 1, 3, 2),    # m of one entry is v of another
+])
+def test_adam_step_many_rejects_memory_shared_across_entries(k1, i1, k2, i2):
+    lists = _adam_lists()
+    lists[k2][i2] = lists[k1][i1]
+    names = ("params", "grads", "ms", "vs")
+    (ka, ia), (kb, ib) = sorted([(k1, i1), (k2, i2)], key=lambda t: (t[1], t[0]))
+    with pytest.raises(ValueError, match=rf"{names[ka]}\[{ia}\] and {names[kb]}\[{ib}\] "
+                                         "share memory"):
+        K.adam_step_many(*lists, lr=0.1, step=1)
+    for k in (0, 2, 3):                 # nothing was changed by the refused call
+        assert not any(a.any() for a in lists[k])
+
+
+def test_adam_step_many_rejects_partial_overlap_across_entries():
+    buf = np.zeros(20, np.float32)
+    P, G, M, V = _adam_lists(n=2)
+    P[0], M[1] = buf[:8], buf[4:12]     # half of params[0] is the start of ms[1]
+    with pytest.raises(ValueError, match=r"params\[0\] and ms\[1\] share memory"):
+        K.adam_step_many(P, G, M, V, lr=0.1, step=1)
+    assert not buf.any()
+
+
+def test_adam_step_many_allows_shared_gradients_and_adjacent_views():
+    # grads are only read: one gradient for several entries is fine
+    P, G, M, V = _adam_lists()
+    G = [G[0]] * 3
+    want = _adam_lists()
+    for p, m, v in zip(want[0], want[2], want[3]):
+        K.adam_step(p, G[0], m, v, lr=0.1, step=1)
+    buf = np.zeros(24, np.float32)       # three params as adjacent views of one buffer
+    P = [buf[0:8], buf[8:16], buf[16:24]]
+    K.adam_step_many(P, G, M, V, lr=0.1, step=1)
+    for got, exp in zip(P + M + V, want[0] + want[2] + want[3]):
+        assert got.tobytes() == exp.tobytes()
+    # empty arrays use no memory, wherever their data pointer is
+    e = buf[:0]
+    K.adam_step_many([e, buf[:0]], [e, e], [buf[:0], e], [e, e], lr=0.1, step=1)
+
+
+def test_w1_steps_reject_operands_overlapping_written_arrays():
+    rng = np.random.default_rng(8)
+    B = 4
+    c, d = _w1_operands(rng, B)
+    W1 = K.to_blocked(rng.normal(0, 0.05, (2304, 1024)).astype(np.float32))
+    m, v = np.zeros_like(W1), np.zeros_like(W1)
+    c_in_W1 = W1.reshape(-1)[:B * 2304].reshape(B, 2304)   # c read while W1b is written
+    c_in_W1[...] = c
+    W0 = W1.copy()
+    d_in_m = m.reshape(-1)[7:7 + B * 1024].reshape(B, 1024)
+    act_in_v = v.reshape(-1).view(np.uint8)[:B * 144].reshape(B, 144)
+    buf = np.zeros(W1.size + 8, np.float32)
+    ok = dict(lr=1e-3, step=1)
+    cases = [((W1, m, v, c_in_W1, d), {}, "W1b and c"),
+             ((W1, m, v, c, d_in_m), {}, "m and d"),
+             ((W1, m, v, c, d), {"active": act_in_v}, "v and active"),
+             ((W1, buf[:W1.size].reshape(W1.shape), buf[8:8 + W1.size].reshape(W1.shape),
+               c, d), {}, "m and v")]                   # m and v: shifted views of one buffer
+    for args, kw, names in cases:
+        with pytest.raises(ValueError, match=f"{names} share memory"):
+            K.w1_adam_step(*args, **kw, **ok)
+    with pytest.raises(ValueError, match="W1b and c share memory"):
+        K.w1_sgd_step(W1, c_in_W1, d, rate=1e-3)
+    assert W1.tobytes() == W0.tobytes() and not m.any() and not v.any() and not buf.any()
+
+
+def test_ema_step_rejects_overlapping_views():
+    a = np.arange(21, dtype=np.float32)
+    with pytest.raises(ValueError, match="avg and p share memory"):
+        K.ema_step(a[:10], a[1:11], decay=0.5)
+    assert a.tobytes() == np.arange(21, dtype=np.float32).tobytes()
+    K.ema_step(a[:10], a[10:20], decay=0.5)              # adjacent views: fine
+    assert a[:10].tobytes() == (np.float32(0.5) * np.arange(10, dtype=np.float32)
+                                + np.float32(0.5) * np.arange(10, 20, dtype=np.float32)).tobytes()
+
+
+def test_ema_step_rejects_nonfinite_p():
+    # a bad value in the vector loop, in the scalar tail, in a later chunk (parallel scan)
+    n = 3 * 16384 + 37
+    for pos, bad in [(5, np.nan), (n - 1, np.inf), (2 * 16384 + 9, -np.inf), (70, np.inf),
+                     (40, np.nan)]:
+        for size in (n, 77):
+            if pos >= size:
+                continue
+            avg = np.ones(size, np.float32)
+            p = np.full(size, 2.0, np.float32)
+            p[pos] = bad
+            for nt in (1, 2):
+                with pytest.raises(ValueError, match="p contains NaN or infinite"):
+                    K.ema_step(avg, p, decay=0.9, n_threads=nt)
+                assert (avg == 1.0).all()               # nothing changed
+    K.ema_step(avg, p, decay=0.9, check_finite=False)   # documented: no scan
+    assert not np.isfinite(avg[40]) and np.isfinite(np.delete(avg, 40)).all()

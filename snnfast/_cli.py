@@ -1,8 +1,11 @@
 """argparse value types shared by the command-line tools (clear messages, exit code 2)."""
 import argparse
 import math
+import os
+from pathlib import Path
 
-__all__ = ["int_at_least", "positive_int", "nonneg_int", "positive_float"]
+__all__ = ["int_at_least", "positive_int", "nonneg_int", "positive_float",
+           "output_file_error", "run_dir_error"]
 
 
 def int_at_least(low):
@@ -31,3 +34,41 @@ def positive_float(text):
     if not math.isfinite(v) or v <= 0:
         raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
     return v
+
+
+def _same_file(a, b):
+    try:
+        return os.path.samefile(a, b)
+    except OSError:         # either does not exist (yet)
+        return False
+
+
+def output_file_error(path, inputs=()):
+    """Why ``path`` cannot be written as an output file, or None if it can.
+
+    Checked before a tool does its work, so that a typo costs nothing: ``path`` must not be a
+    directory nor one of the ``inputs`` (a model passed twice would be replaced by the
+    output), and its directory must exist or be creatable (it is created here) and writable.
+    """
+    p = Path(path)
+    if p.is_dir():
+        return f"{path} is a directory"
+    for src in inputs:
+        if _same_file(p, src):
+            return f"{path} is the input file {src}: writing it would destroy the input"
+    return run_dir_error(p.parent)
+
+
+def run_dir_error(path):
+    """Create the directory ``path`` (with its parents) if needed; None if it is then a
+    writable directory, else the reason it is not."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        return f"{path} exists and is not a directory"
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"cannot create the directory {path}: {exc.strerror or exc}"
+    if not os.access(p, os.W_OK | os.X_OK):
+        return f"cannot write into the directory {path}"
+    return None

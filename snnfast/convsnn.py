@@ -52,7 +52,7 @@ import numpy as np
 
 from . import convsnn_numpy as cnp
 from ._config import effective_n_threads
-from ._utils import atomic_path, h5_format
+from ._utils import _json_default, atomic_path, h5_format
 
 __all__ = ["ConvSNN", "ConvSNNConfig", "PRESETS", "FORMAT_VERSION", "check_params"]
 
@@ -82,6 +82,47 @@ def check_params(params):
             raise ValueError(f"parameter {k} contains NaN or infinite values")
         out[k] = np.array(a, dtype=np.float32, order="C")
     return out
+
+
+class _NotConvSNN(Exception):
+    """Raised inside :meth:`ConvSNN.load` for a readable file of another format."""
+
+
+def _check_state(st):
+    """Validate the training state read from a checkpoint (see ``ConvSNN._read_state``), so
+    that a damaged one is refused by ``load`` rather than failing in the middle of a run."""
+    for name in ("epoch", "step"):
+        if st[name] < 0:
+            raise ValueError(f"{name} must be >= 0, got {st[name]}")
+    if not isinstance(st["history"], list) or not isinstance(st["metrics"], dict):
+        raise ValueError("history must be a JSON list and metrics a JSON object")
+    if st["opt"] is not None:
+        if st["opt"]["t"] < 0:
+            raise ValueError(f"optimizer step t must be >= 0, got {st['opt']['t']}")
+        for which in ("m", "v"):
+            if set(st["opt"][which]) != set(PARAM_SHAPES):
+                raise ValueError(f"optimizer state {which} holds {sorted(st['opt'][which])}")
+            moments = _checked(check_params, st["opt"][which], f"optimizer state {which}")
+            if which == "v" and any((a < 0).any() for a in moments.values()):
+                raise ValueError("optimizer state v (a mean of squares) has negative values")
+            st["opt"][which] = moments
+    if st["best"] is not None:
+        st["best"]["params"] = _checked(check_params, st["best"]["params"],
+                                        "best-validation weights")
+    p = st["partial"]
+    if p is not None:
+        keys = {"loss", "correct", "n", "in", "c", "h", "time"}
+        if (not isinstance(p, dict) or not isinstance(p.get("epoch"), int)
+                or not isinstance(p.get("batch"), int) or p["batch"] < 0
+                or not isinstance(p.get("sums"), dict) or set(p["sums"]) != keys):
+            raise ValueError(f"damaged mid-epoch position {p!r}")
+
+
+def _checked(fn, arg, what):
+    try:
+        return fn(arg)
+    except ValueError as exc:
+        raise ValueError(f"{what}: {exc}") from None
 
 
 class TrainingError(ValueError):
@@ -149,22 +190,53 @@ class ConvSNNConfig:
             val = getattr(self, name)
             if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {val!r}")
+        # the kernels' own ranges: refused here, not at the first batch of a run
+        if self.seed >= 2 ** 64:
+            raise ValueError(f"seed must be < 2**64, got {self.seed!r}")
+        for name in ("T", "n_det"):
+            if getattr(self, name) > 10_000:
+                raise ValueError(f"{name} must be <= 10000, got {getattr(self, name)!r}")
         if not 0 <= self.hidden_phase < self.hidden_period:
             raise ValueError("hidden_phase must be in [0, hidden_period)")
+        if not self.update_steps:
+            raise ValueError(f"the hidden layer is never updated: hidden_phase="
+                             f"{self.hidden_phase} must be < T={self.T}")
         if self.augment_shift > 4:
             raise ValueError("augment_shift must be <= 4 pixels")
-        for f in dataclasses.fields(self):
-            val = getattr(self, f.name)
-            if isinstance(val, float) and not math.isfinite(val):
-                raise ValueError(f"{f.name} must be finite, got {val!r}")
+        if not isinstance(self.reseeded_noise, (bool, np.bool_)):
+            raise ValueError(f"reseeded_noise must be True or False, got {self.reseeded_noise!r}")
+        if self.reseeded_noise and self.preset != "seed":
+            raise ValueError("reseeded_noise reproduces the seed preset's reference code; it "
+                             "applies to preset 'seed' only")
+        self._check_floats()
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if self.eps <= 0:
+            raise ValueError(f"eps must be > 0, got {self.eps!r}")
+        for name in ("surr_slope_c", "surr_slope_h"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        for name in ("warmup_frac", "final_lr_frac"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
         if self.ema_ramp < 1:
             raise ValueError("ema_ramp must be >= 1")
         if not 0 <= self.ema_decay < 1:
             raise ValueError("ema_decay must be in [0, 1)")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise ValueError("beta1 and beta2 must be in [0, 1)")
+
+    def _check_floats(self):
+        f32_max = float(np.finfo(np.float32).max)
+        for f in dataclasses.fields(self):
+            if f.type is not float and f.type != "float":
+                continue
+            val = getattr(self, f.name)
+            if isinstance(val, bool) or not isinstance(val, (int, float, np.integer, np.floating)):
+                raise ValueError(f"{f.name} must be a number, got {val!r}")
+            # the kernels compute in float32: a larger value would become inf there
+            if not math.isfinite(val) or abs(val) > f32_max:
+                raise ValueError(f"{f.name} must be finite in float32, got {val!r}")
 
     @property
     def update_steps(self):
@@ -442,7 +514,8 @@ class ConvSNN:
         d = min(c.ema_decay, (1.0 + self.step_) / (c.ema_ramp + self.step_)) ** c.ema_every
         for k, v in self._ema.items():
             if self._K is not None:
-                self._K.ema_step(v, self._p[k], decay=d,
+                # the model's own weights, finite after every step the optimiser checked
+                self._K.ema_step(v, self._p[k], decay=d, check_finite=False,
                                  n_threads=self.n_threads if v.size >= 65536 else 1)
             else:
                 v *= np.float32(d)
@@ -778,13 +851,16 @@ class ConvSNN:
         y = _as_labels(y, len(X))
         ids = _as_ids(sample_ids, len(X))
         have_val = X_val is not None
+        if (y_val is None) != (X_val is None):
+            raise ValueError("give X_val and y_val together (or neither)")
         if have_val:
             X_val = _as_images(X_val, "X_val")
             y_val = _as_labels(y_val, len(X_val), "y_val")
             val_ids = _as_ids(val_ids, len(X_val), "val_ids")
-        epochs = c.epochs if epochs is None else int(epochs)
-        if epochs < 0:
-            raise ValueError("epochs must be >= 0")
+        if epochs is None:
+            epochs = c.epochs
+        elif isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
+            raise ValueError(f"epochs must be an integer >= 0, got {epochs!r}")
         if len(X) == 0:
             raise ValueError("X is empty")
         N, bs = len(X), c.batch_size
@@ -799,6 +875,9 @@ class ConvSNN:
                     m = self._end_epoch(epoch, X_val, y_val, val_ids, have_val)
                     if callback is not None:
                         extra = callback(self, m)
+                        if extra is not None and not isinstance(extra, dict):
+                            raise TypeError(f"callback must return a dict or None, got "
+                                            f"{type(extra).__name__}")
                         if extra:
                             m.update(extra)
         finally:
@@ -902,7 +981,12 @@ class ConvSNN:
         so that :meth:`load` + :meth:`fit` continue exactly where training stopped.
         """
         import h5py
+        from pathlib import Path
         from . import __version__
+        if Path(path).is_dir():
+            raise ValueError(f"{path} is a directory, not a file name")
+        # NumPy scalars in metrics are common (accuracies computed with NumPy)
+        metrics = json.dumps(metrics or {}, default=_json_default)
         with atomic_path(path, suffix=".h5.tmp") as tmp:
             with h5py.File(tmp, "w") as f:
                 f.attrs["snnfast_format"] = FORMAT_VERSION
@@ -910,7 +994,7 @@ class ConvSNN:
                 f.attrs["kind"] = "checkpoint" if checkpoint else "model"
                 f.attrs["preset"] = self.config.preset
                 f.attrs["config"] = json.dumps(self.config.to_dict())
-                f.attrs["metrics"] = json.dumps(metrics or {})
+                f.attrs["metrics"] = metrics
                 f.attrs["history"] = json.dumps(self.history_)
                 f.attrs["epoch"] = self.epoch_
                 f.attrs["step"] = self.step_
@@ -955,22 +1039,26 @@ class ConvSNN:
         import h5py
         from pathlib import Path
         path = Path(path)
+        # a bad thread count or environment variable is the caller's error, not the file's
+        effective_n_threads(n_threads)
         if not path.is_file():
             raise ValueError(f"{path}: no such model file")
         try:
             with h5py.File(path, "r") as f:
                 fmt = h5_format(f)
                 if fmt != FORMAT_VERSION:
-                    raise ValueError(f"{path}: not an snnfast ConvSNN file "
-                                     f"(snnfast_format={fmt!r}, expected {FORMAT_VERSION!r})")
+                    raise _NotConvSNN(f"{path}: not an snnfast ConvSNN file "
+                                      f"(snnfast_format={fmt!r}, expected {FORMAT_VERSION!r})")
                 cfg = json.loads(f.attrs["config"])
+                if not isinstance(cfg, dict):
+                    raise ValueError(f"config is a JSON {type(cfg).__name__}, not an object")
                 params = {k: np.array(f["params"][k]) for k in PARAM_SHAPES}
                 state = cls._read_state(f)
                 if "train_params" in f:
                     state["ema"] = params
                     params = {k: np.array(f["train_params"][k]) for k in PARAM_SHAPES}
-        except ValueError:
-            raise
+        except _NotConvSNN as exc:
+            raise ValueError(str(exc)) from None
         except Exception as exc:      # h5py raises OSError/KeyError/... for damaged files
             raise ValueError(f"{path}: cannot read ConvSNN model ({type(exc).__name__}: {exc})") \
                 from None
@@ -979,6 +1067,7 @@ class ConvSNN:
         try:
             model = cls(preset=preset, seed=seed, n_threads=n_threads, backend=backend, **cfg)
             model.set_params(params)
+            _check_state(state)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{path}: invalid ConvSNN content ({exc})") from None
         model._restore_state(state)

@@ -531,6 +531,11 @@ def fetch(name, data_dir=None, *, idx_dir=None, download=None, mirrors=None, ver
     _check_name(name)
     path = cache_path(name, data_dir)
     download = _default_download(download)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DatasetError(f"cannot use {path.parent} as the data cache directory: "
+                           f"{exc.strerror or exc}") from None
     with file_lock(path.with_name(path.name + ".lock")):
         if path.exists():
             try:

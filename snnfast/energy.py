@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import convsnn_numpy as cnp
+from ._cli import output_file_error
 from ._utils import h5_format, write_json
 
 __all__ = [
@@ -1084,6 +1085,10 @@ def main(argv=None):
         p.error("--samples must be >= 1")
     if args.threads is not None and args.threads == 0:
         p.error("--threads must not be 0")
+    if args.json:      # checked before the analysis, which can take minutes
+        err = output_file_error(args.json, inputs=[args.model])
+        if err:
+            p.error(f"--json: {err}")
     try:
         out = analyse_file(args.model, args.preset, args.samples, args.dataset, args.data_dir,
                            args.threads, binary_scope=args.binary_scope)

@@ -39,7 +39,11 @@ def main(argv=None):
         return 2
     dataset = args.dataset or (getattr(model, "metrics_", {}) or {}).get("dataset", "mnist")
     from . import datasets
-    X, y = datasets.load(dataset, "test", args.data_dir)
+    try:
+        X, y = datasets.load(dataset, "test", args.data_dir)
+    except (ValueError, OSError) as exc:    # DatasetError is a ValueError
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     if args.limit:
         X, y = X[:args.limit], y[:args.limit]
     t0 = time.perf_counter()

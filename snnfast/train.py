@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._cli import nonneg_int, positive_float, positive_int
+from ._cli import nonneg_int, positive_float, positive_int, run_dir_error
 from ._utils import write_json
 
 __all__ = ["main", "build_parser"]
@@ -126,16 +126,14 @@ def main(argv=None):
                                    ("lr", args.lr), ("val_size", args.val_size),
                                    ("reseeded_noise", args.reseeded_noise or None))
                  if v is not None}
+    if not args.resume and (ckpt_path.exists() or model_path.exists()):
+        parser.error(f"{run_dir} already holds a run ({ckpt_path.name} or {model_path.name}): "
+                     f"continue it with --resume, or choose another --out")
+    err = run_dir_error(run_dir)
+    if err:
+        parser.error(f"--out: {err}")
     if args.resume:
-        if not ckpt_path.is_file():
-            parser.error(f"--resume: no checkpoint at {ckpt_path}")
-        model = ConvSNN.load(ckpt_path, n_threads=args.threads, backend=args.backend)
-        if (model.config.preset != args.preset or model.config.seed != args.seed
-                or model.config.reseeded_noise != args.reseeded_noise):
-            flag = " --reseeded-noise" if model.config.reseeded_noise else ""
-            parser.error(f"--resume: {ckpt_path} holds preset {model.config.preset!r} seed "
-                         f"{model.config.seed}{flag}; pass the same --preset/--seed/"
-                         f"--reseeded-noise")
+        model = _resume(parser, args, ckpt_path)
         epochs = args.epochs or model.config.epochs
         print(f"resuming {ckpt_path} after epoch {model.epoch_} (step {model.step_})")
     else:
@@ -147,7 +145,11 @@ def main(argv=None):
         epochs = model.config.epochs
     cfg = model.config
 
-    Xtr, ytr, Xte, yte = _load_data(args)
+    try:
+        Xtr, ytr, Xte, yte = _load_data(args)
+    except (ValueError, OSError) as exc:    # DatasetError is a ValueError
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     n_all = len(Xtr)
     if args.limit_train:
         n_all = min(n_all, args.limit_train + cfg.val_size)
@@ -162,12 +164,15 @@ def main(argv=None):
           f"train={len(tr_idx)} val={len(va_idx)} test={len(Xte)} epochs={epochs} "
           f"batch={cfg.batch_size} lr={cfg.lr} seed={cfg.seed} -> {run_dir}")
 
+    def ckpt_metrics(m):
+        return {"history": m.history_, "dataset": args.dataset}
+
     def on_epoch(m, metrics):
         ev = m.evaluate(Xte, yte)
         extra = {"test_acc": ev["accuracy"], "test_loss": ev["loss"]}
         metrics.update(extra)
         print(_fmt_epoch(metrics), flush=True)
-        m.save(ckpt_path, checkpoint=True, metrics={"history": m.history_})
+        m.save(ckpt_path, checkpoint=True, metrics=ckpt_metrics(m))
         write_json(metrics_path, _metrics(m, epochs, args, done=False))
         return extra
 
@@ -181,7 +186,7 @@ def main(argv=None):
         return 1
     except KeyboardInterrupt:
         if getattr(model, "clean_stop_", False):
-            model.save(ckpt_path, checkpoint=True, metrics={"history": model.history_})
+            model.save(ckpt_path, checkpoint=True, metrics=ckpt_metrics(model))
             print(f"\ninterrupted; state saved to {ckpt_path}", file=sys.stderr)
         else:   # a second Ctrl-C may have hit mid-update: keep the last epoch's checkpoint
             print(f"\ninterrupted hard; {ckpt_path} holds the last completed epoch (if any)",
@@ -215,6 +220,33 @@ def main(argv=None):
     except Exception as exc:  # plots must never lose a finished training
         print(f"warning: plots failed: {exc}", file=sys.stderr)
     return 0
+
+
+def _resume(parser, args, ckpt_path):
+    """The model of ``ckpt_path``, after checking that the command asks for the same run."""
+    from .convsnn import ConvSNN
+    if not ckpt_path.is_file():
+        parser.error(f"--resume: no checkpoint at {ckpt_path}")
+    try:
+        model = ConvSNN.load(ckpt_path, n_threads=args.threads, backend=args.backend)
+    except ValueError as exc:
+        parser.error(f"--resume: {exc}")
+    c = model.config
+    if c.preset != args.preset or c.seed != args.seed or c.reseeded_noise != args.reseeded_noise:
+        flag = " --reseeded-noise" if c.reseeded_noise else ""
+        parser.error(f"--resume: {ckpt_path} holds preset {c.preset!r} seed {c.seed}{flag}; "
+                     f"pass the same --preset/--seed/--reseeded-noise")
+    dataset = (getattr(model, "metrics_", None) or {}).get("dataset")
+    if dataset is not None and dataset != args.dataset:
+        parser.error(f"--resume: {ckpt_path} was trained on {dataset}; pass --dataset {dataset}")
+    # the rest of a resumed run must be the run that was interrupted: these would change it
+    for flag, given, saved in (("--lr", args.lr, c.lr), ("--batch-size", args.batch_size,
+                                                          c.batch_size),
+                               ("--val-size", args.val_size, c.val_size)):
+        if given is not None and given != saved:
+            parser.error(f"--resume: {ckpt_path} was trained with {flag} {saved}; a resumed run "
+                         f"keeps its settings (drop {flag} {given}, or start a new run)")
+    return model
 
 
 def _energy_report(run_dir, model_path, images, n_threads):

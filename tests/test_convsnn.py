@@ -471,6 +471,79 @@ def test_load_rejects_bad_files(tmp_path):
             ConvSNN.load(p)
 
 
+@pytest.mark.parametrize("kw, match", [
+    (dict(seed=2 ** 64), "seed"), (dict(T=10_001), "T must be"), (dict(n_det=10_001), "n_det"),
+    (dict(eps=0.0), "eps"), (dict(lr="0.1"), "lr must be a number"),
+    (dict(beta_c=1e39), "beta_c must be finite in float32"),
+    (dict(surr_slope_c=-1.0), "surr_slope_c"), (dict(final_lr_frac=-0.5), "final_lr_frac"),
+    (dict(warmup_frac=2.0), "warmup_frac"),
+    (dict(hidden_period=10_000, hidden_phase=9_999), "never updated"),
+    (dict(reseeded_noise="yes"), "reseeded_noise must be"),
+    (dict(reseeded_noise=True), "preset 'seed' only")])
+def test_config_refuses_what_the_kernels_cannot_run(kw, match):
+    # each of these used to be accepted and fail at the first batch (or give garbage)
+    with pytest.raises(ValueError, match=match):
+        ConvSNN("default", backend="numpy", **kw)
+
+
+def _damage(path, fn):
+    with h5py.File(path, "r+") as f:
+        fn(f)
+
+
+def _set_attr(name, value):
+    return lambda f: f.attrs.__setitem__(name, value)
+
+
+@pytest.mark.parametrize("damage, match", [
+    (_set_attr("config", "[1, 2]"), "config is a JSON list"),
+    (_set_attr("config", "{bad json"), "cannot read"),
+    (_set_attr("epoch", -3), "epoch must be >= 0"),
+    (_set_attr("partial", '"hello"'), "mid-epoch position"),
+    (_set_attr("partial", '{"epoch": 1, "batch": 9, "sums": {}}'), "mid-epoch position"),
+    (lambda f: f["optimizer"].attrs.__setitem__("t", -5), "optimizer step"),
+    (lambda f: f["optimizer/m/W2"].__setitem__((0, 0), np.nan), "optimizer state m: .*W2"),
+    (lambda f: f["optimizer/v/b1"].__setitem__(0, -1.0), "optimizer state v"),
+    (lambda f: f["optimizer/m"].__delitem__("b2"), "optimizer state m holds"),
+    (lambda f: f["best/W1"].__setitem__((0, 0), np.nan), "best-validation weights"),
+])
+def test_load_refuses_a_damaged_training_state(tmp_path, damage, match):
+    # a checkpoint that loads must resume: damage shows at load, naming the file
+    m = ConvSNN("default", backend="numpy", batch_size=8)
+    X, y = _images(16), np.arange(16) % 10
+    m.fit(X, y, X[:8], y[:8], epochs=1)
+    path = tmp_path / "ck.h5"
+    m.save(path, checkpoint=True)
+    ConvSNN.load(path, backend="numpy")          # intact: loads
+    _damage(path, damage)
+    with pytest.raises(ValueError, match=f"ck.h5: .*{match}"):
+        ConvSNN.load(path, backend="numpy")
+
+
+def test_load_blames_the_environment_not_the_file(tmp_path, monkeypatch):
+    m = ConvSNN("default", backend="numpy")
+    m.save(tmp_path / "m.h5")
+    monkeypatch.setenv("SNNFAST_NUM_THREADS", "abc")
+    with pytest.raises(ValueError) as exc:
+        ConvSNN.load(tmp_path / "m.h5", backend="numpy")
+    assert "SNNFAST_NUM_THREADS" in str(exc.value) and "m.h5" not in str(exc.value)
+
+
+def test_save_and_fit_arguments(tmp_path):
+    m = ConvSNN("default", backend="numpy", batch_size=8)
+    m.save(tmp_path / "m.h5", metrics={"acc": np.float32(0.5), "n": np.int64(3)})
+    assert ConvSNN.load(tmp_path / "m.h5", backend="numpy").metrics_ == {"acc": 0.5, "n": 3}
+    with pytest.raises(ValueError, match="is a directory"):
+        m.save(tmp_path)
+    X, y = _images(8), np.arange(8) % 10
+    with pytest.raises(ValueError, match="X_val and y_val together"):
+        m.fit(X, y, y_val=y)
+    with pytest.raises(ValueError, match="epochs must be an integer"):
+        m.fit(X, y, epochs=1.9)
+    with pytest.raises(TypeError, match="callback must return a dict"):
+        m.fit(X, y, epochs=1, callback=lambda model, metrics: 1)
+
+
 def _fit_interrupted(m, X, y, after):
     """fit() that receives a Ctrl-C request after ``after`` optimiser steps."""
     orig = m._train_step

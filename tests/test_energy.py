@@ -464,6 +464,22 @@ def test_cli_errors(tmp_path, capsys):
     assert "snnfast_format" in capsys.readouterr().err
 
 
+def test_cli_refuses_a_json_path_it_cannot_use_before_the_analysis(tmp_path, capsys):
+    convsnn = pytest.importorskip("snnfast.convsnn")
+    path = tmp_path / "m.h5"
+    convsnn.ConvSNN(preset="default", backend="numpy").save(path)
+    before = path.read_bytes()
+    (tmp_path / "afile").write_text("x")
+    for out, why in ((path, "is the input file"), (tmp_path / "." / "m.h5", "is the input file"),
+                     (tmp_path, "is a directory"),
+                     (tmp_path / "afile" / "o.json", "exists and is not a directory")):
+        with pytest.raises(SystemExit) as e:
+            en.main([str(path), "--samples", "2", "--json", str(out)])
+        assert e.value.code == 2
+        assert why in capsys.readouterr().err
+    assert path.read_bytes() == before          # the model passed twice is not replaced
+
+
 @pytest.mark.parametrize("preset,backend", [("seed", "kernels"), ("default", "kernels"),
                                             ("nir", "kernels"), ("seed", "numpy")])
 def test_from_convsnn_equals_recount_from_trace(preset, backend):

@@ -144,3 +144,62 @@ def test_ctrl_c_saves_checkpoint_and_exits_130(tmp_path, monkeypatch, capsys):
     assert "--resume" in capsys.readouterr().err
     m = ConvSNN.load(run / "checkpoint.h5", backend="numpy")
     assert m.step_ == 4 and m._partial is not None
+
+
+def test_a_finished_run_is_not_overwritten_without_resume(tmp_path, capsys):
+    run = tmp_path / "r"
+    assert train_cli.main(TINY + ["--epochs", "1", "--out", str(run)]) == 0
+    saved = {n: (run / n).read_bytes() for n in ("model.h5", "checkpoint.h5")}
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        train_cli.main(TINY + ["--epochs", "1", "--out", str(run)])
+    assert exc.value.code == 2 and "already holds a run" in capsys.readouterr().err
+    assert {n: (run / n).read_bytes() for n in saved} == saved
+
+
+@pytest.mark.parametrize("extra, why", [(["--lr", "0.5"], "--lr"),
+                                        (["--batch-size", "8"], "--batch-size"),
+                                        (["--val-size", "6"], "--val-size"),
+                                        (["--dataset", "fashion-mnist"], "trained on mnist")])
+def test_resume_refuses_settings_of_another_run(tmp_path, capsys, extra, why):
+    run = tmp_path / "r"
+    assert train_cli.main(TINY + ["--epochs", "1", "--out", str(run)]) == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:     # the later option wins in argparse
+        train_cli.main(TINY + ["--epochs", "2", "--out", str(run), "--resume"] + extra)
+    assert exc.value.code == 2 and why in capsys.readouterr().err
+    assert ConvSNN.load(run / "checkpoint.h5", backend="numpy").epoch_ == 1
+
+
+def test_resume_from_a_truncated_checkpoint_is_a_clear_error(tmp_path, capsys):
+    run = tmp_path / "r"
+    assert train_cli.main(TINY + ["--epochs", "1", "--out", str(run)]) == 0
+    ck = run / "checkpoint.h5"
+    ck.write_bytes(ck.read_bytes()[:5000])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        train_cli.main(TINY + ["--epochs", "2", "--out", str(run), "--resume"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "checkpoint.h5: cannot read" in err
+
+
+def test_unusable_out_or_data_dir_fails_before_training(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for out in (afile, afile / "sub"):
+        with pytest.raises(SystemExit) as exc:
+            train_cli.main(TINY + ["--out", str(out)])
+        assert exc.value.code == 2
+        captured = capsys.readouterr()
+        assert "--out" in captured.err and "epoch" not in captured.out
+    # no --synthetic: the data set comes from --data-dir, which cannot be a cache directory
+    args = [a for a in TINY if a not in ("--synthetic", "60")]
+    assert train_cli.main(args + ["--out", str(tmp_path / "r"), "--data-dir", str(afile)]) == 1
+    err = capsys.readouterr().err
+    assert "error: cannot use" in err and "data cache directory" in err
+    from snnfast import evaluate
+    run = tmp_path / "ok"
+    assert train_cli.main(TINY + ["--epochs", "1", "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert evaluate.main([str(run / "model.h5"), "--data-dir", str(afile)]) == 1
+    assert "data cache directory" in capsys.readouterr().err

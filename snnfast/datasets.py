@@ -662,6 +662,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     if args.command == "fetch":
+        missing = [d for d in args.idx_dir or () if not Path(d).expanduser().is_dir()]
+        if missing:
+            parser.error(f"--idx-dir {missing[0]} is not a directory")
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("always", CacheWarning)

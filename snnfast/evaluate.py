@@ -6,7 +6,8 @@
 Prints the test accuracy, the mean cross-entropy and the spike rates per layer (input and
 conv: spikes per neuron per step; hidden: spikes per neuron per hidden update).
 Evaluation noise is fixed (epoch key 2^32 - 1, sample id = test index), so the figures are
-deterministic.
+deterministic. Exit status: 0 on success, 1 when the model or the data cannot be read, 2 for
+bad arguments (as ``snnfast.energy`` and ``snnfast.export``).
 """
 import argparse
 import json
@@ -36,7 +37,7 @@ def main(argv=None):
         model = ConvSNN.load(args.model, n_threads=args.threads, backend=args.backend)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return 1
     dataset = args.dataset or (getattr(model, "metrics_", {}) or {}).get("dataset", "mnist")
     from . import datasets
     try:

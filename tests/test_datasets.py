@@ -705,6 +705,19 @@ def test_cli_fetch_failure(env, capsys):
     assert "Traceback" not in err
 
 
+def test_cli_unusable_directories_are_errors(env, capsys):
+    afile = env.tmp / "afile"
+    afile.write_text("x")
+    # a cache directory that cannot be made: a clear DatasetError, not a traceback
+    assert ds.main(["fetch", "mnist", "--data-dir", str(afile), "--offline"]) == 1
+    assert "cannot use" in capsys.readouterr().err
+    with pytest.raises(ds.DatasetError, match="data cache directory"):
+        ds.load("mnist", "test", afile / "sub", download=False)
+    with pytest.raises(SystemExit) as exc:     # a misspelt --idx-dir was silently ignored
+        ds.main(["fetch", "mnist", "--idx-dir", str(env.tmp / "nope"), "--offline"])
+    assert exc.value.code == 2 and "not a directory" in capsys.readouterr().err
+
+
 def test_cli_usage_errors(capsys):
     for argv in (["fetch", "cifar"], [], ["info", "--bogus"]):
         with pytest.raises(SystemExit) as exc:

@@ -462,6 +462,9 @@ def test_cli_errors(tmp_path, capsys):
         f.attrs["snnfast_format"] = "other-9"
     assert en.main([str(foreign)]) == 1
     assert "snnfast_format" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        en.main([str(tmp_path)])
+    assert e.value.code == 2 and "is a directory" in capsys.readouterr().err
 
 
 def test_cli_refuses_a_json_path_it_cannot_use_before_the_analysis(tmp_path, capsys):
@@ -574,6 +577,9 @@ def test_cli_convsnn_file(tmp_path, monkeypatch, capsys):
     back = json.loads(out.read_text())
     assert back["samples"] == 4 and back["energy"][0]["preset"] == "loihi"
     assert back["result"]["SynapticOperations"]["Dense"] == 10 * 57_600 + 5 * 2_359_296 + 10_240
+    # the replay's disagreements are printed beside the number of spikes they are out of
+    n = back["result"]["checks"]["traced_spikes"]
+    assert n["conv"] > 0 and f"of {n['conv']:,d} conv spikes" in text
 
 
 def test_cli_ttfs_file(tmp_path, monkeypatch, capsys):

@@ -126,7 +126,7 @@ def test_evaluate_cli(tmp_path, capsys, monkeypatch):
     assert "accuracy" in out and "spike rates" in out
     bad = tmp_path / "bad.h5"
     bad.write_bytes(b"garbage")
-    assert evaluate.main([str(bad)]) == 2
+    assert evaluate.main([str(bad)]) == 1
     assert "bad.h5" in capsys.readouterr().err
 
 

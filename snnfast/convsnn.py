@@ -125,6 +125,11 @@ def _checked(fn, arg, what):
         raise ValueError(f"{what}: {exc}") from None
 
 
+# an epoch's mean cross-entropy above ten times chance level (uniform over 10 classes) means
+# the weights diverged: even a 30x too large lr stays near 3-7 and recovers
+DIVERGED_LOSS = 10 * math.log(10)
+
+
 class TrainingError(ValueError):
     """Training stopped on a non-finite loss, gradient or weight: it diverged, typically from
     too high a learning rate. The model's weights are then unusable; a checkpoint written
@@ -942,6 +947,13 @@ class ConvSNN:
         finally:
             if bar is not None:
                 bar.close()
+        mean_loss = sums["loss"] / max(sums["n"], 1)
+        if mean_loss > DIVERGED_LOSS:
+            # Adam's steps stay finite for any lr, so a huge one leaves finite but useless
+            # weights rather than NaN: caught here, before the epoch is counted or saved
+            raise TrainingError(f"training diverged in epoch {epoch + 1}: the mean training "
+                                f"loss {mean_loss:.1f} is over ten times that of chance "
+                                f"(ln 10 = 2.30)")
         self._partial = None
         self._epoch_sums = (sums, lr)
 

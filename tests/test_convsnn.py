@@ -261,6 +261,13 @@ def test_diverging_training_raises(backend):
     with pytest.raises(TrainingError, match="not a finite float32") as info:
         m.fit(X, y, epochs=1)
     assert isinstance(info.value, ValueError) and m.step_ == 0
+    # a huge lr whose step is finite leaves finite, useless weights: caught at the epoch's end
+    m = ConvSNN("default", seed=0, lr=1e30, batch_size=32, backend=backend)
+    with np.errstate(all="ignore"), pytest.raises(TrainingError, match="ten times that of chance"):
+        m.fit(X, y, epochs=1)
+    assert m.epoch_ == 0 and m.step_ == 8
+    # a large but workable lr (30x the default) is not mistaken for divergence
+    ConvSNN("default", seed=0, lr=0.05, batch_size=32, backend=backend).fit(X, y, epochs=1)
 
 
 # ------------------------------------------------------------------------ backends, threads

@@ -47,6 +47,8 @@ def _parser():
     p.add_argument("--out", type=Path, default=Path("runs/ttfs"),
                    help="output directory (default runs/ttfs, git-ignored)")
     # hidden options for quick runs and tests
+    p.add_argument("--data-dir", default=None,
+                   help="data cache directory (as for the other snnfast commands)")
     p.add_argument("--n-train", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--n-test", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--n-val", type=int, default=N_VAL, help=argparse.SUPPRESS)
@@ -111,8 +113,8 @@ def _remove_if_empty(dirs):
 def _load_data(a):
     """Training split, validation split, calibration set and test set (pixels / 255)."""
     from .datasets import load, train_val_split
-    xtr_u8, ytr = load("mnist", "train")
-    xte_u8, yte = load("mnist", "test")
+    xtr_u8, ytr = load("mnist", "train", a.data_dir)
+    xte_u8, yte = load("mnist", "test", a.data_dir)
     n_tr = len(xtr_u8) if a.n_train is None else min(a.n_train, len(xtr_u8))
     n_te = len(xte_u8) if a.n_test is None else min(a.n_test, len(xte_u8))
     if not 0 < a.n_val < n_tr:

@@ -441,6 +441,16 @@ def test_convert_cli_failed_run_removes_only_the_dirs_it_created(tmp_path, monke
     assert old.is_dir()                 # the user's (empty) directory stays
 
 
+def test_convert_cli_reads_the_data_from_data_dir(tmp_path, capsys):
+    from snnfast import convert
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    # the data set comes from --data-dir: a file there cannot be the cache directory
+    assert convert.main(["--no-progress", "--data-dir", str(afile),
+                         "--out", str(tmp_path / "r")]) == 2
+    assert "cannot use" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
 def _mnist_available():
     try:
         from snnfast.datasets import load

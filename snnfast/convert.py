@@ -13,13 +13,13 @@ networks do not depend on ``--threads``. Windows are calibrated on the training 
 every reported figure is measured on the full test set.
 """
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from ._cli import run_dir_error
 from ._config import effective_n_threads
 from ._utils import write_json
 
@@ -87,17 +87,11 @@ def _make_out_dir(out):
     ``out`` is a file, cannot be created or is not writable.
     """
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out}: exists and is not a directory")
     created = [p for p in (out, *out.parents) if not p.exists()]
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
+    err = run_dir_error(out)
+    if err:
         _remove_if_empty(created)
-        raise ValueError(f"--out {out}: cannot create the directory "
-                         f"({exc.strerror or exc})") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise ValueError(f"--out {out}: the directory is not writable")
+        raise ValueError(f"--out: {err}")
     return created
 
 

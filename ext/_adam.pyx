@@ -14,6 +14,9 @@ cnp.import_array()
 cdef extern from "snn_adam8.h":     # the vector formula, shared with _convsnn_w1.pyx
     pass
 
+cdef extern from "snn_finite.h":    # the finiteness scan, shared with _ema.pyx
+    bint _all_finite "snn_all_finite"(const float *g, Py_ssize_t n) nogil
+
 cdef extern from *:
     """
     #include <math.h>
@@ -55,34 +58,10 @@ cdef extern from *:
         }
         return nonfinite;
     }
-
-    /* 1 if all n floats are finite: x - x is 0 for finite x, NaN for NaN and infinities,
-       and a NaN stays in its lane's sum. Four independent vector sums: with one, the add
-       latency made the scan of W1's 2.4 M floats twice as slow as np.isfinite. */
-    static int snn_all_finite(const float *g, ptrdiff_t n) {
-        const snn_a8f zero = {0};
-        snn_a8f a0 = zero, a1 = zero, a2 = zero, a3 = zero;
-        float tail = 0.0f;
-        ptrdiff_t i = 0;
-        for (; i + 32 <= n; i += 32) {
-            snn_a8f x0 = snn_a_ld(g + i), x1 = snn_a_ld(g + i + 8);
-            snn_a8f x2 = snn_a_ld(g + i + 16), x3 = snn_a_ld(g + i + 24);
-            a0 += x0 - x0; a1 += x1 - x1; a2 += x2 - x2; a3 += x3 - x3;
-        }
-        for (; i + 8 <= n; i += 8) {
-            snn_a8f x = snn_a_ld(g + i);
-            a0 += x - x;
-        }
-        for (; i < n; i++) tail += g[i] - g[i];
-        a0 = (a0 + a1) + (a2 + a3);
-        for (int l = 0; l < 8; l++) tail += a0[l];
-        return tail == 0.0f;
-    }
     """
     Py_ssize_t snn_adam_chunk(float *p, const float *g, float *m, float *v, Py_ssize_t n, float b1,
                         float omb1, float b2, float omb2, float step_size, float rbc2,
                         float eps) nogil
-    bint _all_finite "snn_all_finite"(const float *g, Py_ssize_t n) nogil
 
 cdef enum:
     CHUNK = 16384  # floats per work item: 64 KiB per stream, amortises the scheduling

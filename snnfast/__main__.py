@@ -11,12 +11,13 @@ def main(argv=None):
                         help="print OpenMP status, threads, BLAS and build flags")
     args = parser.parse_args(argv)
     import snnfast
-    from snnfast._config import _threads_or_error
+    from snnfast._config import config_dict, format_config
     if args.version:
         print(f"snnfast {snnfast.__version__}")
     if args.config or not args.version:
-        snnfast.show_config()
-        error = _threads_or_error()[1]
+        c = config_dict()       # one reading of the thread variables for report and verdict
+        print(format_config(c))
+        error = c["threads_error"]
         if error:
             # the report is printed; the exit code and one line on stderr flag the bad setting
             print(f"{parser.prog}: error: {error}", file=sys.stderr)

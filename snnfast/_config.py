@@ -32,12 +32,14 @@ MAX_THREADS_FLOOR = 1024
 THREADS_PER_CPU_LIMIT = 4
 
 
-def max_n_threads():
+def max_n_threads(cpus=None):
     """The largest thread count :func:`effective_n_threads` accepts.
 
-    ``max(1024, 4 * available cores)``; see ``MAX_THREADS_FLOOR`` for why.
+    ``max(1024, 4 * available cores)``; see ``MAX_THREADS_FLOOR`` for why. ``cpus`` is the
+    number of available cores if the caller has it already (default: asked for here).
     """
-    return max(MAX_THREADS_FLOOR, THREADS_PER_CPU_LIMIT * _cpus_available())
+    cpus = _cpus_available() if cpus is None else cpus
+    return max(MAX_THREADS_FLOOR, THREADS_PER_CPU_LIMIT * cpus)
 
 
 @lru_cache(maxsize=1)
@@ -47,16 +49,16 @@ def _omp_thread_limit():
     return int(_openmp_helpers.omp_thread_limit())
 
 
-def _check_limit(n, what):
-    limit = max_n_threads()
+def _check_limit(n, what, cpus):
+    limit = max_n_threads(cpus)
     if n > limit:
         raise ValueError(f"{what} exceeds the limit of {limit} threads "
                          f"({THREADS_PER_CPU_LIMIT} per available core, at least "
-                         f"{MAX_THREADS_FLOOR}; this process has {_cpus_available()} cores)")
+                         f"{MAX_THREADS_FLOOR}; this process has {cpus} cores)")
     return n
 
 
-def _env_threads(name):
+def _env_threads(name, cpus):
     raw = os.environ.get(name, "").strip()
     if not raw:
         return None
@@ -67,7 +69,7 @@ def _env_threads(name):
         raise ValueError(f"{name}={raw!r} is not an integer") from None
     if value < 1:
         raise ValueError(f"{name}={raw!r} must be >= 1")
-    return _check_limit(value, f"{name}={raw!r}")
+    return _check_limit(value, f"{name}={raw!r}", cpus)
 
 
 def effective_n_threads(n_threads=None):
@@ -97,7 +99,8 @@ def effective_n_threads(n_threads=None):
     """
     cpus = _cpus_available()
     if n_threads is None:
-        n = _env_threads("SNNFAST_NUM_THREADS") or _env_threads("OMP_NUM_THREADS") or cpus
+        n = (_env_threads("SNNFAST_NUM_THREADS", cpus) or _env_threads("OMP_NUM_THREADS", cpus)
+             or cpus)
     else:
         if isinstance(n_threads, bool) or not isinstance(n_threads, (int,)) and not hasattr(n_threads, "__index__"):
             raise TypeError(f"n_threads must be an int or None, got {n_threads!r}")
@@ -105,7 +108,7 @@ def effective_n_threads(n_threads=None):
         if n_threads == 0:
             raise ValueError("n_threads=0 is not allowed; use None for the default")
         n = n_threads if n_threads > 0 else max(1, cpus + 1 + n_threads)
-        _check_limit(n, f"n_threads={n_threads}")
+        _check_limit(n, f"n_threads={n_threads}", cpus)
     if not openmp_enabled():
         return 1
     return min(int(n), _omp_thread_limit())
@@ -194,7 +197,11 @@ def show_config(file=None):
 
     An invalid thread variable is shown on the "effective threads" line, not raised.
     """
-    c = config_dict()
+    print(format_config(config_dict()), file=file or sys.stdout)
+
+
+def format_config(c):
+    """The report of :func:`show_config` for the :func:`config_dict` ``c``."""
     threads = c["effective_n_threads"]
     if c["threads_error"]:
         threads = f"INVALID: {c['threads_error']}"
@@ -211,4 +218,4 @@ def show_config(file=None):
     for b in c["blas"] or [{"internal_api": "none found"}]:
         lines.append(f"BLAS:                {b.get('internal_api')} {b.get('version') or ''} "
                      f"({b.get('num_threads')} threads, {b.get('architecture')})")
-    print("\n".join(lines), file=file or sys.stdout)
+    return "\n".join(lines)

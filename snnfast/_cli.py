@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 
 __all__ = ["int_at_least", "positive_int", "nonneg_int", "positive_float",
-           "output_file_error", "run_dir_error"]
+           "output_file_error", "run_dir_error", "same_file"]
 
 
 def int_at_least(low):
@@ -36,7 +36,8 @@ def positive_float(text):
     return v
 
 
-def _same_file(a, b):
+def same_file(a, b):
+    """True if ``a`` and ``b`` name one existing file (other spellings, symlinks, hard links)."""
     try:
         return os.path.samefile(a, b)
     except OSError:         # either does not exist (yet)
@@ -54,7 +55,7 @@ def output_file_error(path, inputs=()):
     if p.is_dir():
         return f"{path} is a directory"
     for src in inputs:
-        if _same_file(p, src):
+        if same_file(p, src):
             return f"{path} is the input file {src}: writing it would destroy the input"
     return run_dir_error(p.parent)
 

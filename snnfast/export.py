@@ -4,12 +4,11 @@ Prints every feature the NIR graph cannot express (``NIRExportWarning``) and a s
 Exit status: 0 on success, 1 when the model cannot be read or exported, 2 for bad arguments.
 """
 import argparse
-import os
 import sys
 import warnings
 from pathlib import Path
 
-from ._cli import positive_float
+from ._cli import positive_float, same_file
 
 
 def build_parser():
@@ -25,15 +24,6 @@ def build_parser():
     return p
 
 
-def _is_input(out, model):
-    """True if ``out`` names the model file itself (another spelling, a symlink, a hard
-    link): the atomic write would replace the trained model by the NIR graph."""
-    try:
-        return out.exists() and os.path.samefile(out, model)
-    except OSError:
-        return False
-
-
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -41,7 +31,8 @@ def main(argv=None):
         parser.error(f"model file {str(args.model)!r} does not exist")
     if args.out.exists() and args.out.is_dir():
         parser.error(f"output {str(args.out)!r} is a directory")
-    if _is_input(args.out, args.model):
+    # the atomic write would replace the trained model by the NIR graph
+    if same_file(args.out, args.model):
         print(f"error: output {str(args.out)!r} is the input model {str(args.model)!r}; "
               "choose another output file", file=sys.stderr)
         return 2

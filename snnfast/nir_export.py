@@ -566,9 +566,11 @@ def graph_to_spec(path_or_graph, dt=None, T=None):
         raise ValueError(f"Output node {names['output']!r}: shape {out_shape}, expected ({_N_OUT},)")
 
     params = {
-        "conv_w": _fold(w, g_c.reshape(16, 1, 1, 1)), "conv_b": _fold(b, g_c),
-        "W1": _fold(np.asarray(W1t).T, g_h.reshape(1, -1)), "b1": _fold(b1, g_h),
-        "W2": _fold(np.asarray(W2t).T, g_out), "b2": _fold(b2, g_out),
+        "conv_w": _fold(w, g_c.reshape(16, 1, 1, 1), "conv_w", dt),
+        "conv_b": _fold(b, g_c, "conv_b", dt),
+        "W1": _fold(np.asarray(W1t).T, g_h.reshape(1, -1), "W1", dt),
+        "b1": _fold(b1, g_h, "b1", dt),
+        "W2": _fold(np.asarray(W2t).T, g_out, "W2", dt), "b2": _fold(b2, g_out, "b2", dt),
     }
     coding = meta.get("input_coding", {}) if ours and isinstance(meta.get("input_coding"), dict) else {}
     overrides = {
@@ -585,12 +587,25 @@ def graph_to_spec(path_or_graph, dt=None, T=None):
     return overrides, params, info
 
 
-def _fold(a, g):
+def _fold(a, g, name, dt):
+    """``a * g`` as float32; refuses gains that push nonzero parameters out of float32.
+
+    The gains ``r*dt/tau`` and ``r*dt*T`` scale with ``dt``: a ``dt`` far from the one the
+    graph was made for (e.g. 1e-300 for a graph of dt = 1e-4) would flush every weight to 0,
+    or overflow it, and give a model that silently outputs nothing.
+    """
     a32 = np.asarray(a, dtype=np.float32)
     g = np.asarray(g, dtype=np.float64)
     if np.all(g == 1.0):
         return np.ascontiguousarray(a32).copy()
-    return np.ascontiguousarray((a32.astype(np.float64) * g).astype(np.float32))
+    out = np.ascontiguousarray((a32.astype(np.float64) * g).astype(np.float32))
+    with np.errstate(invalid="ignore"):
+        lost = (a32 != 0) & ~(np.abs(out) >= np.finfo(np.float32).tiny)
+    if not np.isfinite(out).all() or lost.any():
+        raise ValueError(f"{name}: folding the input gain of dt = {dt!r} into the weights takes "
+                         "them outside float32 (overflow or underflow to 0); pass the dt the "
+                         "graph was made for")
+    return out
 
 
 def from_nir(path_or_graph, dt=None, T=None, seed=None, **overrides):

@@ -730,3 +730,17 @@ def test_cli_refuses_to_overwrite_the_input_model(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: --dt") and "T*dt = 1e-319" in err and err.count("\n") == 1
     assert not out.exists()
+
+
+def test_import_refuses_a_dt_that_flushes_the_weights(nir_model, nir_file):
+    # a dt far from the graph's scales every gain r*dt/tau by it: 1e-300 used to give a model
+    # whose weights were all 0 (float32 underflow), which then predicted nothing
+    for dt in (1e-300, 1e-60):
+        with pytest.raises(ValueError, match=r"conv_w: folding the input gain of dt = "
+                           + re.escape(repr(dt)) + ".*outside float32"):
+            ne.from_nir(nir_file, dt=dt)
+    # a moderately different dt is a legitimate re-discretisation: accepted, weights rescaled
+    cfg, params, info = ne.graph_to_spec(nir_file, dt=2e-4)
+    assert info["dt"] == 2e-4
+    assert np.all(np.isfinite(params["W1"])) and np.count_nonzero(params["W1"]) == \
+        np.count_nonzero(nir_model.params["W1"])

@@ -28,20 +28,7 @@ import json
 import statistics
 import sys
 
-from _timing import alternate_times  # bench/_timing.py (the script directory is on sys.path)
-
-
-def _data(n_train, n_test):
-    try:
-        from snnfast import datasets
-        Xtr, ytr = datasets.load("mnist", "train", download=False)
-        Xte, yte = datasets.load("mnist", "test", download=False)
-        return "mnist", Xtr[:n_train], ytr[:n_train], Xte[:n_test], yte[:n_test]
-    except Exception as exc:                      # no cached MNIST: synthetic digits
-        print(f"(MNIST not available: {type(exc).__name__}; using synthetic digits)")
-        from snnfast.train import synthetic_digits
-        Xtr, ytr, Xte, yte = synthetic_digits(n_train, n_test, seed=1)
-        return "synthetic", Xtr, ytr, Xte, yte
+from _timing import alternate_times, bench_data  # bench/_timing.py (the script directory is on sys.path)
 
 
 def _model(preset, backend, threads, model):
@@ -156,7 +143,7 @@ def main(argv=None):
     from snnfast._config import config_dict
     cfg = config_dict()
     threads = effective_n_threads(args.threads)
-    source, Xtr, ytr, Xte, yte = _data(args.train_images, args.test_images)
+    source, Xtr, ytr, Xte, yte = bench_data(args.train_images, args.test_images)
     print(f"cpu: {cfg['cpu']} [{cfg['simd']}], {cfg['cpus_available']} cpus; threads {threads}; "
           f"openmp {cfg['openmp']} ({cfg['omp_wait']}); data {source}")
     half = cfg["simd"] != "avx512f"

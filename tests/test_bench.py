@@ -55,3 +55,32 @@ def test_throughput_script_reports_paired_ratios(tmp_path):
         assert t["img_s_target"] in ({"train": 15000, "infer": 30000}[kind] * f
                                      for f in (0.5, 1.0))
     assert "[default] targets   : training x" in r.stdout
+
+
+def _importable(name):
+    import importlib.util
+    return importlib.util.find_spec(name) is not None
+
+
+@pytest.mark.skipif(not BENCH.is_dir(), reason="bench/ is not shipped with this install")
+def test_peers_script_measures_snnfast_and_reports_missing_peers(tmp_path):
+    out = tmp_path / "peers.json"
+    r = subprocess.run([sys.executable, str(BENCH / "peers.py"), "--train-images", "64",
+                        "--test-images", "64", "--repeats", "2", "--json", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(out.read_text())
+    for peer in ("snntorch", "spikingjelly"):
+        there = _importable("torch") and _importable(peer)
+        assert (f"{peer}: skipped" in r.stdout) != there
+        assert (peer in d["tools"]) == there
+    for name, tool in d["tools"].items():
+        for kind in ("training", "inference"):
+            s = tool[kind]
+            ref = d["tools"]["snnfast default"][kind]["times_s"]
+            # every ratio is that of one round: snnfast default's time over this tool's
+            assert [math.isclose(x, t / rt, rel_tol=1e-12)
+                    for x, t, rt in zip(s["ratio_runs"], s["times_s"], ref)] == [True, True]
+            assert f"{kind:9s} {name:16s}" in r.stdout
+    assert d["data"] in ("mnist", "synthetic")
+    assert d["tools"]["snnfast default"]["training"]["snnfast_over_this"] == 1.0

@@ -1,0 +1,268 @@
+"""Throughput of the Conv-SNN in snnfast and in the peers (snnTorch, SpikingJelly), same run.
+
+    python bench/peers.py [--peers snntorch spikingjelly] [--threads N] [--repeats 3]
+                          [--train-images 2048] [--test-images 4096] [--json out.json]
+
+The peers are not snnfast's dependencies: install them (and PyTorch) yourself, e.g.
+``pip install torch snntorch spikingjelly``; a peer that does not import is reported as
+skipped. Each peer runs the same network as snnfast's default preset, written the way its
+documentation writes such a network: 1x28x28 -> conv 16@5x5 stride 2 -> LIF (beta 0.9,
+threshold 0.8, reset to 0) -> FC 2304->1024 on the conv spikes of each two-step window ->
+LIF (subtract reset) updated on every other step -> FC 1024->10 on the mean hidden spike
+count; hybrid input coding (deterministic for t < 5, Bernoulli after); T = 10. It trains
+the peer's way, by backpropagation through time with the peer's default surrogate
+gradient, cross-entropy and Adam, batch 64, and infers in batches of 256 without gradients.
+snnfast trains its default preset (the rate-based surrogate gradient of the README) and its
+seed preset. The figure compared is what a user gets from each tool for this network:
+images per second on the same machine, the same data and the same thread count, the timed
+runs of all tools alternating (see ``bench/_timing.py``).
+
+Per tool and measurement the median of ``--repeats`` timed runs after one warm-up run is
+printed, then each peer's ratio to snnfast's default preset (median of the per-round
+ratios, with their range). As a check that each peer network learns, the mean training
+loss of its last timed run is printed beside ln 10 = 2.30 (chance).
+"""
+import argparse
+import json
+import math
+import statistics
+import sys
+
+import numpy as np
+
+from _timing import alternate_times, bench_data  # bench/_timing.py (the script directory is on sys.path)
+
+T, N_DET, BETA, THR, BATCH, EVAL_BATCH = 10, 5, 0.9, 0.8, 64, 256
+PEERS = ("snntorch", "spikingjelly")
+
+
+def _encode(torch, x, t, gen):
+    """Hybrid coding of images x in [0, 1] at step t (snnfast's rule, in torch)."""
+    if t < N_DET:
+        return (x > 1.0 - t / N_DET).to(x.dtype)
+    return (torch.rand(x.shape, generator=gen) < x).to(x.dtype)
+
+
+def _snntorch_net(torch, snn):
+    nn = torch.nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 16, 5, stride=2)
+            self.lif1 = snn.Leaky(beta=BETA, threshold=THR, reset_mechanism="zero")
+            self.fc1 = nn.Linear(2304, 1024)
+            self.lif2 = snn.Leaky(beta=BETA, threshold=THR, reset_mechanism="subtract")
+            self.fc2 = nn.Linear(1024, 10)
+
+        def forward(self, x, gen):
+            mem1, mem2 = self.lif1.init_leaky(), self.lif2.init_leaky()
+            window = count = 0
+            for t in range(T):
+                spk1, mem1 = self.lif1(self.conv(_encode(torch, x, t, gen)), mem1)
+                window = window + spk1
+                if t % 2 == 1:                        # hidden layer on every other step
+                    spk2, mem2 = self.lif2(self.fc1(window.flatten(1)), mem2)
+                    count, window = count + spk2, 0
+            return self.fc2(count / (T // 2))
+    return Net()
+
+
+def _spikingjelly_net(torch, sj):
+    nn = torch.nn
+    neuron, layer, functional = sj.neuron, sj.layer, sj.functional
+    tau = 1.0 / (1.0 - BETA)           # decay_input=False: v <- v - v/tau + x = 0.9 v + x
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = layer.Conv2d(1, 16, 5, stride=2)
+            self.lif1 = neuron.LIFNode(tau=tau, decay_input=False, v_threshold=THR, v_reset=0.0)
+            self.fc1 = layer.Linear(2304, 1024)
+            self.lif2 = neuron.LIFNode(tau=tau, decay_input=False, v_threshold=THR, v_reset=None)
+            self.fc2 = nn.Linear(1024, 10)
+            functional.set_step_mode(self, "m")     # the multi-step mode, SpikingJelly's fast path
+
+        def forward(self, x, gen):
+            functional.reset_net(self)
+            s = torch.stack([_encode(torch, x, t, gen) for t in range(T)])   # (T, B, 1, 28, 28)
+            z1 = self.lif1(self.conv(s)).flatten(2)                         # (T, B, 2304)
+            window = z1.reshape(T // 2, 2, *z1.shape[1:]).sum(1)           # two-step windows
+            z2 = self.lif2(self.fc1(window))                                # (T/2, B, 1024)
+            return self.fc2(z2.mean(0))
+    return Net()
+
+
+def _peer(name, threads):
+    """(torch, model factory) of a peer, or raise ImportError."""
+    import torch
+    torch.set_num_threads(threads)
+    if name == "snntorch":
+        import snntorch
+        return torch, lambda: _snntorch_net(torch, snntorch), _version("snntorch")
+    from spikingjelly.activation_based import functional, layer, neuron
+    sj = argparse.Namespace(neuron=neuron, layer=layer, functional=functional)
+    return torch, lambda: _spikingjelly_net(torch, sj), _version("spikingjelly")
+
+
+def _version(dist):
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "?"
+
+
+def peer_runs(name, threads, data):
+    """(train, infer, last_loss) callables of a peer on ``data`` = (Xtr, ytr, Xte, yte)."""
+    torch, make, _ = _peer(name, threads)
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    net = make()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    Xtr, ytr, Xte, yte = (torch.from_numpy(a) for a in data)
+    Xtr = Xtr.float().div(255).reshape(-1, 1, 28, 28)
+    Xte = Xte.float().div(255).reshape(-1, 1, 28, 28)
+    ytr = ytr.long()
+    losses = []
+
+    def train():
+        net.train()
+        total = 0.0
+        for i in range(0, len(Xtr) - BATCH + 1, BATCH):
+            loss = torch.nn.functional.cross_entropy(net(Xtr[i:i + BATCH], gen),
+                                                     ytr[i:i + BATCH])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item()
+        losses.append(total / (len(Xtr) // BATCH))
+
+    def infer():
+        net.eval()
+        with torch.no_grad():
+            for i in range(0, len(Xte), EVAL_BATCH):
+                net(Xte[i:i + EVAL_BATCH], gen).argmax(1)
+    return train, infer, losses
+
+
+def peer_accuracy(name, threads, Xtr, ytr, Xte, yte, seed=0):
+    """Test accuracy (%) of a peer's network after one epoch over (Xtr, ytr), shuffled."""
+    torch, make, _ = _peer(name, threads)
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    net = make()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    X = torch.from_numpy(Xtr).float().div(255).reshape(-1, 1, 28, 28)
+    y = torch.from_numpy(ytr).long()
+    order = torch.randperm(len(X), generator=gen)
+    net.train()
+    for i in range(0, len(X), BATCH):
+        idx = order[i:i + BATCH]
+        loss = torch.nn.functional.cross_entropy(net(X[idx], gen), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    net.eval()
+    Xt = torch.from_numpy(Xte).float().div(255).reshape(-1, 1, 28, 28)
+    with torch.no_grad():
+        pred = torch.cat([net(Xt[i:i + EVAL_BATCH], gen).argmax(1)
+                          for i in range(0, len(Xt), EVAL_BATCH)])
+    return 100.0 * float((pred.numpy() == yte).mean())
+
+
+def snnfast_runs(preset, threads, data):
+    from snnfast.convsnn import ConvSNN
+    m = ConvSNN(preset, seed=0, n_threads=threads)
+    Xtr, ytr, Xte, yte = data
+    return (lambda: m.fit(Xtr, ytr, epochs=m.epoch_ + 1)), (lambda: m.evaluate(Xte, yte)), None
+
+
+def _summary(times, ref_times, n):
+    """img/s of ``n`` images per run, and per round snnfast default's speed over this one's."""
+    ratios = [t / rt for t, rt in zip(times, ref_times)]
+    return {"img_s": n / statistics.median(times), "times_s": times,
+            "snnfast_over_this": statistics.median(ratios), "ratio_runs": ratios}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--peers", nargs="*", default=list(PEERS), choices=PEERS)
+    p.add_argument("--threads", type=int, default=None, help="threads (default: the rule)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--train-images", type=int, default=2048)
+    p.add_argument("--test-images", type=int, default=4096)
+    p.add_argument("--json", default=None, help="write the results to this file")
+    p.add_argument("--accuracy", action="store_true",
+                   help="also train each peer for one epoch on all 60 000 training images and "
+                   "print its test accuracy (a check that the peer networks are sound; a few "
+                   "minutes)")
+    args = p.parse_args(argv)
+    if args.repeats < 1 or args.train_images < BATCH or args.test_images < 1:
+        p.error(f"--repeats and --test-images must be >= 1, --train-images >= {BATCH}")
+    from snnfast import effective_n_threads
+    from snnfast._config import config_dict
+    threads = effective_n_threads(args.threads)
+    source, Xtr, ytr, Xte, yte = bench_data(args.train_images, args.test_images)
+    data = tuple(np.ascontiguousarray(a.reshape(len(a), -1) if a.ndim > 1 else a)
+                 for a in (Xtr, ytr, Xte, yte))
+    full = None
+    if args.accuracy:
+        if source != "mnist":
+            p.error("--accuracy needs MNIST in the local cache (python -m snnfast.datasets "
+                    "fetch mnist)")
+        from snnfast import datasets
+        full = (*datasets.load("mnist", "train", download=False),
+                *datasets.load("mnist", "test", download=False))
+        full = tuple(a.reshape(len(a), -1) if a.ndim > 1 else a for a in full)
+    cfg = config_dict()
+    print(f"cpu: {cfg['cpu']} [{cfg['simd']}], {cfg['cpus_available']} cpus; threads "
+          f"{threads}; data {source}, {len(Xtr)} training / {len(Xte)} test images per run; "
+          f"T = {T}, training batch {BATCH}")
+    tools = {"snnfast default": snnfast_runs("default", threads, data),
+             "snnfast seed": snnfast_runs("seed", threads, data)}
+    versions = {}
+    for name in args.peers:
+        try:
+            versions[name] = _peer(name, threads)[2]
+            tools[name] = peer_runs(name, threads, data)
+        except ImportError as exc:
+            print(f"{name}: skipped ({exc}; pip install torch {name})")
+    if versions:
+        import torch
+        print("peers: " + ", ".join(f"{k} {v}" for k, v in versions.items())
+              + f"; torch {torch.__version__} ({torch.get_num_threads()} threads)")
+    results = {"config": cfg, "threads": threads, "data": source, "versions": versions,
+               "tools": {}}
+    for kind, idx, n in (("training", 0, len(Xtr)), ("inference", 1, len(Xte))):
+        times = alternate_times({k: v[idx] for k, v in tools.items()}, args.repeats)
+        ref = times["snnfast default"]
+        for name, t in times.items():
+            s = _summary(t, ref, n)
+            results["tools"].setdefault(name, {})[kind] = s
+            line = f"{kind:9s} {name:16s} {s['img_s']:8.0f} img/s"
+            if not name.startswith("snnfast"):
+                lo, hi = min(s["ratio_runs"]), max(s["ratio_runs"])
+                line += (f"   snnfast default is x{s['snnfast_over_this']:.1f} "
+                         f"({lo:.1f}-{hi:.1f})")
+            print(line)
+    for name, (_, _, losses) in tools.items():
+        if losses:
+            loss = losses[-1]
+            results["tools"][name]["last_train_loss"] = loss
+            print(f"{name}: mean training loss of its last run {loss:.3f} "
+                  f"(chance: ln 10 = {math.log(10):.2f})")
+    if args.accuracy:
+        for name in versions:
+            acc = peer_accuracy(name, threads, *full)
+            results["tools"][name]["one_epoch_test_acc"] = acc
+            print(f"{name}: test accuracy after one epoch over the {len(full[0])} training "
+                  f"images: {acc:.2f}%")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(results, fh, indent=2, default=float)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -16,7 +16,6 @@ downloaded here), else synthetic blobs with ~19 % non-zero pixels. Weights are i
 as the reference does (conv N(0, sqrt(2/25)), W1 N(0, sqrt(2/3328))).
 """
 import argparse
-import json
 import os
 import sys
 import time
@@ -181,8 +180,8 @@ def main(argv=None):
     print(f"# load average after: {out['loadavg_after']:.2f}; timings are medians of "
           f"{args.repeats} runs (best run in brackets)")
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=1)
+        from snnfast._utils import write_json
+        write_json(args.json, out, indent=1)
 
 
 if __name__ == "__main__":

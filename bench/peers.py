@@ -23,7 +23,6 @@ ratios, with their range). As a check that each peer network learns, the mean tr
 loss of its last timed run is printed beside ln 10 = 2.30 (chance).
 """
 import argparse
-import json
 import math
 import statistics
 import sys
@@ -259,8 +258,8 @@ def main(argv=None):
             print(f"{name}: test accuracy after one epoch over the {len(full[0])} training "
                   f"images: {acc:.2f}%")
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(results, fh, indent=2, default=float)
+        from snnfast._utils import write_json
+        write_json(args.json, results)
     return 0
 
 

@@ -24,7 +24,6 @@ baseline, and an absolute rate (halved on machines without AVX-512, as the proje
 performance notes expect); the verdicts are printed and kept in the JSON.
 """
 import argparse
-import json
 import statistics
 import sys
 
@@ -186,8 +185,8 @@ def main(argv=None):
     except ImportError:
         pass
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(results, fh, indent=2, default=float)
+        from snnfast._utils import write_json
+        write_json(args.json, results)
     return 0
 
 

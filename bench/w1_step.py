@@ -13,7 +13,6 @@ second Adam line computes all of it). The activity c is that of a real forward p
 from the local cache if present, else synthetic blobs); every figure is a median.
 """
 import argparse
-import json
 import sys
 
 import numpy as np
@@ -95,8 +94,8 @@ def main(argv=None):
             print(f"{name:27s}: snnfast {1e3 * tf:6.2f} ms   numpy/BLAS {1e3 * tb:6.2f} ms   "
                   f"x{tb / tf:.1f}   (this stage alone: {args.batch / tf:.0f} img/s)")
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=1)
+        from snnfast._utils import write_json
+        write_json(args.json, out, indent=1)
     return 0
 
 

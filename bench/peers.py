@@ -93,7 +93,7 @@ def _spikingjelly_net(torch, sj):
 
 
 def _peer(name, threads):
-    """(torch, model factory) of a peer, or raise ImportError."""
+    """(torch, model factory, version) of a peer; ImportError if it is not installed."""
     import torch
     torch.set_num_threads(threads)
     if name == "snntorch":
@@ -113,7 +113,8 @@ def _version(dist):
 
 
 def peer_runs(name, threads, data):
-    """(train, infer, last_loss) callables of a peer on ``data`` = (Xtr, ytr, Xte, yte)."""
+    """(train, infer, losses) of a peer on ``data`` = (Xtr, ytr, Xte, yte): two callables
+    and the list to which each training run appends its mean loss."""
     torch, make, _ = _peer(name, threads)
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)

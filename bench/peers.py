@@ -1,10 +1,10 @@
-"""Throughput of the Conv-SNN in snnfast and in the peers (snnTorch, SpikingJelly), same run.
+"""Throughput of the Conv-SNN in snnfast and in its peers (snnTorch, SpikingJelly, Norse).
 
-    python bench/peers.py [--peers snntorch spikingjelly] [--threads N] [--repeats 3]
+    python bench/peers.py [--peers snntorch spikingjelly norse] [--threads N] [--repeats 3]
                           [--train-images 2048] [--test-images 4096] [--json out.json]
 
 The peers are not snnfast's dependencies: install them (and PyTorch) yourself, e.g.
-``pip install torch snntorch spikingjelly``; a peer that does not import is reported as
+``pip install torch snntorch spikingjelly norse``; a peer that does not import is reported as
 skipped. Each peer runs the same network as snnfast's default preset, written the way its
 documentation writes such a network: 1x28x28 -> conv 16@5x5 stride 2 -> LIF (beta 0.9,
 threshold 0.8, reset to 0) -> FC 2304->1024 on the conv spikes of each two-step window ->
@@ -32,7 +32,7 @@ import numpy as np
 from _timing import alternate_times, bench_data  # bench/_timing.py (the script directory is on sys.path)
 
 T, N_DET, BETA, THR, BATCH, EVAL_BATCH = 10, 5, 0.9, 0.8, 64, 256
-PEERS = ("snntorch", "spikingjelly")
+PEERS = ("snntorch", "spikingjelly", "norse")
 
 
 def _encode(torch, x, t, gen):
@@ -49,9 +49,13 @@ def _snntorch_net(torch, snn):
         def __init__(self):
             super().__init__()
             self.conv = nn.Conv2d(1, 16, 5, stride=2)
-            self.lif1 = snn.Leaky(beta=BETA, threshold=THR, reset_mechanism="zero")
+            # reset_delay=False: the reset in the step of the spike, as in snnfast (snnTorch's
+            # default subtracts the threshold one step later)
+            self.lif1 = snn.Leaky(beta=BETA, threshold=THR, reset_mechanism="zero",
+                                  reset_delay=False)
             self.fc1 = nn.Linear(2304, 1024)
-            self.lif2 = snn.Leaky(beta=BETA, threshold=THR, reset_mechanism="subtract")
+            self.lif2 = snn.Leaky(beta=BETA, threshold=THR, reset_mechanism="subtract",
+                                  reset_delay=False)
             self.fc2 = nn.Linear(1024, 10)
 
         def forward(self, x, gen):
@@ -92,6 +96,37 @@ def _spikingjelly_net(torch, sj):
     return Net()
 
 
+def _norse_net(torch, norse):
+    nn = torch.nn
+    reset = norse.torch.functional.reset
+    # LIFBoxCell: v <- v + dt*tau_mem_inv*(-v + x) = 0.9 v + 0.1 x with its defaults (dt 1e-3,
+    # tau_mem_inv 100): v is a tenth of snnfast's v, so the thresholds are a tenth of 0.8
+    p = dict(tau_mem_inv=torch.tensor((1.0 - BETA) / 1e-3), v_th=torch.tensor(THR * (1.0 - BETA)))
+    conv_p = norse.torch.LIFBoxParameters(**p, reset_method=reset.reset_value)
+    hid_p = norse.torch.LIFBoxParameters(**p, reset_method=reset.reset_subtract)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 16, 5, stride=2)
+            self.lif1 = norse.torch.LIFBoxCell(conv_p, dt=1e-3)
+            self.fc1 = nn.Linear(2304, 1024)
+            self.lif2 = norse.torch.LIFBoxCell(hid_p, dt=1e-3)
+            self.fc2 = nn.Linear(1024, 10)
+
+        def forward(self, x, gen):
+            s1 = s2 = None
+            window = count = 0
+            for t in range(T):
+                z1, s1 = self.lif1(self.conv(_encode(torch, x, t, gen)), s1)
+                window = window + z1
+                if t % 2 == 1:                        # hidden layer on every other step
+                    z2, s2 = self.lif2(self.fc1(window.flatten(1)), s2)
+                    count, window = count + z2, 0
+            return self.fc2(count / (T // 2))
+    return Net()
+
+
 def _peer(name, threads):
     """(torch, model factory, version) of a peer; ImportError if it is not installed."""
     import torch
@@ -99,6 +134,10 @@ def _peer(name, threads):
     if name == "snntorch":
         import snntorch
         return torch, lambda: _snntorch_net(torch, snntorch), _version("snntorch")
+    if name == "norse":
+        import norse.torch  # noqa: F401  (norse.torch.functional.reset is read from it)
+        import norse
+        return torch, lambda: _norse_net(torch, norse), _version("norse")
     from spikingjelly.activation_based import functional, layer, neuron
     sj = argparse.Namespace(neuron=neuron, layer=layer, functional=functional)
     return torch, lambda: _spikingjelly_net(torch, sj), _version("spikingjelly")

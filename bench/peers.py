@@ -42,6 +42,19 @@ def _encode(torch, x, t, gen):
     return (torch.rand(x.shape, generator=gen) < x).to(x.dtype)
 
 
+def _run_steps(torch, net, x, gen, s1, s2):
+    """Logits of a step-by-step peer network (snnTorch, Norse): its ``lif1(current, state)``
+    and ``lif2`` return (spikes, state); s1, s2 are their initial states."""
+    window = count = 0
+    for t in range(T):
+        z1, s1 = net.lif1(net.conv(_encode(torch, x, t, gen)), s1)
+        window = window + z1
+        if t % 2 == 1:                                # hidden layer on every other step
+            z2, s2 = net.lif2(net.fc1(window.flatten(1)), s2)
+            count, window = count + z2, 0
+    return net.fc2(count / (T // 2))
+
+
 def _snntorch_net(torch, snn):
     nn = torch.nn
 
@@ -59,15 +72,8 @@ def _snntorch_net(torch, snn):
             self.fc2 = nn.Linear(1024, 10)
 
         def forward(self, x, gen):
-            mem1, mem2 = self.lif1.init_leaky(), self.lif2.init_leaky()
-            window = count = 0
-            for t in range(T):
-                spk1, mem1 = self.lif1(self.conv(_encode(torch, x, t, gen)), mem1)
-                window = window + spk1
-                if t % 2 == 1:                        # hidden layer on every other step
-                    spk2, mem2 = self.lif2(self.fc1(window.flatten(1)), mem2)
-                    count, window = count + spk2, 0
-            return self.fc2(count / (T // 2))
+            return _run_steps(torch, self, x, gen, self.lif1.init_leaky(),
+                              self.lif2.init_leaky())
     return Net()
 
 
@@ -115,15 +121,7 @@ def _norse_net(torch, norse):
             self.fc2 = nn.Linear(1024, 10)
 
         def forward(self, x, gen):
-            s1 = s2 = None
-            window = count = 0
-            for t in range(T):
-                z1, s1 = self.lif1(self.conv(_encode(torch, x, t, gen)), s1)
-                window = window + z1
-                if t % 2 == 1:                        # hidden layer on every other step
-                    z2, s2 = self.lif2(self.fc1(window.flatten(1)), s2)
-                    count, window = count + z2, 0
-            return self.fc2(count / (T // 2))
+            return _run_steps(torch, self, x, gen, None, None)
     return Net()
 
 

@@ -11,11 +11,12 @@ import pytest
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
-def _load_timing():
+def _load_bench(name):
+    """Import the module ``name`` of bench/ (its scripts import each other by plain name)."""
+    import importlib
     sys.path.insert(0, str(BENCH))
     try:
-        import _timing
-        return _timing
+        return importlib.import_module(name)
     finally:
         sys.path.remove(str(BENCH))
 
@@ -23,7 +24,7 @@ def _load_timing():
 def test_alternate_times_runs_in_turn():
     calls = []
     fns = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
-    times = _load_timing().alternate_times(fns, 3)
+    times = _load_bench("_timing").alternate_times(fns, 3)
     assert calls == ["a", "b"] * 4                   # one warm-up round, then 3 timed rounds
     assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
     assert all(t >= 0 for v in times.values() for t in v)
@@ -87,15 +88,6 @@ def test_peers_script_measures_snnfast_and_reports_missing_peers(tmp_path):
     assert d["tools"]["snnfast default"]["training"]["snnfast_over_this"] == 1.0
 
 
-def _load_peers():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import peers
-        return peers
-    finally:
-        sys.path.remove(str(BENCH))
-
-
 def _lif_reference(x, reset):
     """Spikes of snnfast's LIF, v = 0.9 v + x, spike iff v > 0.8, then reset."""
     v, out = np.zeros(x.shape[1]), []
@@ -115,7 +107,7 @@ def test_peer_networks_use_snnfasts_neuron(peer):
     pytest.importorskip("torch")
     pytest.importorskip(peer)
     import torch
-    peers = _load_peers()
+    peers = _load_bench("peers")
     torch_, make, _ = peers._peer(peer, 1)
     net = make()
     x = np.random.default_rng(0).uniform(0, 0.6, (40, 7)).astype(np.float32)

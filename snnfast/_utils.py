@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["atomic_path", "atomic_write_bytes", "write_json", "file_lock", "check_array",
-           "check_disjoint", "h5_format"]
+           "check_disjoint", "check_positive_int", "is_real_number", "h5_format"]
 
 
 @contextlib.contextmanager
@@ -99,6 +99,22 @@ def adam_step_size(lr, bc1):
         raise ValueError(f"lr={lr!r} gives a step size lr / (1 - beta1**step) = "
                          f"{step_size:.3g} that is not a finite float32")
     return np.float32(step_size)
+
+
+def is_real_number(v):
+    """True for a Python or NumPy int or float; False for bools (which are ints) and the rest."""
+    return not isinstance(v, bool) and isinstance(v, (int, float, np.integer, np.floating))
+
+
+def check_positive_int(value, name):
+    """``value`` as an int if it is an integer >= 1, else ValueError naming ``name``.
+
+    Floats (even integral ones) and bools are refused rather than truncated: ``2.7``
+    images per batch is a caller's mistake, not a request for 2.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
 
 
 def check_array(a, name, dtype, ndim=None, shape=None, finite=False, contiguous=True):

@@ -52,7 +52,7 @@ import numpy as np
 
 from . import convsnn_numpy as cnp
 from ._config import effective_n_threads
-from ._utils import _json_default, atomic_path, h5_format
+from ._utils import _json_default, atomic_path, h5_format, is_real_number
 
 __all__ = ["ConvSNN", "ConvSNNConfig", "PRESETS", "FORMAT_VERSION", "check_params"]
 
@@ -237,7 +237,7 @@ class ConvSNNConfig:
             if f.type is not float and f.type != "float":
                 continue
             val = getattr(self, f.name)
-            if isinstance(val, bool) or not isinstance(val, (int, float, np.integer, np.floating)):
+            if not is_real_number(val):
                 raise ValueError(f"{f.name} must be a number, got {val!r}")
             # the kernels compute in float32: a larger value would become inf there
             if not math.isfinite(val) or abs(val) > f32_max:

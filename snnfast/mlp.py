@@ -15,19 +15,9 @@ import math
 import numpy as np
 
 from ._config import effective_n_threads
+from ._utils import check_positive_int, is_real_number
 
 __all__ = ["MLP", "make_mlp", "preprocess", "loss_and_grads", "train_mlp"]
-
-
-def positive_int(name, value):
-    """``value`` as an int if it is an integer >= 1, else ValueError naming ``name``.
-
-    Floats (even integral ones) and bools are refused rather than truncated: ``2.7``
-    images per batch is a caller's mistake, not a request for 2.
-    """
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 class MLP:
@@ -121,8 +111,7 @@ def make_mlp(depth, n_in=784, width=400, n_out=10, seed=0):
     if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 1:
         raise ValueError(f"depth must be an integer >= 1, got {depth!r}")
     for name, v in (("n_in", n_in), ("width", width), ("n_out", n_out)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        check_positive_int(v, name)
     rng = np.random.default_rng(seed)
     sizes = [n_in] + [width] * (depth - 1) + [n_out]
     weights, biases = [], []
@@ -151,10 +140,6 @@ def _labels(y, n, n_out, name="y"):
         raise ValueError(f"{name}: labels must lie in [0, {n_out}), "
                          f"got values in [{y.min()}, {y.max()}]")
     return y.astype(np.intp)
-
-
-def _is_real(v):
-    return not isinstance(v, bool) and isinstance(v, (int, float, np.integer, np.floating))
 
 
 def _training_set(mlp, X, y, x_name, y_name):
@@ -284,11 +269,11 @@ def train_mlp(mlp, X, y, X_val, y_val, epochs=30, patience=5, lr=1e-3, batch_siz
     X, y = _training_set(mlp, X, y, "X", "y")
     X_val, y_val = _training_set(mlp, X_val, y_val, "X_val", "y_val")
     epochs, batch_size, patience, decay_every = (
-        positive_int(k, v) for k, v in (("epochs", epochs), ("batch_size", batch_size),
+        check_positive_int(v, k) for k, v in (("epochs", epochs), ("batch_size", batch_size),
                                         ("patience", patience), ("decay_every", decay_every)))
-    if not _is_real(lr) or not (math.isfinite(lr) and lr > 0):
+    if not is_real_number(lr) or not (math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
-    if not _is_real(decay) or not 0 < decay <= 1:
+    if not is_real_number(decay) or not 0 < decay <= 1:
         raise ValueError(f"decay must be a number in (0, 1], got {decay!r}")
     rng = np.random.default_rng(seed)
     opt = _Adam(mlp.weights + mlp.biases, lr)

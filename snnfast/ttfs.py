@@ -34,8 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from ._config import effective_n_threads
-from ._utils import atomic_path, h5_format
-from .mlp import positive_int
+from ._utils import atomic_path, check_positive_int, h5_format, is_real_number
 
 __all__ = ["FORMAT", "TTFSNetwork", "SimResult", "convert", "operation_counts",
            "seed_v1_forward", "scaled_bias_relu", "exactness_report", "check_dt", "save", "load"]
@@ -223,8 +222,7 @@ class TTFSNetwork:
 
     def _check_options(self, dt, jitter):
         for name, v in (("dt", dt), ("jitter", jitter)):
-            if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)) \
-                    or not np.isfinite(v) or v < 0:
+            if not is_real_number(v) or not np.isfinite(v) or v < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
         check_dt(dt, self.latency)
 
@@ -277,7 +275,8 @@ class TTFSNetwork:
             raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
         # validated here: range() with a negative step would skip the kernel and return
         # the np.empty outputs, and 0 used to mean "all images"
-        step = max(len(X), 1) if batch_size is None else positive_int("batch_size", batch_size)
+        step = (max(len(X), 1) if batch_size is None
+                else check_positive_int(batch_size, "batch_size"))
         nt = effective_n_threads(n_threads)
         wt, theta, bias, w_off, u_off = self._pack(dtype)
         sizes = np.asarray(self.sizes, dtype=np.int64)
@@ -380,7 +379,7 @@ def convert(mlp, X_calib, zeta=0.5, batch_size=4096, meta=None):
         Extra provenance stored in ``net.meta``.
     """
     # checked first: a negative step would skip the calibration loop and leave X_n = 0
-    batch_size = positive_int("batch_size", batch_size)
+    batch_size = check_positive_int(batch_size, "batch_size")
     if len(X_calib) == 0:
         raise ValueError("X_calib must contain at least one input")
     net = TTFSNetwork(mlp.weights, mlp.biases, np.zeros(mlp.depth - 1), zeta)

@@ -149,62 +149,65 @@ def _version(dist):
         return "?"
 
 
+class _PeerModel:
+    """A peer's network (seeded), its Adam optimiser and noise generator, and the three
+    things the benchmark does with them."""
+
+    def __init__(self, name, threads, seed=0):
+        self.torch, make, _ = _peer(name, threads)
+        self.torch.manual_seed(seed)
+        self.gen = self.torch.Generator().manual_seed(seed)
+        self.net = make()
+        self.opt = self.torch.optim.Adam(self.net.parameters(), lr=1e-3)
+
+    def images(self, X):
+        """uint8 images (n, 784) as the float tensor (n, 1, 28, 28) in [0, 1]."""
+        return self.torch.from_numpy(X).float().div(255).reshape(-1, 1, 28, 28)
+
+    def step(self, x, y):
+        """One BPTT training step on a batch; returns its loss."""
+        self.net.train()
+        loss = self.torch.nn.functional.cross_entropy(self.net(x, self.gen), y)
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+        return loss.item()
+
+    def predict(self, X):
+        """Predicted classes of the image tensor X, in batches of EVAL_BATCH, no gradients."""
+        self.net.eval()
+        with self.torch.no_grad():
+            return self.torch.cat([self.net(X[i:i + EVAL_BATCH], self.gen).argmax(1)
+                                   for i in range(0, len(X), EVAL_BATCH)])
+
+
 def peer_runs(name, threads, data):
     """(train, infer, losses) of a peer on ``data`` = (Xtr, ytr, Xte, yte): two callables
     and the list to which each training run appends its mean loss."""
-    torch, make, _ = _peer(name, threads)
-    torch.manual_seed(0)
-    gen = torch.Generator().manual_seed(0)
-    net = make()
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    Xtr, ytr, Xte, yte = (torch.from_numpy(a) for a in data)
-    Xtr = Xtr.float().div(255).reshape(-1, 1, 28, 28)
-    Xte = Xte.float().div(255).reshape(-1, 1, 28, 28)
-    ytr = ytr.long()
+    pm = _PeerModel(name, threads)
+    Xtr, Xte = pm.images(data[0]), pm.images(data[2])
+    ytr = pm.torch.from_numpy(data[1]).long()
     losses = []
 
     def train():
-        net.train()
-        total = 0.0
-        for i in range(0, len(Xtr) - BATCH + 1, BATCH):
-            loss = torch.nn.functional.cross_entropy(net(Xtr[i:i + BATCH], gen),
-                                                     ytr[i:i + BATCH])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += loss.item()
+        total = sum(pm.step(Xtr[i:i + BATCH], ytr[i:i + BATCH])
+                    for i in range(0, len(Xtr) - BATCH + 1, BATCH))
         losses.append(total / (len(Xtr) // BATCH))
 
     def infer():
-        net.eval()
-        with torch.no_grad():
-            for i in range(0, len(Xte), EVAL_BATCH):
-                net(Xte[i:i + EVAL_BATCH], gen).argmax(1)
+        pm.predict(Xte)
     return train, infer, losses
 
 
 def peer_accuracy(name, threads, Xtr, ytr, Xte, yte, seed=0):
     """Test accuracy (%) of a peer's network after one epoch over (Xtr, ytr), shuffled."""
-    torch, make, _ = _peer(name, threads)
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    net = make()
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    X = torch.from_numpy(Xtr).float().div(255).reshape(-1, 1, 28, 28)
-    y = torch.from_numpy(ytr).long()
-    order = torch.randperm(len(X), generator=gen)
-    net.train()
+    pm = _PeerModel(name, threads, seed)
+    X, y = pm.images(Xtr), pm.torch.from_numpy(ytr).long()
+    order = pm.torch.randperm(len(X), generator=pm.gen)
     for i in range(0, len(X), BATCH):
         idx = order[i:i + BATCH]
-        loss = torch.nn.functional.cross_entropy(net(X[idx], gen), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    net.eval()
-    Xt = torch.from_numpy(Xte).float().div(255).reshape(-1, 1, 28, 28)
-    with torch.no_grad():
-        pred = torch.cat([net(Xt[i:i + EVAL_BATCH], gen).argmax(1)
-                          for i in range(0, len(Xt), EVAL_BATCH)])
+        pm.step(X[idx], y[idx])
+    pred = pm.predict(pm.images(Xte))
     return 100.0 * float((pred.numpy() == yte).mean())
 
 

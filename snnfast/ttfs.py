@@ -361,7 +361,36 @@ class TTFSNetwork:
 
 
 # ---------------------------------------------------------------------- conversion
-def convert(mlp, X_calib, zeta=0.5, batch_size=4096, meta=None):
+# Rows per calibration product. Every product has exactly this many rows (the last block is
+# padded with zeros): BLAS chooses its kernel, and so its summation order, by the operands'
+# shape, so a shape that varied with the data set's length would move X_n in the last bit
+# from one CPU or BLAS build to another.
+CALIBRATION_ROWS = 256
+
+
+def calibration_maxima(mlp, X_calib):
+    """Largest activation of each hidden layer of ``mlp`` over ``X_calib``.
+
+    The inputs are taken in fixed blocks of :data:`CALIBRATION_ROWS` rows starting at row 0,
+    each through products of one fixed shape, so the result of a block does not depend on
+    what else is in the set: the maxima of a set are the maxima over its blocks' maxima.
+    """
+    dtype = mlp.weights[0].dtype
+    n_in = mlp.sizes[0]
+    x_max = np.zeros(mlp.depth - 1)
+    block = np.zeros((CALIBRATION_ROWS, n_in), dtype)
+    for s in range(0, len(X_calib), CALIBRATION_ROWS):
+        rows = X_calib[s:s + CALIBRATION_ROWS]
+        block[:len(rows)] = rows
+        block[len(rows):] = 0
+        h = block
+        for l, (w, b) in enumerate(zip(mlp.weights[:-1], mlp.biases[:-1])):
+            h = np.maximum(h @ w.T + b, 0)
+            x_max[l] = max(x_max[l], float(h[:len(rows)].max()))
+    return x_max
+
+
+def convert(mlp, X_calib, zeta=0.5, meta=None):
     """Convert a ReLU MLP into a :class:`TTFSNetwork` (B1 identity mapping).
 
     Parameters
@@ -370,29 +399,20 @@ def convert(mlp, X_calib, zeta=0.5, batch_size=4096, meta=None):
         Trained network (any float dtype; weights are used unchanged).
     X_calib : ndarray (n, n_in)
         Calibration inputs in [0, 1] — training data, never test data. ``X_n`` is the
-        largest activation of hidden layer n over these inputs.
+        largest activation of hidden layer n over these inputs
+        (:func:`calibration_maxima`).
     zeta : float
         ``Delta_n = (1 + zeta) X_n``.
-    batch_size : int
-        Calibration inputs per forward pass (a positive integer; bounds the memory).
     meta : dict, optional
         Extra provenance stored in ``net.meta``.
     """
-    # checked first: a negative step would skip the calibration loop and leave X_n = 0
-    batch_size = check_positive_int(batch_size, "batch_size")
     if len(X_calib) == 0:
         raise ValueError("X_calib must contain at least one input")
     net = TTFSNetwork(mlp.weights, mlp.biases, np.zeros(mlp.depth - 1), zeta)
     _check_x(X_calib, net.sizes[0], "X_calib")
     # the maxima only set window lengths (with margin zeta), so the network's own
     # precision is good enough here; exactness never depends on X_n
-    dtype = mlp.weights[0].dtype
-    x_max = np.zeros(mlp.depth - 1)
-    for s in range(0, len(X_calib), batch_size):
-        h = X_calib[s:s + batch_size].astype(dtype)
-        for l, (w, b) in enumerate(zip(mlp.weights[:-1], mlp.biases[:-1])):
-            h = np.maximum(h @ w.T + b, 0)
-            x_max[l] = max(x_max[l], float(h.max()))
+    x_max = calibration_maxima(mlp, X_calib)
     info = {"mapping": "b1", "n_calibration": int(len(X_calib))}
     info.update(meta or {})
     return TTFSNetwork(mlp.weights, mlp.biases, x_max, zeta, meta=info)

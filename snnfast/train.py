@@ -232,18 +232,7 @@ def _locked_main(parser, args, run_dir, model):
               f"untouched; a lower --lr (now {cfg.lr}) may help", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        ignore_interrupts()     # more Ctrl-Cs must not cut the checkpoint write short
-        if getattr(model, "clean_stop_", False):
-            if not _write_or_report(lambda: model.save(ckpt_path, checkpoint=True,
-                                                       metrics=ckpt_metrics(model)), ckpt_path):
-                return 1
-            print(f"\ninterrupted; state saved to {ckpt_path}", file=sys.stderr)
-        else:   # a second signal may have hit mid-update: keep the last epoch's checkpoint
-            print(f"\ninterrupted hard; {ckpt_path} holds the last completed epoch (if any)",
-                  file=sys.stderr)
-        print(f"resume with: python -m snnfast.train --preset {cfg.preset} --seed {cfg.seed} "
-              f"--dataset {args.dataset} --out {run_dir} --resume", file=sys.stderr)
-        return interrupt_exit_code(getattr(model, "stop_signal_", None) or signal.SIGINT)
+        return _interrupted(model, ckpt_path, ckpt_metrics(model), args, run_dir)
     except (OSError, ValueError) as exc:    # the checkpoint write failed (disk full)
         _report_write_error(exc, ckpt_path)
         return 1
@@ -274,6 +263,30 @@ def _locked_main(parser, args, run_dir, model):
     except Exception as exc:  # plots must never lose a finished training
         print(f"warning: plots failed: {exc}", file=sys.stderr)
     return 0
+
+
+def _interrupted(model, ckpt_path, metrics, args, run_dir):
+    """After Ctrl-C/SIGTERM stopped ``fit``: write the checkpoint if the stop was clean, say
+    how to resume, and return the exit status (128 + the first signal's number)."""
+    ignore_interrupts()     # more signals must not cut the checkpoint write short
+    code = interrupt_exit_code(getattr(model, "stop_signal_", None) or signal.SIGINT)
+    if getattr(model, "clean_stop_", False):
+        if not _write_or_report(lambda: model.save(ckpt_path, checkpoint=True,
+                                                   metrics=metrics), ckpt_path):
+            return 1
+        print(f"\ninterrupted; state saved to {ckpt_path}", file=sys.stderr)
+    elif ckpt_path.exists():
+        # a second signal may have hit mid-update: the last epoch's checkpoint is kept
+        print(f"\ninterrupted hard; {ckpt_path} holds the last completed epoch",
+              file=sys.stderr)
+    else:
+        print("\ninterrupted hard before the first epoch ended; nothing was saved",
+              file=sys.stderr)
+        return code
+    c = model.config
+    print(f"resume with: python -m snnfast.train --preset {c.preset} --seed {c.seed} "
+          f"--dataset {args.dataset} --out {run_dir} --resume", file=sys.stderr)
+    return code
 
 
 def _write_or_report(write, ckpt_path):

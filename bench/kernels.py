@@ -139,6 +139,8 @@ def main(argv=None):
                     help="time with the calling thread's CPU clock (forces --threads 1): the "
                          "per-core cost, robust against other processes stealing the cores")
     args = ap.parse_args(argv)
+    from snnfast._cli import check_output_arg
+    check_output_arg(ap, "--json", args.json)   # before the measurements
     global CLOCK
     if args.cpu_time:
         CLOCK, args.threads = time.thread_time, 1

@@ -238,6 +238,8 @@ def main(argv=None):
                    "print its test accuracy (a check that the peer networks are sound; a few "
                    "minutes)")
     args = p.parse_args(argv)
+    from snnfast._cli import check_output_arg
+    check_output_arg(p, "--json", args.json)   # before the measurements
     if args.repeats < 1 or args.train_images < BATCH or args.test_images < 1:
         p.error(f"--repeats and --test-images must be >= 1, --train-images >= {BATCH}")
     from snnfast import effective_n_threads

@@ -196,6 +196,8 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="/tmp/snnfast_scaling")
     args = p.parse_args(argv)
+    from snnfast._cli import check_out_dir_arg
+    check_out_dir_arg(p, "--out", args.out, ("scaling.json", "scaling.png"))
     if args.quick:
         args.repeats, args.train_sizes, args.infer_sizes = 1, [256, 512], [256, 512, 1024]
         args.batch_sizes, args.infer_batch_sizes = [32, 128], [128, 512]

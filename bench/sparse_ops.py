@@ -197,6 +197,8 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="/tmp/snnfast_sparse_ops")
     args = p.parse_args(argv)
+    from snnfast._cli import check_out_dir_arg
+    check_out_dir_arg(p, "--out", args.out, ("sparse_ops.json", "sparse_ops.png"))
     if args.samples < 1 or args.train_limit < 1:
         p.error("--samples and --train-limit must be >= 1")
     out = Path(args.out)

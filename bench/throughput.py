@@ -131,6 +131,8 @@ def main(argv=None):
     p.add_argument("--models", nargs="*", default=[], metavar="MODEL_H5",
                    help="also measure these saved models (after the --presets)")
     args = p.parse_args(argv)
+    from snnfast._cli import check_output_arg
+    check_output_arg(p, "--json", args.json)   # before the measurements
     if args.repeats < 1:
         p.error("--repeats must be >= 1")
     if not args.presets and not args.models:

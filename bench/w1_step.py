@@ -60,6 +60,8 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
+    from snnfast._cli import check_output_arg
+    check_output_arg(p, "--json", args.json)   # before the measurements
     if args.batch < 1 or args.repeats < 1:
         p.error("--batch and --repeats must be >= 1")
     nt = effective_n_threads(args.threads)

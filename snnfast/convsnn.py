@@ -52,9 +52,9 @@ import numpy as np
 
 from . import convsnn_numpy as cnp
 from ._config import effective_n_threads
-from ._utils import _json_default, atomic_path, h5_format, is_real_number
+from ._utils import _json_default, array_digest, atomic_h5, h5_format, is_real_number
 
-__all__ = ["ConvSNN", "ConvSNNConfig", "PRESETS", "FORMAT_VERSION", "check_params"]
+__all__ = ["ConvSNN", "ConvSNNConfig", "PRESETS", "FORMAT_VERSION", "check_params", "check_lif"]
 
 FORMAT_VERSION = "convsnn-1"
 EVAL_EPOCH = cnp.EVAL_EPOCH
@@ -66,10 +66,22 @@ _CHOICES = {"reset_c": ("zero",), "reset_h": ("halve", "subtract", "zero"),
             "init": ("reference", "scaled"), "preset": ("seed", "default", "nir")}
 
 
-def check_params(params):
+# Limits of a sane model. Weights: trained ConvSNN weights are O(1) (the LIF thresholds are
+# 0.8 and a neuron sees at most T = 10 spikes per input per sample); a weight of 1e4 already
+# fires a neuron from one spike thousands of times over, so a larger one is a damaged file
+# (a flipped exponent bit gives values like 1e29), not a model. Batches: a training step
+# holds ~100 KB per image (dense spike trains and rates of every layer), so 4096 images are
+# ~0.5 GB; larger batches are refused rather than left to exhaust the memory.
+MAX_ABS_WEIGHT = 1e4
+MAX_BATCH_SIZE = 4096
+MAX_EPOCHS = 10_000
+
+
+def check_params(params, max_abs=MAX_ABS_WEIGHT):
     """Validate the six canonical parameter arrays; return float32 C-contiguous copies.
 
-    Raises ``ValueError`` naming the array for a missing key, a wrong shape or NaN/inf.
+    Raises ``ValueError`` naming the array for a missing key, a wrong shape, NaN/inf or
+    (unless ``max_abs`` is None) a magnitude above ``max_abs`` (:data:`MAX_ABS_WEIGHT`).
     """
     out = {}
     for k, shape in PARAM_SHAPES.items():
@@ -80,12 +92,57 @@ def check_params(params):
             raise ValueError(f"parameter {k} must have shape {shape}, got {a.shape}")
         if not np.isfinite(a).all():
             raise ValueError(f"parameter {k} contains NaN or infinite values")
+        if max_abs is not None and np.abs(a).max() > max_abs:
+            raise ValueError(f"parameter {k} has a value of magnitude {np.abs(a).max():.3g}, "
+                             f"beyond the sane range +-{max_abs:g} of a ConvSNN weight")
         out[k] = np.array(a, dtype=np.float32, order="C")
     return out
 
 
+def check_lif(beta, thr, name=""):
+    """ValueError unless ``beta`` (a LIF decay) is in [0, 1) and ``thr`` (its threshold) > 0.
+
+    A negative decay flips the membrane's sign every step, ``beta >= 1`` never forgets (and
+    has no time constant ``dt / (1 - beta)``), and a threshold <= 0 fires without input.
+    ``name`` is the layer's suffix in the config (``"_c"``, ``"_h"``) for the message.
+    """
+    if not 0 <= beta < 1:
+        raise ValueError(f"beta{name} (the LIF decay) must be in [0, 1), got {beta!r}")
+    if not thr > 0:
+        raise ValueError(f"thr{name} (the LIF threshold) must be > 0, got {thr!r}")
+
+
 class _NotConvSNN(Exception):
-    """Raised inside :meth:`ConvSNN.load` for a readable file of another format."""
+    """Raised inside :meth:`ConvSNN.load` for a readable file of another format, or one whose
+    arrays do not match their digests (its message is then the whole explanation)."""
+
+
+# Each array of a model file carries the SHA-256 of its dtype, shape and bytes (attribute
+# DIGEST_ATTR); the file attribute DIGESTS_ATTR says that it does, so that an array that
+# lost its digest is refused too. Files written before digests existed have neither, and
+# load unchecked (the format version "convsnn-1" is unchanged).
+DIGEST_ATTR = "sha256"
+DIGESTS_ATTR = "array_digests"
+
+
+def _put(group, name, a):
+    """Create the dataset ``name`` in ``group`` holding ``a``, with its digest."""
+    group.create_dataset(name, data=a).attrs[DIGEST_ATTR] = array_digest(np.asarray(a))
+
+
+def _get(dset, verify):
+    """The array of ``dset``, checked against its digest if ``verify``."""
+    a = np.array(dset)
+    if verify:
+        want = dset.attrs.get(DIGEST_ATTR)
+        want = want.decode() if isinstance(want, bytes) else want
+        if want is None:
+            raise _NotConvSNN(f"array {dset.name} has no digest although the file records "
+                              "one for every array: the file was altered")
+        if array_digest(a) != want:
+            raise _NotConvSNN(f"array {dset.name} does not match its SHA-256 digest: the "
+                              "file is damaged (e.g. a flipped byte); it is not used")
+    return a
 
 
 def _check_state(st):
@@ -102,7 +159,8 @@ def _check_state(st):
         for which in ("m", "v"):
             if set(st["opt"][which]) != set(PARAM_SHAPES):
                 raise ValueError(f"optimizer state {which} holds {sorted(st['opt'][which])}")
-            moments = _checked(check_params, st["opt"][which], f"optimizer state {which}")
+            moments = _checked(lambda p: check_params(p, max_abs=None), st["opt"][which],
+                               f"optimizer state {which}")
             if which == "v" and any((a < 0).any() for a in moments.values()):
                 raise ValueError("optimizer state v (a mean of squares) has negative values")
             st["opt"][which] = moments
@@ -213,7 +271,15 @@ class ConvSNNConfig:
         if self.reseeded_noise and self.preset != "seed":
             raise ValueError("reseeded_noise reproduces the seed preset's reference code; it "
                              "applies to preset 'seed' only")
+        if self.epochs > MAX_EPOCHS:
+            raise ValueError(f"epochs must be <= {MAX_EPOCHS}, got {self.epochs!r}")
+        for name in ("batch_size", "eval_batch_size"):
+            if getattr(self, name) > MAX_BATCH_SIZE:
+                raise ValueError(f"{name} must be <= {MAX_BATCH_SIZE} images (a step holds "
+                                 f"~100 KB per image), got {getattr(self, name)!r}")
         self._check_floats()
+        check_lif(self.beta_c, self.thr_c, "_c")
+        check_lif(self.beta_h, self.thr_h, "_h")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
         if self.eps <= 0:
@@ -810,20 +876,24 @@ class ConvSNN:
         opt.m, opt.v, opt.t = o["m"], o["v"], o["t"] - 1
         opt.step(self._p, grads, lr)
 
-    def _install_sigint(self):
-        """Turn Ctrl-C into a request honoured between batches (state stays consistent)."""
+    def _install_stop_handlers(self):
+        """Turn Ctrl-C and SIGTERM into a request honoured between batches (state stays
+        consistent); returns the previous handlers (None outside the main thread)."""
         import signal
         import threading
         self._stop = False
+        self.stop_signal_ = None
         if threading.current_thread() is not threading.main_thread():
             return None
-        old = signal.getsignal(signal.SIGINT)
+        old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
 
         def handler(signum, frame):
-            if self._stop:            # second Ctrl-C: stop at once
+            if self._stop:            # a second signal: stop at once
                 raise KeyboardInterrupt
             self._stop = True
-        signal.signal(signal.SIGINT, handler)
+            self.stop_signal_ = signum
+        for s in old:
+            signal.signal(s, handler)
         return old
 
     def fit(self, X, y, X_val=None, y_val=None, epochs=None, callback=None, sample_ids=None,
@@ -843,8 +913,10 @@ class ConvSNN:
         verbose : bool, a tqdm bar per epoch
         restore_best : bool, end with the best-validation weights (if a validation set)
 
-        Ctrl-C stops at the next batch boundary with a consistent state and raises
-        KeyboardInterrupt; :meth:`save` with ``checkpoint=True`` then allows an exact resume.
+        Ctrl-C or SIGTERM stops at the next batch boundary with a consistent state
+        (``clean_stop_`` True, the signal in ``stop_signal_``) and raises KeyboardInterrupt;
+        :meth:`save` with ``checkpoint=True`` then allows an exact resume. A second signal
+        raises KeyboardInterrupt at once (``clean_stop_`` False: the state may be mid-update).
         Training accuracy/loss come from the training forward passes themselves (on the
         augmented images, with the weights of that moment), not from a second pass.
 
@@ -872,7 +944,7 @@ class ConvSNN:
         n_batches = -(-N // bs)
         total = max(1, epochs * n_batches)
         self.clean_stop_ = False
-        old_handler = self._install_sigint()
+        old_handlers = self._install_stop_handlers()
         try:
             with self._blas():
                 for epoch in range(self.epoch_, epochs):
@@ -886,9 +958,10 @@ class ConvSNN:
                         if extra:
                             m.update(extra)
         finally:
-            if old_handler is not None:
+            if old_handlers is not None:
                 import signal
-                signal.signal(signal.SIGINT, old_handler)
+                for sig, h in old_handlers.items():
+                    signal.signal(sig, signal.SIG_DFL if h is None else h)
         if restore_best and have_val and self._best is not None:
             self.set_params(self._best["params"])
         return self
@@ -991,36 +1064,45 @@ class ConvSNN:
         (JSON). With ``checkpoint=True`` also the optimiser state (moments in canonical
         layout), step/epoch counters, the best-validation weights and a mid-epoch position,
         so that :meth:`load` + :meth:`fit` continue exactly where training stopped.
+        Every array carries the SHA-256 digest of its bytes (attribute ``sha256``), which
+        :meth:`load` checks.
+
+        Raises
+        ------
+        ValueError
+            If ``path`` is a directory, a special file or a symbolic link (never replaced).
+        OSError
+            One line naming ``path`` if the write fails (disk full); an existing ``path``
+            is then untouched and no temporary file remains.
         """
-        import h5py
         from pathlib import Path
         from . import __version__
         if Path(path).is_dir():
             raise ValueError(f"{path} is a directory, not a file name")
         # NumPy scalars in metrics are common (accuracies computed with NumPy)
         metrics = json.dumps(metrics or {}, default=_json_default)
-        with atomic_path(path, suffix=".h5.tmp") as tmp:
-            with h5py.File(tmp, "w") as f:
-                f.attrs["snnfast_format"] = FORMAT_VERSION
-                f.attrs["snnfast_version"] = __version__
-                f.attrs["kind"] = "checkpoint" if checkpoint else "model"
-                f.attrs["preset"] = self.config.preset
-                f.attrs["config"] = json.dumps(self.config.to_dict())
-                f.attrs["metrics"] = metrics
-                f.attrs["history"] = json.dumps(self.history_)
-                f.attrs["epoch"] = self.epoch_
-                f.attrs["step"] = self.step_
-                g = f.create_group("params")
-                for k, v in self.params.items():
-                    g.create_dataset(k, data=v)
-                if checkpoint:
-                    self._save_state(f)
+        with atomic_h5(path) as f:
+            f.attrs["snnfast_format"] = FORMAT_VERSION
+            f.attrs["snnfast_version"] = __version__
+            f.attrs["kind"] = "checkpoint" if checkpoint else "model"
+            f.attrs["preset"] = self.config.preset
+            f.attrs["config"] = json.dumps(self.config.to_dict())
+            f.attrs["metrics"] = metrics
+            f.attrs["history"] = json.dumps(self.history_)
+            f.attrs["epoch"] = self.epoch_
+            f.attrs["step"] = self.step_
+            f.attrs[DIGESTS_ATTR] = "sha256 of dtype, shape and bytes, per array"
+            g = f.create_group("params")
+            for k, v in self.params.items():
+                _put(g, k, v)
+            if checkpoint:
+                self._save_state(f)
 
     def _save_state(self, f):
         if self._ema is not None:           # "params" holds the average; keep the raw ones too
             g = f.create_group("train_params")
             for k, v in self._canonical(self._p).items():
-                g.create_dataset(k, data=v)
+                _put(g, k, v)
         if self._opt is not None:
             o = f.create_group("optimizer")
             o.attrs["t"] = self._opt["t"]
@@ -1029,13 +1111,13 @@ class ConvSNN:
                 for k, v in self._opt[which].items():
                     if k == "W1b":
                         k, v = "W1", self._K.from_blocked(v)
-                    grp.create_dataset(k, data=v)
+                    _put(grp, k, v)
         if self._best is not None:
             b = f.create_group("best")
             b.attrs["val_acc"] = self._best["val_acc"]
             b.attrs["epoch"] = self._best["epoch"]
             for k, v in self._best["params"].items():
-                b.create_dataset(k, data=v)
+                _put(b, k, v)
         f.attrs["partial"] = json.dumps(self._partial)
 
     @classmethod
@@ -1045,8 +1127,10 @@ class ConvSNN:
         Raises
         ------
         ValueError
-            naming the file, if it is missing, not HDF5, truncated/corrupt, or not a
-            ``convsnn-1`` file.
+            naming the file, if it is missing, not HDF5, truncated/corrupt, not a
+            ``convsnn-1`` file, if an array does not match its digest (files written before
+            digests existed have none and are read unchecked), or if its content is invalid
+            (the configuration, a weight beyond :data:`MAX_ABS_WEIGHT`, ...).
         """
         import h5py
         from pathlib import Path
@@ -1064,13 +1148,15 @@ class ConvSNN:
                 cfg = json.loads(f.attrs["config"])
                 if not isinstance(cfg, dict):
                     raise ValueError(f"config is a JSON {type(cfg).__name__}, not an object")
-                params = {k: np.array(f["params"][k]) for k in PARAM_SHAPES}
-                state = cls._read_state(f)
+                verify = DIGESTS_ATTR in f.attrs
+                params = {k: _get(f["params"][k], verify) for k in PARAM_SHAPES}
+                state = cls._read_state(f, verify)
                 if "train_params" in f:
                     state["ema"] = params
-                    params = {k: np.array(f["train_params"][k]) for k in PARAM_SHAPES}
+                    params = {k: _get(f["train_params"][k], verify) for k in PARAM_SHAPES}
         except _NotConvSNN as exc:
-            raise ValueError(str(exc)) from None
+            msg = str(exc)
+            raise ValueError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
         except Exception as exc:      # h5py raises OSError/KeyError/... for damaged files
             raise ValueError(f"{path}: cannot read ConvSNN model ({type(exc).__name__}: {exc})") \
                 from None
@@ -1086,7 +1172,7 @@ class ConvSNN:
         return model
 
     @staticmethod
-    def _read_state(f):
+    def _read_state(f, verify=False):
         st = {"ema": None, "history": json.loads(f.attrs.get("history", "[]")),
               "metrics": json.loads(f.attrs.get("metrics", "{}")),
               "epoch": int(f.attrs.get("epoch", 0)), "step": int(f.attrs.get("step", 0)),
@@ -1094,12 +1180,12 @@ class ConvSNN:
         if "optimizer" in f:
             o = f["optimizer"]
             st["opt"] = {"t": int(o.attrs["t"]),
-                         "m": {k: np.array(o["m"][k]) for k in o["m"]},
-                         "v": {k: np.array(o["v"][k]) for k in o["v"]}}
+                         "m": {k: _get(o["m"][k], verify) for k in o["m"]},
+                         "v": {k: _get(o["v"][k], verify) for k in o["v"]}}
         if "best" in f:
             b = f["best"]
             st["best"] = {"val_acc": float(b.attrs["val_acc"]), "epoch": int(b.attrs["epoch"]),
-                          "params": {k: np.array(b[k]) for k in PARAM_SHAPES}}
+                          "params": {k: _get(b[k], verify) for k in PARAM_SHAPES}}
         return st
 
     def _restore_state(self, st):

@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import convsnn_numpy as cnp
-from ._cli import output_file_error
+from ._cli import check_output_arg, exits_cleanly_on_interrupt
 from ._utils import h5_format, write_json
 
 __all__ = [
@@ -1079,8 +1079,14 @@ def _replay_note(checks):
             f"disagrees on {' and '.join(parts)}")
 
 
+@exits_cleanly_on_interrupt
 def main(argv=None):
-    """``python -m snnfast.energy MODEL.h5 [--preset P] [--samples N] [--json OUT]``."""
+    """``python -m snnfast.energy MODEL.h5 [--preset P] [--samples N] [--json OUT]``.
+
+    Exit status: 0 done, 1 when the model, the data or the ``--json`` write fails (disk
+    full), 2 for bad arguments (``--json`` is checked before the analysis), 130/143 after
+    Ctrl-C/SIGTERM.
+    """
     p = argparse.ArgumentParser(prog="python -m snnfast.energy",
                                 description="NeuroBench-style operation counts and energy estimate "
                                             "of a saved Conv-SNN or TTFS model.")
@@ -1103,10 +1109,8 @@ def main(argv=None):
         p.error("--threads must not be 0")
     if os.path.isdir(args.model):
         p.error(f"{args.model} is a directory, not a model file")
-    if args.json:      # checked before the analysis, which can take minutes
-        err = output_file_error(args.json, inputs=[args.model])
-        if err:
-            p.error(f"--json: {err}")
+    # checked before the analysis, which can take minutes
+    check_output_arg(p, "--json", args.json, inputs=[args.model])
     try:
         out = analyse_file(args.model, args.preset, args.samples, args.dataset, args.data_dir,
                            args.threads, binary_scope=args.binary_scope)
@@ -1124,10 +1128,15 @@ def main(argv=None):
             extra = "; " + _replay_note(checks)
         print(f"check: executed counts (kernels/simulator) == NumPy recount: {checks['match']}{extra}")
     if args.json:
-        write_json(args.json, out)
+        try:
+            write_json(args.json, out)
+        except (OSError, ValueError) as exc:    # a full disk; a special file made meanwhile
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         print(f"wrote {args.json}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from ._cli import run_program
+    sys.exit(run_program(main))

@@ -34,6 +34,7 @@ float64 and rounded once to float32 (exact in real arithmetic, not bit for bit).
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 import warnings
@@ -41,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._utils import atomic_path
+from ._utils import atomic_write_bytes
 
 __all__ = [
     "NIRExportWarning", "to_nir", "from_nir", "graph_to_spec", "inexpressible_features",
@@ -206,9 +207,9 @@ def check_dt(dt, config):
 
 
 def _lif(shape, beta, thr, dt, fold_gain, meta):
+    from .convsnn import check_lif
     beta = float(beta)
-    if not 0.0 <= beta < 1.0:
-        raise ValueError(f"NIR export needs a decay 0 <= beta < 1, got {beta!r}")
+    check_lif(beta, float(thr))     # the model's own rule (tau = dt/(1-beta) needs beta < 1)
     import nir
     full = lambda x: np.full(shape, x, dtype=np.float64)  # noqa: E731
     tau = dt / (1.0 - beta)
@@ -335,11 +336,11 @@ def to_nir(model, path=None, dt=_DEFAULT_DT, fold_gain=False):
         warnings.warn(f"NIR export of preset {cfg.get('preset', '?')!r} is not exact; NIR cannot "
                       f"express:\n{lines}", NIRExportWarning, stacklevel=2)
     if path is not None:
-        with atomic_path(path, suffix=".nir.tmp") as tmp:
-            nir.write(tmp, graph)
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)   # mkstemp creates 0600; give the usual file mode
+        # built in memory, then written by one plain write: a full disk is a clean OSError
+        # (HDF5 writing to the disk itself left objects open: a segfault at exit)
+        buf = io.BytesIO()
+        nir.write(buf, graph)
+        atomic_write_bytes(path, buf.getbuffer(), suffix=".nir.tmp")
     return graph
 
 

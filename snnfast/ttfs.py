@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from ._config import effective_n_threads
-from ._utils import atomic_path, check_positive_int, h5_format, is_real_number
+from ._utils import atomic_h5, check_positive_int, h5_format, is_real_number
 
 __all__ = ["FORMAT", "TTFSNetwork", "SimResult", "convert", "operation_counts",
            "seed_v1_forward", "scaled_bias_relu", "exactness_report", "check_dt", "save", "load"]
@@ -558,33 +558,30 @@ def save(net, path, results=None, stats=None):
     (``W1..``, ``b1..``), ``windows`` (``t_min``, ``t_max``, ``delta``, ``x_max``),
     ``thresholds`` (``theta1..``), ``stats``.
     """
-    import h5py
-
     from . import __version__
     path = Path(path)
-    with atomic_path(path, suffix=".h5.tmp") as tmp:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["snnfast_format"] = FORMAT
-            f.attrs["snnfast_version"] = __version__
-            f.attrs["zeta"] = net.zeta
-            f.attrs["tau_c"] = TAU_C
-            f.attrs["depth"] = net.depth
-            f.attrs["meta"] = json.dumps(net.meta)
-            f.attrs["results"] = json.dumps(results or {})
-            g = f.create_group("relu")
-            for l, (w, b) in enumerate(zip(net.weights, net.biases), 1):
-                g.create_dataset(f"W{l}", data=w)
-                g.create_dataset(f"b{l}", data=b)
-            g = f.create_group("windows")
-            for name, v in (("t_min", net.t_min), ("t_max", net.t_max),
-                            ("delta", net.deltas), ("x_max", net.x_max)):
-                g.create_dataset(name, data=v)
-            g = f.create_group("thresholds")
-            for l, th in enumerate(net.thresholds, 1):
-                g.create_dataset(f"theta{l}", data=th)
-            g = f.create_group("stats")
-            for k, v in (stats or {}).items():
-                g.create_dataset(k, data=np.asarray(v))
+    with atomic_h5(path) as f:
+        f.attrs["snnfast_format"] = FORMAT
+        f.attrs["snnfast_version"] = __version__
+        f.attrs["zeta"] = net.zeta
+        f.attrs["tau_c"] = TAU_C
+        f.attrs["depth"] = net.depth
+        f.attrs["meta"] = json.dumps(net.meta)
+        f.attrs["results"] = json.dumps(results or {})
+        g = f.create_group("relu")
+        for l, (w, b) in enumerate(zip(net.weights, net.biases), 1):
+            g.create_dataset(f"W{l}", data=w)
+            g.create_dataset(f"b{l}", data=b)
+        g = f.create_group("windows")
+        for name, v in (("t_min", net.t_min), ("t_max", net.t_max),
+                        ("delta", net.deltas), ("x_max", net.x_max)):
+            g.create_dataset(name, data=v)
+        g = f.create_group("thresholds")
+        for l, th in enumerate(net.thresholds, 1):
+            g.create_dataset(f"theta{l}", data=th)
+        g = f.create_group("stats")
+        for k, v in (stats or {}).items():
+            g.create_dataset(k, data=np.asarray(v))
     return path
 
 

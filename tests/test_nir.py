@@ -722,7 +722,7 @@ def test_cli_refuses_to_overwrite_the_input_model(tmp_path, capsys):
     for out in (src, tmp_path / "sub" / ".." / "model.h5", tmp_path / "link.h5"):
         assert export.main([str(src), str(out)]) == 2
         err = capsys.readouterr().err
-        assert err.startswith("error: ") and "is the input model" in err and err.count("\n") == 1
+        assert err.startswith("error: ") and "is the input file" in err and err.count("\n") == 1
     assert src.read_bytes() == raw
     assert ConvSNN.load(src).params.keys() == _params().keys()
     out = tmp_path / "out.nir"

@@ -35,3 +35,20 @@ def test_sdist_has_sources_and_no_build_outputs(tmp_path):
     outputs = sorted(n for n in names if n.endswith((".c", ".so", ".pyc"))
                      or n == "snnfast/_build_info.py")
     assert not outputs, f"build outputs in the sdist: {outputs}"
+
+
+@pytest.mark.skipif(not (ROOT / "setup.py").exists(), reason="needs the source checkout")
+def test_installed_files_include_subpackages_and_preset_files(tmp_path):
+    # build_py copies what an install or a wheel gets (the Python files and package data)
+    # without compiling the extensions
+    pytest.importorskip("Cython", reason="the test extras install Cython (setup.py needs it)")
+    res = subprocess.run([sys.executable, "setup.py", "-q", "build_py", "--build-lib",
+                          str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "Package would be ignored" not in res.stderr
+    built = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()}
+    expected = {p.relative_to(ROOT).as_posix() for pat in
+                ("snnfast/*.py", "snnfast/*/*.py", "snnfast/network/presets/*.toml")
+                for p in ROOT.glob(pat)} - {"snnfast/_build_info.py"}
+    assert {"snnfast/network/presets/seed.toml", "snnfast/reference/forward.py"} <= expected
+    assert not expected - built, f"not installed: {sorted(expected - built)}"

@@ -140,12 +140,16 @@ def _rows(layer, weight, in_shape, idx):
     return rows.reshape(len(idx), O * OH * OW), taps * O
 
 
-def _accumulate(acc, rows, coefs):
-    """``acc + sum_e coefs[e] * rows[e]`` added one event at a time, in float32."""
-    if not len(rows):
-        return acc
-    terms = rows * coefs[:, None].astype(np.float32)
-    return np.cumsum(np.concatenate([acc[None], terms]), axis=0, dtype=np.float32)[-1]
+def _accumulate(layer, weight, in_shape, acc, idx, coefs, chunk=256):
+    """``acc + sum_e coefs[e] * row(idx[e])`` added one event at a time in float32, and the
+    events' synaptic operations. Rows are built ``chunk`` events at a time (bounded memory)."""
+    ops = 0
+    for i in range(0, len(idx), chunk):
+        rows, fan = _rows(layer, weight, in_shape, idx[i:i + chunk])
+        terms = rows * coefs[i:i + chunk, None].astype(np.float32)
+        acc = np.cumsum(np.concatenate([acc[None], terms]), axis=0, dtype=np.float32)[-1]
+        ops += int(fan.sum())
+    return acc, ops
 
 
 def synapse(layer, weight, bias, x):
@@ -153,10 +157,10 @@ def synapse(layer, weight, bias, x):
     inputs in ascending index order; float32 output (flat), plus its synaptic operations."""
     flat = np.asarray(x, np.float32).reshape(-1)
     idx = np.flatnonzero(flat)
-    rows, fan = _rows(layer, weight, np.shape(x), idx)
-    n_out = rows.shape[1] if len(idx) else _n_out(layer, weight, np.shape(x))
-    acc = _accumulate(np.zeros(n_out, np.float32), rows, flat[idx])
-    return _add_conv_bias(layer, acc[None], bias, (n_out,))[0], int(fan.sum())
+    n_out = _n_out(layer, weight, np.shape(x))
+    acc, ops = _accumulate(layer, weight, np.shape(x), np.zeros(n_out, np.float32), idx,
+                           flat[idx])
+    return _add_conv_bias(layer, acc[None], bias, (n_out,))[0], ops
 
 
 def _n_out(layer, weight, in_shape):
@@ -232,8 +236,7 @@ class _Stage:
     def _add(self, acc, idx, coefs):
         """``acc`` plus the events (input index, value), in order; and their synaptic
         operations."""
-        rows, fan = _rows(self.syn, self.w, self.syn_in, idx)
-        return _accumulate(acc, rows, coefs), fan.sum()
+        return _accumulate(self.syn, self.w, self.syn_in, acc, idx, coefs)
 
     def _lif(self, cur):
         n = self.neuron

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["atomic_path", "atomic_write_bytes", "write_json", "file_lock", "check_array",
-           "check_disjoint", "check_positive_int", "is_real_number", "h5_format"]
+           "check_disjoint", "check_named_arrays", "check_positive_int", "is_real_number",
+           "h5_format"]
 
 
 @contextlib.contextmanager
@@ -140,6 +141,27 @@ def check_array(a, name, dtype, ndim=None, shape=None, finite=False, contiguous=
     if finite and a.dtype.kind == "f" and not np.isfinite(a).all():
         raise ValueError(f"{name} contains NaN or infinite values")
     return a
+
+
+def check_named_arrays(arrays, shapes, what):
+    """Validate named arrays (a model's weights): float32 C-contiguous copies of each.
+
+    ``shapes`` maps each expected name to its shape; raises ``ValueError`` naming the array
+    (``f"{what} {name}"``) for a missing one, a wrong shape or NaN/inf.
+    """
+    out = {}
+    for k, shape in shapes.items():
+        if k not in arrays:
+            raise ValueError(f"missing {what} {k!r}")
+        a = np.asarray(arrays[k])
+        if a.shape != tuple(shape):
+            raise ValueError(f"{what} {k} must have shape {tuple(shape)}, got {a.shape}")
+        if a.dtype.kind not in "iuf":
+            raise ValueError(f"{what} {k} must hold real numbers, got dtype {a.dtype}")
+        if not np.isfinite(a).all():
+            raise ValueError(f"{what} {k} contains NaN or infinite values")
+        out[k] = np.array(a, dtype=np.float32, order="C")
+    return out
 
 
 def check_disjoint(written, read=None):

@@ -56,7 +56,7 @@ import numpy as np
 
 from . import convsnn_numpy as cnp
 from ._config import effective_n_threads
-from ._utils import _json_default, atomic_path, h5_format, is_real_number
+from ._utils import _json_default, atomic_path, check_named_arrays, h5_format, is_real_number
 from .network import PRESET_NAMES, load_preset
 
 __all__ = ["ConvSNN", "ConvSNNConfig", "PRESETS", "FORMAT_VERSION", "check_params"]
@@ -80,7 +80,7 @@ N_HID, N_OUT = PARAM_SHAPES["W2"]                               # hidden neurons
 _CHOICES = {"reset_c": ("zero",), "reset_h": ("halve", "subtract", "zero"),
             "drive": ("cumulative", "window"), "rate_norm": ("T", "updates"),
             "trainer": ("reference", "surrogate"), "lr_schedule": ("step", "onecycle", "constant"),
-            "init": ("reference", "scaled"), "preset": ("seed", "default", "nir")}
+            "init": ("reference", "scaled"), "preset": PRESET_NAMES}
 
 
 def check_params(params):
@@ -88,17 +88,7 @@ def check_params(params):
 
     Raises ``ValueError`` naming the array for a missing key, a wrong shape or NaN/inf.
     """
-    out = {}
-    for k, shape in PARAM_SHAPES.items():
-        if k not in params:
-            raise ValueError(f"missing parameter {k!r}")
-        a = np.asarray(params[k])
-        if a.shape != shape:
-            raise ValueError(f"parameter {k} must have shape {shape}, got {a.shape}")
-        if not np.isfinite(a).all():
-            raise ValueError(f"parameter {k} contains NaN or infinite values")
-        out[k] = np.array(a, dtype=np.float32, order="C")
-    return out
+    return check_named_arrays(params, PARAM_SHAPES, "parameter")
 
 
 class _NotConvSNN(Exception):

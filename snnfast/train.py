@@ -20,6 +20,7 @@ import numpy as np
 
 from ._cli import nonneg_int, positive_float, positive_int, run_dir_error
 from ._utils import write_json
+from .network import PRESET_NAMES
 
 __all__ = ["main", "build_parser"]
 
@@ -27,7 +28,7 @@ __all__ = ["main", "build_parser"]
 def build_parser():
     p = argparse.ArgumentParser(prog="python -m snnfast.train",
                                 description="Train a convolutional spiking network (snnfast).")
-    p.add_argument("--preset", choices=("default", "seed", "nir"), default="default",
+    p.add_argument("--preset", choices=PRESET_NAMES, default="default",
                    help="model/training preset (default: %(default)s)")
     p.add_argument("--epochs", type=positive_int, default=None,
                    help="epochs (default: the preset's, 15 for default/nir, 30 for seed)")

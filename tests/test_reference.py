@@ -374,13 +374,15 @@ def _tiny_weights():
 
 
 @pytest.mark.parametrize("weights, inputs, exc, match", [
-    ({}, np.zeros((1, 16), np.uint8), ValueError, r"weights misses 'conv2d0\.weight'"),
+    ({}, np.zeros((1, 16), np.uint8), ValueError, r"missing weight 'conv2d0\.weight'"),
     (dict(_tiny_weights(), extra=np.ones(1)), np.zeros((1, 16), np.uint8), ValueError,
      "does not: extra"),
     (dict(_tiny_weights(), **{"linear4.weight": np.ones((8, 3))}), np.zeros((1, 16), np.uint8),
-     ValueError, r"weights\['linear4\.weight'\] must have shape \(8, 2\), got \(8, 3\)"),
+     ValueError, r"weight linear4\.weight must have shape \(8, 2\), got \(8, 3\)"),
     (dict(_tiny_weights(), **{"conv2d0.bias": np.array([1, np.nan])}),
-     np.zeros((1, 16), np.uint8), ValueError, "finite"),
+     np.zeros((1, 16), np.uint8), ValueError, "weight conv2d0.bias contains NaN"),
+    (dict(_tiny_weights(), **{"conv2d0.bias": np.array(["a", "b"])}),
+     np.zeros((1, 16), np.uint8), ValueError, "weight conv2d0.bias must hold real numbers"),
     (_tiny_weights(), np.zeros((1, 15), np.uint8), ValueError,
      r"inputs must have shape \(N, 1, 4, 4\) or \(N, 16\)"),
     (_tiny_weights(), np.zeros((1, 16), np.float32), ValueError, "must be uint8 images"),

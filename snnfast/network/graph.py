@@ -316,23 +316,27 @@ def _named(layers):
 def _build_layer(i, d):
     if not isinstance(d, dict):
         raise ConfigError(f"layer {i}: must be a table/object, got {d!r}")
-    d = dict(d)
-    type_name, name = d.pop("type", None), d.pop("name", None)
-    if type_name not in LAYER_TYPES:
-        raise ConfigError(f"{_where(i, _str_or_none(name), type_name)}: type "
-                          f"{'is required' if type_name is None else f'{type_name!r} is unknown'}"
-                          f" (known: {', '.join(LAYER_TYPES)})")
+    name = d.get("name")
     if name is not None and (not isinstance(name, str) or not _NAME.match(name)):
-        raise ConfigError(f"layer {i} ({type_name}): name must be an identifier (letters, "
+        raise ConfigError(f"layer {i} ({d.get('type')}): name must be an identifier (letters, "
                           f"digits, _), got {name!r}")
+    return _build(LAYER_TYPES, d, None, lambda type_name: _where(i, name, type_name))
+
+
+def _build(types, d, default_type, where):
+    """A layer or encoder from its table ``d`` (``type``, optional ``name``, fields);
+    ``where(type name)`` starts the error messages."""
+    d = dict(d)
+    type_name = d.pop("type", default_type)
+    name = d.pop("name", None)
+    if type_name not in types:
+        raise ConfigError(f"{where(type_name)}: type "
+                          f"{'is required' if type_name is None else f'{type_name!r} is unknown'}"
+                          f" (known: {', '.join(types)})")
     try:
-        return LAYER_TYPES[type_name]._build(d, name)
+        return types[type_name]._build(d, name)
     except _FieldError as exc:
-        raise ConfigError(f"{_where(i, name, type_name)}: {exc.field} {exc}") from None
-
-
-def _str_or_none(v):
-    return v if isinstance(v, str) else None
+        raise ConfigError(f"{where(type_name)}: {exc.field} {exc}") from None
 
 
 def _encoder_dict(enc):
@@ -344,12 +348,8 @@ def _encoder_dict(enc):
 def _build_encoder(d):
     if not isinstance(d, dict):
         raise ConfigError(f"encoder: must be a table/object, got {d!r}")
-    d = dict(d)
-    type_name = d.pop("type", "Hybrid")
-    if type_name not in ENCODER_TYPES:
-        raise ConfigError(f"encoder: type {type_name!r} is unknown (known: "
-                          f"{', '.join(ENCODER_TYPES)})")
-    try:
-        return ENCODER_TYPES[type_name]._build(d, None)
-    except _FieldError as exc:
-        raise ConfigError(f"encoder ({type_name}): {exc.field} {exc}") from None
+    if "name" in d:
+        raise ConfigError("encoder: name is not a field of an encoder")
+    return _build(ENCODER_TYPES, d, "Hybrid",
+                  lambda type_name: "encoder" if type_name not in ENCODER_TYPES
+                  else f"encoder ({type_name})")

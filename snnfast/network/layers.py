@@ -199,6 +199,11 @@ def _window_out(size, kernel, stride, padding, field, axis):
 
 
 # ----------------------------------------------------------------------------- synapses
+def _synapse_params(weight_shape, n_out, bias):
+    """A synaptic layer's arrays: ``weight`` and, with ``bias``, a bias per output."""
+    return {"weight": weight_shape, "bias": (n_out,)} if bias else {"weight": weight_shape}
+
+
 class Conv2d(Layer):
     """2-D convolution (cross-correlation, PyTorch's convention), no dilation or groups.
 
@@ -232,10 +237,8 @@ class Conv2d(Layer):
                 _window_out(W, kw, sw, pw, "kernel_size", "width"))
 
     def param_shapes(self, in_shape):
-        shapes = {"weight": (self.out_channels, in_shape[0]) + self.kernel_size}
-        if self.bias:
-            shapes["bias"] = (self.out_channels,)
-        return shapes
+        return _synapse_params((self.out_channels, in_shape[0]) + self.kernel_size,
+                               self.out_channels, self.bias)
 
 
 class Linear(Layer):
@@ -265,10 +268,7 @@ class Linear(Layer):
         return (self.out_features,)
 
     def param_shapes(self, in_shape):
-        shapes = {"weight": (in_shape[0], self.out_features)}
-        if self.bias:
-            shapes["bias"] = (self.out_features,)
-        return shapes
+        return _synapse_params((in_shape[0], self.out_features), self.out_features, self.bias)
 
 
 # ----------------------------------------------------------------------------- pools, reshape

@@ -13,6 +13,7 @@ Order of every float32 sum (the contract fast implementations must follow to be 
 """
 import numpy as np
 
+from .._utils import check_named_arrays
 from ..network.layers import Conv2d, Direct, Hybrid, Linear
 
 __all__ = ["forward", "encode", "synapse", "pool2d", "linear", "EVAL_EPOCH"]
@@ -308,17 +309,7 @@ def _check_weights(net, weights):
     extra = sorted(set(weights) - set(shapes))
     if extra:
         raise ValueError(f"weights has array(s) the network does not: {', '.join(extra)}")
-    out = {}
-    for k, shape in shapes.items():
-        if k not in weights:
-            raise ValueError(f"weights misses {k!r} of shape {shape}")
-        a = np.asarray(weights[k])
-        if a.shape != shape:
-            raise ValueError(f"weights[{k!r}] must have shape {shape}, got {a.shape}")
-        if a.dtype.kind not in "iuf" or not np.isfinite(a).all():
-            raise ValueError(f"weights[{k!r}] must hold finite numbers")
-        out[k] = np.ascontiguousarray(a, np.float32)
-    return out
+    return check_named_arrays(weights, shapes, "weight")
 
 
 def forward(network, weights, inputs, *, seed=0, epoch=EVAL_EPOCH, sample_ids=None,

@@ -97,7 +97,8 @@ def test_reference_never_loads_compiled_modules():
             "R.forward(net, w, np.zeros((1, 784), np.uint8))\n"
             "mods = [m for m, v in sys.modules.items() if m.startswith('snnfast') and\n"
             "        str(getattr(v, '__file__', '')).endswith(('.so', '.pyd'))]\n"
-            "mods += [m for m in ('snnfast._convsnn_kernels', 'snnfast.convsnn') if m in sys.modules]\n"
+            "mods += [m for m in ('snnfast._convsnn_kernels', 'snnfast.convsnn')\n"
+            "         if m in sys.modules]\n"
             "print(mods)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120)
@@ -326,7 +327,8 @@ def test_random_networks_equal_a_naive_loop_implementation(case):
 def test_conv_pool_linear_equal_naive_loops(data):
     """The layer functions on one input, including real-valued inputs and negative zeros."""
     rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 32 - 1)))
-    C, H, W = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 6)), data.draw(st.integers(1, 6))
+    C = data.draw(st.integers(1, 3))
+    H, W = data.draw(st.integers(1, 6)), data.draw(st.integers(1, 6))
     x = (rng.standard_normal((C, H, W)) * (rng.random((C, H, W)) < 0.6)).astype(f32)
     pad = data.draw(st.integers(0, 2))
     k = (data.draw(st.integers(1, H + 2 * pad)), data.draw(st.integers(1, W + 2 * pad)))
@@ -336,6 +338,10 @@ def test_conv_pool_linear_equal_naive_loops(data):
     b = rng.standard_normal(conv.out_channels).astype(f32)
     got, ops = R.synapse(conv, wt, b, x)
     out_shape = conv.output_shape((C, H, W))
+    # shape inference against a count of the window positions that fit the padded input
+    assert out_shape == (conv.out_channels,
+                         sum(1 for o in range(H + 2 * pad) if o * s[0] + k[0] <= H + 2 * pad),
+                         sum(1 for o in range(W + 2 * pad) if o * s[1] + k[1] <= W + 2 * pad))
     want, n = naive_conv([x], wt, k, s, (pad, pad), np.zeros(out_shape, f32))
     np.testing.assert_array_equal(got.reshape(out_shape), want + b[:, None, None])
     assert ops == n
@@ -348,6 +354,9 @@ def test_conv_pool_linear_equal_naive_loops(data):
     assert ops == n
     pk = (data.draw(st.integers(1, H)), data.draw(st.integers(1, W)))
     ps = (data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3)))
+    assert MaxPool2d(pk, ps).output_shape((C, H, W)) == \
+        (C, sum(1 for o in range(H) if o * ps[0] + pk[0] <= H),
+         sum(1 for o in range(W) if o * ps[1] + pk[1] <= W))
     for kind in ("SumPool2d", "AvgPool2d", "MaxPool2d"):
         np.testing.assert_array_equal(R.pool2d(kind, x[None], pk, ps)[0],
                                       naive_pool(kind, x, pk, ps), err_msg=kind)

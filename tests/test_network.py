@@ -135,6 +135,7 @@ BAD = [
     (_set(4, threshold="high"), r"^layer 4 \('hidden', LIF\): threshold must be a number"),
     (_set(4, threshold=float("nan")), r"^layer 4 \('hidden', LIF\): threshold must be finite"),
     (_set(4, threshold=0.0), r"^layer 4 \('hidden', LIF\): threshold must be > 0"),
+    (_set(3, out_features=None), r"^layer 3 \('fc1', Linear\): out_features is required$"),
     (_set(4, decay=1.5), r"^layer 4 \('hidden', LIF\): decay must be in \[0, 1\]"),
     (_set(4, reset="soft"), r"^layer 4 \('hidden', LIF\): reset must be one of 'zero', "
                             r"'subtract', 'halve', got 'soft'$"),

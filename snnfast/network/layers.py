@@ -1,6 +1,7 @@
 """Layer specifications of a :class:`~snnfast.network.Network`: fields, validation, shapes.
 
-A layer spec is a small immutable description (no weights, no state): its fields are checked
+A layer spec is a small description (no weights, no state; treat it as immutable, as a
+:class:`~snnfast.network.Network` built from it keeps its inferred shapes): its fields are checked
 when it is built, and :meth:`Layer.output_shape` infers its output shape from its input shape.
 The equations each layer computes are written once, in the documentation page
 ``docs/network.rst``; :mod:`snnfast.reference` implements them in NumPy.
@@ -119,9 +120,11 @@ class Layer:
                 raise TypeError(f"field {k} given twice")
             given[k] = v
         for field, default, check in self._FIELDS:
-            if field not in given and default is _REQUIRED:
-                raise _FieldError(field, "is required")
-            value = given.get(field, default)
+            value = given.get(field)
+            if value is None:                # absent, or JSON's null: the default
+                if default is _REQUIRED:
+                    raise _FieldError(field, "is required")
+                value = default
             setattr(self, field, value if value is None else check(value, field))
         self._check_fields()
 

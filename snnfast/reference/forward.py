@@ -161,7 +161,7 @@ def synapse(layer, weight, bias, x):
     n_out = _n_out(layer, weight, np.shape(x))
     acc, ops = _accumulate(layer, weight, np.shape(x), np.zeros(n_out, np.float32), idx,
                            flat[idx])
-    return _add_conv_bias(layer, acc[None], bias, (n_out,))[0], ops
+    return _with_bias(layer, acc[None], bias, (n_out,))[0], ops
 
 
 def _n_out(layer, weight, in_shape):
@@ -217,7 +217,7 @@ class _Stage:
         for b in range(B):
             self.acc[b], ops[b] = self._drive(b)
         self.prev, self.pending = self.pending, []
-        cur = _add_conv_bias(self.syn, self.acc, self.b, self.net.shapes[self.syn_index])
+        cur = _with_bias(self.syn, self.acc, self.b, self.net.shapes[self.syn_index])
         for i in self.post:
             cur = _apply(self.net[i], cur)
         cur = cur.reshape(self.v.shape) * f32(self.neuron.scale)
@@ -282,7 +282,7 @@ def _window_events(window, prev):
     return np.concatenate([up, down]).astype(np.int64), coefs
 
 
-def _add_conv_bias(layer, acc, bias, out_shape):
+def _with_bias(layer, acc, bias, out_shape):
     """(B, n_out) drive + bias, reshaped to (B, *out_shape)."""
     B = len(acc)
     if bias is not None:

@@ -12,7 +12,8 @@ import numpy as np
 
 __all__ = ["atomic_path", "atomic_write_bytes", "atomic_h5", "write_json", "file_lock",
            "check_output_path", "special_file_kind", "array_digest", "check_array",
-           "check_disjoint", "check_positive_int", "is_real_number", "h5_format"]
+           "check_disjoint", "check_named_arrays", "check_positive_int", "is_real_number",
+           "h5_format"]
 
 _SPECIAL_KINDS = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a FIFO"),
                   (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
@@ -240,6 +241,31 @@ def check_array(a, name, dtype, ndim=None, shape=None, finite=False, contiguous=
     if finite and a.dtype.kind == "f" and not np.isfinite(a).all():
         raise ValueError(f"{name} contains NaN or infinite values")
     return a
+
+
+def check_named_arrays(arrays, shapes, what, max_abs=None):
+    """Validate named arrays (a model's weights): float32 C-contiguous copies of each.
+
+    ``shapes`` maps each expected name to its shape; raises ``ValueError`` naming the array
+    (``f"{what} {name}"``) for a missing one, a wrong shape, NaN/inf or (unless ``max_abs``
+    is None) a magnitude above ``max_abs``.
+    """
+    out = {}
+    for k, shape in shapes.items():
+        if k not in arrays:
+            raise ValueError(f"missing {what} {k!r}")
+        a = np.asarray(arrays[k])
+        if a.shape != tuple(shape):
+            raise ValueError(f"{what} {k} must have shape {tuple(shape)}, got {a.shape}")
+        if a.dtype.kind not in "iuf":
+            raise ValueError(f"{what} {k} must hold real numbers, got dtype {a.dtype}")
+        if not np.isfinite(a).all():
+            raise ValueError(f"{what} {k} contains NaN or infinite values")
+        if max_abs is not None and a.size and np.abs(a).max() > max_abs:
+            raise ValueError(f"{what} {k} has a value of magnitude {np.abs(a).max():.3g}, "
+                             f"beyond the sane range +-{max_abs:g} of a model weight")
+        out[k] = np.array(a, dtype=np.float32, order="C")
+    return out
 
 
 def check_disjoint(written, read=None):

@@ -7,6 +7,10 @@ Architecture (fixed by the forward contract ``convsnn-semantics``)::
 
 Presets
 -------
+Each preset is a file, ``snnfast/network/presets/<name>.toml``: its network description (the
+forward fields below) and its ``[training]`` options; :data:`PRESETS` and :func:`make_config`
+read them.
+
 ``seed``
     The reference algorithm (see ``convsnn-reference``): untrained conv and ``b1``, cumulative
     FC1 drive x 0.1 on even steps, halving reset, rate "gradient" without any spike derivative,
@@ -52,18 +56,32 @@ import numpy as np
 
 from . import convsnn_numpy as cnp
 from ._config import effective_n_threads
-from ._utils import _json_default, array_digest, atomic_h5, h5_format, is_real_number
+from ._utils import (_json_default, array_digest, atomic_h5, check_named_arrays, h5_format,
+                     is_real_number)
+from .network import PRESET_NAMES, load_preset
 
 __all__ = ["ConvSNN", "ConvSNNConfig", "PRESETS", "FORMAT_VERSION", "check_params", "check_lif"]
 
 FORMAT_VERSION = "convsnn-1"
 EVAL_EPOCH = cnp.EVAL_EPOCH
-PARAM_SHAPES = {"conv_w": (16, 1, 5, 5), "conv_b": (16,), "W1": (2304, 1024), "b1": (1024,),
-                "W2": (1024, 10), "b2": (10,)}
+
+# ConvSNN runs the one architecture of the preset files (snnfast/network/presets/*.toml), whose
+# layers it knows by these names; its sizes below are read from the default preset's description.
+_LAYERS = (("conv", "Conv2d"), ("conv_lif", "LIF"), ("flatten", "Flatten"), ("fc1", "Linear"),
+           ("hidden", "LIF"), ("readout", "RateReadout"), ("fc2", "Linear"))
+# canonical parameter name -> the description's "<layer>.<array>"
+_PARAM_KEYS = {"conv_w": "conv.weight", "conv_b": "conv.bias", "W1": "fc1.weight",
+               "b1": "fc1.bias", "W2": "fc2.weight", "b2": "fc2.bias"}
+_NET = load_preset("default")[0]
+PARAM_SHAPES = {k: _NET.param_shapes()[v] for k, v in _PARAM_KEYS.items()}
+_IMAGE = _NET.input_shape[1:]                                   # (28, 28)
+N_IN = math.prod(_NET.input_shape)                              # input pixels
+N_CONV = math.prod(_NET.shapes[_NET.index("conv_lif")])         # conv neurons
+N_HID, N_OUT = PARAM_SHAPES["W2"]                               # hidden neurons, classes
 _CHOICES = {"reset_c": ("zero",), "reset_h": ("halve", "subtract", "zero"),
             "drive": ("cumulative", "window"), "rate_norm": ("T", "updates"),
             "trainer": ("reference", "surrogate"), "lr_schedule": ("step", "onecycle", "constant"),
-            "init": ("reference", "scaled"), "preset": ("seed", "default", "nir")}
+            "init": ("reference", "scaled"), "preset": PRESET_NAMES}
 
 
 # Limits of a sane model. Weights: trained ConvSNN weights are O(1) (the LIF thresholds are
@@ -83,20 +101,7 @@ def check_params(params, max_abs=MAX_ABS_WEIGHT):
     Raises ``ValueError`` naming the array for a missing key, a wrong shape, NaN/inf or
     (unless ``max_abs`` is None) a magnitude above ``max_abs`` (:data:`MAX_ABS_WEIGHT`).
     """
-    out = {}
-    for k, shape in PARAM_SHAPES.items():
-        if k not in params:
-            raise ValueError(f"missing parameter {k!r}")
-        a = np.asarray(params[k])
-        if a.shape != shape:
-            raise ValueError(f"parameter {k} must have shape {shape}, got {a.shape}")
-        if not np.isfinite(a).all():
-            raise ValueError(f"parameter {k} contains NaN or infinite values")
-        if max_abs is not None and np.abs(a).max() > max_abs:
-            raise ValueError(f"parameter {k} has a value of magnitude {np.abs(a).max():.3g}, "
-                             f"beyond the sane range +-{max_abs:g} of a ConvSNN weight")
-        out[k] = np.array(a, dtype=np.float32, order="C")
-    return out
+    return check_named_arrays(params, PARAM_SHAPES, "parameter", max_abs)
 
 
 def check_lif(beta, thr, name=""):
@@ -317,14 +322,39 @@ class ConvSNNConfig:
         return dataclasses.asdict(self)
 
 
-PRESETS = {
-    "seed": dict(preset="seed", reset_h="halve", hidden_period=2, hidden_phase=0,
-                 drive="cumulative", drive_scale=0.1, rate_norm="T", trainer="reference",
-                 epochs=30, batch_size=64, lr=1e-2, lr_schedule="step", init="reference",
-                 augment_shift=0),
-    "default": dict(preset="default"),
-    "nir": dict(preset="nir", reset_h="zero", hidden_period=1, hidden_phase=0),
-}
+def _preset_fields(name):
+    """Every :class:`ConvSNNConfig` field of a preset, read from its file
+    (``snnfast/network/presets/<name>.toml``): the forward fields from the network
+    description, the others from its ``[training]`` table."""
+    net, training = load_preset(name)
+    where = f"preset file {name}.toml"
+    if tuple((ly.name, type(ly).__name__) for ly in net) != _LAYERS or \
+            net.param_shapes() != _NET.param_shapes() or net.input_shape != _NET.input_shape \
+            or type(net.encoder).__name__ != "Hybrid":
+        raise ValueError(f"{where}: ConvSNN runs only the architecture of the default preset")
+    conv, hid = net["conv_lif"], net["hidden"]
+    if (conv.period, conv.phase, conv.drive, conv.scale) != (1, 0, "window", 1.0):
+        raise ValueError(f"{where}: ConvSNN updates the conv LIF every step from that step's "
+                         f"input (period 1, phase 0, window drive, scale 1)")
+    fields = dict(preset=net.name, T=net.encoder.T, n_det=net.encoder.n_det,
+                  beta_c=conv.decay, thr_c=conv.threshold, reset_c=conv.reset,
+                  beta_h=hid.decay, thr_h=hid.threshold, reset_h=hid.reset,
+                  hidden_period=hid.period, hidden_phase=hid.phase, drive=hid.drive,
+                  drive_scale=hid.scale,
+                  rate_norm={"steps": "T", "updates": "updates"}[net["readout"].norm])
+    names = {f.name for f in dataclasses.fields(ConvSNNConfig)}
+    bad = sorted(set(training) - (names - set(fields)))
+    if bad:
+        raise ValueError(f"{where}: [training] has unknown option(s) {', '.join(bad)}")
+    fields.update(training)
+    missing = sorted(names - set(fields))
+    if missing:
+        raise ValueError(f"{where}: [training] misses option(s) {', '.join(missing)}")
+    return fields
+
+
+# every field of each preset, from the preset files (their one source)
+PRESETS = {name: _preset_fields(name) for name in PRESET_NAMES}
 
 
 def make_config(preset="default", **overrides):
@@ -361,15 +391,19 @@ def _kernels_module():
 
 
 def _as_images(X, name="X"):
-    """Validate uint8 images (N, 28, 28) or (N, 784); return a C-contiguous (N, 784) view."""
+    """Validate uint8 images (N, 28, 28) or (N, 784); return a C-contiguous (N, 784) view.
+
+    (The sizes are the preset description's: ``_IMAGE`` and ``N_IN``.)
+    """
     if not isinstance(X, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray of uint8 images, got {type(X).__name__}")
     if X.dtype != np.uint8:
         raise ValueError(f"{name} must have dtype uint8 (pixels 0..255), got {X.dtype}")
-    if X.ndim == 3 and X.shape[1:] == (28, 28):
-        X = X.reshape(len(X), 784)
-    if X.ndim != 2 or X.shape[1] != 784:
-        raise ValueError(f"{name} must have shape (N, 28, 28) or (N, 784), got {X.shape}")
+    if X.ndim == 3 and X.shape[1:] == _IMAGE:
+        X = X.reshape(len(X), N_IN)
+    if X.ndim != 2 or X.shape[1] != N_IN:
+        raise ValueError(f"{name} must have shape (N, {_IMAGE[0]}, {_IMAGE[1]}) or (N, {N_IN}), "
+                         f"got {X.shape}")
     return np.ascontiguousarray(X)
 
 
@@ -380,8 +414,8 @@ def _as_labels(y, n, name="y"):
         raise ValueError(f"{name} must hold integer class labels, got dtype {y.dtype}")
     if y.shape != (n,):
         raise ValueError(f"{name} must have shape ({n},), got {y.shape}")
-    if n and (y.min() < 0 or y.max() > 9):
-        raise ValueError(f"{name} must hold labels 0..9")
+    if n and (y.min() < 0 or y.max() > N_OUT - 1):
+        raise ValueError(f"{name} must hold labels 0..{N_OUT - 1}")
     return y.astype(np.int64)
 
 
@@ -523,21 +557,25 @@ class ConvSNN:
     def _init_params(self):
         c = self.config
         rng = np.random.default_rng((c.seed, 0x5EED))
+        S = PARAM_SHAPES
+        conv_fan_in = math.prod(S["conv_w"][1:])                   # 25 taps
         if c.init == "reference":
-            conv_std, w1_std, w2_std = math.sqrt(2 / 25), math.sqrt(2 / 3328), math.sqrt(2 / 1034)
+            # the reference's He-style sqrt(2 / (fan_in + fan_out)) of the FC layers
+            conv_std = math.sqrt(2 / conv_fan_in)
+            w1_std, w2_std = math.sqrt(2 / sum(S["W1"])), math.sqrt(2 / sum(S["W2"]))
             b1 = 0.0
         else:
-            conv_std = c.conv_init_gain * math.sqrt(2 / 25)
-            w1_std = c.w1_init_gain / math.sqrt(2304)
-            w2_std = c.w2_init_gain / math.sqrt(1024)
+            conv_std = c.conv_init_gain * math.sqrt(2 / conv_fan_in)
+            w1_std = c.w1_init_gain / math.sqrt(S["W1"][0])
+            w2_std = c.w2_init_gain / math.sqrt(S["W2"][0])
             b1 = c.b1_init
         f32 = np.float32
-        return {"conv_w": (rng.standard_normal((16, 1, 5, 5)) * conv_std).astype(f32),
-                "conv_b": np.zeros(16, f32),
-                "W1": (rng.standard_normal((2304, 1024)) * w1_std).astype(f32),
-                "b1": np.full(1024, b1, f32),
-                "W2": (rng.standard_normal((1024, 10)) * w2_std).astype(f32),
-                "b2": np.zeros(10, f32)}
+        return {"conv_w": (rng.standard_normal(S["conv_w"]) * conv_std).astype(f32),
+                "conv_b": np.zeros(S["conv_b"], f32),
+                "W1": (rng.standard_normal(S["W1"]) * w1_std).astype(f32),
+                "b1": np.full(S["b1"], b1, f32),
+                "W2": (rng.standard_normal(S["W2"]) * w2_std).astype(f32),
+                "b2": np.zeros(S["b2"], f32)}
 
     def _set_canonical(self, params):
         for k, a in check_params(params).items():
@@ -741,8 +779,9 @@ class ConvSNN:
     def _rates(self, acc, n):
         c = self.config
         U = max(len(c.update_steps), 1)
-        return {"rate_input": acc["in"] / (n * 784 * c.T), "rate_conv": acc["c"] / (n * 2304 * c.T),
-                "rate_hidden": acc["h"] / (n * 1024 * U)}
+        return {"rate_input": acc["in"] / (n * N_IN * c.T),
+                "rate_conv": acc["c"] / (n * N_CONV * c.T),
+                "rate_hidden": acc["h"] / (n * N_HID * U)}
 
     def trace(self, images, sample_ids=None):
         """Spike trains of a batch (deterministic evaluation noise).

@@ -30,6 +30,7 @@ import numpy as np
 from ._cli import (ignore_interrupts, interrupt_exit_code, make_out_dir, nonneg_int,
                    positive_float, positive_int, remove_if_empty, terminate_as_interrupt)
 from ._utils import file_lock, special_file_kind, write_json
+from .network import PRESET_NAMES
 
 __all__ = ["main", "build_parser"]
 
@@ -37,7 +38,7 @@ __all__ = ["main", "build_parser"]
 def build_parser():
     p = argparse.ArgumentParser(prog="python -m snnfast.train",
                                 description="Train a convolutional spiking network (snnfast).")
-    p.add_argument("--preset", choices=("default", "seed", "nir"), default="default",
+    p.add_argument("--preset", choices=PRESET_NAMES, default="default",
                    help="model/training preset (default: %(default)s)")
     p.add_argument("--epochs", type=positive_int, default=None,
                    help="epochs (default: the preset's, 15 for default/nir, 30 for seed)")

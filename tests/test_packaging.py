@@ -1,4 +1,5 @@
 """The source distribution must be buildable: it carries the Cython sources, not build outputs."""
+import platform
 import subprocess
 import sys
 import tarfile
@@ -34,3 +35,57 @@ def test_sdist_has_sources_and_no_build_outputs(tmp_path):
     outputs = sorted(n for n in names if n.endswith((".c", ".so", ".pyc"))
                      or n == "snnfast/_build_info.py")
     assert not outputs, f"build outputs in the sdist: {outputs}"
+
+
+# --- the CPU check of import snnfast (snnfast._config.check_cpu) ---
+
+def test_missing_cpu_features_counts_only_known_absences():
+    has = {"avx2": 1, "avx512f": 0, "weird": -1}
+    from snnfast._config import missing_cpu_features
+    assert missing_cpu_features(["avx2", "avx512f", "weird"], has.__getitem__) == ["avx512f"]
+    assert missing_cpu_features([], has.__getitem__) == []
+
+
+def test_check_cpu_refuses_a_build_for_another_cpu(monkeypatch):
+    import types
+
+    from snnfast import _config, _cpu
+    fake = types.SimpleNamespace(ISA=["avx2", "avx512f"])
+    monkeypatch.setattr(_config, "_build_info", lambda: fake)
+    monkeypatch.setattr(_cpu, "cpu_supports", lambda name: 0 if name == "avx512f" else 1)
+    with pytest.raises(ImportError, match=r"lacks \(avx512f\).*SNNFAST_PORTABLE=1"):
+        _config.check_cpu()
+    monkeypatch.setattr(_cpu, "cpu_supports", lambda name: 1)
+    _config.check_cpu()                 # every feature present: no error
+
+
+def test_this_build_runs_on_this_cpu():
+    from snnfast import _config, _cpu
+    bi = _config._build_info()
+    if bi is None:
+        pytest.skip("no build information (a source tree that was not built)")
+    assert _config.missing_cpu_features(bi.ISA, _cpu.cpu_supports) == []
+    if "-march=native" in bi.CFLAGS and platform.machine() in ("x86_64", "AMD64"):
+        assert "sse4.2" in bi.ISA       # every x86-64 CPU of the last decade has it
+
+
+def _cpuinfo_flags():
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return next((set(l.split(":", 1)[1].split()) for l in fh if l.startswith("flags")),
+                        None)
+    except OSError:
+        return None
+
+
+@pytest.mark.parametrize("name,flag", [("sse4.2", "sse4_2"), ("avx", "avx"), ("avx2", "avx2"),
+                                       ("fma", "fma"), ("bmi2", "bmi2"),
+                                       ("avx512f", "avx512f"), ("avx512bw", "avx512bw")])
+def test_cpu_supports_agrees_with_the_kernel(name, flag):
+    # Linux's own list of the CPU's features is the reference
+    flags = _cpuinfo_flags()
+    if flags is None or platform.machine() != "x86_64":
+        pytest.skip("needs Linux on x86-64")
+    from snnfast._cpu import cpu_supports
+    assert cpu_supports(name) == int(flag in flags)
+    assert cpu_supports("no-such-feature") == -1

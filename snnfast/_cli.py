@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 
 __all__ = ["int_at_least", "positive_int", "nonneg_int", "positive_float",
-           "output_file_error", "run_dir_error", "same_file"]
+           "output_file_error", "run_dir_error", "same_file", "openmp_wait_defaults"]
 
 
 def int_at_least(low):
@@ -73,3 +73,21 @@ def run_dir_error(path):
     if not os.access(p, os.W_OK | os.X_OK):
         return f"cannot write into the directory {path}"
     return None
+
+
+def openmp_wait_defaults():
+    """Let idle OpenMP workers spin ~3 ms before sleeping, unless the user chose a policy.
+
+    Called by the command-line tools and benchmarks before their first kernel loads the OpenMP
+    runtime (which reads these variables once, when it loads); never by ``import snnfast``, so
+    a library user's process and its children keep their environment. Asleep (PASSIVE), the
+    workers must be woken at every parallel region: 20-200 us on 2-core VMs, several times per
+    training step, which cost 13-16 % of training speed. Spinning for ever (ACTIVE) would take
+    a core from whatever runs between the kernels (NumPy's BLAS threads, for one). 100 000
+    spins (~3 ms) bridge the Python between two kernels of a step, then the workers sleep.
+    ``KMP_BLOCKTIME`` is the same for LLVM's OpenMP (clang builds; its default is 200 ms).
+    Library users can set the same variables themselves (see the performance documentation).
+    """
+    if "OMP_WAIT_POLICY" not in os.environ:
+        os.environ.setdefault("GOMP_SPINCOUNT", "100000")
+        os.environ.setdefault("KMP_BLOCKTIME", "3")

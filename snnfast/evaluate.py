@@ -18,6 +18,7 @@ __all__ = ["main"]
 
 
 def main(argv=None):
+        openmp_wait_defaults()      # before the first kernel loads the OpenMP runtime
     from ._cli import positive_int
     p = argparse.ArgumentParser(prog="python -m snnfast.evaluate",
                                 description="Test accuracy and spike rates of a ConvSNN file.")

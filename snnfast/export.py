@@ -8,7 +8,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from ._cli import positive_float, same_file
+from ._cli import openmp_wait_defaults, positive_float, same_file
 
 
 def build_parser():
@@ -25,6 +25,7 @@ def build_parser():
 
 
 def main(argv=None):
+    openmp_wait_defaults()      # before the first kernel loads the OpenMP runtime
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.model.is_file():

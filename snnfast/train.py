@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._cli import nonneg_int, positive_float, positive_int, run_dir_error
+from ._cli import (nonneg_int, openmp_wait_defaults, positive_float, positive_int,
+                   run_dir_error)
 from ._utils import write_json
 
 __all__ = ["main", "build_parser"]
@@ -111,6 +112,7 @@ def _fmt_epoch(m):
 
 
 def main(argv=None):
+    openmp_wait_defaults()      # before the first kernel loads the OpenMP runtime
     parser = build_parser()
     args = parser.parse_args(argv)
     from .convsnn import ConvSNN, TrainingError

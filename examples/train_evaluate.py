@@ -4,6 +4,7 @@
     python examples/train_evaluate.py --small    # synthetic digits: seconds, no download
 """
 import argparse
+import os
 import tempfile
 from pathlib import Path
 
@@ -16,7 +17,7 @@ parser.add_argument("--epochs", type=int, default=1)
 parser.add_argument("--out", default=None, help="directory for model.h5 (default: a temp dir)")
 args = parser.parse_args()
 
-if args.small:
+if args.small or os.environ.get("SNNFAST_EXAMPLES_SMALL") == "1":
     X, y, X_test, y_test = synthetic_digits(1200, 200, seed=0)
 else:
     X, y = datasets.load("mnist", "train")           # fetched into ~/.cache/snnfast once

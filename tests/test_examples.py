@@ -14,10 +14,10 @@ pytestmark = pytest.mark.skipif(not EXAMPLES.is_dir(), reason="needs the source 
 
 
 def _run(script, *args, cwd):
-    env = dict(os.environ)
+    env = dict(os.environ, SNNFAST_EXAMPLES_SMALL="1")
     # the checkout's snnfast, also when it is not installed (tests run from the checkout)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    res = subprocess.run([sys.executable, str(EXAMPLES / script), "--small", *args], cwd=cwd,
+    res = subprocess.run([sys.executable, str(EXAMPLES / script), *args], cwd=cwd,
                          env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     return res.stdout
@@ -25,8 +25,17 @@ def _run(script, *args, cwd):
 
 def test_every_example_is_tested():
     scripts = {p.name for p in EXAMPLES.glob("*.py") if not p.name.startswith("_")}
-    assert scripts == {"train_evaluate.py", "convert_ttfs.py", "count_energy.py",
-                       "export_nir.py"}
+    assert scripts == {"quickstart.py", "train_evaluate.py", "convert_ttfs.py",
+                       "count_energy.py", "export_nir.py"}
+
+
+def test_quickstart_is_the_readme_example(tmp_path):
+    readme = (ROOT / "README.md").read_text()
+    code = (EXAMPLES / "quickstart.py").read_text()
+    assert f"```python\n{code}```" in readme
+    out = _run("quickstart.py", cwd=tmp_path)
+    assert "'accuracy': " in out and "uJ per inference (horowitz45_fp32" in out
+    assert (tmp_path / "model.h5").is_file()
 
 
 def test_train_evaluate(tmp_path):

@@ -192,7 +192,8 @@ def _extensions():
         sys.exit("setup.py: no Cython sources in ext/ (an incomplete source tree?)")
     for pyx in sources:
         name = pyx.stem
-        if only and name not in only:
+        # _cpu always: import snnfast needs it to check the CPU against the recorded features
+        if only and name not in only and name not in PORTABLE_EXTENSIONS:
             continue
         portable = name in PORTABLE_EXTENSIONS
         exts.append(Extension(

@@ -72,6 +72,8 @@ ISA_MACROS = {
     "__AVX512VPOPCNTDQ__": "avx512vpopcntdq", "__AVX512BF16__": "avx512bf16",
     "__AVX512FP16__": "avx512fp16", "__GFNI__": "gfni", "__VPCLMULQDQ__": "vpclmulqdq",
     "__VAES__": "vaes", "__AVXVNNI__": "avxvnni",
+    # AMD-only extensions: a build on an AMD CPU must not run unchecked on an Intel one
+    "__SSE4A__": "sse4a", "__FMA4__": "fma4", "__XOP__": "xop",
 }
 
 

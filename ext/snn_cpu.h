@@ -18,7 +18,7 @@ static int snn_cpu_supports(const char *name) {
     SNN_TRY("avx512f") SNN_TRY("avx512bw") SNN_TRY("avx512vl") SNN_TRY("avx512dq")
     SNN_TRY("avx512cd") SNN_TRY("avx512vnni") SNN_TRY("avx512ifma") SNN_TRY("avx512vbmi")
     SNN_TRY("avx512vbmi2") SNN_TRY("avx512bitalg") SNN_TRY("avx512vpopcntdq")
-    SNN_TRY("aes") SNN_TRY("pclmul")
+    SNN_TRY("aes") SNN_TRY("pclmul") SNN_TRY("sse4a") SNN_TRY("fma4") SNN_TRY("xop")
 #if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12
     /* names older compilers (and clang) may not know: an unknown name is a compile error */
     SNN_TRY("avx512bf16") SNN_TRY("avx512fp16") SNN_TRY("gfni") SNN_TRY("vpclmulqdq")

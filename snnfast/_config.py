@@ -48,7 +48,7 @@ def check_cpu():
             f"snnfast was compiled for CPU features this CPU lacks ({', '.join(missing)}): "
             "it was built with -march=native on another machine. Reinstall it on this machine, "
             "or build a package that runs on any CPU with SNNFAST_PORTABLE=1 "
-            "(e.g. SNNFAST_PORTABLE=1 pip install --no-binary snnfast .)")
+            "(SNNFAST_PORTABLE=1 pip install .)")
 
 
 def _cpus_available():

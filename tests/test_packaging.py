@@ -81,7 +81,8 @@ def _cpuinfo_flags():
 
 @pytest.mark.parametrize("name,flag", [("sse4.2", "sse4_2"), ("avx", "avx"), ("avx2", "avx2"),
                                        ("fma", "fma"), ("bmi2", "bmi2"),
-                                       ("avx512f", "avx512f"), ("avx512bw", "avx512bw")])
+                                       ("avx512f", "avx512f"), ("avx512bw", "avx512bw"),
+                                       ("sse4a", "sse4a")])
 def test_cpu_supports_agrees_with_the_kernel(name, flag):
     # Linux's own list of the CPU's features is the reference
     flags = _cpuinfo_flags()

@@ -18,8 +18,8 @@ __all__ = ["main"]
 
 
 def main(argv=None):
-        openmp_wait_defaults()      # before the first kernel loads the OpenMP runtime
-    from ._cli import positive_int
+    from ._cli import openmp_wait_defaults, positive_int
+    openmp_wait_defaults()      # before the first kernel loads the OpenMP runtime
     p = argparse.ArgumentParser(prog="python -m snnfast.evaluate",
                                 description="Test accuracy and spike rates of a ConvSNN file.")
     p.add_argument("model", help="model file written by snnfast (model.h5 or checkpoint.h5)")

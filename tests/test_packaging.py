@@ -1,4 +1,5 @@
-"""The source distribution must be buildable: it carries the Cython sources, not build outputs."""
+"""Packaging: the source distribution is buildable (sources, not build outputs), and a build
+made for another CPU is refused at import (the recorded instruction-set features)."""
 import platform
 import subprocess
 import sys

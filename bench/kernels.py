@@ -23,9 +23,13 @@ import time
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from snnfast import _convsnn_kernels as K
-from snnfast._config import config_dict
-from snnfast.convsnn import hidden_forward_args, make_config
+from snnfast._cli import openmp_wait_defaults
+
+openmp_wait_defaults()     # as the command-line tools do, before the imports below load OpenMP
+
+from snnfast import _convsnn_kernels as K  # noqa: E402
+from snnfast._config import config_dict  # noqa: E402
+from snnfast.convsnn import hidden_forward_args, make_config  # noqa: E402
 
 # hidden_forward's arguments as the model runs them
 PRESETS = {p: hidden_forward_args(make_config(p)) for p in ("seed", "default", "nir")}

@@ -31,6 +31,10 @@ import numpy as np
 
 from _timing import alternate_times, bench_data  # bench/_timing.py (the script directory is on sys.path)
 
+from snnfast._cli import openmp_wait_defaults  # noqa: E402
+
+openmp_wait_defaults()     # as the command-line tools do, before any kernel loads OpenMP
+
 T, N_DET, BETA, THR, BATCH, EVAL_BATCH = 10, 5, 0.9, 0.8, 64, 256
 PEERS = ("snntorch", "spikingjelly", "norse")
 

@@ -26,6 +26,10 @@ from pathlib import Path
 import numpy as np
 from _timing import median_time  # bench/_timing.py (the script directory is on sys.path)
 
+from snnfast._cli import openmp_wait_defaults  # noqa: E402
+
+openmp_wait_defaults()     # as the command-line tools do, before any kernel loads OpenMP
+
 
 def _data(n, dataset, data_dir):
     try:

@@ -29,6 +29,10 @@ import sys
 
 from _timing import alternate_times, bench_data  # bench/_timing.py (the script directory is on sys.path)
 
+from snnfast._cli import openmp_wait_defaults  # noqa: E402
+
+openmp_wait_defaults()     # as the command-line tools do, before any kernel loads OpenMP
+
 
 def _model(preset, backend, threads, model):
     """A fresh model of ``preset`` on ``backend``, or the saved ``model`` loaded into it."""

@@ -19,6 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from snnfast._cli import openmp_wait_defaults  # noqa: E402
+
+openmp_wait_defaults()     # as the command-line tools do, before any kernel loads OpenMP
+
 
 def _best(fn, repeat):
     best = np.inf

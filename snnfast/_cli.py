@@ -17,7 +17,8 @@ __all__ = ["int_at_least", "positive_int", "nonneg_int", "positive_float",
            "output_file_error", "check_output_arg", "check_out_dir_arg", "run_dir_error",
            "same_file", "make_out_dir",
            "remove_if_empty", "interrupt_exit_code", "ignore_interrupts",
-           "exits_cleanly_on_interrupt", "terminate_as_interrupt", "run_program"]
+           "exits_cleanly_on_interrupt", "terminate_as_interrupt", "run_program",
+           "openmp_wait_defaults"]
 
 
 def int_at_least(low):
@@ -221,3 +222,21 @@ def exits_cleanly_on_interrupt(main):
                 print(f"\ninterrupted ({signal.Signals(signum).name})", file=sys.stderr)
                 return interrupt_exit_code(signum)
     return wrapper
+
+
+def openmp_wait_defaults():
+    """Let idle OpenMP workers spin ~3 ms before sleeping, unless the user chose a policy.
+
+    Called by the command-line tools and benchmarks before their first kernel loads the OpenMP
+    runtime (which reads these variables once, when it loads); never by ``import snnfast``, so
+    a library user's process and its children keep their environment. Asleep (PASSIVE), the
+    workers must be woken at every parallel region: 20-200 us on 2-core VMs, several times per
+    training step, which cost 13-16 % of training speed. Spinning for ever (ACTIVE) would take
+    a core from whatever runs between the kernels (NumPy's BLAS threads, for one). 100 000
+    spins (~3 ms) bridge the Python between two kernels of a step, then the workers sleep.
+    ``KMP_BLOCKTIME`` is the same for LLVM's OpenMP (clang builds; its default is 200 ms).
+    Library users can set the same variables themselves (see the performance documentation).
+    """
+    if "OMP_WAIT_POLICY" not in os.environ:
+        os.environ.setdefault("GOMP_SPINCOUNT", "100000")
+        os.environ.setdefault("KMP_BLOCKTIME", "3")

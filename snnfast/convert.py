@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._cli import exits_cleanly_on_interrupt, make_out_dir, remove_if_empty
+from ._cli import (exits_cleanly_on_interrupt, make_out_dir, openmp_wait_defaults,
+                   remove_if_empty)
 from ._config import effective_n_threads
 from ._utils import special_file_kind, write_json
 
@@ -433,6 +434,7 @@ def _energy(out_dir, depths, images, n_threads):
 def main(argv=None):
     """Run the command; exit status 0, 1 (a failed write, e.g. a full disk), 2 (bad
     arguments) or 130/143 (Ctrl-C/SIGTERM)."""
+    openmp_wait_defaults()      # before the first kernel loads the OpenMP runtime
     try:
         run(argv)
     except ValueError as exc:

@@ -1,6 +1,6 @@
 """The Conv-SNN model: presets, training (reference rule and rate surrogate gradient), HDF5 I/O.
 
-Architecture (fixed by the forward contract ``convsnn-semantics``)::
+Architecture (the documentation page "Neuron and network semantics" states it exactly)::
 
     uint8 image (28x28) -> rate/latency input spikes (T = 10 steps)
     -> conv 16x5x5 stride 2 -> LIF (2304)  -> FC1 2304x1024 -> LIF (1024) -> FC2 1024x10 (rates)
@@ -12,7 +12,7 @@ forward fields below) and its ``[training]`` options; :data:`PRESETS` and :func:
 read them.
 
 ``seed``
-    The reference algorithm (see ``convsnn-reference``): untrained conv and ``b1``, cumulative
+    A reference Conv-SNN's algorithm as its code runs: untrained conv and ``b1``, cumulative
     FC1 drive x 0.1 on even steps, halving reset, rate "gradient" without any spike derivative,
     summed gradients, SGD lr 1e-2 (x0.95 every 5 epochs) with ``W *= 0.9999``, batch 64, 30
     epochs, reference initialisation. Differences: float32; fresh counter-based input noise
@@ -204,7 +204,7 @@ class ConvSNNConfig:
     """Every semantic field of the forward contract plus the training hyper-parameters."""
     preset: str = "default"
     seed: int = 0
-    # ---- forward (see convsnn-semantics)
+    # ---- forward (documentation: "Neuron and network semantics")
     T: int = 10
     n_det: int = 5
     beta_c: float = 0.9

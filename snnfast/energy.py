@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import convsnn_numpy as cnp
-from ._cli import check_output_arg, exits_cleanly_on_interrupt
+from ._cli import check_output_arg, exits_cleanly_on_interrupt, openmp_wait_defaults
 from ._utils import h5_format, write_json
 
 __all__ = [
@@ -1087,6 +1087,7 @@ def main(argv=None):
     full), 2 for bad arguments (``--json`` is checked before the analysis), 130/143 after
     Ctrl-C/SIGTERM.
     """
+    openmp_wait_defaults()      # before the first kernel loads the OpenMP runtime
     p = argparse.ArgumentParser(prog="python -m snnfast.energy",
                                 description="NeuroBench-style operation counts and energy estimate "
                                             "of a saved Conv-SNN or TTFS model.")

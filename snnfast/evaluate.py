@@ -21,6 +21,8 @@ __all__ = ["main"]
 
 @exits_cleanly_on_interrupt
 def main(argv=None):
+    from ._cli import openmp_wait_defaults
+    openmp_wait_defaults()      # before the first kernel loads the OpenMP runtime
     p = argparse.ArgumentParser(prog="python -m snnfast.evaluate",
                                 description="Test accuracy and spike rates of a ConvSNN file.")
     p.add_argument("model", help="model file written by snnfast (model.h5 or checkpoint.h5)")

@@ -10,7 +10,8 @@ import sys
 import warnings
 from pathlib import Path
 
-from ._cli import exits_cleanly_on_interrupt, output_file_error, positive_float
+from ._cli import (exits_cleanly_on_interrupt, openmp_wait_defaults, output_file_error,
+                   positive_float)
 
 
 def build_parser():
@@ -28,6 +29,7 @@ def build_parser():
 
 @exits_cleanly_on_interrupt
 def main(argv=None):
+    openmp_wait_defaults()      # before the first kernel loads the OpenMP runtime
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.model.is_file():

@@ -654,7 +654,7 @@ def simulate_graph(graph, input_spikes, dt=None, record=False):
     ----------
     graph : nir.NIRGraph or path
         A linear chain of Input, Conv2d, LIF, Flatten, Affine/Linear, I, LI, Output nodes.
-    input_spikes : array (B, T, *input_shape) or (B, T, prod(input_shape))
+    input_spikes : array ``(B, T, *input_shape)`` or ``(B, T, prod(input_shape))``
         Input per step (binary spikes for this family; any real values are accepted).
     dt : float, optional
         Default: ``graph.metadata["dt"]``, else 1e-4.

@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from ._cli import (ignore_interrupts, interrupt_exit_code, make_out_dir, nonneg_int,
-                   positive_float, positive_int, remove_if_empty, terminate_as_interrupt)
+                   openmp_wait_defaults, positive_float, positive_int, remove_if_empty,
+                   terminate_as_interrupt)
 from ._utils import file_lock, special_file_kind, write_json
 from .network import PRESET_NAMES
 
@@ -126,6 +127,7 @@ LOCK_NAME = ".lock"
 
 def main(argv=None):
     """Run ``python -m snnfast.train``; returns the exit status (see the module docstring)."""
+    openmp_wait_defaults()      # before the first kernel loads the OpenMP runtime
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.reseeded_noise and args.preset != "seed":

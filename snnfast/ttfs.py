@@ -1,8 +1,9 @@
 """Exact ReLU -> time-to-first-spike (TTFS) conversion and its event-driven simulation.
 
-Mapping "B1" (identity mapping, spec ``ttfs.md`` §1.3): the SNN uses the ReLU weights
-unchanged; hidden neuron i of layer n has threshold ``theta_i = Delta_n/tau_c - b_i`` and
-fires once, at ``t_i = t_min(n) + tau_c (theta_i - V_i(t_min(n)))``, so that
+Mapping "B1" (identity mapping; see the documentation page "TTFS conversion"): the SNN uses
+the ReLU weights unchanged; hidden neuron i of layer n has threshold
+``theta_i = Delta_n/tau_c - b_i`` and fires once, at
+``t_i = t_min(n) + tau_c (theta_i - V_i(t_min(n)))``, so that
 ``t_max(n) - t_i = ReLU(W x + b)_i`` exactly (activations up to ``Delta_n``).
 
 Time windows (frozen model parameters, never computed from test data):
@@ -10,7 +11,7 @@ Time windows (frozen model parameters, never computed from test data):
 ``Delta_n = (1 + zeta) X_n`` with ``X_n`` the largest activation of hidden layer n on
 the calibration (training) data, ``t_max(n) = t_min(n) + Delta_n`` and
 ``t_min(n+1) = t_max(n)``. The output layer returns its membrane potential at
-``t_min(N)``, which equals the ReLU logits (§1.5). ``tau_c = 1``: one time unit is one
+``t_min(N)``, which equals the ReLU logits. ``tau_c = 1``: one time unit is one
 activation unit.
 
 Conventions
@@ -243,7 +244,7 @@ class TTFSNetwork:
             small that ``t_min(N)/dt`` overflows is refused (see :func:`check_dt`).
         time_bits : int or None
             Quantise every emitted spike time to ``2**k`` levels per window
-            (round-to-nearest, step ``Delta/(2**k - 1)``, x = 0 exact; spec §5.3).
+            (round-to-nearest, step ``Delta/(2**k - 1)``, x = 0 exact).
         jitter : float
             Std of Gaussian jitter added to real spikes only (clamped at ``t_min`` of the
             window; spikes pushed to ``t >= t_max`` are lost). Draws depend on
@@ -477,7 +478,7 @@ def operation_counts(net, X, n_threads=None, result=None):
 def exactness_report(net, X, result=None, n_threads=None):
     """Max absolute / relative error of SNN activations against the float64 ReLU net.
 
-    Relative error of a layer = max |x_SNN - x_ReLU| / max |x_ReLU|. Hidden layers use the
+    Relative error of a layer = ``max |x_SNN - x_ReLU| / max |x_ReLU|``. Hidden layers use the
     decoded activations ``t_max - t`` of the event-driven simulation, the output layer the
     potentials at ``t_min(N)``. ``single_layer`` is layer 1 (fed by the exact input).
     """
@@ -500,7 +501,7 @@ def exactness_report(net, X, result=None, n_threads=None):
 
 # ---------------------------------------------------------------------- seed v1
 def seed_v1_forward(net, X, t_out_max=15.0):
-    """The seed's per-sample renormalised conversion (spec §4), kept to show its drop.
+    """A per-sample renormalised conversion (an inexact variant), kept to show its drop.
 
     Every layer (output included), per image: ``s = max h - min h``,
     ``t_in = 1 - (h - min h)/s``, ``t_out = min((V + t_in W^T)/(alpha + sum W), 15)`` with

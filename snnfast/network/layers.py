@@ -327,7 +327,7 @@ class LIF(Layer):
     """Leaky integrate-and-fire neurons, updated on the steps ``t % period == phase``.
 
     On an update step: ``v <- decay * v + I``; spike ``z = v > threshold``; reset where
-    ``z``: ``zero`` (v = 0), ``subtract`` (v -= threshold) or ``halve`` (v *= 0.5). The
+    ``z``: ``zero`` (``v = 0``), ``subtract`` (``v -= threshold``) or ``halve`` (``v *= 0.5``). The
     current ``I = scale * (synaptic layer applied to the drive + its bias)``, where the drive
     is the presynaptic spikes since the previous update (``window``) or since step 0
     (``cumulative``). See ``docs/network.rst`` for the exact float32 order.

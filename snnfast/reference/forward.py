@@ -336,12 +336,12 @@ def forward(network, weights, inputs, *, seed=0, epoch=EVAL_EPOCH, sample_ids=No
     Returns
     -------
     dict
-        ``output`` (B, *output_shape) float32; ``rates`` (B, F) float32 (the RateReadout's);
+        ``output`` ``(B, *output_shape)`` float32; ``rates`` (B, F) float32 (the RateReadout's);
         ``counts``: int64 (B, T) per step -- ``"input"`` nonzero encoder outputs, each spiking
         layer's spikes and each synaptic layer's synaptic operations (one per connection an
         event reaches), under the layer's name; ``dense_macs``: multiply-adds per sample of
         each layer after the readout; ``n_updates``: updates per spiking layer; with
-        ``record``: ``input`` (B, T, C, H, W) and ``spikes`` {name: uint8 (B, T, *shape)}.
+        ``record``: ``input`` (B, T, C, H, W) and ``spikes`` ``{name: uint8 (B, T, *shape)}``.
     """
     net = network
     w = _check_weights(net, weights)

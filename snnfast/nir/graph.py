@@ -280,7 +280,7 @@ def _neuron_params(node, name, kind):
     for a in ("tau", "tau_syn", "tau_mem"):
         if a in p and np.any(p[a] <= 0):
             raise ValueError(f"node {name!r} ({kind}): {a} must be > 0, got min "
-                             f"{p[a].min()!r}")
+                             f"{float(p[a].min())!r}")
     p["shape"] = shape
     return p
 

@@ -286,7 +286,7 @@ class _Delay:
         steps = node.params["delay"] / dt
         d = np.round(steps)
         if np.any(np.abs(steps - d) > 1e-6 * np.maximum(d, 1.0)):
-            bad = steps.flat[np.argmax(np.abs(steps - d))]
+            bad = float(steps.flat[np.argmax(np.abs(steps - d))])
             raise ValueError(f"node {node.name!r} (Delay): delay/dt = {bad!r} is not a whole "
                              "number of steps")
         self.d = np.broadcast_to(d.astype(np.int64), node.in_shape)
@@ -353,7 +353,7 @@ def _coefficients(node, dt, integrator):
     tau = p["tau_mem"] if kind.startswith("Cuba") else p["tau"]
     for name, t in (("tau", tau), ("tau_syn", p.get("tau_syn"))):
         if integrator == "euler" and t is not None and np.any(t < dt):
-            raise ValueError(f"node {node.name!r} ({kind}): {name} = {t.min()!r} < dt = {dt!r}: "
+            raise ValueError(f"node {node.name!r} ({kind}): {name} = {float(t.min())!r} < dt = {dt!r}: "
                              "forward Euler would flip the sign of the state every step; use "
                              "integrator='exact' or a smaller dt")
     h = dt / tau

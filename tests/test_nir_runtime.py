@@ -1,5 +1,6 @@
 """The NIR runtime (snnfast.nir.load / run) against the NIR paper's references and against
 oracles written from NIR's equations (docs/nir-runtime.rst)."""
+import re
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +17,13 @@ if not FIX.is_dir():
 needs_fixtures = pytest.mark.skipif(not FIX.is_dir(), reason="NIR paper fixtures not present")
 
 
-def _graph(in_shape, *nodes, names=None):
+def _graph(in_shape, *nodes, names=None, out_shape=None):
     """Input -> nodes -> Output as a NIRGraph (nir's own type checks off: the runtime checks)."""
     names = names or [f"n{i}" for i in range(len(nodes))]
     d = {"input": nir.Input(input_type={"input": np.array(in_shape)})}
     d.update(zip(names, nodes))
-    d["output"] = nir.Output(output_type={"output": None})      # shape: inferred
+    d["output"] = nir.Output(output_type={"output": None if out_shape is None  # inferred
+                                          else np.array(out_shape)})
     chain = ["input", *names, "output"]
     return nir.NIRGraph(nodes=d, edges=list(zip(chain, chain[1:])), type_check=False)
 
@@ -602,3 +604,85 @@ def test_exported_convsnn_runs_with_identical_spikes(tmp_path):
     assert np.array_equal(tr["conv_lif"]["z"].reshape(a["conv"].shape), a["conv"])
     assert np.array_equal(tr["hidden_lif"]["z"].reshape(a["hidden"].shape), a["hidden"])
     np.testing.assert_allclose(out["output"][:, -1], a["logits"], rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- CLI
+def _cli_graph(tmp_path):
+    rng = np.random.default_rng(9)
+    lif = nir.LIF(tau=_ones(5, 2e-3), r=_ones(5), v_leak=_ones(5, 0), v_threshold=_ones(5, 0.3))
+    g = _graph([3], nir.Affine(weight=rng.normal(size=(5, 3)), bias=np.zeros(5)), lif,
+               out_shape=[5])
+    path = tmp_path / "g.nir"
+    nir.write(path, g)
+    x = (rng.random((4, 20, 3)) < 0.5).astype(np.uint8)
+    np.savez(tmp_path / "x.npz", x=x)
+    return path, tmp_path / "x.npz", x
+
+
+def test_cli_runs_writes_h5_and_raster(tmp_path, capsys):
+    import h5py
+    from snnfast import run as cli
+    graph, inp, x = _cli_graph(tmp_path)
+    out = tmp_path / "res" / "r.h5"
+    assert cli.main([str(graph), "--input", str(inp), "--dt", "1e-4", "--trace", "n1", "n0",
+                     "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    want, tr = snir.run(graph, x, dt=1e-4, trace=["n1", "n0"])
+    rate = tr["n1"]["z"].mean()
+    assert 0 < rate < 1 and f"{rate:.4f} spikes/unit/step" in text
+    assert "step order: input:Input -> n0:Affine -> n1:LIF -> output:Output" in text
+    with h5py.File(out, "r") as f:
+        assert f.attrs["format"] == cli.FORMAT and f.attrs["dt"] == 1e-4
+        assert np.array_equal(f["outputs/output"][()], want["output"])
+        assert np.array_equal(f["traces/n1/v"][()], tr["n1"]["v"])
+        assert np.array_equal(f["traces/n0/y"][()], tr["n0"]["y"])
+        assert np.array_equal(f["spike_counts/n1"][()], tr["n1"]["z"].sum(axis=(1, 2)))
+    png = out.with_suffix(".png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in out.parent.iterdir()) == ["r.h5", "r.png"]
+
+
+@pytest.mark.parametrize("extra, code, match", [
+    ([], 2, r"^error: --dt is required: NIR graphs carry no time step\n$"),
+    (["--dt", "1e-4", "--trace", "nope"], 1, r"^error: trace: no node named 'nope'"),
+    (["--dt", "3e-3"], 1, r"^error: node 'n1' \(LIF\): tau = 0\.002 < dt = 0\.003"),
+])
+def test_cli_errors_are_one_line_and_write_nothing(tmp_path, capsys, extra, code, match):
+    from snnfast import run as cli
+    graph, inp, _ = _cli_graph(tmp_path)
+    out = tmp_path / "o.h5"
+    assert cli.main([str(graph), "--input", str(inp), "--out", str(out), *extra]) == code
+    err = capsys.readouterr().err
+    assert re.search(match, err) and err.count("\n") == 1
+    assert not out.exists() and not out.with_suffix(".png").exists()
+
+
+def test_cli_refuses_bad_inputs_and_outputs(tmp_path, capsys):
+    from snnfast import run as cli
+    graph, inp, _ = _cli_graph(tmp_path)
+    np.savez(tmp_path / "bad.npz", x=np.zeros((2, 5, 4)))
+    assert cli.main([str(graph), "--input", str(tmp_path / "bad.npz"), "--dt", "1e-4"]) == 1
+    err = capsys.readouterr().err
+    assert "must have shape (N, T, 3), got (2, 5, 4)" in err and err.count("\n") == 1
+    (tmp_path / "junk.npz").write_bytes(b"junk")
+    assert cli.main([str(graph), "--input", str(tmp_path / "junk.npz"), "--dt", "1e-4"]) == 1
+    assert "cannot read" in capsys.readouterr().err
+    for argv in ([str(graph), "--input", str(tmp_path / "none.npz"), "--dt", "1e-4"],
+                 [str(graph), "--input", str(inp), "--dt", "-1"],
+                 [str(graph), "--input", str(inp), "--dt", "1e-4", "--out", str(tmp_path)],
+                 [str(graph), "--input", str(inp), "--dt", "1e-4", "--out", str(graph)]):
+        with pytest.raises(SystemExit) as e:
+            cli.main(argv)
+        assert e.value.code == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.npz", "g.nir", "junk.npz", "x.npz"]
+
+
+def test_cli_as_a_program(tmp_path):
+    import subprocess
+    import sys
+    graph, inp, _ = _cli_graph(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "snnfast.run", str(graph), "--input", str(inp),
+                           "--dt", "1e-4", "--integrator", "exact", "--reset", "subtract"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "integrator exact, reset subtract" in proc.stdout and "output output:" in proc.stdout

@@ -17,7 +17,8 @@ SUMS = ("ordered", "blas")
 f32 = np.float32
 
 
-def run(net, x, dt=None, trace=None, integrator="euler", reset="zero", sums="ordered"):
+def run(net, x, dt=None, trace=None, integrator="euler", reset="zero", sums="ordered",
+        monitor=None):
     """Run a NIR graph on a batch of input sequences.
 
     Parameters
@@ -43,6 +44,9 @@ def run(net, x, dt=None, trace=None, integrator="euler", reset="zero", sums="ord
         time in ascending order (the same float32 result on every CPU, and snnfast's own
         kernels' order); "blas" uses matrix products (faster; last-bit rounding depends on
         the BLAS build).
+    monitor : callable, optional
+        Called after every step as ``monitor(t, outputs)`` with ``{node: output of step t,
+        (N, *shape)}`` for every node (statistics without storing whole traces).
 
     Returns
     -------
@@ -87,6 +91,8 @@ def run(net, x, dt=None, trace=None, integrator="euler", reset="zero", sums="ord
                 outs[k][:, t] = cur[k]
             if k in rec:
                 _record(rec[k], steps[k], cur[k], node, t, N, T)
+        if monitor is not None:
+            monitor(t, cur)
         prev = cur
     return (outs, rec) if trace is not None else outs
 

@@ -41,22 +41,6 @@ def build_parser():
     return p
 
 
-def _read_inputs(path, graph):
-    """The input arrays of ``graph``'s Input nodes from an ``.npz`` file."""
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            data = {k: f[k] for k in f.files}
-    except Exception as exc:    # zipfile, pickle refusal, bad headers: many types
-        raise ValueError(f"cannot read {str(path)!r} as .npz: {type(exc).__name__}: {exc}") from None
-    if len(graph.inputs) == 1 and len(data) == 1:
-        return next(iter(data.values()))
-    missing = [k for k in graph.inputs if k not in data]
-    if missing:
-        raise ValueError(f"{path}: arrays {sorted(data)}; the graph's Input nodes are "
-                         f"{graph.inputs} (name the arrays after them)")
-    return {k: data[k] for k in graph.inputs}
-
-
 class _Counts:
     """Spikes per spiking node (monitor of :func:`snnfast.nir.run`)."""
 
@@ -64,7 +48,8 @@ class _Counts:
         self.names = [k for k in graph.order if graph.nodes[k].spiking]
         self.counts = {k: None for k in self.names}
 
-    def __call__(self, t, out):
+    def __call__(self, t, info):
+        out = info["outputs"]
         for k in self.names:
             c = out[k].reshape(len(out[k]), -1).sum(axis=1, dtype=np.float64)
             self.counts[k] = c if self.counts[k] is None else self.counts[k] + c
@@ -121,10 +106,10 @@ def main(argv=None):
     check_output_arg(parser, "--raster", raster, inputs=[args.graph, args.input])
     if args.out and raster and raster.resolve() == args.out.resolve():
         parser.error("--raster and --out name the same file")
-    from .nir import load, run
+    from .nir import load, read_inputs, run
     try:
         graph = load(args.graph)
-        x = _read_inputs(args.input, graph)
+        x = read_inputs(args.input, graph)
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

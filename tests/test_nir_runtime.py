@@ -576,9 +576,9 @@ def test_unreadable_files(tmp_path):
 
 
 # ----------------------------------------------------------------------------- our exports
-def test_exported_convsnn_runs_with_identical_spikes(tmp_path):
-    """to_nir of a ConvSNN (preset nir), run here with forward Euler, reset to v_reset and
-    ordered sums, gives the model's own spikes bit for bit."""
+def _convsnn_model():
+    """A ConvSNN of preset nir with random weights under which both layers spike, and the
+    random generator to draw its input from."""
     try:
         from snnfast.convsnn import ConvSNN
     except ImportError:
@@ -592,6 +592,13 @@ def test_exported_convsnn_runs_with_identical_spikes(tmp_path):
                       "b1": rng.normal(0, 0.1, 1024).astype(f),
                       "W2": rng.normal(0, 0.1, (1024, 10)).astype(f),
                       "b2": rng.normal(0, 0.1, 10).astype(f)})
+    return model, rng
+
+
+def test_exported_convsnn_runs_with_identical_spikes(tmp_path):
+    """to_nir of a ConvSNN (preset nir), run here with forward Euler, reset to v_reset and
+    ordered sums, gives the model's own spikes bit for bit."""
+    model, rng = _convsnn_model()
     path = tmp_path / "m.nir"
     snir.to_nir(model, path)
     img = rng.integers(0, 256, (5, 784)).astype(np.uint8)
@@ -686,3 +693,65 @@ def test_cli_as_a_program(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "integrator exact, reset subtract" in proc.stdout and "output output:" in proc.stdout
+
+
+# ----------------------------------------------------------------------------- energy
+def test_energy_counts_by_hand():
+    """Linear (2x3, one zero weight) -> LIF: effective ops = nonzero inputs x nonzero fan-out
+    per step; a step with a non-binary input counts MACs; membrane updates = all units at the
+    first step, then the units whose membrane changed."""
+    from snnfast.nir.energy import account
+    W = np.array([[1.0, 0.0, 2.0], [0.5, 1.0, 1.0]])          # fan-out of inputs: 2, 1, 2
+    lif = nir.LIF(tau=_ones(2, 2.0), r=_ones(2, 2.0), v_leak=_ones(2, 0), v_threshold=_ones(2))
+    g = _graph([3], nir.Linear(weight=W), lif)
+    x = np.array([[[1, 0, 1], [0, 0, 0], [0, 2, 0]],             # sample 0
+                  [[0, 1, 0], [0, 0, 0], [0, 0, 0]]], np.float32)  # sample 1
+    res = account(g, x, dt=1.0)
+    lay = res["layers"]["n0"]
+    # ACs: sample 0 step 0: 2 + 2; sample 1 step 0: 1; MACs: sample 0 step 2: 1 (x = 2)
+    assert lay["Effective_ACs"] == (4 + 1) / 2 and lay["Effective_MACs"] == 1 / 2
+    assert lay["Dense"] == 6 * 3 * 2 / 2 and lay["binary_calls"] == 5
+    _, tr = snir.run(g, x, dt=1.0, trace=["n1"])
+    v = tr["n1"]["v"]
+    changed = 2 * 2 + int(np.count_nonzero(v[:, 1:] != v[:, :-1]))
+    act = res["activation_layers"]["n1"]
+    assert act["MembraneUpdates"] == changed / 2
+    assert act["spikes_per_sample"] == tr["n1"]["z"].sum() / 2
+    assert res["Footprint"] == 4 * (W.size + 5 * 2)      # float32 weight + 5 LIF parameters
+
+
+def test_energy_of_an_exported_convsnn_matches_its_own_accounting():
+    """conv and fc1 ops and both LIF layers' activations and membrane updates equal
+    snnfast.energy.from_convsnn's for the same model and input; fc2 differs by design (the
+    graph applies it to each step's hidden spikes, the model once to the rates)."""
+    from snnfast import energy
+    from snnfast.nir.energy import account
+    model, rng = _convsnn_model()
+    img = rng.integers(0, 256, (5, 784)).astype(np.uint8)
+    img[rng.random((5, 784)) < 0.6] = 0
+    ref = energy.from_convsnn(model, img)
+    s_in = model.trace(img)["input"]
+    res = account(snir.to_nir(model), s_in.reshape(5, -1, 1, 28, 28), dt=1e-4, batch_size=2)
+    for k in ("conv", "fc1"):
+        for q in ("Effective_ACs", "Effective_MACs", "Dense", "calls_per_sample"):
+            assert res["layers"][k][q] == ref["layers"][k][q], (k, q)
+    assert res["layers"]["fc1"]["Effective_ACs"] > 0
+    for ours, theirs in (("conv_lif", "conv"), ("hidden_lif", "hidden")):
+        assert res["activation_layers"][ours] == ref["activation_layers"][theirs]
+
+
+def test_energy_cli_on_a_nir_graph(tmp_path, capsys):
+    import json
+    from snnfast import energy
+    graph, inp, _ = _cli_graph(tmp_path)
+    out = tmp_path / "e.json"
+    assert energy.main([str(graph), "--input", str(inp), "--dt", "1e-4", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "NIR graph, 4 samples" in text and "SynapticOperations" in text and "uJ/inference" in text
+    data = json.loads(out.read_text())
+    assert data["format"] == "nir" and data["result"]["layers"]["n0"]["calls_per_sample"] == 20
+    for argv in ([str(graph), "--input", str(inp)], [str(graph), "--dt", "1e-4"]):
+        with pytest.raises(SystemExit) as e:
+            energy.main(argv)
+        assert e.value.code == 2
+    assert "is a NIR graph: give --input X.npz and --dt DT" in capsys.readouterr().err

@@ -13,7 +13,7 @@ semantics of every node: ``docs/nir-runtime.rst``. :func:`to_nir` exports a Conv
 """
 from ..nir_export import from_nir, to_nir
 from .graph import NODE_TYPES, Graph, GraphNode, load
-from .runtime import INTEGRATORS, RESETS, SUMS, run
+from .runtime import INTEGRATORS, RESETS, SUMS, read_inputs, run
 
-__all__ = ["load", "run", "Graph", "GraphNode", "NODE_TYPES", "INTEGRATORS", "RESETS", "SUMS",
-           "to_nir", "from_nir"]
+__all__ = ["load", "run", "read_inputs", "Graph", "GraphNode", "NODE_TYPES", "INTEGRATORS",
+           "RESETS", "SUMS", "to_nir", "from_nir"]

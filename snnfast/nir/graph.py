@@ -458,24 +458,22 @@ def _conv_out_shape(node, s):
         raise ValueError(f"node {node.name!r} ({node.kind}): input shape {s} does not fit weight "
                          f"{w.shape} with groups = {p['groups']} (expected ({w.shape[1] * p['groups']}, "
                          f"{', '.join(['L'] if n == 1 else ['H', 'W'])}))")
-    out = [w.shape[0]]
-    for size, k, st, d, (lo, hi) in zip(s[1:], w.shape[2:], p["stride"], p["dilation"],
-                                        p["padding"]):
-        o = (size + lo + hi - d * (k - 1) - 1) // st + 1
-        if o < 1:
-            raise ValueError(f"node {node.name!r} ({node.kind}): kernel larger than the padded "
-                             f"input {s}")
-        out.append(o)
-    return tuple(out)
+    return _windows(node, s, w.shape[0], w.shape[2:], p["stride"], p["dilation"], p["padding"])
 
 
 def _pool_out_shape(node, s):
     p = node.params
     if len(s) != 3:
         raise ValueError(f"node {node.name!r} ({node.kind}): input shape {s} is not (C, H, W)")
-    out = [s[0]]
-    for size, k, st, pad in zip(s[1:], p["kernel_size"], p["stride"], p["padding"]):
-        o = (size + 2 * pad - k) // st + 1
+    return _windows(node, s, s[0], p["kernel_size"], p["stride"], (1, 1),
+                    [(q, q) for q in p["padding"]])
+
+
+def _windows(node, s, channels, kernel, stride, dilation, padding):
+    """(channels, *positions) of a sliding window over the spatial axes of ``s``."""
+    out = [channels]
+    for size, k, st, d, (lo, hi) in zip(s[1:], kernel, stride, dilation, padding):
+        o = (size + lo + hi - d * (k - 1) - 1) // st + 1
         if o < 1:
             raise ValueError(f"node {node.name!r} ({node.kind}): kernel larger than the padded "
                              f"input {s}")

@@ -9,7 +9,7 @@ import numpy as np
 from ..reference import linear, pool2d
 from .graph import Graph, load
 
-__all__ = ["run", "INTEGRATORS", "RESETS", "SUMS"]
+__all__ = ["run", "read_inputs", "INTEGRATORS", "RESETS", "SUMS"]
 
 INTEGRATORS = ("euler", "exact")
 RESETS = ("zero", "subtract")
@@ -45,8 +45,10 @@ def run(net, x, dt=None, trace=None, integrator="euler", reset="zero", sums="ord
         kernels' order); "blas" uses matrix products (faster; last-bit rounding depends on
         the BLAS build).
     monitor : callable, optional
-        Called after every step as ``monitor(t, outputs)`` with ``{node: output of step t,
-        (N, *shape)}`` for every node (statistics without storing whole traces).
+        Called after every step ``t`` as ``monitor(t, info)`` (statistics without storing
+        whole traces); ``info`` holds ``"inputs"`` and ``"outputs"`` (``{node: (N, *shape)}``
+        of that step, every node) and ``"states"`` (``{node: {"v": ..., "i": ...}}``, neuron
+        nodes, after the step). The arrays are not modified later: references may be kept.
 
     Returns
     -------
@@ -79,22 +81,48 @@ def run(net, x, dt=None, trace=None, integrator="euler", reset="zero", sums="ord
     rec = {k: {} for k in names}
     prev = {}
     for t in range(T):
-        cur = {}
+        cur, ins = {}, {}
         for k in graph.order:
             node = graph.nodes[k]
             if node.kind == "Input":
                 inp = xs[k][:, t]
             else:
                 inp = _gather(graph, k, cur, prev, N)
+            ins[k] = inp
             cur[k] = steps[k](inp)
             if node.kind == "Output":
                 outs[k][:, t] = cur[k]
             if k in rec:
                 _record(rec[k], steps[k], cur[k], node, t, N, T)
         if monitor is not None:
-            monitor(t, cur)
+            monitor(t, {"inputs": ins, "outputs": cur,
+                        "states": {k: dict(s.state()) for k, s in steps.items()
+                                   if isinstance(s, _Neuron)}})
         prev = cur
     return (outs, rec) if trace is not None else outs
+
+
+def read_inputs(path, graph):
+    """The input of ``graph`` from an ``.npz`` file (its only array, or one array per Input
+    node named after it) or an ``.npy`` file (ValueError in one line otherwise)."""
+    try:
+        obj = np.load(path, allow_pickle=False)
+        if isinstance(obj, np.ndarray):
+            data = {"x": obj}
+        else:
+            with obj as f:
+                data = {k: f[k] for k in f.files}
+    except Exception as exc:    # zipfile, pickle refusal, bad headers: many types
+        msg = (str(exc).splitlines() or [""])[0]
+        raise ValueError(f"cannot read {str(path)!r} as .npz or .npy: {type(exc).__name__}: "
+                         f"{msg}") from None
+    if len(graph.inputs) == 1 and len(data) == 1:
+        return next(iter(data.values()))
+    missing = [k for k in graph.inputs if k not in data]
+    if missing:
+        raise ValueError(f"{path}: arrays {sorted(data)}; the graph's Input nodes are "
+                         f"{graph.inputs} (name the arrays after them)")
+    return {k: data[k] for k in graph.inputs}
 
 
 def _check_dt(dt, graph):

@@ -11,9 +11,8 @@ nir = pytest.importorskip("nir")
 
 from snnfast import nir as snir  # noqa: E402
 
-FIX = Path(__file__).resolve().parents[1] / ".." / ".." / "shared" / "fixtures" / "nir-paper"
-if not FIX.is_dir():
-    FIX = Path("/work/shared/fixtures/nir-paper")
+# the NIR paper's reference files (BSD-3, see SOURCE.md there)
+FIX = Path(__file__).resolve().parent / "data" / "nir-paper"
 needs_fixtures = pytest.mark.skipif(not FIX.is_dir(), reason="NIR paper fixtures not present")
 
 

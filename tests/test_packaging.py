@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def _expected(root):
     """Files of the checkout that an sdist needs in order to build and test the package."""
     pats = ["ext/*.pyx", "ext/*.pxd", "ext/*.h", "tests/*.py", "bench/*.py", "data/*.json",
+            "tests/data/nir-paper/*", "tests/data/nir-paper/*/*",
             "snnfast/*.py", "snnfast/*/*.py", "snnfast/network/presets/*.toml", "setup.py",
             "pyproject.toml", "README.md"]
     found = {p.relative_to(root).as_posix() for pat in pats for p in root.glob(pat)}

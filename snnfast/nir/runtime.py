@@ -265,10 +265,10 @@ class _Conv:
         co, cig, kh, kw = w.shape
         self.w = w.reshape(g, co // g, cig, kh, kw)
         self.b = p["bias"].astype(f32).reshape(g, co // g, 1, 1)
-        lift = (lambda t, fill: (fill,) + tuple(t)) if self.one_d else (lambda t, fill: tuple(t))
-        self.stride = lift(p["stride"], 1)
-        self.dil = lift(p["dilation"], 1)
-        self.pad = lift(p["padding"], (0, 0))
+        lead = 1 if self.one_d else 0        # a Conv1d's height axis: stride 1, no padding
+        self.stride = (1,) * lead + tuple(p["stride"])
+        self.dil = (1,) * lead + tuple(p["dilation"])
+        self.pad = ((0, 0),) * lead + tuple(p["padding"])
         self.ordered = sums == "ordered"
 
     def __call__(self, x):

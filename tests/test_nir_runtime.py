@@ -754,3 +754,65 @@ def test_energy_cli_on_a_nir_graph(tmp_path, capsys):
             energy.main(argv)
         assert e.value.code == 2
     assert "is a NIR graph: give --input X.npz and --dt DT" in capsys.readouterr().err
+
+
+def test_every_node_type_survives_a_nir_file(tmp_path):
+    """A chain holding every node type of nir 1.0.8 (and a nested graph) written with
+    nir.write, read back by load(): the same outputs as the graph in memory, with activity."""
+    rng = np.random.default_rng(12)
+
+    def r(*shape, scale=1.0):
+        return rng.normal(0, scale, size=shape)
+
+    def pos(*shape, low=2e-3, high=8e-3):
+        return rng.uniform(low, high, size=shape)
+
+    inner_nodes = {"input": nir.Input(input_type={"input": np.array([8])}),
+                   "lin": nir.Linear(weight=r(8, 8, scale=0.8)),
+                   "cubalif": nir.CubaLIF(tau_syn=pos(8), tau_mem=pos(8), r=_ones(8, 4.0),
+                                          v_leak=np.zeros(8), v_threshold=_ones(8, 0.2),
+                                          v_reset=np.zeros(8), w_in=_ones(8, 2.0)),
+                   "output": nir.Output(output_type={"output": np.array([8])})}
+    inner = nir.NIRGraph(nodes=inner_nodes, edges=[("input", "lin"), ("lin", "cubalif"),
+                                                   ("cubalif", "output")], type_check=False)
+    chain = [
+        ("conv2", nir.Conv2d(input_shape=(6, 6), weight=r(4, 2, 3, 3), stride=1, padding=1,
+                             dilation=1, groups=1, bias=r(4, scale=0.1))),
+        ("sum", nir.SumPool2d(kernel_size=np.array([2, 2]), stride=np.array([2, 2]),
+                              padding=np.array([0, 0]))),
+        ("avg", nir.AvgPool2d(kernel_size=np.array([1, 1]), stride=np.array([1, 1]),
+                              padding=np.array([0, 0]))),
+        ("fl1", nir.Flatten(input_type={"input": np.array([4, 3, 3])}, start_dim=1, end_dim=-1)),
+        ("conv1", nir.Conv1d(input_shape=9, weight=r(2, 4, 3), stride=1, padding=0, dilation=1,
+                             groups=1, bias=np.zeros(2))),
+        ("fl2", nir.Flatten(input_type={"input": np.array([2, 7])}, start_dim=0, end_dim=-1)),
+        ("aff", nir.Affine(weight=r(8, 14, scale=0.5), bias=r(8, scale=0.1))),
+        ("delay", nir.Delay(delay=np.array([0.0, 1e-4, 2e-4, 0.0, 3e-4, 1e-4, 0.0, 2e-4]))),
+        ("scale", nir.Scale(scale=r(8) + 2.0)),
+        ("lif", nir.LIF(tau=pos(8), r=_ones(8, 3.0), v_leak=r(8, scale=0.01),
+                        v_threshold=_ones(8, 0.1), v_reset=np.zeros(8))),
+        ("sub", inner),
+        ("lin2", nir.Linear(weight=r(8, 8))),
+        ("if", nir.IF(r=_ones(8, 2000.0), v_threshold=_ones(8, 0.3), v_reset=np.zeros(8))),
+        ("lin3", nir.Linear(weight=r(8, 8))),
+        ("li", nir.LI(tau=pos(8), r=_ones(8, 1.0), v_leak=np.zeros(8))),
+        ("cubali", nir.CubaLI(tau_syn=pos(8), tau_mem=pos(8), r=_ones(8), v_leak=np.zeros(8),
+                              w_in=_ones(8))),
+        ("thr", nir.Threshold(threshold=_ones(8, 0.0))),
+        ("i", nir.I(r=_ones(8, 100.0))),
+    ]
+    names = [n for n, _ in chain]
+    g = _graph([2, 6, 6], *[node for _, node in chain], names=names, out_shape=[8])
+    kinds = {type(n).__name__ for _, n in chain} | {"Input", "Output", "NIRGraph", "CubaLIF",
+                                                     "Linear"}
+    assert kinds >= set(snir.NODE_TYPES) - {"Identity"}
+    path = tmp_path / "all.nir"
+    nir.write(path, g)
+    x = (rng.random((3, 25, 2, 6, 6)) < 0.3).astype(np.float32)
+    a, ta = snir.run(g, x, dt=1e-4, trace="all")
+    b, tb = snir.run(path, x, dt=1e-4, trace="all")
+    assert np.array_equal(a["output"], b["output"])
+    assert ta.keys() == tb.keys() and "sub.cubalif" in tb
+    for k in ("lif", "sub.cubalif", "if"):
+        assert np.array_equal(ta[k]["z"], tb[k]["z"]) and tb[k]["z"].any(), k
+    assert tb["thr"]["z"].any() and not tb["thr"]["z"].all()

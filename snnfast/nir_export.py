@@ -451,7 +451,8 @@ def graph_to_spec(path_or_graph, dt=None, T=None):
     Raises
     ------
     ValueError
-        For graphs outside the family or parameters ConvSNN cannot represent.
+        For graphs outside the family or parameters ConvSNN cannot represent, and for
+        everything :func:`snnfast.nir.load` (which reads and checks the graph) refuses.
     """
     from .nir.graph import load
     net = load(path_or_graph)         # reads, flattens and checks shapes and values

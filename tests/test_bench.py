@@ -125,3 +125,17 @@ def test_peer_networks_use_snnfasts_neuron(peer):
             want = _lif_reference(x.astype(np.float64), reset)
             assert want.sum() > 20
             assert np.array_equal(np.array(got), want), (peer, reset)
+
+
+@pytest.mark.skipif(not BENCH.is_dir(), reason="bench/ is not shipped with this install")
+def test_nir_runtime_script_reports_both_summation_modes(tmp_path):
+    out = tmp_path / "nir.json"
+    r = subprocess.run([sys.executable, str(BENCH / "nir_runtime.py"), "--batch", "2", "--steps",
+                        "3", "--repeats", "2", "--json", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(out.read_text())["batches"]["2"]
+    for mode in ("ordered", "blas"):
+        times = d[mode]["times_s"]
+        assert len(times) == 2 and d[mode]["samples_per_s"] == pytest.approx(2 / (sum(times) / 2))
+        assert f"sums={mode}" in r.stdout

@@ -1,0 +1,473 @@
+/* The compiled inference engine of any snnfast Network description (see docs/network.rst).
+ *
+ * One sample at a time runs all T steps through all stages (a stage: pools/Flatten on its
+ * source, one Conv2d or Linear, pools/Flatten on the current, a LIF/IF layer); the caller
+ * runs samples in parallel, one workspace per thread. Every float32 sum follows the order
+ * that snnfast.reference documents (events in (step, flat input index) order, each adding
+ * x * w as a product rounded on its own: this file must be built with -ffp-contract=off), so
+ * the results equal the reference bit for bit and do not depend on the thread count.
+ *
+ * Layouts: a Conv2d's drive is accumulated channel-last (OH, OW, O), so that one event adds
+ * contiguous O-wide rows of the weights stored (C, kh, kw, O); everything else (currents,
+ * pools, membrane potentials, spikes) is in the description's (C, H, W) order, in which the
+ * next stage reads its events.
+ */
+#ifndef SNN_ENGINE_H
+#define SNN_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* A pool is 10 ints: kind (0 sum, 1 avg, 2 max), C, H, W, kh, kw, sh, sw, OH, OW. */
+enum { SNN_POOL_FIELDS = 10 };
+enum { SNN_RESET_ZERO = 0, SNN_RESET_SUBTRACT = 1, SNN_RESET_HALVE = 2 };
+
+typedef struct {
+    int src_size;              /* elements of the source (encoder frame or previous spikes) */
+    int n_pre;                 /* pools on the source, each SNN_POOL_FIELDS ints */
+    const int *pre;
+    int n_in;                  /* elements of the synaptic layer's input (event indices) */
+    int conv;                  /* 1: Conv2d, 0: Linear */
+    int n_out;                 /* elements of the synaptic layer's output */
+    int O, H, W, kh, kw, OH, OW;          /* Conv2d: input H, W; output OH, OW */
+    /* Conv2d taps per input row y: ytap_ptr[y] .. ytap_ptr[y+1]-1 index (ytap_k, ytap_o),
+     * the kernel rows ky and output rows oy it reaches; likewise per input column x */
+    const int *ytap_ptr, *ytap_k, *ytap_o, *xtap_ptr, *xtap_k, *xtap_o;
+    const float *w;            /* Linear: (n_in, n_out); Conv2d: (C, kh, kw, O) */
+    const float *bias;         /* NULL, or (n_out) for Linear, (O) for Conv2d */
+    int n_post;                /* pools on the current */
+    const int *post;
+    int n_neur;                /* neurons of the spiking layer */
+    float beta, thr, scale;
+    int reset, period, phase, cumulative;
+    int incremental;           /* window drive of period 2 on spikes: the incremental form */
+} snn_stage;
+
+typedef struct {
+    int T, n_stages;
+    const snn_stage *st;
+    int P;                     /* elements of one input frame */
+    int hybrid;                /* 1: Hybrid encoder (uint8 images), 0: Direct (float frames) */
+    int n_det;                 /* Hybrid: deterministic steps (t < n_det use det_table) */
+    const unsigned char *det_table;    /* (min(T, n_det), 256): spike of pixel value u */
+    uint64_t key;              /* Hybrid: the (seed, epoch) key of the Bernoulli steps */
+    const unsigned char *images;       /* Hybrid: (B, P) */
+    const uint64_t *ids;               /* Hybrid: (B) sample ids */
+    const float *frames;               /* Direct: (B, T, P) */
+    int64_t *counts;           /* (B, 1 + 2 n_stages, T): input, then per stage spikes, ops */
+    int64_t *last_counts;      /* (B, last stage's n_neur): its spikes over the run */
+    unsigned char *rec_in;     /* NULL or (B, T, P): the encoder's spikes (Hybrid) */
+    unsigned char *rec_spk;    /* NULL or (B, T, rec_total): every stage's spikes */
+    int rec_total;
+    const int *rec_off;        /* per stage, its offset in a rec_spk row */
+} snn_plan;
+
+/* Per-thread state of one stage. */
+typedef struct {
+    float *acc;                /* the synaptic drive before bias (Conv2d: channel-last) */
+    float *cur_a, *cur_b;      /* the current, ping-pong through the post pools */
+    float *v;                  /* membrane potentials */
+    unsigned char *spk;        /* this step's spikes, dense (C, H, W) order */
+    int *spk_idx;              /* and their indices, ascending */
+    int n_spk;
+    float *pre_a, *pre_b;      /* the source, ping-pong through the pre pools */
+    int *ev_idx;               /* this step's events */
+    float *ev_val;
+    int *win_idx[2];           /* incremental: the window's steps' events */
+    int win_n[2];
+    unsigned char *cnt_cur, *cnt_prev;  /* incremental: spikes per input this/last window */
+    int win_steps, have_prev;
+    int64_t ops;               /* synaptic operations since the last update */
+} snn_ws_stage;
+
+typedef struct {
+    int n_stages;
+    snn_ws_stage *s;
+    unsigned char *in_spk;     /* Hybrid: the encoder's spikes of this step */
+    int *in_idx;
+    int ok;
+} snn_ws;
+
+static inline int snn_pool_size(const int *p) { return p[1] * p[8] * p[9]; }
+
+static int snn_max_pool_size(int base, int n, const int *pools)
+{
+    int m = base;
+    for (int i = 0; i < n; i++) {
+        int s = snn_pool_size(pools + i * SNN_POOL_FIELDS);
+        if (s > m) m = s;
+    }
+    return m;
+}
+
+static void *snn_zalloc(size_t n, size_t size, int *ok)
+{
+    void *p = calloc(n ? n : 1, size);
+    if (!p) *ok = 0;
+    return p;
+}
+
+static void snn_ws_free(snn_ws *ws)
+{
+    if (!ws) return;
+    if (ws->s) {
+        for (int k = 0; k < ws->n_stages; k++) {
+            snn_ws_stage *s = &ws->s[k];
+            free(s->acc); free(s->cur_a); free(s->cur_b); free(s->v); free(s->spk);
+            free(s->spk_idx); free(s->pre_a); free(s->pre_b); free(s->ev_idx);
+            free(s->ev_val); free(s->win_idx[0]); free(s->win_idx[1]); free(s->cnt_cur);
+            free(s->cnt_prev);
+        }
+        free(ws->s);
+    }
+    free(ws->in_spk); free(ws->in_idx);
+    free(ws);
+}
+
+/* A thread's workspace (each buffer its own allocation: no two threads share a line). */
+static snn_ws *snn_ws_new(const snn_plan *pl)
+{
+    snn_ws *ws = (snn_ws *)calloc(1, sizeof(snn_ws));
+    if (!ws) return NULL;
+    ws->ok = 1;
+    ws->n_stages = pl->n_stages;
+    ws->s = (snn_ws_stage *)snn_zalloc(pl->n_stages, sizeof(snn_ws_stage), &ws->ok);
+    ws->in_spk = (unsigned char *)snn_zalloc(pl->P, 1, &ws->ok);
+    ws->in_idx = (int *)snn_zalloc(pl->P, sizeof(int), &ws->ok);
+    if (!ws->s) { snn_ws_free(ws); return NULL; }
+    for (int k = 0; k < pl->n_stages; k++) {
+        const snn_stage *st = &pl->st[k];
+        snn_ws_stage *s = &ws->s[k];
+        int ncur = snn_max_pool_size(st->n_out, st->n_post, st->post);
+        int npre = snn_max_pool_size(st->src_size, st->n_pre, st->pre);
+        s->acc = (float *)snn_zalloc(st->n_out, sizeof(float), &ws->ok);
+        s->cur_a = (float *)snn_zalloc(ncur, sizeof(float), &ws->ok);
+        s->cur_b = (float *)snn_zalloc(ncur, sizeof(float), &ws->ok);
+        s->v = (float *)snn_zalloc(st->n_neur, sizeof(float), &ws->ok);
+        s->spk = (unsigned char *)snn_zalloc(st->n_neur, 1, &ws->ok);
+        s->spk_idx = (int *)snn_zalloc(st->n_neur, sizeof(int), &ws->ok);
+        s->pre_a = (float *)snn_zalloc(npre, sizeof(float), &ws->ok);
+        s->pre_b = (float *)snn_zalloc(npre, sizeof(float), &ws->ok);
+        s->ev_idx = (int *)snn_zalloc(npre, sizeof(int), &ws->ok);
+        s->ev_val = (float *)snn_zalloc(npre, sizeof(float), &ws->ok);
+        if (st->incremental) {
+            for (int j = 0; j < 2; j++)
+                s->win_idx[j] = (int *)snn_zalloc(st->n_in, sizeof(int), &ws->ok);
+            s->cnt_cur = (unsigned char *)snn_zalloc(st->n_in, 1, &ws->ok);
+            s->cnt_prev = (unsigned char *)snn_zalloc(st->n_in, 1, &ws->ok);
+        }
+    }
+    if (!ws->ok) { snn_ws_free(ws); return NULL; }
+    return ws;
+}
+
+/* ------------------------------------------------------------------ layer operations */
+
+/* acc += x * w over n floats; x = 1 and x = -1 give the same bits as the product. */
+static inline void snn_add_row(float *restrict acc, const float *restrict w, float x, int n)
+{
+    if (x == 1.0f) {
+        for (int j = 0; j < n; j++) acc[j] += w[j];
+    } else if (x == -1.0f) {
+        for (int j = 0; j < n; j++) acc[j] -= w[j];
+    } else {
+        for (int j = 0; j < n; j++) acc[j] += x * w[j];
+    }
+}
+
+/* Add one event (input index i, value x) to the drive; returns its synaptic operations. */
+static inline int64_t snn_add_event(const snn_stage *st, float *restrict acc, int i, float x)
+{
+    if (!st->conv) {
+        snn_add_row(acc, st->w + (size_t)i * st->n_out, x, st->n_out);
+        return st->n_out;
+    }
+    const int O = st->O, kh = st->kh, kw = st->kw, HW = st->H * st->W;
+    const int c = i / HW, y = (i % HW) / st->W, xx = i % st->W;
+    const int y0 = st->ytap_ptr[y], y1 = st->ytap_ptr[y + 1];
+    const int x0 = st->xtap_ptr[xx], x1 = st->xtap_ptr[xx + 1];
+    for (int a = y0; a < y1; a++) {
+        const int ky = st->ytap_k[a], oy = st->ytap_o[a];
+        for (int b = x0; b < x1; b++) {
+            const int kx = st->xtap_k[b], ox = st->xtap_o[b];
+            snn_add_row(acc + ((size_t)oy * st->OW + ox) * O,
+                        st->w + ((size_t)(c * kh + ky) * kw + kx) * O, x, O);
+        }
+    }
+    return (int64_t)O * (y1 - y0) * (x1 - x0);
+}
+
+/* A pool (C, H, W) -> (C, OH, OW): sums in (ky, kx) order from 0, the mean as that sum
+ * divided by kh kw, or the maximum. */
+static void snn_pool(const int *p, const float *restrict in, float *restrict out)
+{
+    const int kind = p[0], C = p[1], H = p[2], W = p[3], kh = p[4], kw = p[5];
+    const int sh = p[6], sw = p[7], OH = p[8], OW = p[9];
+    const float div = (float)(kh * kw);
+    for (int c = 0; c < C; c++) {
+        const float *ic = in + (size_t)c * H * W;
+        float *oc = out + (size_t)c * OH * OW;
+        for (int oy = 0; oy < OH; oy++) {
+            for (int ox = 0; ox < OW; ox++) {
+                const float *win = ic + (size_t)oy * sh * W + (size_t)ox * sw;
+                float r;
+                if (kind == 2) {
+                    r = win[0];
+                    for (int ky = 0; ky < kh; ky++)
+                        for (int kx = 0; kx < kw; kx++) {
+                            float u = win[ky * W + kx];
+                            r = u > r ? u : r;
+                        }
+                } else {
+                    r = 0.0f;
+                    for (int ky = 0; ky < kh; ky++)
+                        for (int kx = 0; kx < kw; kx++) r += win[ky * W + kx];
+                    if (kind == 1) r = r / div;
+                }
+                oc[oy * OW + ox] = r;
+            }
+        }
+    }
+}
+
+/* Run pools in turn on a ping-pong pair; returns the buffer holding the result. */
+static float *snn_pools(int n, const int *pools, float *a, float *b)
+{
+    for (int i = 0; i < n; i++) {
+        snn_pool(pools + i * SNN_POOL_FIELDS, a, b);
+        float *t = a; a = b; b = t;
+    }
+    return a;
+}
+
+/* ------------------------------------------------------------------ one stage, one step */
+
+/* This step's events of stage k (indices ascending): spikes of the source (values 1, *val
+ * set to NULL) or the nonzero values after the pre pools / of real-valued frames. */
+static int snn_events(const snn_stage *st, snn_ws_stage *s, const unsigned char *src_spk,
+                      const int *src_idx, int src_n, const float *src_dense,
+                      const int **idx, const float **val)
+{
+    if (st->n_pre == 0 && src_spk) {
+        *idx = src_idx; *val = NULL;
+        return src_n;
+    }
+    const float *x = src_dense;
+    if (st->n_pre) {
+        if (src_spk)
+            for (int i = 0; i < st->src_size; i++) s->pre_a[i] = (float)src_spk[i];
+        else
+            memcpy(s->pre_a, src_dense, (size_t)st->src_size * sizeof(float));
+        x = snn_pools(st->n_pre, st->pre, s->pre_a, s->pre_b);
+    }
+    int m = 0;
+    for (int i = 0; i < st->n_in; i++) {
+        if (x[i] != 0.0f) { s->ev_idx[m] = i; s->ev_val[m] = x[i]; m++; }
+    }
+    *idx = s->ev_idx; *val = s->ev_val;
+    return m;
+}
+
+static int64_t snn_add_events(const snn_stage *st, float *acc, const int *idx,
+                              const float *val, int m)
+{
+    int64_t ops = 0;
+    for (int e = 0; e < m; e++) ops += snn_add_event(st, acc, idx[e], val ? val[e] : 1.0f);
+    return ops;
+}
+
+/* The incremental form's update of the drive (see snnfast.reference._window_events):
+ * returns -1 (use the direct sum) or the synaptic operations of the rows it added. */
+static int64_t snn_incremental(const snn_stage *st, snn_ws_stage *s)
+{
+    int n_up = 0, n_down = 0, n_ev = s->win_n[0] + (s->win_steps > 1 ? s->win_n[1] : 0);
+    for (int i = 0; i < st->n_in; i++) {
+        int d = (int)s->cnt_cur[i] - (int)s->cnt_prev[i];
+        if (d > 0) n_up += d; else n_down -= d;
+    }
+    if (n_up + n_down >= n_ev) return -1;
+    int64_t ops = 0;
+    for (int i = 0; i < st->n_in; i++)
+        for (int d = (int)s->cnt_cur[i] - (int)s->cnt_prev[i]; d > 0; d--)
+            ops += snn_add_event(st, s->acc, i, 1.0f);
+    for (int i = 0; i < st->n_in; i++)
+        for (int d = (int)s->cnt_prev[i] - (int)s->cnt_cur[i]; d > 0; d--)
+            ops += snn_add_event(st, s->acc, i, -1.0f);
+    return ops;
+}
+
+/* The drive at an update of an incremental stage; returns its synaptic operations. */
+static int64_t snn_incremental_drive(const snn_stage *st, snn_ws_stage *s)
+{
+    int64_t ops = s->have_prev ? snn_incremental(st, s) : -1;
+    if (ops < 0) {
+        memset(s->acc, 0, (size_t)st->n_out * sizeof(float));
+        ops = 0;
+        for (int j = 0; j < s->win_steps; j++)
+            ops += snn_add_events(st, s->acc, s->win_idx[j], NULL, s->win_n[j]);
+    }
+    unsigned char *t = s->cnt_prev; s->cnt_prev = s->cnt_cur; s->cnt_cur = t;
+    memset(s->cnt_cur, 0, (size_t)st->n_in);
+    s->have_prev = 1;
+    return ops;
+}
+
+/* Bias (to (C, H, W) order), post pools, scale, then the LIF/IF update; fills spk/spk_idx. */
+static void snn_neurons(const snn_stage *st, snn_ws_stage *s)
+{
+    float *cur = s->cur_a;
+    if (st->conv) {
+        const int O = st->O, npix = st->OH * st->OW;
+        for (int o = 0; o < O; o++) {
+            float *co = cur + (size_t)o * npix;
+            if (st->bias) {
+                const float b = st->bias[o];
+                for (int p = 0; p < npix; p++) co[p] = s->acc[(size_t)p * O + o] + b;
+            } else {
+                for (int p = 0; p < npix; p++) co[p] = s->acc[(size_t)p * O + o];
+            }
+        }
+    } else if (st->bias) {
+        for (int j = 0; j < st->n_out; j++) cur[j] = s->acc[j] + st->bias[j];
+    } else {
+        memcpy(cur, s->acc, (size_t)st->n_out * sizeof(float));
+    }
+    cur = snn_pools(st->n_post, st->post, cur, cur == s->cur_a ? s->cur_b : s->cur_a);
+    const float beta = st->beta, thr = st->thr, scale = st->scale;
+    int n = 0;
+    for (int i = 0; i < st->n_neur; i++) {
+        float v = s->v[i] * beta;
+        v = v + cur[i] * scale;
+        if (v > thr) {
+            v = st->reset == SNN_RESET_ZERO ? 0.0f :
+                st->reset == SNN_RESET_SUBTRACT ? v - thr : v * 0.5f;
+            s->spk[i] = 1;
+            s->spk_idx[n++] = i;
+        }
+        s->v[i] = v;
+    }
+    s->n_spk = n;
+}
+
+/* Stage k at step t given its source; writes its counters (spikes, synaptic operations). */
+static void snn_stage_step(const snn_stage *st, snn_ws_stage *s, int t,
+                           const unsigned char *src_spk, const int *src_idx, int src_n,
+                           const float *src_dense, int64_t *c_spk, int64_t *c_ops)
+{
+    for (int j = 0; j < s->n_spk; j++) s->spk[s->spk_idx[j]] = 0;
+    s->n_spk = 0;
+    const int *idx;
+    const float *val;
+    int m = snn_events(st, s, src_spk, src_idx, src_n, src_dense, &idx, &val);
+    if (st->incremental) {
+        int j = s->win_steps++;
+        memcpy(s->win_idx[j], idx, (size_t)m * sizeof(int));
+        s->win_n[j] = m;
+        for (int e = 0; e < m; e++) s->cnt_cur[idx[e]]++;
+    } else {
+        if (s->win_steps == 0 && !st->cumulative)
+            memset(s->acc, 0, (size_t)st->n_out * sizeof(float));
+        s->win_steps++;
+        s->ops += snn_add_events(st, s->acc, idx, val, m);
+    }
+    if (t % st->period != st->phase) {
+        c_spk[t] = 0; c_ops[t] = 0;
+        return;
+    }
+    c_ops[t] = st->incremental ? snn_incremental_drive(st, s) : s->ops;
+    s->ops = 0;
+    s->win_steps = 0;
+    snn_neurons(st, s);
+    c_spk[t] = s->n_spk;
+}
+
+/* ------------------------------------------------------------------ encoder, one sample */
+
+static inline uint64_t snn_mix64(uint64_t z)
+{
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+/* The Hybrid encoder's spikes of sample b at step t into ws->in_spk / in_idx; their count. */
+static int snn_hybrid_step(const snn_plan *pl, snn_ws *ws, ptrdiff_t b, int t)
+{
+    const unsigned char *img = pl->images + (size_t)b * pl->P;
+    int n = 0;
+    if (t < pl->n_det) {
+        const unsigned char *tab = pl->det_table + (size_t)t * 256;
+        for (int p = 0; p < pl->P; p++) {
+            unsigned char z = tab[img[p]];
+            ws->in_spk[p] = z;
+            if (z) ws->in_idx[n++] = p;
+        }
+    } else {
+        const uint64_t key = snn_mix64(pl->key ^ pl->ids[b]);
+        for (int p = 0; p < pl->P; p++) {
+            uint64_t u24 = snn_mix64(key ^ (((uint64_t)t << 32) | (uint64_t)p)) >> 40;
+            unsigned char z = u24 * 255u < ((uint64_t)img[p] << 24);
+            ws->in_spk[p] = z;
+            if (z) ws->in_idx[n++] = p;
+        }
+    }
+    return n;
+}
+
+static void snn_reset_sample(const snn_plan *pl, snn_ws *ws)
+{
+    for (int k = 0; k < pl->n_stages; k++) {
+        const snn_stage *st = &pl->st[k];
+        snn_ws_stage *s = &ws->s[k];
+        memset(s->acc, 0, (size_t)st->n_out * sizeof(float));
+        memset(s->v, 0, (size_t)st->n_neur * sizeof(float));
+        memset(s->spk, 0, (size_t)st->n_neur);
+        s->n_spk = 0; s->win_steps = 0; s->have_prev = 0; s->ops = 0;
+        if (st->incremental) {
+            memset(s->cnt_cur, 0, (size_t)st->n_in);
+            memset(s->cnt_prev, 0, (size_t)st->n_in);
+        }
+    }
+}
+
+/* The whole forward pass of sample b (all T steps, all stages). */
+static void snn_run_sample(const snn_plan *pl, snn_ws *ws, ptrdiff_t b)
+{
+    const int T = pl->T, K = 1 + 2 * pl->n_stages, last = pl->n_stages - 1;
+    int64_t *cnt = pl->counts + (size_t)b * K * T;
+    int64_t *lastc = pl->last_counts + (size_t)b * pl->st[last].n_neur;
+    snn_reset_sample(pl, ws);
+    for (int t = 0; t < T; t++) {
+        const unsigned char *spk = NULL;
+        const int *idx = NULL;
+        const float *dense = NULL;
+        int n;
+        if (pl->hybrid) {
+            n = snn_hybrid_step(pl, ws, b, t);
+            spk = ws->in_spk; idx = ws->in_idx;
+            if (pl->rec_in)
+                memcpy(pl->rec_in + ((size_t)b * T + t) * pl->P, spk, (size_t)pl->P);
+        } else {
+            dense = pl->frames + ((size_t)b * T + t) * pl->P;
+            n = 0;
+            for (int p = 0; p < pl->P; p++) n += dense[p] != 0.0f;
+        }
+        cnt[t] = n;
+        for (int k = 0; k < pl->n_stages; k++) {
+            snn_ws_stage *s = &ws->s[k];
+            snn_stage_step(&pl->st[k], s, t, spk, idx, n, dense,
+                           cnt + (size_t)(1 + 2 * k) * T, cnt + (size_t)(2 + 2 * k) * T);
+            spk = s->spk; idx = s->spk_idx; n = s->n_spk; dense = NULL;
+            if (pl->rec_spk) {
+                unsigned char *r = pl->rec_spk + ((size_t)b * T + t) * pl->rec_total
+                                   + pl->rec_off[k];
+                for (int j = 0; j < n; j++) r[idx[j]] = 1;
+            }
+        }
+        for (int j = 0; j < n; j++) lastc[idx[j]]++;
+    }
+}
+
+#endif

@@ -45,6 +45,7 @@ cdef extern from "snn_engine.h" nogil:
         unsigned char *rec_spk
         int rec_total
         const int *rec_off
+        float *rec_v
 
     ctypedef struct snn_ws:
         pass
@@ -83,11 +84,13 @@ def run(list stages, int T, bint hybrid, int n_det, const unsigned char[:, ::1] 
         uint64_t key, const unsigned char[:, ::1] images, const uint64_t[::1] ids,
         const float[:, :, ::1] frames, int64_t[:, :, ::1] counts,
         int64_t[:, ::1] last_counts, unsigned char[:, :, ::1] rec_in,
-        unsigned char[:, :, ::1] rec_spk, const int[::1] rec_off, int n_threads):
+        unsigned char[:, :, ::1] rec_spk, float[:, ::1] rec_v, const int[::1] rec_off,
+        int n_threads):
     """Forward pass of ``counts.shape[0]`` samples; fills ``counts`` (B, 1 + 2 stages, T),
-    ``last_counts`` (B, last stage's neurons) and, unless None, ``rec_in`` (B, T, P) and
-    ``rec_spk`` (B, T, total neurons). Inputs: ``images`` (B, P) and ``ids`` (B) for the
-    Hybrid encoder, else ``frames`` (B, T, P); the unused ones are (1, 1[, 1]) dummies."""
+    ``last_counts`` (B, last stage's neurons) and, unless None, ``rec_in`` (B, T, P),
+    ``rec_spk`` (B, T, total neurons) and ``rec_v`` (B, total neurons). Inputs: ``images``
+    (B, P) and ``ids`` (B) for the Hybrid encoder, else ``frames`` (B, T, P); the unused
+    ones are (1, 1[, 1]) dummies."""
     cdef Py_ssize_t B = counts.shape[0], b
     cdef int n_stages = len(stages), k, failed = 0
     cdef snn_plan plan
@@ -106,6 +109,7 @@ def run(list stages, int T, bint hybrid, int n_det, const unsigned char[:, ::1] 
         plan.rec_in = NULL if rec_in is None else &rec_in[0, 0, 0]
         plan.rec_spk = NULL if rec_spk is None else &rec_spk[0, 0, 0]
         plan.rec_total = 0 if rec_spk is None else rec_spk.shape[2]
+        plan.rec_v = NULL if rec_v is None else &rec_v[0, 0]
         plan.rec_off = &rec_off[0]
         with nogil, parallel(num_threads=n_threads):
             ws = snn_ws_new(&plan)       # per thread: its own allocations

@@ -61,7 +61,8 @@ typedef struct {
     unsigned char *rec_in;     /* NULL or (B, T, P): the encoder's spikes (Hybrid) */
     unsigned char *rec_spk;    /* NULL or (B, T, rec_total): every stage's spikes */
     int rec_total;
-    const int *rec_off;        /* per stage, its offset in a rec_spk row */
+    const int *rec_off;        /* per stage, its offset in a rec_spk / rec_v row */
+    float *rec_v;              /* NULL or (B, rec_total): membrane potentials after step T-1 */
 } snn_plan;
 
 /* Per-thread state of one stage. */
@@ -468,6 +469,10 @@ static void snn_run_sample(const snn_plan *pl, snn_ws *ws, ptrdiff_t b)
         }
         for (int j = 0; j < n; j++) lastc[idx[j]]++;
     }
+    if (pl->rec_v)
+        for (int k = 0; k < pl->n_stages; k++)
+            memcpy(pl->rec_v + (size_t)b * pl->rec_total + pl->rec_off[k], ws->s[k].v,
+                   (size_t)pl->st[k].n_neur * sizeof(float));
 }
 
 #endif

@@ -201,11 +201,12 @@ class CompiledNetwork:
         last = np.zeros((B, self._stages[-1]["n_neur"]), np.int64)
         rec_in = np.zeros((B, T, P), np.uint8) if record and self._hybrid else None
         rec_spk = np.zeros((B, T, self._rec_total), np.uint8) if record else None
+        rec_v = np.zeros((B, self._rec_total), f32) if record else None
         if B:
             _kernels().run(self._stages, T, self._hybrid,
                            net.encoder.n_det if self._hybrid else 0,
                            self._det if self._hybrid else dummy_u8, key, images, ids, frames,
-                           counts, last, rec_in, rec_spk, self._rec_off, n_threads)
+                           counts, last, rec_in, rec_spk, rec_v, self._rec_off, n_threads)
         out = self._readout(counts, last)
         if record:
             out["input"] = (rec_in if self._hybrid else frames.copy()).reshape(
@@ -213,6 +214,8 @@ class CompiledNetwork:
             out["spikes"] = {net[n].name: rec_spk[:, :, o:o + d["n_neur"]].reshape(
                 (B, T) + net.shapes[n])
                 for (n, _), d, o in zip(net.stages(), self._stages, self._rec_off)}
+            out["v"] = {net[n].name: rec_v[:, o:o + d["n_neur"]].reshape((B,) + net.shapes[n])
+                        for (n, _), d, o in zip(net.stages(), self._stages, self._rec_off)}
         return out
 
     def _readout(self, counts, last):
@@ -268,8 +271,8 @@ def forward(network, weights, inputs, *, seed=0, epoch=EVAL_EPOCH, sample_ids=No
     -------
     dict
         As :func:`snnfast.reference.forward`: ``output``, ``rates``, ``counts`` (int64
-        (B, T) per counter), ``dense_macs``, ``n_updates``; with ``record`` also ``input``
-        and ``spikes``.
+        (B, T) per counter), ``dense_macs``, ``n_updates``; with ``record`` also ``input``,
+        ``spikes`` and ``v`` (the membrane potentials after the last step).
     """
     return CompiledNetwork(network, weights).forward(
         inputs, seed=seed, epoch=epoch, sample_ids=sample_ids, n_threads=n_threads,

@@ -23,6 +23,7 @@ cdef extern from "snn_engine.h" nogil:
         const int *xtap_k
         const int *xtap_o
         const float *w
+        int w_stride, fan_out, block
         const float *bias
         int n_post
         const int *post
@@ -41,6 +42,12 @@ cdef extern from "snn_engine.h" nogil:
         const float *frames
         int64_t *counts
         int64_t *last_counts
+        int *list_idx
+        float *list_val
+        int64_t list_cap
+        int64_t *upd_start
+        int64_t *upd_count
+        unsigned char *upd_reset
         unsigned char *rec_in
         unsigned char *rec_spk
         int rec_total
@@ -52,7 +59,10 @@ cdef extern from "snn_engine.h" nogil:
 
     snn_ws *snn_ws_new(const snn_plan *pl)
     void snn_ws_free(snn_ws *ws)
-    void snn_run_sample(const snn_plan *pl, snn_ws *ws, Py_ssize_t b)
+    void snn_run_item(const snn_plan *pl, snn_ws *ws, int k, int phase, Py_ssize_t i,
+                      Py_ssize_t B)
+    void snn_count_spikes(const snn_plan *pl, int k, Py_ssize_t b)
+    int snn_n_blocks(const snn_stage *st)
 
 
 cdef const int *_ints(const int[::1] a):
@@ -75,6 +85,7 @@ cdef void _fill_stage(snn_stage *s, dict d) except *:
     s.ytap_ptr, s.ytap_k, s.ytap_o = _ints(d["ytap_ptr"]), _ints(d["ytap_k"]), _ints(d["ytap_o"])
     s.xtap_ptr, s.xtap_k, s.xtap_o = _ints(d["xtap_ptr"]), _ints(d["xtap_k"]), _ints(d["xtap_o"])
     s.w, s.bias = _floats(d["w"]), _floats(d["bias"])
+    s.w_stride, s.fan_out, s.block = d["w_stride"], d["fan_out"], d["block"]
     s.n_neur, s.beta, s.thr, s.scale = d["n_neur"], d["beta"], d["thr"], d["scale"]
     s.reset, s.period, s.phase = d["reset"], d["period"], d["phase"]
     s.cumulative, s.incremental = d["cumulative"], d["incremental"]
@@ -82,17 +93,25 @@ cdef void _fill_stage(snn_stage *s, dict d) except *:
 
 def run(list stages, int T, bint hybrid, int n_det, const unsigned char[:, ::1] det_table,
         uint64_t key, const unsigned char[:, ::1] images, const uint64_t[::1] ids,
-        const float[:, :, ::1] frames, int64_t[:, :, ::1] counts,
-        int64_t[:, ::1] last_counts, unsigned char[:, :, ::1] rec_in,
-        unsigned char[:, :, ::1] rec_spk, float[:, ::1] rec_v, const int[::1] rec_off,
-        int n_threads):
+        const float[:, :, ::1] frames, int64_t[:, :, ::1] counts, int64_t[:, ::1] last_counts,
+        unsigned char[:, :, ::1] rec_in, unsigned char[:, :, ::1] rec_spk,
+        float[:, ::1] rec_v, const int[::1] rec_off, int[:, ::1] list_idx,
+        float[:, ::1] list_val, int64_t[:, ::1] upd_start, int64_t[:, ::1] upd_count,
+        unsigned char[:, ::1] upd_reset, int n_threads):
     """Forward pass of ``counts.shape[0]`` samples; fills ``counts`` (B, 1 + 2 stages, T),
-    ``last_counts`` (B, last stage's neurons) and, unless None, ``rec_in`` (B, T, P),
-    ``rec_spk`` (B, T, total neurons) and ``rec_v`` (B, total neurons). Inputs: ``images``
-    (B, P) and ``ids`` (B) for the Hybrid encoder, else ``frames`` (B, T, P); the unused
-    ones are (1, 1[, 1]) dummies."""
-    cdef Py_ssize_t B = counts.shape[0], b
-    cdef int n_stages = len(stages), k, failed = 0
+    adds to ``last_counts`` (B, last stage's neurons; zeroed by the caller), writes
+    ``rec_spk`` (B, T, total neurons) and, unless None, ``rec_in`` (B, T, P) and ``rec_v``
+    (B, total neurons). Inputs: ``images`` (B, P) and ``ids`` (B) for the Hybrid encoder,
+    else ``frames`` (B, T, P); the unused ones are (1, 1[, 1]) dummies. Scratch of the
+    column-blocked Linear stages: ``list_idx``, ``list_val`` (B, T x their largest input)
+    and ``upd_*`` (B, T) (or (1, 1) dummies if there are none).
+
+    The stages run one after the other on the whole batch (each reads the previous one's
+    spikes from ``rec_spk``): OpenMP over samples; a column-blocked Linear stage first lists
+    each sample's rows per update (over samples), then adds them over (column block,
+    sample) pairs, blocks outermost: a thread keeps its blocks' weights in its cache."""
+    cdef Py_ssize_t B = counts.shape[0], b, i, nb
+    cdef int n_stages = len(stages), k, phase, failed = 0
     cdef snn_plan plan
     cdef snn_ws *ws = NULL
     cdef snn_stage *st = <snn_stage *>malloc(n_stages * sizeof(snn_stage))
@@ -107,19 +126,28 @@ def run(list stages, int T, bint hybrid, int n_det, const unsigned char[:, ::1] 
         plan.images, plan.ids, plan.frames = &images[0, 0], &ids[0], &frames[0, 0, 0]
         plan.counts, plan.last_counts = &counts[0, 0, 0], &last_counts[0, 0]
         plan.rec_in = NULL if rec_in is None else &rec_in[0, 0, 0]
-        plan.rec_spk = NULL if rec_spk is None else &rec_spk[0, 0, 0]
-        plan.rec_total = 0 if rec_spk is None else rec_spk.shape[2]
+        plan.rec_spk, plan.rec_total = &rec_spk[0, 0, 0], rec_spk.shape[2]
         plan.rec_v = NULL if rec_v is None else &rec_v[0, 0]
         plan.rec_off = &rec_off[0]
-        with nogil, parallel(num_threads=n_threads):
-            ws = snn_ws_new(&plan)       # per thread: its own allocations
-            for b in prange(B, schedule="dynamic"):
-                if ws == NULL:
-                    failed += 1
-                else:
-                    snn_run_sample(&plan, ws, b)
-            snn_ws_free(ws)
+        plan.list_idx, plan.list_val, plan.list_cap = &list_idx[0, 0], &list_val[0, 0], \
+            list_idx.shape[1]
+        plan.upd_start, plan.upd_count = &upd_start[0, 0], &upd_count[0, 0]
+        plan.upd_reset = &upd_reset[0, 0]
+        for k in range(n_stages):
+            for phase in range(2 if st[k].block > 0 else 1):
+                nb = B if phase == 0 else snn_n_blocks(&st[k]) * B
+                with nogil, parallel(num_threads=n_threads):
+                    ws = snn_ws_new(&plan)       # per thread: its own allocations
+                    for i in prange(nb, schedule="static"):
+                        if ws == NULL:
+                            failed += 1
+                        else:
+                            snn_run_item(&plan, ws, k, phase, i, B)
+                    snn_ws_free(ws)
+                if failed:
+                    raise MemoryError("snnfast.engine: cannot allocate a thread's workspace")
+            if st[k].block > 0:
+                for b in prange(B, nogil=True, schedule="static", num_threads=n_threads):
+                    snn_count_spikes(&plan, k, b)
     finally:
         free(st)
-    if failed:
-        raise MemoryError("snnfast.engine: cannot allocate a thread's workspace")

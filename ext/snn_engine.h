@@ -35,7 +35,13 @@ typedef struct {
     /* Conv2d taps per input row y: ytap_ptr[y] .. ytap_ptr[y+1]-1 index (ytap_k, ytap_o),
      * the kernel rows ky and output rows oy it reaches; likewise per input column x */
     const int *ytap_ptr, *ytap_k, *ytap_o, *xtap_ptr, *xtap_k, *xtap_o;
-    const float *w;            /* Linear: (n_in, n_out); Conv2d: (C, kh, kw, O) */
+    const float *w;            /* Linear: (n_in, w_stride) rows, or with column blocks each
+                                  block (n_in, its width) contiguous, one after the other
+                                  (a power-of-two row stride would thrash the cache's sets);
+                                  Conv2d: (C, kh, kw, O) */
+    int w_stride;              /* Linear: floats between two weight rows */
+    int fan_out;               /* Linear: synaptic operations per event (all its outputs) */
+    int block;                 /* Linear: > 0 runs in column blocks of this width */
     const float *bias;         /* NULL, or (n_out) for Linear, (O) for Conv2d */
     int n_post;                /* pools on the current */
     const int *post;
@@ -57,9 +63,19 @@ typedef struct {
     const uint64_t *ids;               /* Hybrid: (B) sample ids */
     const float *frames;               /* Direct: (B, T, P) */
     int64_t *counts;           /* (B, 1 + 2 n_stages, T): input, then per stage spikes, ops */
-    int64_t *last_counts;      /* (B, last stage's n_neur): its spikes over the run */
+    /* column-blocked Linear stages: each sample's rows to add, per update (phase 0), then
+     * added per (column block, sample) (phase 1) */
+    int *list_idx;             /* (B, list_cap): the rows' input indices */
+    float *list_val;           /* (B, list_cap): their coefficients */
+    int64_t list_cap;
+    int64_t *upd_start;        /* (B, T): where an update's rows start in the sample's list */
+    int64_t *upd_count;        /* (B, T): how many */
+    unsigned char *upd_reset;  /* (B, T): 1 if the update's drive starts from 0 */
     unsigned char *rec_in;     /* NULL or (B, T, P): the encoder's spikes (Hybrid) */
-    unsigned char *rec_spk;    /* NULL or (B, T, rec_total): every stage's spikes */
+    unsigned char *rec_spk;    /* (B, T, rec_total): every stage's spikes (the next stage's
+                                  source: the stages run one after the other on the batch);
+                                  written whole, need not be zeroed */
+    int64_t *last_counts;      /* (B, last stage's n_neur): its spikes over the run */
     int rec_total;
     const int *rec_off;        /* per stage, its offset in a rec_spk / rec_v row */
     float *rec_v;              /* NULL or (B, rec_total): membrane potentials after step T-1 */
@@ -74,6 +90,7 @@ typedef struct {
     int *spk_idx;              /* and their indices, ascending */
     int n_spk;
     float *pre_a, *pre_b;      /* the source, ping-pong through the pre pools */
+    int *src_idx;              /* the source's spikes (indices) at this step */
     int *ev_idx;               /* this step's events */
     float *ev_val;
     int *win_idx[2];           /* incremental: the window's steps' events */
@@ -81,6 +98,10 @@ typedef struct {
     unsigned char *cnt_cur, *cnt_prev;  /* incremental: spikes per input this/last window */
     int win_steps, have_prev;
     int64_t ops;               /* synaptic operations since the last update */
+    int *list_idx;             /* phase 0 of a blocked stage: rows go here, not into acc */
+    float *list_val;
+    int64_t list_n, list_mark; /* rows listed so far, and at the last update */
+    int list_reset;            /* the incremental form's choice: 1 direct (from 0) */
 } snn_ws_stage;
 
 typedef struct {
@@ -88,6 +109,7 @@ typedef struct {
     snn_ws_stage *s;
     unsigned char *in_spk;     /* Hybrid: the encoder's spikes of this step */
     int *in_idx;
+    int64_t *dummy;            /* T counters nobody reads (a column block's spike counts) */
     int ok;
 } snn_ws;
 
@@ -117,13 +139,13 @@ static void snn_ws_free(snn_ws *ws)
         for (int k = 0; k < ws->n_stages; k++) {
             snn_ws_stage *s = &ws->s[k];
             free(s->acc); free(s->cur_a); free(s->cur_b); free(s->v); free(s->spk);
-            free(s->spk_idx); free(s->pre_a); free(s->pre_b); free(s->ev_idx);
+            free(s->spk_idx); free(s->src_idx); free(s->pre_a); free(s->pre_b); free(s->ev_idx);
             free(s->ev_val); free(s->win_idx[0]); free(s->win_idx[1]); free(s->cnt_cur);
             free(s->cnt_prev);
         }
         free(ws->s);
     }
-    free(ws->in_spk); free(ws->in_idx);
+    free(ws->in_spk); free(ws->in_idx); free(ws->dummy);
     free(ws);
 }
 
@@ -137,6 +159,7 @@ static snn_ws *snn_ws_new(const snn_plan *pl)
     ws->s = (snn_ws_stage *)snn_zalloc(pl->n_stages, sizeof(snn_ws_stage), &ws->ok);
     ws->in_spk = (unsigned char *)snn_zalloc(pl->P, 1, &ws->ok);
     ws->in_idx = (int *)snn_zalloc(pl->P, sizeof(int), &ws->ok);
+    ws->dummy = (int64_t *)snn_zalloc(pl->T, sizeof(int64_t), &ws->ok);
     if (!ws->s) { snn_ws_free(ws); return NULL; }
     for (int k = 0; k < pl->n_stages; k++) {
         const snn_stage *st = &pl->st[k];
@@ -151,6 +174,7 @@ static snn_ws *snn_ws_new(const snn_plan *pl)
         s->spk_idx = (int *)snn_zalloc(st->n_neur, sizeof(int), &ws->ok);
         s->pre_a = (float *)snn_zalloc(npre, sizeof(float), &ws->ok);
         s->pre_b = (float *)snn_zalloc(npre, sizeof(float), &ws->ok);
+        s->src_idx = (int *)snn_zalloc(st->src_size, sizeof(int), &ws->ok);
         s->ev_idx = (int *)snn_zalloc(npre, sizeof(int), &ws->ok);
         s->ev_val = (float *)snn_zalloc(npre, sizeof(float), &ws->ok);
         if (st->incremental) {
@@ -182,8 +206,8 @@ static inline void snn_add_row(float *restrict acc, const float *restrict w, flo
 static inline int64_t snn_add_event(const snn_stage *st, float *restrict acc, int i, float x)
 {
     if (!st->conv) {
-        snn_add_row(acc, st->w + (size_t)i * st->n_out, x, st->n_out);
-        return st->n_out;
+        snn_add_row(acc, st->w + (size_t)i * st->w_stride, x, st->n_out);
+        return st->fan_out;
     }
     const int O = st->O, kh = st->kh, kw = st->kw, HW = st->H * st->W;
     const int c = i / HW, y = (i % HW) / st->W, xx = i % st->W;
@@ -271,11 +295,23 @@ static int snn_events(const snn_stage *st, snn_ws_stage *s, const unsigned char 
     return m;
 }
 
-static int64_t snn_add_events(const snn_stage *st, float *acc, const int *idx,
-                              const float *val, int m)
+/* Add an event to the drive, or (phase 0 of a column-blocked Linear stage) list it. */
+static inline int64_t snn_put(const snn_stage *st, snn_ws_stage *s, float *acc, int i, float x)
+{
+    if (s->list_idx) {
+        s->list_idx[s->list_n] = i;
+        s->list_val[s->list_n] = x;
+        s->list_n++;
+        return st->fan_out;
+    }
+    return snn_add_event(st, acc, i, x);
+}
+
+static int64_t snn_add_events(const snn_stage *st, snn_ws_stage *s, float *acc,
+                              const int *idx, const float *val, int m)
 {
     int64_t ops = 0;
-    for (int e = 0; e < m; e++) ops += snn_add_event(st, acc, idx[e], val ? val[e] : 1.0f);
+    for (int e = 0; e < m; e++) ops += snn_put(st, s, acc, idx[e], val ? val[e] : 1.0f);
     return ops;
 }
 
@@ -292,10 +328,10 @@ static int64_t snn_incremental(const snn_stage *st, snn_ws_stage *s)
     int64_t ops = 0;
     for (int i = 0; i < st->n_in; i++)
         for (int d = (int)s->cnt_cur[i] - (int)s->cnt_prev[i]; d > 0; d--)
-            ops += snn_add_event(st, s->acc, i, 1.0f);
+            ops += snn_put(st, s, s->acc, i, 1.0f);
     for (int i = 0; i < st->n_in; i++)
         for (int d = (int)s->cnt_prev[i] - (int)s->cnt_cur[i]; d > 0; d--)
-            ops += snn_add_event(st, s->acc, i, -1.0f);
+            ops += snn_put(st, s, s->acc, i, -1.0f);
     return ops;
 }
 
@@ -303,11 +339,12 @@ static int64_t snn_incremental(const snn_stage *st, snn_ws_stage *s)
 static int64_t snn_incremental_drive(const snn_stage *st, snn_ws_stage *s)
 {
     int64_t ops = s->have_prev ? snn_incremental(st, s) : -1;
+    s->list_reset = ops < 0;
     if (ops < 0) {
         memset(s->acc, 0, (size_t)st->n_out * sizeof(float));
         ops = 0;
         for (int j = 0; j < s->win_steps; j++)
-            ops += snn_add_events(st, s->acc, s->win_idx[j], NULL, s->win_n[j]);
+            ops += snn_add_events(st, s, s->acc, s->win_idx[j], NULL, s->win_n[j]);
     }
     unsigned char *t = s->cnt_prev; s->cnt_prev = s->cnt_cur; s->cnt_cur = t;
     memset(s->cnt_cur, 0, (size_t)st->n_in);
@@ -371,7 +408,7 @@ static void snn_stage_step(const snn_stage *st, snn_ws_stage *s, int t,
         if (s->win_steps == 0 && !st->cumulative)
             memset(s->acc, 0, (size_t)st->n_out * sizeof(float));
         s->win_steps++;
-        s->ops += snn_add_events(st, s->acc, idx, val, m);
+        s->ops += snn_add_events(st, s, s->acc, idx, val, m);
     }
     if (t % st->period != st->phase) {
         c_spk[t] = 0; c_ops[t] = 0;
@@ -380,6 +417,10 @@ static void snn_stage_step(const snn_stage *st, snn_ws_stage *s, int t,
     c_ops[t] = st->incremental ? snn_incremental_drive(st, s) : s->ops;
     s->ops = 0;
     s->win_steps = 0;
+    if (s->list_idx) {           /* phase 0: note the update's rows; no neurons yet */
+        s->list_reset = st->incremental ? s->list_reset : !st->cumulative;
+        return;
+    }
     snn_neurons(st, s);
     c_spk[t] = s->n_spk;
 }
@@ -417,62 +458,191 @@ static int snn_hybrid_step(const snn_plan *pl, snn_ws *ws, ptrdiff_t b, int t)
     return n;
 }
 
-static void snn_reset_sample(const snn_plan *pl, snn_ws *ws)
+static void snn_reset_stage(const snn_stage *st, snn_ws_stage *s)
 {
-    for (int k = 0; k < pl->n_stages; k++) {
-        const snn_stage *st = &pl->st[k];
-        snn_ws_stage *s = &ws->s[k];
-        memset(s->acc, 0, (size_t)st->n_out * sizeof(float));
-        memset(s->v, 0, (size_t)st->n_neur * sizeof(float));
-        memset(s->spk, 0, (size_t)st->n_neur);
-        s->n_spk = 0; s->win_steps = 0; s->have_prev = 0; s->ops = 0;
-        if (st->incremental) {
-            memset(s->cnt_cur, 0, (size_t)st->n_in);
-            memset(s->cnt_prev, 0, (size_t)st->n_in);
-        }
+    memset(s->acc, 0, (size_t)st->n_out * sizeof(float));
+    memset(s->v, 0, (size_t)st->n_neur * sizeof(float));
+    memset(s->spk, 0, (size_t)st->n_neur);
+    s->n_spk = 0; s->win_steps = 0; s->have_prev = 0; s->ops = 0;
+    if (st->incremental) {
+        memset(s->cnt_cur, 0, (size_t)st->n_in);
+        memset(s->cnt_prev, 0, (size_t)st->n_in);
     }
 }
 
-/* The whole forward pass of sample b (all T steps, all stages). */
-static void snn_run_sample(const snn_plan *pl, snn_ws *ws, ptrdiff_t b)
+/* The source of stage k at step t of sample b: the encoder's output (stage 0; its count
+ * goes to the "input" counter) or the previous stage's spikes, read back from rec_spk. */
+static int snn_source(const snn_plan *pl, snn_ws *ws, int k, ptrdiff_t b, int t,
+                      const unsigned char **spk, const int **idx, const float **dense)
 {
-    const int T = pl->T, K = 1 + 2 * pl->n_stages, last = pl->n_stages - 1;
-    int64_t *cnt = pl->counts + (size_t)b * K * T;
-    int64_t *lastc = pl->last_counts + (size_t)b * pl->st[last].n_neur;
-    snn_reset_sample(pl, ws);
+    int n = 0;
+    *spk = NULL; *idx = NULL; *dense = NULL;
+    if (k > 0) {
+        const snn_stage *prev = &pl->st[k - 1];
+        int *out = ws->s[k].src_idx;
+        const unsigned char *row = pl->rec_spk + ((size_t)b * pl->T + t) * pl->rec_total
+                                   + pl->rec_off[k - 1];
+        for (int i = 0; i < prev->n_neur; i++)
+            if (row[i]) out[n++] = i;
+        *spk = row; *idx = out;
+    } else if (pl->hybrid) {
+        n = snn_hybrid_step(pl, ws, b, t);
+        *spk = ws->in_spk; *idx = ws->in_idx;
+        if (pl->rec_in)
+            memcpy(pl->rec_in + ((size_t)b * pl->T + t) * pl->P, ws->in_spk, (size_t)pl->P);
+    } else {
+        const float *x = pl->frames + ((size_t)b * pl->T + t) * pl->P;
+        for (int p = 0; p < pl->P; p++) n += x[p] != 0.0f;
+        *dense = x;
+    }
+    return n;
+}
+
+/* This step's spikes of stage k (or of its column block from neuron j0) into rec_spk (the
+ * whole row slice: the buffer is not zeroed beforehand), and into the last stage's counts. */
+static void snn_put_spikes(const snn_plan *pl, const snn_stage *st, const snn_ws_stage *s,
+                           int k, int j0, ptrdiff_t b, int t)
+{
+    unsigned char *r = pl->rec_spk + ((size_t)b * pl->T + t) * pl->rec_total
+                       + pl->rec_off[k] + j0;
+    memset(r, 0, (size_t)st->n_neur);
+    for (int j = 0; j < s->n_spk; j++) r[s->spk_idx[j]] = 1;
+    if (k == pl->n_stages - 1) {
+        int64_t *c = pl->last_counts + (size_t)b * pl->st[k].n_neur + j0;
+        for (int j = 0; j < s->n_spk; j++) c[s->spk_idx[j]]++;
+    }
+}
+
+/* All T steps of stage ``st`` (stage k, or a column block of it starting at neuron j0) for
+ * sample b; spikes to rec_spk, counters to c_spk / c_ops (T each). */
+static void snn_run_steps(const snn_plan *pl, snn_ws *ws, int k, const snn_stage *st, int j0,
+                          ptrdiff_t b, int64_t *c_spk, int64_t *c_ops)
+{
+    const int T = pl->T;
+    snn_ws_stage *s = &ws->s[k];
+    int64_t *c_in = pl->counts + (size_t)b * (1 + 2 * pl->n_stages) * T;
+    snn_reset_stage(st, s);
     for (int t = 0; t < T; t++) {
-        const unsigned char *spk = NULL;
-        const int *idx = NULL;
-        const float *dense = NULL;
-        int n;
-        if (pl->hybrid) {
-            n = snn_hybrid_step(pl, ws, b, t);
-            spk = ws->in_spk; idx = ws->in_idx;
-            if (pl->rec_in)
-                memcpy(pl->rec_in + ((size_t)b * T + t) * pl->P, spk, (size_t)pl->P);
-        } else {
-            dense = pl->frames + ((size_t)b * T + t) * pl->P;
-            n = 0;
-            for (int p = 0; p < pl->P; p++) n += dense[p] != 0.0f;
-        }
-        cnt[t] = n;
-        for (int k = 0; k < pl->n_stages; k++) {
-            snn_ws_stage *s = &ws->s[k];
-            snn_stage_step(&pl->st[k], s, t, spk, idx, n, dense,
-                           cnt + (size_t)(1 + 2 * k) * T, cnt + (size_t)(2 + 2 * k) * T);
-            spk = s->spk; idx = s->spk_idx; n = s->n_spk; dense = NULL;
-            if (pl->rec_spk) {
-                unsigned char *r = pl->rec_spk + ((size_t)b * T + t) * pl->rec_total
-                                   + pl->rec_off[k];
-                for (int j = 0; j < n; j++) r[idx[j]] = 1;
-            }
-        }
-        for (int j = 0; j < n; j++) lastc[idx[j]]++;
+        const unsigned char *spk;
+        const int *idx;
+        const float *dense;
+        int n = snn_source(pl, ws, k, b, t, &spk, &idx, &dense);
+        if (k == 0) c_in[t] = n;
+        snn_stage_step(st, s, t, spk, idx, n, dense, c_spk, c_ops);
+        snn_put_spikes(pl, st, s, k, j0, b, t);
     }
     if (pl->rec_v)
-        for (int k = 0; k < pl->n_stages; k++)
-            memcpy(pl->rec_v + (size_t)b * pl->rec_total + pl->rec_off[k], ws->s[k].v,
-                   (size_t)pl->st[k].n_neur * sizeof(float));
+        memcpy(pl->rec_v + (size_t)b * pl->rec_total + pl->rec_off[k] + j0, s->v,
+               (size_t)st->n_neur * sizeof(float));
+}
+
+/* Stage k of sample b, whole (not column-blocked). */
+static void snn_run_stage(const snn_plan *pl, snn_ws *ws, int k, ptrdiff_t b)
+{
+    const int T = pl->T;
+    int64_t *cnt = pl->counts + (size_t)b * (1 + 2 * pl->n_stages) * T;
+    snn_run_steps(pl, ws, k, &pl->st[k], 0, b, cnt + (size_t)(1 + 2 * k) * T,
+                  cnt + (size_t)(2 + 2 * k) * T);
+}
+
+/* Number of column blocks of stage k (1 if it is not blocked). */
+static int snn_n_blocks(const snn_stage *st)
+{
+    return st->block > 0 ? (st->n_out + st->block - 1) / st->block : 1;
+}
+
+/* Phase 0 of a column-blocked Linear stage k, sample b: the events, windows and the
+ * incremental form's choices of the whole stage, as lists of rows per update (and the
+ * synaptic operations); no weights are read. */
+static void snn_list_rows(const snn_plan *pl, snn_ws *ws, int k, ptrdiff_t b)
+{
+    const snn_stage *st = &pl->st[k];
+    const int T = pl->T;
+    snn_ws_stage *s = &ws->s[k];
+    int64_t *cnt = pl->counts + (size_t)b * (1 + 2 * pl->n_stages) * T;
+    snn_reset_stage(st, s);
+    s->list_idx = pl->list_idx + (size_t)b * pl->list_cap;
+    s->list_val = pl->list_val + (size_t)b * pl->list_cap;
+    s->list_n = s->list_mark = 0;
+    for (int t = 0; t < T; t++) {
+        const unsigned char *spk;
+        const int *idx;
+        const float *dense;
+        int n = snn_source(pl, ws, k, b, t, &spk, &idx, &dense);
+        if (k == 0) cnt[t] = n;
+        snn_stage_step(st, s, t, spk, idx, n, dense, ws->dummy, cnt + (size_t)(2 + 2 * k) * T);
+        if (t % st->period == st->phase) {
+            size_t u = (size_t)b * T + t;
+            pl->upd_start[u] = s->list_mark;
+            pl->upd_count[u] = s->list_n - s->list_mark;
+            pl->upd_reset[u] = (unsigned char)s->list_reset;
+            s->list_mark = s->list_n;
+        }
+    }
+    s->list_idx = NULL;
+    s->list_val = NULL;
+}
+
+/* Phase 1: column block ``blk`` of the Linear stage k for sample b adds the listed rows of
+ * its weight columns and updates its neurons. A block's neurons only depend on its columns,
+ * so the blocks run apart, each keeping its slice of the weights in cache while the samples
+ * stream through; the rows and their order are the whole stage's, so are the sums. */
+static void snn_add_rows(const snn_plan *pl, snn_ws *ws, int k, int blk, ptrdiff_t b)
+{
+    const snn_stage *st = &pl->st[k];
+    const int T = pl->T, j0 = blk * st->block;
+    snn_stage sub = *st;
+    sub.n_out = sub.n_neur = (st->n_out - j0 < st->block) ? st->n_out - j0 : st->block;
+    sub.w = st->w + (size_t)j0 * st->n_in;     /* blocks stored one after the other */
+    sub.w_stride = sub.n_out;
+    sub.bias = st->bias ? st->bias + j0 : NULL;
+    snn_ws_stage *s = &ws->s[k];
+    snn_reset_stage(&sub, s);
+    const int *li = pl->list_idx + (size_t)b * pl->list_cap;
+    const float *lv = pl->list_val + (size_t)b * pl->list_cap;
+    for (int t = 0; t < T; t++) {
+        for (int j = 0; j < s->n_spk; j++) s->spk[s->spk_idx[j]] = 0;
+        s->n_spk = 0;
+        if (t % st->period == st->phase) {
+            size_t u = (size_t)b * T + t;
+            if (pl->upd_reset[u]) memset(s->acc, 0, (size_t)sub.n_out * sizeof(float));
+            const int64_t e0 = pl->upd_start[u], e1 = e0 + pl->upd_count[u];
+            for (int64_t e = e0; e < e1; e++) snn_add_event(&sub, s->acc, li[e], lv[e]);
+            snn_neurons(&sub, s);
+        }
+        snn_put_spikes(pl, &sub, s, k, j0, b, t);
+    }
+    if (pl->rec_v)
+        memcpy(pl->rec_v + (size_t)b * pl->rec_total + pl->rec_off[k] + j0, s->v,
+               (size_t)sub.n_neur * sizeof(float));
+}
+
+/* Work item i of stage k on a batch of B: sample i (phase 0), or (block i / B, sample
+ * i % B) of a column-blocked stage's phase 1 (blocks outermost, so that a static split
+ * over threads gives each thread whole blocks). */
+static void snn_run_item(const snn_plan *pl, snn_ws *ws, int k, int phase, ptrdiff_t i,
+                         ptrdiff_t B)
+{
+    if (pl->st[k].block <= 0)
+        snn_run_stage(pl, ws, k, i);
+    else if (phase == 0)
+        snn_list_rows(pl, ws, k, i);
+    else
+        snn_add_rows(pl, ws, k, (int)(i / B), i % B);
+}
+
+/* The spike counters of a column-blocked stage k of sample b, from its recorded spikes. */
+static void snn_count_spikes(const snn_plan *pl, int k, ptrdiff_t b)
+{
+    const int T = pl->T, n = pl->st[k].n_neur;
+    int64_t *c = pl->counts + ((size_t)b * (1 + 2 * pl->n_stages) + 1 + 2 * k) * T;
+    for (int t = 0; t < T; t++) {
+        const unsigned char *row = pl->rec_spk + ((size_t)b * T + t) * pl->rec_total
+                                   + pl->rec_off[k];
+        int64_t m = 0;
+        for (int i = 0; i < n; i++) m += row[i];
+        c[t] = m;
+    }
 }
 
 #endif

@@ -6,6 +6,9 @@
     the default preset's hidden layer);
 (c) bad inputs and weights are refused with a one-line message.
 """
+import importlib
+from unittest import mock
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -17,6 +20,14 @@ from snnfast.network import (IF, LIF, PRESET_NAMES, AvgPool2d, Conv2d, Direct, F
                              Linear, MaxPool2d, Network, RateReadout, SumPool2d, load_preset)
 
 f32 = np.float32
+_F = importlib.import_module("snnfast.engine.forward")
+
+
+def column_blocks(width):
+    """Context: Linear stages after the first run in column blocks of ``width`` (the last
+    one narrower), whatever the cache size would choose."""
+    return mock.patch.object(_F, "_block_width", lambda n_in, n_out: width if n_out > width
+                             else 0)
 
 
 def assert_same(got, want):
@@ -112,6 +123,9 @@ def test_random_networks_equal_the_reference_bit_for_bit(case, seed, epoch):
     two = E.forward(net, w, x, seed=seed, epoch=epoch, sample_ids=ids, record=True,
                     n_threads=2)
     assert_same(two, want)
+    with column_blocks(2):
+        assert_same(E.forward(net, w, x, seed=seed, epoch=epoch, sample_ids=ids, record=True,
+                              n_threads=2), want)
     assert_same(E.forward(net, w, x, seed=seed, epoch=epoch, sample_ids=ids),
                 {k: v for k, v in want.items() if k not in ("input", "spikes", "v")})
 
@@ -163,6 +177,12 @@ def test_presets_equal_the_reference_bit_for_bit(preset):
     want = R.forward(net, w, X, seed=3, epoch=4, sample_ids=ids, record=True)
     got = E.forward(net, w, X, seed=3, epoch=4, sample_ids=ids, record=True, n_threads=2)
     assert_same(got, want)
+    for width in (0, 100):       # fc1 whole, and in blocks of 100 columns (the last 24)
+        with column_blocks(width):
+            model = E.CompiledNetwork(net, w)
+            assert model._stages[1]["block"] == width
+            assert_same(model.forward(X, seed=3, epoch=4, sample_ids=ids, record=True,
+                                      n_threads=2), want)
     assert want["counts"]["hidden"].sum() > 100 and want["counts"]["conv_lif"].sum() > 1000
     if preset == "default":
         # the hidden drive took the incremental form somewhere (fewer row additions than

@@ -9,9 +9,13 @@ released), so results do not depend on the thread count or the batch split.
 The layers after the :class:`~snnfast.network.RateReadout` run once per batch on the rates,
 as NumPy matrix products (the reference's :func:`~snnfast.reference.linear`).
 """
+import threading
+from contextlib import contextmanager
+
 import numpy as np
 
 from .._config import effective_n_threads
+from ..convsnn_numpy import _serial_blas
 from ..network.layers import Conv2d, Direct, Linear
 from ..reference.forward import (_GOLDEN, _M64, EVAL_EPOCH, _check_weights, _mix64,
                                  linear)
@@ -61,6 +65,17 @@ def _taps(size, k, s, p, out):
     return tuple(np.array(a if a else [0], np.int32) for a in (ptr, ks, os_))
 
 
+def _block_width(n_in, n_out):
+    """Column block width of a Linear stage (0: no blocks): the widest multiple of 16 in
+    [16, 256] whose weight slice (n_in x width float32) fits in ~3/4 of a core's L2 cache
+    (32 columns if the cache size is unknown); the block order changes no sum."""
+    from .._convsnn_kernels import _l2_bytes
+    l2 = _l2_bytes()
+    bw = 32 if l2 is None else (int(0.75 * l2) // (4 * n_in)) // 16 * 16
+    bw = min(max(bw, 16), 256)
+    return 0 if bw >= n_out else bw
+
+
 def _stage_table(net, weights, k, neuron, chain, src_shape):
     """The kernels' description of stage ``k`` (a dict of ints, floats and arrays)."""
     syn = next(i for i in chain if net[i].kind == "synapse")
@@ -83,13 +98,18 @@ def _stage_table(net, weights, k, neuron, chain, src_shape):
     if isinstance(layer, Conv2d):
         O, (C, H, W), (kh, kw) = layer.out_channels, in_shape, layer.kernel_size
         OH, OW = net.shapes[syn][1:]
-        d.update(conv=1, conv_shape=(O, H, W, kh, kw, OH, OW),
+        d.update(conv=1, conv_shape=(O, H, W, kh, kw, OH, OW), w_stride=0, fan_out=0, block=0,
                  w=np.ascontiguousarray(w.transpose(1, 2, 3, 0)).reshape(-1))  # (C, kh, kw, O)
         ys = _taps(H, kh, layer.stride[0], layer.padding[0], OH)
         xs = _taps(W, kw, layer.stride[1], layer.padding[1], OW)
     else:
         assert isinstance(layer, Linear)
-        d.update(conv=0, conv_shape=(0,) * 7, w=w.reshape(-1))
+        n_out = layer.out_features
+        bw = _block_width(d["n_in"], n_out) if k > 0 else 0
+        if bw:       # each column block's (n_in, width) slice contiguous, one after the other
+            w = np.concatenate([w[:, j:j + bw].reshape(-1) for j in range(0, n_out, bw)])
+        d.update(conv=0, conv_shape=(0,) * 7, w=w.reshape(-1), w_stride=n_out, fan_out=n_out,
+                 block=bw)
         ys = xs = (_NONE,) * 3
     d.update(zip(("ytap_ptr", "ytap_k", "ytap_o"), ys))
     d.update(zip(("xtap_ptr", "xtap_k", "xtap_o"), xs))
@@ -179,6 +199,7 @@ class CompiledNetwork:
         enc = net.encoder
         self._hybrid = not isinstance(enc, Direct)
         self._det = _det_table(enc.T, enc.n_det) if self._hybrid else None
+        self._lock, self._cache = threading.Lock(), (None,)
 
     def forward(self, inputs, *, seed=0, epoch=EVAL_EPOCH, sample_ids=None, n_threads=None,
                 record=False):
@@ -199,14 +220,15 @@ class CompiledNetwork:
         P = int(np.prod(net.input_shape))
         counts = np.zeros((B, 1 + 2 * len(self._stages), T), np.int64)
         last = np.zeros((B, self._stages[-1]["n_neur"]), np.int64)
-        rec_in = np.zeros((B, T, P), np.uint8) if record and self._hybrid else None
-        rec_spk = np.zeros((B, T, self._rec_total), np.uint8) if record else None
-        rec_v = np.zeros((B, self._rec_total), f32) if record else None
-        if B:
-            _kernels().run(self._stages, T, self._hybrid,
-                           net.encoder.n_det if self._hybrid else 0,
-                           self._det if self._hybrid else dummy_u8, key, images, ids, frames,
-                           counts, last, rec_in, rec_spk, rec_v, self._rec_off, n_threads)
+        rec_in = np.empty((B, T, P), np.uint8) if record and self._hybrid else None
+        rec_v = np.empty((B, self._rec_total), f32) if record else None
+        with self._scratch(B, record) as (rec_spk, lists):
+            if B:
+                _kernels().run(self._stages, T, self._hybrid,
+                               net.encoder.n_det if self._hybrid else 0,
+                               self._det if self._hybrid else dummy_u8, key, images, ids,
+                               frames, counts, last, rec_in, rec_spk, rec_v, self._rec_off,
+                               *lists, n_threads)
         out = self._readout(counts, last)
         if record:
             out["input"] = (rec_in if self._hybrid else frames.copy()).reshape(
@@ -217,6 +239,36 @@ class CompiledNetwork:
             out["v"] = {net[n].name: rec_v[:, o:o + d["n_neur"]].reshape((B,) + net.shapes[n])
                         for (n, _), d, o in zip(net.stages(), self._stages, self._rec_off)}
         return out
+
+    @contextmanager
+    def _scratch(self, B, record):
+        """(every stage's spikes (B, T, neurons), the row lists): kept for the next call of
+        the same batch size (no page faults for fresh memory each batch) unless they are
+        returned (``record``) or another thread is using them."""
+        if record or not self._lock.acquire(blocking=False):
+            yield np.empty((B, self.network.T, self._rec_total), np.uint8), self._row_lists(B)
+            return
+        try:
+            if self._cache[0] != B:
+                self._cache = (B, np.empty((B, self.network.T, self._rec_total), np.uint8),
+                               self._row_lists(B))
+            yield self._cache[1:]
+        finally:
+            self._lock.release()
+
+    def _row_lists(self, B):
+        """Scratch of the column-blocked Linear stages: each sample's rows (input index and
+        coefficient, at most T x n_in) and where each update's start (see ext/snn_engine.h);
+        np.empty, so that only the pages the rows use are touched."""
+        n_in = max((d["n_in"] for d in self._stages if d["block"]), default=0)
+        if not n_in:
+            one = np.zeros((1, 1), np.int64)
+            return np.zeros((1, 1), np.int32), np.zeros((1, 1), f32), one, one, \
+                np.zeros((1, 1), np.uint8)
+        T = self.network.T
+        return (np.empty((B, T * n_in), np.int32), np.empty((B, T * n_in), f32),
+                np.zeros((B, T), np.int64), np.zeros((B, T), np.int64),
+                np.zeros((B, T), np.uint8))
 
     def _readout(self, counts, last):
         net, B = self.network, len(counts)
@@ -236,8 +288,9 @@ class CompiledNetwork:
             layer = net[i]
             if isinstance(layer, Linear):
                 macs[layer.name] = int(np.prod(self.weights[f"{layer.name}.weight"].shape))
-                y = linear(y, self.weights[f"{layer.name}.weight"],
-                           self.weights.get(f"{layer.name}.bias"))
+                with _serial_blas():       # the same bits for any number of BLAS threads
+                    y = linear(y, self.weights[f"{layer.name}.weight"],
+                               self.weights.get(f"{layer.name}.bias"))
         return dict(output=y.reshape((B,) + net.output_shape), rates=rates, counts=c,
                     dense_macs=macs, n_updates=n_updates)
 

@@ -99,7 +99,7 @@ def run(list stages, int T, bint hybrid, int n_det, const unsigned char[:, ::1] 
         float[:, ::1] list_val, int64_t[:, ::1] upd_start, int64_t[:, ::1] upd_count,
         unsigned char[:, ::1] upd_reset, int n_threads):
     """Forward pass of ``counts.shape[0]`` samples; fills ``counts`` (B, 1 + 2 stages, T),
-    adds to ``last_counts`` (B, last stage's neurons; zeroed by the caller), writes
+    ``last_counts`` (B, last stage's neurons), writes
     ``rec_spk`` (B, T, total neurons) and, unless None, ``rec_in`` (B, T, P) and ``rec_v``
     (B, total neurons). Inputs: ``images`` (B, P) and ``ids`` (B) for the Hybrid encoder,
     else ``frames`` (B, T, P); the unused ones are (1, 1[, 1]) dummies. Scratch of the

@@ -75,7 +75,8 @@ typedef struct {
     unsigned char *rec_spk;    /* (B, T, rec_total): every stage's spikes (the next stage's
                                   source: the stages run one after the other on the batch);
                                   written whole, need not be zeroed */
-    int64_t *last_counts;      /* (B, last stage's n_neur): its spikes over the run */
+    int64_t *last_counts;      /* (B, last stage's n_neur): its spikes over the run (need
+                                  not be zeroed) */
     int rec_total;
     const int *rec_off;        /* per stage, its offset in a rec_spk / rec_v row */
     float *rec_v;              /* NULL or (B, rec_total): membrane potentials after step T-1 */
@@ -499,10 +500,14 @@ static int snn_source(const snn_plan *pl, snn_ws *ws, int k, ptrdiff_t b, int t,
 }
 
 /* This step's spikes of stage k (or of its column block from neuron j0) into rec_spk (the
- * whole row slice: the buffer is not zeroed beforehand), and into the last stage's counts. */
+ * whole row slice: the buffer is not zeroed beforehand), and into the last stage's counts
+ * (zeroed at t = 0). */
 static void snn_put_spikes(const snn_plan *pl, const snn_stage *st, const snn_ws_stage *s,
                            int k, int j0, ptrdiff_t b, int t)
 {
+    if (k == pl->n_stages - 1 && t == 0)
+        memset(pl->last_counts + (size_t)b * pl->st[k].n_neur + j0, 0,
+               (size_t)st->n_neur * sizeof(int64_t));
     unsigned char *r = pl->rec_spk + ((size_t)b * pl->T + t) * pl->rec_total
                        + pl->rec_off[k] + j0;
     memset(r, 0, (size_t)st->n_neur);

@@ -219,17 +219,16 @@ class CompiledNetwork:
             images, ids, key = dummy_u8, np.zeros(1, np.uint64), 0
         P = int(np.prod(net.input_shape))
         counts = np.zeros((B, 1 + 2 * len(self._stages), T), np.int64)
-        last = np.zeros((B, self._stages[-1]["n_neur"]), np.int64)
         rec_in = np.empty((B, T, P), np.uint8) if record and self._hybrid else None
         rec_v = np.empty((B, self._rec_total), f32) if record else None
-        with self._scratch(B, record) as (rec_spk, lists):
+        with self._scratch(B, record) as (rec_spk, last, lists):
             if B:
                 _kernels().run(self._stages, T, self._hybrid,
                                net.encoder.n_det if self._hybrid else 0,
                                self._det if self._hybrid else dummy_u8, key, images, ids,
                                frames, counts, last, rec_in, rec_spk, rec_v, self._rec_off,
                                *lists, n_threads)
-        out = self._readout(counts, last)
+            out = self._readout(counts, last)
         if record:
             out["input"] = (rec_in if self._hybrid else frames.copy()).reshape(
                 (B, T) + net.input_shape)
@@ -242,19 +241,23 @@ class CompiledNetwork:
 
     @contextmanager
     def _scratch(self, B, record):
-        """(every stage's spikes (B, T, neurons), the row lists): kept for the next call of
-        the same batch size (no page faults for fresh memory each batch) unless they are
-        returned (``record``) or another thread is using them."""
+        """(every stage's spikes (B, T, neurons), the last stage's spike counts, the row
+        lists), all written whole by the kernels: kept for the next call of the same batch size
+        (no page faults for fresh memory each batch) unless they are returned (``record``)
+        or another thread is using them."""
         if record or not self._lock.acquire(blocking=False):
-            yield np.empty((B, self.network.T, self._rec_total), np.uint8), self._row_lists(B)
+            yield self._new_scratch(B)
             return
         try:
             if self._cache[0] != B:
-                self._cache = (B, np.empty((B, self.network.T, self._rec_total), np.uint8),
-                               self._row_lists(B))
+                self._cache = (B,) + self._new_scratch(B)
             yield self._cache[1:]
         finally:
             self._lock.release()
+
+    def _new_scratch(self, B):
+        return (np.empty((B, self.network.T, self._rec_total), np.uint8),
+                np.empty((B, self._stages[-1]["n_neur"]), np.int64), self._row_lists(B))
 
     def _row_lists(self, B):
         """Scratch of the column-blocked Linear stages: each sample's rows (input index and

@@ -353,6 +353,23 @@ static int64_t snn_incremental_drive(const snn_stage *st, snn_ws_stage *s)
     return ops;
 }
 
+/* The LIF/IF update of n neurons: v = v * beta, v = v + cur * scale (each rounded), spike
+ * where v > thr, then the reset (``reset`` a constant at each call: one loop per mode). */
+static inline void snn_lif(float *restrict v, const float *restrict cur,
+                           unsigned char *restrict spk, int n, float beta, float thr,
+                           float scale, int reset)
+{
+    for (int i = 0; i < n; i++) {
+        float u = v[i] * beta;
+        u = u + cur[i] * scale;
+        const int z = u > thr;
+        const float r = reset == SNN_RESET_ZERO ? 0.0f :
+                        reset == SNN_RESET_SUBTRACT ? u - thr : u * 0.5f;
+        v[i] = z ? r : u;
+        spk[i] = (unsigned char)z;
+    }
+}
+
 /* Bias (to (C, H, W) order), post pools, scale, then the LIF/IF update; fills spk/spk_idx. */
 static void snn_neurons(const snn_stage *st, snn_ws_stage *s)
 {
@@ -375,17 +392,20 @@ static void snn_neurons(const snn_stage *st, snn_ws_stage *s)
     }
     cur = snn_pools(st->n_post, st->post, cur, cur == s->cur_a ? s->cur_b : s->cur_a);
     const float beta = st->beta, thr = st->thr, scale = st->scale;
+    const int nn = st->n_neur;
+    /* one branch-free (vectorisable) loop per reset mode */
+    switch (st->reset) {
+    case SNN_RESET_ZERO:
+        snn_lif(s->v, cur, s->spk, nn, beta, thr, scale, SNN_RESET_ZERO); break;
+    case SNN_RESET_SUBTRACT:
+        snn_lif(s->v, cur, s->spk, nn, beta, thr, scale, SNN_RESET_SUBTRACT); break;
+    default:
+        snn_lif(s->v, cur, s->spk, nn, beta, thr, scale, SNN_RESET_HALVE); break;
+    }
     int n = 0;
-    for (int i = 0; i < st->n_neur; i++) {
-        float v = s->v[i] * beta;
-        v = v + cur[i] * scale;
-        if (v > thr) {
-            v = st->reset == SNN_RESET_ZERO ? 0.0f :
-                st->reset == SNN_RESET_SUBTRACT ? v - thr : v * 0.5f;
-            s->spk[i] = 1;
-            s->spk_idx[n++] = i;
-        }
-        s->v[i] = v;
+    for (int i = 0; i < nn; i++) {       /* the spikes' indices, ascending, branch-free */
+        s->spk_idx[n] = i;
+        n += s->spk[i];
     }
     s->n_spk = n;
 }
@@ -483,8 +503,10 @@ static int snn_source(const snn_plan *pl, snn_ws *ws, int k, ptrdiff_t b, int t,
         int *out = ws->s[k].src_idx;
         const unsigned char *row = pl->rec_spk + ((size_t)b * pl->T + t) * pl->rec_total
                                    + pl->rec_off[k - 1];
-        for (int i = 0; i < prev->n_neur; i++)
-            if (row[i]) out[n++] = i;
+        for (int i = 0; i < prev->n_neur; i++) {     /* branch-free: spikes are sparse */
+            out[n] = i;
+            n += row[i];
+        }
         *spk = row; *idx = out;
     } else if (pl->hybrid) {
         n = snn_hybrid_step(pl, ws, b, t);

@@ -76,7 +76,7 @@ def compare(fns, sizes, repeats):
 def _line(tag, r, names):
     a, b = names
     ratio = r[f"{a}/{b}"]
-    print(f"[{tag}] {a} {r[a]['img_s']:8.0f} img/s   {b} {r[b]['img_s']:8.0f} img/s   "
+    print(f"[{tag}] {a} {r[a]['img_s']:8.1f} img/s   {b} {r[b]['img_s']:8.1f} img/s   "
           f"{a}/{b} x{ratio['ratio']:.2f} ({min(ratio['runs']):.2f}-{max(ratio['runs']):.2f})")
 
 

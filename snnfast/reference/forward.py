@@ -341,7 +341,9 @@ def forward(network, weights, inputs, *, seed=0, epoch=EVAL_EPOCH, sample_ids=No
         layer's spikes and each synaptic layer's synaptic operations (one per connection an
         event reaches), under the layer's name; ``dense_macs``: multiply-adds per sample of
         each layer after the readout; ``n_updates``: updates per spiking layer; with
-        ``record``: ``input`` (B, T, C, H, W) and ``spikes`` ``{name: uint8 (B, T, *shape)}``.
+        ``record``: ``input`` (B, T, C, H, W), ``spikes`` ``{name: uint8 (B, T, *shape)}`` and
+        ``v`` ``{name: float32 (B, *shape)}``, every spiking layer's membrane potentials after
+        the last step (they show any float32 difference that the spikes may hide).
     """
     net = network
     w = _check_weights(net, weights)
@@ -382,5 +384,5 @@ def _readout(net, w, stages, spikes, counts, x, record):
     out = dict(output=y.reshape((B,) + net.output_shape), rates=rates, counts=counts,
                dense_macs=macs, n_updates={st.neuron.name: st.n_updates for st in stages})
     if record:
-        out.update(input=x, spikes=spikes)
+        out.update(input=x, spikes=spikes, v={st.neuron.name: st.v.copy() for st in stages})
     return out

@@ -44,7 +44,8 @@ Energy: :class:`EnergyModel` presets with cited per-operation energies. The SNN 
 modelled.
 
 ``python -m snnfast.energy MODEL.h5 [--preset P] [--samples N] [--json OUT]`` prints the
-table for a Conv-SNN (``snnfast_format = "convsnn-1"``) or TTFS (``"ttfs-1"``) file;
+table for a Conv-SNN (``snnfast_format = "convsnn-1"``) or TTFS (``"ttfs-1"``) file, or any
+network (``"network-1"``, :func:`from_network`; ``--input X.npz`` gives its inputs);
 ``python -m snnfast.energy GRAPH.nir --input X.npz --dt DT`` for any NIR graph, counted per
 node by :mod:`snnfast.nir.energy`.
 """
@@ -64,7 +65,7 @@ from ._utils import h5_format, write_json
 __all__ = [
     "EnergyModel", "PRESETS", "get_preset", "LayerSpec", "OpAccountant",
     "synaptic_op_counts", "fanout", "footprint_bytes", "connection_sparsity",
-    "energy_estimate", "format_report", "from_convsnn", "from_ttfs", "analyse_file", "main",
+    "energy_estimate", "format_report", "from_convsnn", "from_network", "from_ttfs", "analyse_file", "main",
 ]
 
 ASSUMPTIONS = "compute only; memory traffic and neuron updates not modelled"
@@ -860,6 +861,188 @@ def from_convsnn(model, images, sample_ids=None, batch_size=250, binary_scope="s
     return res
 
 
+# ----------------------------------------------------------------------------- any Network
+
+NETWORK_NOTES = (
+    "a call of a synaptic layer = an update of the spiking layer it drives (every step for "
+    "period 1): its input is the drive of that update -- the source's output after the pools "
+    "and Flatten before the synapse, summed over the steps since the previous update "
+    "(drive='window') or since step 0 (drive='cumulative'); ACs if every value is in {-1, 0, 1}",
+    "layers after the RateReadout: one call per sample on the rates (MACs unless all are 0/1)",
+    "activation layers = the LIF/IF layers on their update steps; pools are not counted",
+    "MembraneUpdates replayed in NumPy float32 from the engine's spikes (dense currents: BLAS / "
+    "einsum order, not the engine's; the traced spikes drive the resets)",
+    "executed = snnfast.engine's exact counters: one operation per connection an input event "
+    "reaches (zero weights included; incremental windows add and subtract rows), AC when every "
+    "event of the stage is a spike (+-1), MAC otherwise; layers after the readout: dense MACs",
+    "Footprint = weights and biases + each LIF/IF layer's decay and threshold (float32)",
+)
+
+
+def _network_specs(net, weights):
+    """:class:`LayerSpec` of every synaptic layer of ``net`` and the neuron buffers."""
+    from .network.layers import Conv2d
+    specs = []
+    for i, layer in enumerate(net):
+        if type(layer).__name__ not in ("Conv2d", "Linear"):
+            continue
+        w, b = weights[f"{layer.name}.weight"], weights.get(f"{layer.name}.bias")
+        if isinstance(layer, Conv2d):
+            specs.append(LayerSpec(layer.name, "conv2d", w, b, stride=layer.stride,
+                                   padding=layer.padding, in_shape=net.input_shape_of(i)))
+        else:
+            specs.append(LayerSpec(layer.name, "linear", w, b))
+    buffers = [np.float32(v) for ly in net if ly.kind == "neuron"
+               for v in (ly.beta, ly.threshold)]
+    return specs, buffers
+
+
+def _pre_chain(net, indices, x):
+    """The pools and Flatten ``indices`` applied to every step of ``x`` (B, T, ...), as
+    (B, T, n) float64 (spike counts and pool sums stay exact)."""
+    from .reference import pool2d
+    B, T = x.shape[:2]
+    y = x.reshape((B * T,) + x.shape[2:])
+    for i in indices:
+        if type(net[i]).__name__ != "Flatten":
+            y = pool2d(type(net[i]).__name__, y, net[i].kernel_size, net[i].stride)
+    return y.reshape(B, T, -1).astype(np.float64)
+
+
+def _drives(x, steps, cumulative):
+    """Synaptic input at each update (B, U, n): the sum of ``x`` (B, T, n) over the steps
+    since the previous update, or since step 0."""
+    csum = np.cumsum(x, axis=1)[:, steps]
+    return csum if cumulative else np.diff(csum, axis=1, prepend=np.zeros_like(csum[:, :1]))
+
+
+def _dense_current(net, syn, post, neuron, w, b, drive):
+    """float32 currents (B, U, *neuron shape) of ``drive`` (B, U, n_in), computed densely."""
+    from .reference import pool2d
+    layer = net[syn]
+    B, U = drive.shape[:2]
+    x = drive.reshape((B * U,) + net.input_shape_of(syn)).astype(np.float32)
+    if type(layer).__name__ == "Linear":
+        y = x @ w
+    else:
+        (kh, kw), (sh, sw), (ph, pw) = layer.kernel_size, layer.stride, layer.padding
+        OH, OW = net.shapes[syn][1:]
+        xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+        win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(2, 3))
+        win = win[:, :, ::sh, ::sw][:, :, :OH, :OW]
+        y = np.einsum("ncyxij,ocij->noyx", win, w, optimize=True).astype(np.float32)
+    if b is not None:
+        y = y + (b if y.ndim == 2 else b[None, :, None, None])
+    for i in post:
+        if type(net[i]).__name__ != "Flatten":
+            y = pool2d(type(net[i]).__name__, y.reshape((B * U,) + net.input_shape_of(i)),
+                       net[i].kernel_size, net[i].stride)
+    return (y.reshape(B, U, -1) * np.float32(net[neuron].scale)).astype(np.float32)
+
+
+def _spike_events(net, chain, syn, src_is_spikes):
+    """True if every event of the stage is a spike: a binary source through Flatten and
+    MaxPool2d only (a sum or mean pool makes counts or fractions)."""
+    return src_is_spikes and all(type(net[i]).__name__ in ("Flatten", "MaxPool2d")
+                                 for i in chain if i < syn)
+
+
+def account_network_batch(acc, net, weights, out):
+    """Add one batch of ``snnfast.engine.forward(..., record=True)`` output ``out`` to
+    ``acc`` (built from :func:`_network_specs`); returns the replay's spike mismatches."""
+    B, T = out["input"].shape[:2]
+    src = out["input"]
+    src_is_spikes = bool(np.isin(src, (0, 1)).all())
+    mism = {}
+    for n, chain in net.stages():
+        syn = next(i for i in chain if net[i].kind == "synapse")
+        layer, lif = net[syn], net[n]
+        steps = lif.update_steps(T)
+        drive = _drives(_pre_chain(net, [i for i in chain if i < syn], src), steps,
+                        lif.drive == "cumulative")
+        acc.add_synaptic(layer.name, drive)
+        spikes = out["spikes"][lif.name]
+        z = spikes.reshape(B, T, -1)[:, steps]
+        cur = _dense_current(net, syn, [i for i in chain if i > syn], n,
+                             weights[f"{layer.name}.weight"], weights.get(f"{layer.name}.bias"),
+                             drive)
+        mem, mism[lif.name] = _replay_lif(cur, z, lif.beta, lif.threshold, lif.reset)
+        acc.add_activation(lif.name, z, membrane_updates=mem)
+        kind = "AC" if _spike_events(net, chain, syn, src_is_spikes) else "MAC"
+        acc.add_executed(layer.name, int(out["counts"][layer.name].sum()), kind)
+        src, src_is_spikes = spikes, True
+    y = out["rates"]
+    for i in range(net.readout_index + 1, len(net)):
+        layer = net[i]
+        if type(layer).__name__ == "Linear":
+            acc.add_synaptic(layer.name, y.reshape(B, 1, -1))
+            acc.add_executed(layer.name, B * out["dense_macs"][layer.name], "MAC")
+            y = y.reshape(B, -1) @ weights[f"{layer.name}.weight"]
+            if f"{layer.name}.bias" in weights:
+                y = y + weights[f"{layer.name}.bias"]
+    acc.add_samples(B)
+    return mism
+
+
+def from_network(network, weights, X, sample_ids=None, batch_size=250, binary_scope="sample",
+                 n_threads=None):
+    """NeuroBench metrics and executed counts of any :class:`snnfast.network.Network`.
+
+    Runs :class:`snnfast.engine.CompiledNetwork` batch by batch (evaluation noise key, so the
+    result is reproducible) with its spikes recorded, and counts every synaptic layer's input
+    at every call exactly (the rules: :data:`NETWORK_NOTES`).
+
+    Parameters
+    ----------
+    network : Network
+    weights : dict of arrays, as :meth:`Network.param_shapes` lists
+    X : ndarray
+        The inputs :func:`snnfast.engine.forward` takes (uint8 images for the Hybrid
+        encoder, float32 frames (N, T, C, H, W) for the Direct one).
+    sample_ids : int array (N,), optional
+        Noise keys of the samples (default ``arange(N)``).
+    batch_size : int
+    binary_scope : {"sample", "batch"}
+    n_threads : int, optional
+
+    Returns
+    -------
+    dict
+        :meth:`OpAccountant.result` plus ``"checks"`` (the membrane replay's spike
+        mismatches, the traced spikes), ``"model"`` and ``"notes"``.
+    """
+    from .engine import CompiledNetwork
+    from .network import Network
+    if not isinstance(network, Network):
+        raise TypeError(f"network must be a snnfast.network.Network, got "
+                        f"{type(network).__name__}")
+    if not isinstance(X, np.ndarray) or len(X) == 0:
+        raise ValueError("X must be a non-empty numpy array of inputs")
+    n = len(X)
+    ids = np.arange(n, dtype=np.int64) if sample_ids is None else np.asarray(sample_ids)
+    if ids.shape != (n,):
+        raise ValueError(f"sample_ids must have shape ({n},), got {ids.shape}")
+    from ._utils import check_positive_int
+    batch_size = check_positive_int(batch_size, "batch_size")
+    model = CompiledNetwork(network, weights)
+    specs, buffers = _network_specs(network, model.weights)
+    spiking = network.spiking_layers()
+    acc = OpAccountant(specs, spiking, buffers=buffers, binary_scope=binary_scope)
+    mism, spikes = dict.fromkeys(spiking, 0), dict.fromkeys(spiking, 0)
+    for lo in range(0, n, batch_size):
+        out = model.forward(X[lo:lo + batch_size], sample_ids=ids[lo:lo + batch_size],
+                            n_threads=n_threads, record=True)
+        for k, v in account_network_batch(acc, network, model.weights, out).items():
+            mism[k] += v
+        for k in spiking:
+            spikes[k] += int(out["counts"][k].sum())
+    res = acc.result()
+    res["checks"] = {"replay_spike_mismatches": mism, "traced_spikes": spikes}
+    res["model"] = {"type": "network", "name": network.name, "T": network.T}
+    res["notes"] = list(NETWORK_NOTES)
+    return res
+
+
 # ----------------------------------------------------------------------------- TTFS adapter
 
 TTFS_NOTES = (
@@ -1095,7 +1278,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m snnfast.energy",
                                 description="NeuroBench-style operation counts and energy estimate "
                                             "of a saved Conv-SNN or TTFS model.")
-    p.add_argument("model", help="model file (.h5, snnfast_format convsnn-1 or ttfs-1)")
+    p.add_argument("model", help="model file (.h5, snnfast_format convsnn-1, ttfs-1 or "
+                                 "network-1)")
     p.add_argument("--preset", default="horowitz45_fp32", choices=sorted(PRESETS),
                    help="energy preset printed first (default horowitz45_fp32)")
     p.add_argument("--samples", type=int, default=1000, help="test images to run (default 1000)")
@@ -1108,7 +1292,9 @@ def main(argv=None):
                         "with batch size 1) or per batch call")
     p.add_argument("--json", default=None, help="write the full result as JSON (atomic)")
     nir_args = p.add_argument_group("NIR graphs (MODEL is a .nir file)")
-    nir_args.add_argument("--input", default=None, help=".npz/.npy input (N, T, *input_shape)")
+    nir_args.add_argument("--input", default=None,
+                          help=".npz/.npy input (N, T, *input_shape); for a network-1 file "
+                               "its inputs (default: the --dataset test images)")
     nir_args.add_argument("--dt", type=positive_float, default=None,
                           help="time step (required: NIR graphs carry none)")
     nir_args.add_argument("--integrator", default="euler", choices=["euler", "exact"])
@@ -1124,12 +1310,18 @@ def main(argv=None):
     nir_graph = is_nir_file(args.model)
     if nir_graph and (args.input is None or args.dt is None):
         p.error(f"{args.model} is a NIR graph: give --input X.npz and --dt DT")
-    if not nir_graph and (args.input is not None or args.dt is not None):
-        p.error("--input and --dt apply to NIR graphs only")
+    from .network import is_network_file
+    network_file = not nir_graph and is_network_file(args.model)
+    if not nir_graph and args.dt is not None:
+        p.error("--dt applies to NIR graphs only")
+    if not (nir_graph or network_file) and args.input is not None:
+        p.error("--input applies to NIR graphs and network-1 files only")
     # checked before the analysis, which can take minutes
     check_output_arg(p, "--json", args.json, inputs=[args.model])
     if nir_graph:
         return _main_nir(args)
+    if network_file:
+        return _main_network(args)
     try:
         out = analyse_file(args.model, args.preset, args.samples, args.dataset, args.data_dir,
                            args.threads, binary_scope=args.binary_scope)
@@ -1150,6 +1342,62 @@ def main(argv=None):
         try:
             write_json(args.json, out)
         except (OSError, ValueError) as exc:    # a full disk; a special file made meanwhile
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _network_inputs(args, network):
+    """The inputs of a network file's run: ``--input`` (.npy, or .npz with one array or an
+    array ``X``) or the test split of ``--dataset`` (a 1 x 28 x 28 Hybrid network), first
+    ``--samples``."""
+    if args.input is None:
+        if network.input_shape != (1, 28, 28):
+            raise ValueError(f"the network's input is {network.input_shape}, not MNIST's "
+                             f"(1, 28, 28): give its inputs with --input X.npz")
+        from . import datasets
+        return datasets.load(args.dataset, "test", args.data_dir)[0][:args.samples]
+    try:
+        obj = np.load(args.input, allow_pickle=False)
+        if isinstance(obj, np.ndarray):
+            return obj[:args.samples]
+        with obj as f:
+            names = f.files
+            key = "X" if "X" in names else (names[0] if len(names) == 1 else None)
+            if key is None:
+                raise ValueError(f"arrays {sorted(names)}: name the inputs 'X'")
+            return f[key][:args.samples]
+    except Exception as exc:    # zipfile, pickle refusal, bad headers: many types
+        msg = (str(exc).splitlines() or [""])[0]
+        raise ValueError(f"cannot read inputs from {args.input}: {msg}") from None
+
+
+def _main_network(args):
+    """The ``network-1`` branch of :func:`main` (arguments already checked)."""
+    from .network import load as load_network
+    try:
+        net, weights, _ = load_network(args.model)
+        X = _network_inputs(args, net)
+        res = from_network(net, weights, X, n_threads=args.threads,
+                           binary_scope=args.binary_scope)
+    except (ValueError, TypeError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    order = [args.preset] + [p for p in PRESETS if p != args.preset]
+    energies = [energy_estimate(res["SynapticOperations"], p, res["Dense_single_pass"],
+                                res["executed"]) for p in order]
+    source = args.input or f"{args.dataset} test images"
+    out = {"file": str(args.model), "format": "network-1", "samples": res["samples"],
+           "inputs": source, "result": res, "energy": energies}
+    title = f"{args.model}: network-1 ({net.name or 'unnamed'}), {res['samples']} samples of {source}"
+    print(format_report(res, energies if args.all_presets else energies[:1], title=title,
+                        notes=res["notes"]))
+    print(f"check: {_replay_note(res['checks'])}")
+    if args.json:
+        try:
+            write_json(args.json, out)
+        except (OSError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         print(f"wrote {args.json}")

@@ -43,7 +43,8 @@ import numpy as np
 from ._utils import atomic_write_bytes
 
 __all__ = [
-    "NIRExportWarning", "to_nir", "from_nir", "graph_to_spec", "inexpressible_features",
+    "NIRExportWarning", "to_nir", "convsnn_to_nir", "network_to_nir", "network_inexpressible",
+    "from_nir", "graph_to_spec", "inexpressible_features",
     "check_dt", "FORMAT", "GAIN_RTOL",
 ]
 
@@ -267,7 +268,18 @@ def _graph_metadata(cfg, dt, fold_gain, lost, approx):
     return meta
 
 
-def to_nir(model, path=None, dt=_DEFAULT_DT, fold_gain=False):
+def to_nir(model, *args, **kwargs):
+    """Export a network as a NIR graph: ``to_nir(network, weights, path=None, dt=1e-4)`` for
+    any :class:`~snnfast.network.Network` (:func:`network_to_nir`), or
+    ``to_nir(convsnn, path=None, dt=1e-4, fold_gain=False)`` for a ConvSNN
+    (:func:`convsnn_to_nir`, the module docstring's graph)."""
+    from .network import Network
+    if isinstance(model, Network):
+        return network_to_nir(model, *args, **kwargs)
+    return convsnn_to_nir(model, *args, **kwargs)
+
+
+def convsnn_to_nir(model, path=None, dt=_DEFAULT_DT, fold_gain=False):
     """Export a trained :class:`~snnfast.ConvSNN` as a NIR graph (see the module docstring).
 
     Parameters
@@ -334,12 +346,253 @@ def to_nir(model, path=None, dt=_DEFAULT_DT, fold_gain=False):
         warnings.warn(f"NIR export of preset {cfg.get('preset', '?')!r} is not exact; NIR cannot "
                       f"express:\n{lines}", NIRExportWarning, stacklevel=2)
     if path is not None:
-        # built in memory, then written by one plain write: a full disk is a clean OSError
-        # (HDF5 writing to the disk itself left objects open: a segfault at exit)
-        buf = io.BytesIO()
-        nir.write(buf, graph)
-        atomic_write_bytes(path, buf.getbuffer(), suffix=".nir.tmp")
+        _write_graph(path, graph)
     return graph
+
+
+# --------------------------------------------------------------------------------------------
+# Export of any Network description
+# --------------------------------------------------------------------------------------------
+
+NETWORK_FORMAT = "snnfast-network-nir-1"
+
+
+def network_inexpressible(network):
+    """Features of a :class:`~snnfast.network.Network` that a NIR graph cannot express.
+
+    Returns
+    -------
+    dict
+        ``{"<layer>.<feature>": explanation}``; empty for descriptions whose every spiking
+        layer updates on every step (period 1) with a windowed drive and a reset to zero
+        (their exported graph gives the same spikes, see :func:`network_to_nir`).
+    """
+    out = {}
+    T = network.T
+    for ly in network:
+        if ly.kind != "neuron":
+            continue
+        if ly.reset != "zero":
+            what = "v <- v - threshold" if ly.reset == "subtract" else "v <- v / 2"
+            out[f"{ly.name}.reset"] = (f"reset {ly.reset!r} ({what} on a spike): a NIR LIF/IF "
+                                       "resets to a fixed v_reset, exported as v_reset = 0")
+        if ly.period != 1:
+            steps = ly.update_steps(T)
+            out[f"{ly.name}.period"] = (
+                f"updated only on the steps t % {ly.period} == {ly.phase} ({len(steps)} of "
+                f"{T}); NIR nodes update on every step, so the graph updates it on all {T}")
+        if ly.drive == "cumulative":
+            out[f"{ly.name}.drive"] = (
+                "cumulative drive (the input spike counts since step 0); NIR edges carry the "
+                "current step's values only, so the graph drives it with each step's input")
+    return out
+
+
+def _nir_array(shape, value):
+    return np.full(shape, float(value), dtype=np.float64)
+
+
+def _neuron_node(ly, shape, dt, approx):
+    """A NIR LIF (decay < 1) or IF (decay 1) node stepping as ``v = decay v + scale I``
+    under forward Euler with step ``dt``; notes in ``approx`` where the float32
+    coefficients the runtime derives differ from the layer's."""
+    import nir
+    beta, scale = float(ly.beta), float(ly.scale)
+    meta = {"snnfast_layer": ly.to_dict()}
+    if beta == 1.0:
+        r = scale / dt
+        node = nir.IF(r=_nir_array(shape, r), v_threshold=_nir_array(shape, ly.threshold),
+                      v_reset=_nir_array(shape, 0.0), metadata=meta)
+        got_beta, got_gain = 1.0, r * dt
+    else:
+        tau, r = dt / (1.0 - beta), scale / (1.0 - beta)
+        node = nir.LIF(tau=_nir_array(shape, tau), r=_nir_array(shape, r),
+                       v_leak=_nir_array(shape, 0.0),
+                       v_threshold=_nir_array(shape, ly.threshold),
+                       v_reset=_nir_array(shape, 0.0), metadata=meta)
+        h = dt / tau                      # the coefficients snnfast.nir.run derives (Euler)
+        got_beta, got_gain = 1.0 - h, r * h
+    for what, got, want in (("decay", got_beta, beta), ("input gain", got_gain, scale)):
+        if np.float32(got) != np.float32(want):
+            approx[f"{ly.name}.{what}"] = (
+                f"{what} {want!r} becomes {got!r} through tau/r and dt: another float32 "
+                f"value, so the graph's rounding differs from the layer's")
+    return node
+
+
+def _pool_nodes(net, i, spikes_in, lost):
+    """NIR node(s) of pool layer ``i`` as ``[(suffix, node)]``."""
+    import nir
+    ly = net[i]
+    kind = type(ly).__name__
+    args = dict(kernel_size=np.array(ly.kernel_size), stride=np.array(ly.stride),
+                padding=np.array([0, 0]))
+    if kind != "MaxPool2d":
+        return [("", getattr(nir, kind)(**args))]
+    if spikes_in is False:
+        raise ValueError(f"layer {i} ({ly.name!r}, MaxPool2d): NIR has no max pool; one on "
+                         "spikes is exported as a sum pool + Threshold(0.5), but this one "
+                         "pools currents")
+    if spikes_in is None:
+        lost[f"{ly.name}.max"] = ("MaxPool2d on the Direct encoder's frames exported as a sum "
+                                  "pool + Threshold(0.5): exact only for binary frames")
+    return [("", nir.SumPool2d(**args)),
+            ("_any", nir.Threshold(threshold=_nir_array(net.shapes[i], 0.5),
+                                   metadata={"meaning": "max of binary spikes = sum > 0.5"}))]
+
+
+def _synapse_node(net, i, w, b):
+    import nir
+    ly = net[i]
+    if type(ly).__name__ == "Conv2d":
+        return nir.Conv2d(input_shape=tuple(net.input_shape_of(i)[1:]), weight=w,
+                          stride=ly.stride, padding=ly.padding, dilation=1, groups=1,
+                          bias=b if b is not None else np.zeros(len(w), np.float32))
+    wt = np.ascontiguousarray(w.T)
+    return nir.Affine(weight=wt, bias=b) if b is not None else nir.Linear(weight=wt)
+
+
+def _network_nodes(net, weights, dt, lost, approx):
+    """The nodes of the exported chain, in order, as ``[(name, node)]``."""
+    import nir
+    from .network.layers import Direct
+    nodes = [("input", nir.Input(input_type={"input": np.array(net.input_shape)}))]
+    # whether the current values are spikes: True, False (currents) or None (Direct frames)
+    spikes = None if isinstance(net.encoder, Direct) else True
+    r = net.readout_index
+    for i, ly in enumerate(net.layers[:r]):
+        kind = type(ly).__name__
+        if ly.kind == "synapse":
+            nodes.append((ly.name, _synapse_node(net, i, weights[f"{ly.name}.weight"],
+                                                 weights.get(f"{ly.name}.bias"))))
+            spikes = False
+        elif ly.kind == "neuron":
+            nodes.append((ly.name, _neuron_node(ly, net.shapes[i], dt, approx)))
+            spikes = True
+        elif kind == "Flatten":
+            nodes.append((ly.name, nir.Flatten(input_type={"input": np.array(
+                net.input_shape_of(i))}, start_dim=0, end_dim=-1)))
+        else:
+            nodes += [(ly.name + sfx, node) for sfx, node in _pool_nodes(net, i, spikes, lost)]
+    for i in range(r + 1, len(net)):
+        ly = net[i]
+        if type(ly).__name__ == "Linear":
+            nodes.append((ly.name, _synapse_node(net, i, weights[f"{ly.name}.weight"],
+                                                 weights.get(f"{ly.name}.bias"))))
+        else:
+            nodes.append((ly.name, nir.Flatten(input_type={"input": np.array(
+                net.input_shape_of(i))}, start_dim=0, end_dim=-1)))
+    last = net[r - 1]
+    norm = net.T if net[r].norm == "steps" else len(last.update_steps(net.T))
+    nodes.append((net[r].name, nir.I(r=_nir_array(net.output_shape, 1.0 / (norm * dt)),
+                                     metadata={"meaning": f"rate read-out: its state after the "
+                                               f"last step = the network's output (the layers "
+                                               f"after the read-out applied to each step's "
+                                               f"spikes, summed over steps / {norm})"})))
+    nodes.append(("output", nir.Output(output_type={"output": np.array(net.output_shape)})))
+    return nodes
+
+
+def _check_network_dt(dt, net):
+    if isinstance(dt, bool) or not isinstance(dt, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(dt) or dt <= 0:
+        raise ValueError(f"dt must be a positive finite number, got {dt!r}")
+    dt = float(dt)
+    derived = {"readout r = 1/(T*dt)": 1.0 / (net.T * dt)}
+    for ly in net:
+        if ly.kind == "neuron":
+            derived[f"{ly.name} tau/r"] = (dt / (1.0 - ly.beta) if ly.beta < 1 else
+                                           ly.scale / dt)
+    for name, v in derived.items():
+        if not (np.isfinite(v) and (v == 0 or abs(v) >= np.finfo(np.float64).tiny)):
+            raise ValueError(f"dt={dt!r} is out of range for this network: {name} = {v!r} is "
+                             "not a finite normal float64 number")
+    return dt
+
+
+def network_to_nir(network, weights, path=None, dt=_DEFAULT_DT):
+    """Export any :class:`~snnfast.network.Network` with its weights as a NIR graph.
+
+    The graph is a chain ``input -> <one node per layer> -> <readout> -> output`` whose nodes
+    are named after the layers: Conv2d -> ``Conv2d``; Linear -> ``Affine`` (``Linear`` without
+    bias; weight transposed to NIR's (out, in)); SumPool2d/AvgPool2d -> the same NIR pools;
+    MaxPool2d on spikes -> ``SumPool2d`` + ``Threshold(0.5)`` (node ``<name>_any``: the max of
+    binary values); Flatten -> ``Flatten``; LIF -> ``LIF`` with ``tau = dt/(1-decay)``,
+    ``r = scale/(1-decay)``, ``v_leak = 0``, ``v_reset = 0`` (forward Euler then steps
+    ``v = decay v + scale I``); IF (or a LIF of decay 1) -> ``IF`` with ``r = scale/dt``; the
+    RateReadout -> an integrator ``I`` with ``r = 1/(n dt)`` placed after the layers that
+    follow the read-out (their outputs summed over the steps / n = the output, up to
+    float32 rounding). The input encoder is not part of the graph: it takes the encoder's
+    output (input spikes or frames) at each step.
+
+    For a description without inexpressible features (:func:`network_inexpressible`) the
+    graph run by :func:`snnfast.nir.run` (``integrator="euler"``, ``sums="ordered"``) gives
+    the same spikes as :func:`snnfast.engine.forward`, bit for bit (unless a coefficient
+    listed in ``metadata["approximations"]`` rounds differently).
+
+    Parameters
+    ----------
+    network : Network
+    weights : dict of arrays, as :meth:`Network.param_shapes` lists
+    path : str or Path, optional
+        Where to write the graph (``nir.write``, HDF5), atomically.
+    dt : float
+        Time step of the mapping (NIR graphs carry none; default 1e-4, snnTorch's).
+
+    Returns
+    -------
+    nir.NIRGraph
+
+    Raises
+    ------
+    ValueError
+        For weights that do not match, a ``dt`` out of range, or a MaxPool2d of currents
+        (NIR has no max pool).
+
+    Warns
+    -----
+    NIRExportWarning
+        Listing the features NIR cannot express (also in ``metadata["inexpressible"]``).
+    """
+    import nir
+    from .network import Network
+    from .reference.forward import _check_weights
+    if not isinstance(network, Network):
+        raise TypeError(f"network must be a snnfast.network.Network, got "
+                        f"{type(network).__name__}")
+    w = _check_weights(network, weights)
+    dt = _check_network_dt(dt, network)
+    lost, approx = network_inexpressible(network), {}
+    nodes = _network_nodes(network, w, dt, lost, approx)
+    names = [k for k, _ in nodes]
+    if len(set(names)) != len(names):
+        raise ValueError(f"layer names clash with the graph's node names {names}: rename the "
+                         "layers called 'input' or 'output'")
+    meta = {"format": NETWORK_FORMAT, "producer": f"snnfast {_version()}", "dt": dt,
+            "discretization": "forward Euler: v[t] = beta v[t-1] + (r dt/tau) I[t], beta = "
+                              "1 - dt/tau; spike iff v > v_threshold, then v = v_reset",
+            "threshold_op": ">", "network": json.dumps(network.to_dict()),
+            "not_in_graph": {"input_encoder": json.dumps(network.to_dict()["encoder"])},
+            "exact": not lost and not approx, "expressible": not lost,
+            "inexpressible": dict(lost), "approximations": dict(approx)}
+    graph = nir.NIRGraph(nodes=dict(nodes), edges=list(zip(names[:-1], names[1:])),
+                         metadata=meta, type_check=True)
+    if lost:
+        lines = "\n".join(f"  - {k}: {v}" for k, v in lost.items())
+        warnings.warn(f"NIR export of network {network.name or '(unnamed)'!r} is not exact; "
+                      f"NIR cannot express:\n{lines}", NIRExportWarning, stacklevel=2)
+    if path is not None:
+        _write_graph(path, graph)
+    return graph
+
+
+def _write_graph(path, graph):
+    """``nir.write`` built in memory, then one atomic plain write (a full disk is a clean
+    OSError; HDF5 writing to the disk itself left objects open: a segfault at exit)."""
+    import nir
+    buf = io.BytesIO()
+    nir.write(buf, graph)
+    atomic_write_bytes(path, buf.getbuffer(), suffix=".nir.tmp")
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Export a saved Conv-SNN to NIR: ``python -m snnfast.export MODEL.h5 OUT.nir [--dt DT] [--fold-gain]``.
+"""Export a saved Conv-SNN to NIR: ``python -m snnfast.export MODEL.h5 OUT.nir [--dt DT] [--fold-gain]``;
+a ``network-1`` file (any network, :func:`snnfast.network.save`) likewise, without ``--fold-gain``.
 
 Prints every feature the NIR graph cannot express (``NIRExportWarning``) and a summary.
 Exit status: 0 on success, 1 when the model cannot be read or exported (or the disk is
@@ -17,7 +18,8 @@ from ._cli import (exits_cleanly_on_interrupt, openmp_wait_defaults, output_file
 def build_parser():
     p = argparse.ArgumentParser(
         prog="python -m snnfast.export",
-        description="Export a trained snnfast ConvSNN (.h5) as a NIR graph (.nir, HDF5).")
+        description="Export a trained snnfast ConvSNN or network-1 file (.h5) as a NIR graph "
+                    "(.nir, HDF5).")
     p.add_argument("model", type=Path, help="model file written by ConvSNN.save / snnfast.train")
     p.add_argument("out", type=Path, help="NIR file to write (atomically)")
     p.add_argument("--dt", type=positive_float, default=1e-4,
@@ -40,6 +42,9 @@ def main(argv=None):
     if err:
         print(f"error: output {err}", file=sys.stderr)
         return 2
+    from .network import is_network_file
+    if is_network_file(args.model):
+        return _export_network(args)
     from .convsnn import ConvSNN
     from .nir_export import NIRExportWarning, check_dt, to_nir
     try:
@@ -72,6 +77,45 @@ def main(argv=None):
     elif not meta["inexpressible"]:
         print(f"equivalent in real arithmetic, not bit for bit (float32 rounding): "
               f"{', '.join(meta['approximations'])}")
+    else:
+        lost = list(meta["inexpressible"]) + list(meta["approximations"])
+        print(f"NOT exact: {', '.join(lost)} (see the graph metadata)")
+    return 0
+
+
+def _export_network(args):
+    """The ``network-1`` branch of :func:`main` (any Network; arguments already checked)."""
+    from .network import load
+    from .nir_export import NIRExportWarning, _check_network_dt, to_nir
+    if args.fold_gain:
+        print("error: --fold-gain applies to ConvSNN files only", file=sys.stderr)
+        return 2
+    try:
+        net, weights, _ = load(args.model)
+    except ValueError as exc:
+        print(f"error: cannot load {str(args.model)!r}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        _check_network_dt(args.dt, net)
+    except ValueError as exc:
+        print(f"error: --dt: {exc}", file=sys.stderr)
+        return 2
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", NIRExportWarning)
+        try:
+            graph = to_nir(net, weights, args.out, dt=args.dt)
+        except (ValueError, TypeError, OSError) as exc:
+            print(f"error: cannot export {str(args.model)!r}: {exc}", file=sys.stderr)
+            return 1
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    meta = graph.metadata
+    kinds = " -> ".join(f"{k}:{type(graph.nodes[k]).__name__}" for k in graph.nodes)
+    print(f"wrote {args.out} (network {net.name or '(unnamed)'!r}, dt {meta['dt']:g})")
+    print(f"graph: {kinds}")
+    if meta["exact"]:
+        print("exact: for given input spikes, snnfast.nir.run of the graph gives the network's "
+              "spikes bit for bit (and its output up to float32 summation order)")
     else:
         lost = list(meta["inexpressible"]) + list(meta["approximations"])
         print(f"NOT exact: {', '.join(lost)} (see the graph metadata)")

@@ -65,7 +65,8 @@ from ._utils import h5_format, write_json
 __all__ = [
     "EnergyModel", "PRESETS", "get_preset", "LayerSpec", "OpAccountant",
     "synaptic_op_counts", "fanout", "footprint_bytes", "connection_sparsity",
-    "energy_estimate", "format_report", "from_convsnn", "from_network", "from_ttfs", "analyse_file", "main",
+    "energy_estimate", "format_report", "from_convsnn", "from_network", "from_ttfs",
+    "analyse_file", "main",
 ]
 
 ASSUMPTIONS = "compute only; memory traffic and neuron updates not modelled"
@@ -1390,7 +1391,8 @@ def _main_network(args):
     source = args.input or f"{args.dataset} test images"
     out = {"file": str(args.model), "format": "network-1", "samples": res["samples"],
            "inputs": source, "result": res, "energy": energies}
-    title = f"{args.model}: network-1 ({net.name or 'unnamed'}), {res['samples']} samples of {source}"
+    title = (f"{args.model}: network-1 ({net.name or 'unnamed'}), {res['samples']} samples of "
+             f"{source}")
     print(format_report(res, energies if args.all_presets else energies[:1], title=title,
                         notes=res["notes"]))
     print(f"check: {_replay_note(res['checks'])}")

@@ -1,5 +1,7 @@
-"""Export a saved Conv-SNN to NIR: ``python -m snnfast.export MODEL.h5 OUT.nir [--dt DT] [--fold-gain]``;
-a ``network-1`` file (any network, :func:`snnfast.network.save`) likewise, without ``--fold-gain``.
+"""Export a saved model to NIR: ``python -m snnfast.export MODEL.h5 OUT.nir [--dt DT] [--fold-gain]``.
+
+A Conv-SNN file as before; a ``network-1`` file (any network, :func:`snnfast.network.save`)
+likewise, without ``--fold-gain``.
 
 Prints every feature the NIR graph cannot express (``NIRExportWarning``) and a summary.
 Exit status: 0 on success, 1 when the model cannot be read or exported (or the disk is

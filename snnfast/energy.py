@@ -948,12 +948,13 @@ def _spike_events(net, chain, syn, src_is_spikes):
                                  for i in chain if i < syn)
 
 
-def account_network_batch(acc, net, weights, out):
+def account_network_batch(acc, net, weights, out, binary_input):
     """Add one batch of ``snnfast.engine.forward(..., record=True)`` output ``out`` to
-    ``acc`` (built from :func:`_network_specs`); returns the replay's spike mismatches."""
+    ``acc`` (built from :func:`_network_specs`); returns the replay's spike mismatches.
+    ``binary_input``: whether every input of the whole run is 0 or 1 (the executed operations
+    of the first stage are then ACs, in every batch alike)."""
     B, T = out["input"].shape[:2]
-    src = out["input"]
-    src_is_spikes = bool(np.isin(src, (0, 1)).all())
+    src, src_is_spikes = out["input"], binary_input
     mism = {}
     for n, chain in net.stages():
         syn = next(i for i in chain if net[i].kind == "synapse")
@@ -1030,10 +1031,12 @@ def from_network(network, weights, X, sample_ids=None, batch_size=250, binary_sc
     spiking = network.spiking_layers()
     acc = OpAccountant(specs, spiking, buffers=buffers, binary_scope=binary_scope)
     mism, spikes = dict.fromkeys(spiking, 0), dict.fromkeys(spiking, 0)
+    from .network import Direct
+    binary = not isinstance(network.encoder, Direct) or bool(np.isin(X, (0, 1)).all())
     for lo in range(0, n, batch_size):
         out = model.forward(X[lo:lo + batch_size], sample_ids=ids[lo:lo + batch_size],
                             n_threads=n_threads, record=True)
-        for k, v in account_network_batch(acc, network, model.weights, out).items():
+        for k, v in account_network_batch(acc, network, model.weights, out, binary).items():
             mism[k] += v
         for k in spiking:
             spikes[k] += int(out["counts"][k].sum())

@@ -482,13 +482,14 @@ def _network_nodes(net, weights, dt, lost, approx):
         else:
             nodes.append((ly.name, nir.Flatten(input_type={"input": np.array(
                 net.input_shape_of(i))}, start_dim=0, end_dim=-1)))
-    last = net[r - 1]
-    norm = net.T if net[r].norm == "steps" else len(last.update_steps(net.T))
-    nodes.append((net[r].name, nir.I(r=_nir_array(net.output_shape, 1.0 / (norm * dt)),
+    # the graph updates every node on every step: its rates are counts / T whatever the
+    # read-out's norm (a norm "updates" of a layer with period > 1 is listed as lost)
+    T = net.T
+    nodes.append((net[r].name, nir.I(r=_nir_array(net.output_shape, 1.0 / (T * dt)),
                                      metadata={"meaning": f"rate read-out: its state after the "
                                                f"last step = the network's output (the layers "
                                                f"after the read-out applied to each step's "
-                                               f"spikes, summed over steps / {norm})"})))
+                                               f"spikes, summed over steps / {T})"})))
     nodes.append(("output", nir.Output(output_type={"output": np.array(net.output_shape)})))
     return nodes
 
@@ -520,9 +521,9 @@ def network_to_nir(network, weights, path=None, dt=_DEFAULT_DT):
     binary values); Flatten -> ``Flatten``; LIF -> ``LIF`` with ``tau = dt/(1-decay)``,
     ``r = scale/(1-decay)``, ``v_leak = 0``, ``v_reset = 0`` (forward Euler then steps
     ``v = decay v + scale I``); IF (or a LIF of decay 1) -> ``IF`` with ``r = scale/dt``; the
-    RateReadout -> an integrator ``I`` with ``r = 1/(n dt)`` placed after the layers that
-    follow the read-out (their outputs summed over the steps / n = the output, up to
-    float32 rounding). The input encoder is not part of the graph: it takes the encoder's
+    RateReadout -> an integrator ``I`` with ``r = 1/(T dt)`` placed after the layers that
+    follow the read-out (their outputs summed over the T steps / T = the output, up to
+    float32 rounding, when the last spiking layer updates on every step). The input encoder is not part of the graph: it takes the encoder's
     output (input spikes or frames) at each step.
 
     For a description without inexpressible features (:func:`network_inexpressible`) the

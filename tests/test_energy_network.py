@@ -151,6 +151,12 @@ def test_direct_encoder_frames_count_as_macs():
     binary = (X > 0).astype(f32)
     res_b = energy.from_network(net, w, binary)
     assert res_b["layers"]["conv2d0"]["executed_kind"] == "AC"
+    # binary frames in the first batch, graded ones in the second: one kind for the run
+    mixed = np.concatenate([binary[:1], X[1:]])
+    mixed[1:] += 2.0
+    res_m = energy.from_network(net, w, mixed, batch_size=1)
+    assert res_m["layers"]["conv2d0"]["executed_kind"] == "MAC"
+    assert res_m["executed"]["MACs"] > res_m["layers"]["linear7"]["executed"]
 
 
 def _default_case(n=6):

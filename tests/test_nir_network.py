@@ -91,6 +91,10 @@ def test_inexpressible_features_warn_and_are_listed():
     with pytest.warns(NIRExportWarning, match="hidden.period"):
         g = to_nir(net, w, dt=DT)
     assert g.metadata["inexpressible"] == lost and not g.metadata["exact"]
+    # the graph updates the hidden layer on all T steps: its rates are counts / T
+    assert np.all(g.nodes["readout"].r == 1.0 / (net.T * DT))
+    assert list(g.nodes) == ["input", "conv", "conv_lif", "flatten", "fc1", "hidden", "fc2",
+                             "readout", "output"]
     nir_net, _ = load_preset("nir")
     assert network_inexpressible(nir_net) == {}
     seed_net, _ = load_preset("seed")

@@ -44,6 +44,7 @@ from ._utils import atomic_write_bytes
 
 __all__ = [
     "NIRExportWarning", "to_nir", "convsnn_to_nir", "network_to_nir", "network_inexpressible",
+    "network_from_nir",
     "from_nir", "graph_to_spec", "inexpressible_features",
     "check_dt", "FORMAT", "GAIN_RTOL",
 ]
@@ -585,6 +586,102 @@ def network_to_nir(network, weights, path=None, dt=_DEFAULT_DT):
     if path is not None:
         _write_graph(path, graph)
     return graph
+
+
+def network_from_nir(path_or_graph):
+    """The :class:`~snnfast.network.Network` and weights of a graph :func:`network_to_nir`
+    wrote (a ``.nir`` file or a ``nir.NIRGraph``).
+
+    The description comes from the graph's metadata, the weights and biases from its
+    ``Conv2d``/``Affine``/``Linear`` nodes (so edited weights are taken). Every other node
+    must be exactly what exporting that description with those weights gives (same names,
+    types, edges and parameters): a graph whose neuron parameters or structure were edited
+    is refused rather than imported as something it is not. Graphs from other tools run
+    through :func:`snnfast.nir.run`; ConvSNN graphs import with :func:`from_nir`.
+
+    Returns
+    -------
+    (Network, dict of float32 arrays)
+
+    Raises
+    ------
+    ValueError
+        One line: not a graph of :func:`network_to_nir`, an unreadable description, or a node
+        that differs from the export of the description.
+    """
+    from .network import ConfigError, Network
+    from .nir.graph import _read
+    g = _read(path_or_graph)
+    meta = g.metadata if isinstance(g.metadata, dict) else {}
+    fmt = meta.get("format")
+    fmt = fmt.decode() if isinstance(fmt, bytes) else fmt
+    if fmt != NETWORK_FORMAT:
+        raise ValueError(f"not a graph written by network_to_nir (metadata format {fmt!r}, "
+                         f"expected {NETWORK_FORMAT!r}); run it with snnfast.nir.run"
+                         + ("; ConvSNN graphs import with from_nir" if fmt == FORMAT else ""))
+    try:
+        text = meta["network"]
+        net = Network.from_dict(json.loads(text.decode() if isinstance(text, bytes) else text))
+        dt = float(np.asarray(meta["dt"]))
+    except (KeyError, TypeError, ValueError, ConfigError) as exc:
+        raise ValueError(f"the graph's network description cannot be read: {exc}") from None
+    weights = {}
+    for ly in net:
+        if ly.kind == "synapse":
+            weights.update(_synapse_arrays(g, ly))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NIRExportWarning)
+        want = network_to_nir(net, weights, dt=dt)
+    _same_graph(g, want)
+    from .reference.forward import _check_weights
+    return net, _check_weights(net, weights)
+
+
+def _synapse_arrays(g, ly):
+    """``{"<layer>.weight": ..., "<layer>.bias": ...}`` of a synaptic layer's node."""
+    node = g.nodes.get(ly.name)
+    kind = type(node).__name__
+    if kind == "Conv2d":
+        w, b = node.weight, node.bias
+    elif kind in ("Affine", "Linear"):
+        w, b = np.asarray(node.weight).T, getattr(node, "bias", None)
+    else:
+        raise ValueError(f"node {ly.name!r}: expected the Conv2d/Affine/Linear node of layer "
+                         f"{ly.name!r}, found {kind if node is not None else 'none'}")
+    out = {f"{ly.name}.weight": np.asarray(w, np.float32)}
+    if ly.bias and b is not None:
+        out[f"{ly.name}.bias"] = np.asarray(b, np.float32)
+    return out
+
+
+def _same_graph(got, want):
+    """ValueError naming the first node or edge of ``got`` that differs from ``want``."""
+    # (a file does not keep the nodes' order: compared as sets)
+    if set(got.nodes) != set(want.nodes) or \
+            sorted(map(tuple, got.edges)) != sorted(map(tuple, want.edges)):
+        raise ValueError(f"the graph's nodes/edges ({sorted(got.nodes)}) are not those of its "
+                         f"description's export ({sorted(want.nodes)}): the graph was edited")
+    for name, w_node in want.nodes.items():
+        g_node = got.nodes[name]
+        if type(g_node).__name__ != type(w_node).__name__:
+            raise ValueError(f"node {name!r} is a {type(g_node).__name__}, the description "
+                             f"exports a {type(w_node).__name__}: the graph was edited")
+        for f in dataclasses.fields(w_node):     # the parameters (not inferred types)
+            if f.init and f.name != "metadata" and not _same_value(getattr(g_node, f.name, None),
+                                                        getattr(w_node, f.name)):
+                raise ValueError(f"node {name!r} ({type(w_node).__name__}): {f.name} differs "
+                                 f"from the export of the graph's description: the graph was "
+                                 f"edited (only weights and biases may be)")
+
+
+def _same_value(a, b):
+    if isinstance(b, dict):
+        return isinstance(a, dict) and set(a) == set(b) and all(
+            _same_value(a[k], b[k]) for k in b)
+    try:
+        return np.array_equal(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64))
+    except (TypeError, ValueError):
+        return a == b
 
 
 def _write_graph(path, graph):

@@ -111,3 +111,25 @@ def test_max_pool_of_currents_is_refused_and_bad_dt():
     for dt in (0.0, -1.0, float("nan"), 1e-320):
         with pytest.raises(ValueError, match="dt"):
             to_nir(net, _weights(net, 0), dt=dt)
+
+
+def test_import_round_trip_and_edited_graphs(tmp_path):
+    import nir
+    from snnfast.nir_export import network_from_nir
+    net = _deep(MaxPool2d, IF)
+    w = _weights(net, 5)
+    path = tmp_path / "deep.nir"
+    to_nir(net, w, path=path, dt=DT)
+    net2, w2 = network_from_nir(path)
+    assert net2 == net and sorted(w2) == sorted(w)
+    assert all(np.array_equal(w2[k], w[k]) for k in w)
+    g = nir.read(path)
+    g.nodes["c2"].weight = g.nodes["c2"].weight * 2          # weights may be edited
+    assert np.array_equal(network_from_nir(g)[1]["c2.weight"], (w["c2.weight"] * 2))
+    g.nodes["l3"].v_threshold = g.nodes["l3"].v_threshold + 0.1
+    with pytest.raises(ValueError, match="node 'l3' \\(LIF\\): v_threshold differs"):
+        network_from_nir(g)
+    g = nir.read(path)
+    g.metadata["format"] = "other"
+    with pytest.raises(ValueError, match="not a graph written by network_to_nir"):
+        network_from_nir(g)

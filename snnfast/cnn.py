@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from ._config import effective_n_threads
-from ._utils import check_positive_int, is_real_number
 
 __all__ = ["Pool", "Stage", "CNN", "make_cnn", "fold_batch_norm", "train_cnn", "ARCHS"]
 
@@ -423,66 +421,25 @@ def train_cnn(net, X, y, X_val, y_val, epochs=10, patience=4, lr=1e-3, batch_siz
     Returns
     -------
     dict
-        ``history`` (per epoch: loss, val_acc, lr, seconds), ``best_epoch``,
+        ``history`` (per epoch: loss, val_acc, lr), ``best_epoch``,
         ``best_val_acc``, ``epochs_run``.
     """
-    import time
-
-    from threadpoolctl import threadpool_limits
-
-    from .mlp import _Adam, _labels
+    from .mlp import _labels, fit
     X = net.check_input(X, "X").astype(np.float32)
     X_val = net.check_input(X_val, "X_val")
     if len(X) == 0 or len(X_val) == 0:
         raise ValueError("X and X_val must contain at least one image")
     y = _labels(y, len(X), net.n_out)
     y_val = _labels(y_val, len(X_val), net.n_out)
-    epochs, batch_size, patience, decay_every = (
-        check_positive_int(v, k) for k, v in (("epochs", epochs), ("batch_size", batch_size),
-                                             ("patience", patience), ("decay_every", decay_every)))
-    if not is_real_number(lr) or not (math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
-    if not is_real_number(decay) or not 0 < decay <= 1:
-        raise ValueError(f"decay must be a number in (0, 1], got {decay!r}")
-    rng = np.random.default_rng(seed)
-    params = [s.weight for s in net.stages] + [s.bias for s in net.stages]
-    opt = _Adam(params, lr)
-    best, history, bar = (-1.0, None, 0), [], None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=epochs, desc="train CNN", leave=False)
-    with threadpool_limits(limits=effective_n_threads(n_threads), user_api="blas"):
-        for epoch in range(epochs):
-            t0 = time.perf_counter()
-            opt.lr = lr * decay ** (epoch // decay_every)
-            order = rng.permutation(len(X))
-            total = 0.0
-            for start in range(0, len(X), batch_size):
-                idx = order[start:start + batch_size]
-                loss, gw, gb = _loss_and_grads(net, X[idx], y[idx])
-                opt.step(gw + gb)
-                total += loss * len(idx)
-            if not math.isfinite(total):
-                raise ValueError(f"training diverged in epoch {epoch + 1} (loss {total}); "
-                                 f"lr={lr!r} is too large")
-            val_acc = _accuracy(net, X_val, y_val)
-            history.append({"epoch": epoch + 1, "loss": total / len(X), "val_acc": val_acc,
-                            "lr": opt.lr, "seconds": time.perf_counter() - t0})
-            if callback is not None:
-                callback(history[-1])
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{total / len(X):.4f}", val=f"{val_acc:.4f}")
-            if val_acc > best[0]:
-                best = (val_acc, [p.copy() for p in params], epoch + 1)
-            elif epoch + 1 - best[2] >= patience:
-                break
-    if bar is not None:
-        bar.close()
-    for p, q in zip(params, best[1]):
-        p[...] = q
-    return {"history": history, "best_epoch": best[2], "best_val_acc": best[0],
-            "epochs_run": len(history)}
+
+    def batch_loss(idx):
+        loss, gw, gb = _loss_and_grads(net, X[idx], y[idx])
+        return loss, gw + gb
+
+    return fit([s.weight for s in net.stages] + [s.bias for s in net.stages], batch_loss,
+               len(X), lambda: _accuracy(net, X_val, y_val), epochs=epochs, patience=patience,
+               lr=lr, batch_size=batch_size, decay_every=decay_every, decay=decay, seed=seed,
+               n_threads=n_threads, desc="train CNN", progress=progress, callback=callback)
 
 
 def _accuracy(net, x_cl, y, chunk=1000):

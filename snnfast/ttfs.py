@@ -538,23 +538,32 @@ def save(net, path, results=None, stats=None):
     (``W1..``, ``b1..``), ``windows`` (``t_min``, ``t_max``, ``delta``, ``x_max``),
     ``thresholds`` (``theta1..``), ``stats``.
     """
+    def write_params(f):
+        g = f.create_group("relu")
+        for l, (w, b) in enumerate(zip(net.weights, net.biases), 1):
+            g.create_dataset(f"W{l}", data=w)
+            g.create_dataset(f"b{l}", data=b)
+
+    return save_h5(net, path, FORMAT, write_params, results, stats)
+
+
+def save_h5(net, path, fmt, write_params, results=None, stats=None):
+    """The HDF5 layout shared by the TTFS formats: root attributes, ``windows``,
+    ``thresholds`` and ``stats``; ``write_params(f)`` adds the ReLU parameters."""
     import h5py
 
     from . import __version__
     path = Path(path)
     with atomic_path(path, suffix=".h5.tmp") as tmp:
         with h5py.File(tmp, "w") as f:
-            f.attrs["snnfast_format"] = FORMAT
+            f.attrs["snnfast_format"] = fmt
             f.attrs["snnfast_version"] = __version__
             f.attrs["zeta"] = net.zeta
             f.attrs["tau_c"] = TAU_C
             f.attrs["depth"] = net.depth
             f.attrs["meta"] = json.dumps(net.meta)
             f.attrs["results"] = json.dumps(results or {})
-            g = f.create_group("relu")
-            for l, (w, b) in enumerate(zip(net.weights, net.biases), 1):
-                g.create_dataset(f"W{l}", data=w)
-                g.create_dataset(f"b{l}", data=b)
+            write_params(f)
             g = f.create_group("windows")
             for name, v in (("t_min", net.t_min), ("t_max", net.t_max),
                             ("delta", net.deltas), ("x_max", net.x_max)):
@@ -574,6 +583,21 @@ def load(path):
 
     The returned network carries ``results`` and ``stats`` attributes (dicts).
     """
+    def read_net(f, depth):
+        weights = [f["relu"][f"W{l}"][()] for l in range(1, depth + 1)]
+        biases = [f["relu"][f"b{l}"][()] for l in range(1, depth + 1)]
+        return TTFSNetwork(weights, biases, f["windows/x_max"][()], float(f.attrs["zeta"]),
+                           meta=json.loads(f.attrs["meta"]))
+
+    return load_h5(path, FORMAT, "TTFS", read_net)
+
+
+def load_h5(path, fmt, what, read_net):
+    """Read a file of :func:`save_h5`'s layout; ``read_net(f, depth)`` builds the network.
+
+    Checks the format, that the stored windows and thresholds equal those recomputed
+    from the calibration, and turns every failure into one ValueError naming the file.
+    """
     import h5py
 
     path = Path(path)
@@ -585,15 +609,12 @@ def load(path):
         raise ValueError(f"{path}: not a readable HDF5 file ({exc})") from None
     try:
         with f:
-            fmt = h5_format(f)
-            if fmt != FORMAT:
-                raise ValueError(f"{path}: not an snnfast TTFS file (snnfast_format={fmt!r}, "
-                                 f"expected {FORMAT!r})")
+            found = h5_format(f)
+            if found != fmt:
+                raise ValueError(f"{path}: not an snnfast {what} file (snnfast_format="
+                                 f"{found!r}, expected {fmt!r})")
             depth = int(f.attrs["depth"])
-            weights = [f["relu"][f"W{l}"][()] for l in range(1, depth + 1)]
-            biases = [f["relu"][f"b{l}"][()] for l in range(1, depth + 1)]
-            net = TTFSNetwork(weights, biases, f["windows/x_max"][()], float(f.attrs["zeta"]),
-                              meta=json.loads(f.attrs["meta"]))
+            net = read_net(f, depth)
             stored = {k: f["windows"][k][()] for k in ("t_min", "t_max", "delta")}
             thetas = [f["thresholds"][f"theta{l}"][()] for l in range(1, depth)]
             results = json.loads(f.attrs["results"])
@@ -601,9 +622,9 @@ def load(path):
     except ValueError as exc:
         if str(path) in str(exc):
             raise
-        raise ValueError(f"{path}: inconsistent TTFS network ({exc})") from None
+        raise ValueError(f"{path}: inconsistent {what} network ({exc})") from None
     except (KeyError, OSError, TypeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: damaged or incomplete TTFS file ({exc})") from None
+        raise ValueError(f"{path}: damaged or incomplete {what} file ({exc})") from None
     for k, v in (("t_min", net.t_min), ("t_max", net.t_max), ("delta", net.deltas)):
         if not np.array_equal(stored[k], v):
             raise ValueError(f"{path}: stored windows/{k} do not match the calibration")

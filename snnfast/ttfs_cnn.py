@@ -37,7 +37,6 @@ from pathlib import Path
 import numpy as np
 
 from ._config import effective_n_threads
-from ._utils import atomic_path, h5_format
 from .cnn import CNN, Pool, Stage, _forward
 
 __all__ = ["FORMAT", "CALIB_CHUNK", "TTFSConvNet", "ConvSimResult", "convert",
@@ -447,42 +446,23 @@ def exactness_report(net, X, result, relu=None):
 def save(net, path, results=None, stats=None):
     """Write ``net`` to HDF5 atomically (``snnfast_format = "ttfs-cnn-1"``).
 
-    Layout: root attributes ``zeta``, ``tau_c``, ``depth``, ``in_shape``, ``meta`` /
-    ``results`` (JSON); group ``stages/<i>`` with ``W``, ``b`` and attribute ``spec``
-    (JSON: kind, stride, pad, pool); ``windows`` (``t_min``, ``t_max``, ``delta``,
-    ``x_max``); ``thresholds`` (``theta1..``); ``stats``.
+    The layout of :func:`snnfast.ttfs.save` (root attributes, ``windows``, ``thresholds``
+    ``stats``) with the attribute ``in_shape`` and, instead of ``relu``, a group
+    ``stages/<i>`` per stage holding ``W``, ``b`` and the attribute ``spec`` (JSON: kind,
+    stride, pad, pool).
     """
-    import h5py
+    from .ttfs import save_h5
 
-    from . import __version__
-    path = Path(path)
-    with atomic_path(path, suffix=".h5.tmp") as tmp:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["snnfast_format"] = FORMAT
-            f.attrs["snnfast_version"] = __version__
-            f.attrs["zeta"] = net.zeta
-            f.attrs["tau_c"] = TAU_C
-            f.attrs["depth"] = net.depth
-            f.attrs["in_shape"] = np.asarray(net.in_shape, np.int64)
-            f.attrs["meta"] = json.dumps(net.meta)
-            f.attrs["results"] = json.dumps(results or {})
-            g = f.create_group("stages")
-            for i, st in enumerate(net.stages, 1):
-                s = g.create_group(str(i))
-                s.create_dataset("W", data=st.weight)
-                s.create_dataset("b", data=st.bias)
-                s.attrs["spec"] = json.dumps(st.to_dict())
-            g = f.create_group("windows")
-            for name, v in (("t_min", net.t_min), ("t_max", net.t_max),
-                            ("delta", net.deltas), ("x_max", net.x_max)):
-                g.create_dataset(name, data=v)
-            g = f.create_group("thresholds")
-            for l, th in enumerate(net.thresholds, 1):
-                g.create_dataset(f"theta{l}", data=th)
-            g = f.create_group("stats")
-            for k, v in (stats or {}).items():
-                g.create_dataset(k, data=np.asarray(v))
-    return path
+    def write_params(f):
+        f.attrs["in_shape"] = np.asarray(net.in_shape, np.int64)
+        g = f.create_group("stages")
+        for i, st in enumerate(net.stages, 1):
+            s = g.create_group(str(i))
+            s.create_dataset("W", data=st.weight)
+            s.create_dataset("b", data=st.bias)
+            s.attrs["spec"] = json.dumps(st.to_dict())
+
+    return save_h5(net, path, FORMAT, write_params, results, stats)
 
 
 def _stage_from(group):
@@ -500,41 +480,12 @@ def load(path):
 
     The returned network carries ``results`` and ``stats`` attributes (dicts).
     """
-    import h5py
+    from .ttfs import load_h5
 
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: no such file")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise ValueError(f"{path}: not a readable HDF5 file ({exc})") from None
-    try:
-        with f:
-            fmt = h5_format(f)
-            if fmt != FORMAT:
-                raise ValueError(f"{path}: not an snnfast TTFS CNN file (snnfast_format="
-                                 f"{fmt!r}, expected {FORMAT!r})")
-            depth = int(f.attrs["depth"])
-            stages = [_stage_from(f["stages"][str(i)]) for i in range(1, depth + 1)]
-            cnn = CNN(stages, tuple(f.attrs["in_shape"]))
-            net = TTFSConvNet(cnn, f["windows/x_max"][()], float(f.attrs["zeta"]),
-                              meta=json.loads(f.attrs["meta"]))
-            stored = {k: f["windows"][k][()] for k in ("t_min", "t_max", "delta")}
-            thetas = [f["thresholds"][f"theta{l}"][()] for l in range(1, depth)]
-            results = json.loads(f.attrs["results"])
-            stats = {k: v[()] for k, v in f["stats"].items()}
-    except ValueError as exc:
-        if str(path) in str(exc):
-            raise
-        raise ValueError(f"{path}: inconsistent TTFS CNN ({exc})") from None
-    except (KeyError, OSError, TypeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: damaged or incomplete TTFS CNN file ({exc})") from None
-    for k, v in (("t_min", net.t_min), ("t_max", net.t_max), ("delta", net.deltas)):
-        if not np.array_equal(stored[k], v):
-            raise ValueError(f"{path}: stored windows/{k} do not match the calibration")
-    if len(thetas) != net.depth - 1 or not all(
-            np.array_equal(a, b) for a, b in zip(thetas, net.thresholds)):
-        raise ValueError(f"{path}: stored thresholds do not match Delta_n - b_n")
-    net.results, net.stats = results, stats
-    return net
+    def read_net(f, depth):
+        stages = [_stage_from(f["stages"][str(i)]) for i in range(1, depth + 1)]
+        cnn = CNN(stages, tuple(f.attrs["in_shape"]))
+        return TTFSConvNet(cnn, f["windows/x_max"][()], float(f.attrs["zeta"]),
+                           meta=json.loads(f.attrs["meta"]))
+
+    return load_h5(path, FORMAT, "TTFS CNN", read_net)

@@ -26,6 +26,20 @@ def _save(fig, path):
     return Path(path).name
 
 
+def _hist_windows(ax, net, times, bins, label):
+    """Histogram of each hidden layer's finite spike times inside its shaded window,
+    and the read-out time t_min(N) as a dotted line; ``label(l)`` names layer l."""
+    cmap = _plt().get_cmap("viridis", max(net.depth - 1, 1))
+    for l, t in enumerate(times or []):
+        t = np.asarray(t, np.float64)
+        t = t[np.isfinite(t)]
+        lo, hi = net.t_min[l], net.t_min[l + 1]
+        ax.axvspan(lo, hi, color=cmap(l), alpha=0.08)
+        if t.size:
+            ax.hist(t, bins=np.linspace(lo, hi, bins + 1), color=cmap(l), label=label(l))
+    ax.axvline(net.latency, color="k", lw=1, ls=":")
+
+
 def plot_depth(rows, path):
     """ReLU/SNN accuracy and spikes per hidden neuron versus depth."""
     plt = _plt()
@@ -50,16 +64,7 @@ def plot_spike_histograms(nets, sims, path, bins=60):
     fig, axes = plt.subplots(len(depths), 1, figsize=(9, 2.2 * len(depths) + 0.5), squeeze=False)
     for ax, d in zip(axes[:, 0], depths):
         net, r = nets[d], sims[d]
-        cmap = plt.get_cmap("viridis", max(net.depth - 1, 1))
-        for l, t in enumerate(r.times or []):
-            t = np.asarray(t, np.float64)
-            t = t[np.isfinite(t)]
-            lo, hi = net.t_min[l], net.t_min[l + 1]
-            ax.axvspan(lo, hi, color=cmap(l), alpha=0.08)
-            if t.size:
-                ax.hist(t, bins=np.linspace(lo, hi, bins + 1), color=cmap(l),
-                        label=f"layer {l + 1}")
-        ax.axvline(net.latency, color="k", lw=1, ls=":")
+        _hist_windows(ax, net, r.times, bins, lambda l: f"layer {l + 1}")
         ax.set_yscale("log")
         ax.set(ylabel="spikes", title=f"L={d}: hidden spike times (window shaded, "
                                      f"output read at t_min(N)={net.latency:.1f})")
@@ -129,16 +134,7 @@ def plot_cnn_spike_times(net, sim, path, bins=60):
     """Spike-time histogram of every hidden stage of a TTFS CNN (absolute time)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(9, 3.4))
-    cmap = plt.get_cmap("viridis", max(net.depth - 1, 1))
-    for l, t in enumerate(sim.times or []):
-        t = np.asarray(t, np.float64)
-        t = t[np.isfinite(t)]
-        lo, hi = net.t_min[l], net.t_min[l + 1]
-        ax.axvspan(lo, hi, color=cmap(l), alpha=0.08)
-        if t.size:
-            ax.hist(t, bins=np.linspace(lo, hi, bins + 1), color=cmap(l),
-                    label=f"stage {l + 1} ({net.stages[l].kind})")
-    ax.axvline(net.latency, color="k", lw=1, ls=":")
+    _hist_windows(ax, net, sim.times, bins, lambda l: f"stage {l + 1} ({net.stages[l].kind})")
     ax.set_yscale("log")
     ax.set(xlabel="time (tau_c)", ylabel="spikes",
            title=f"hidden spike times, {len(sim.logits)} test images (window shaded, output "

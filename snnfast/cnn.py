@@ -348,14 +348,8 @@ def _loss_and_grads(net, x, y):
             c["pre_pool"] = h
             h = st.pool.forward(h)
         caches.append(c)
-    z = z - z.max(axis=1, keepdims=True)
-    ez = np.exp(z)
-    s = ez.sum(axis=1, keepdims=True)
-    rows = np.arange(len(x))
-    loss = float(np.mean(np.log(s[:, 0]) - z[rows, y]))
-    d = ez / s
-    d[rows, y] -= 1
-    d /= len(x)
+    from .mlp import softmax_cross_entropy
+    loss, d = softmax_cross_entropy(z, y)
     gw, gb = [None] * net.depth, [None] * net.depth
     for i in range(net.depth - 1, -1, -1):
         st, c = net.stages[i], caches[i]

@@ -168,21 +168,27 @@ def loss_and_grads(mlp, X, y):
     return _loss_and_grads(mlp, X, y)
 
 
+def softmax_cross_entropy(z, y):
+    """Mean softmax cross-entropy of logits ``z`` (n, classes) for labels ``y`` and its
+    gradient with respect to ``z``."""
+    z = z - z.max(axis=1, keepdims=True)
+    ez = np.exp(z)
+    s = ez.sum(axis=1, keepdims=True)
+    rows = np.arange(len(z))
+    loss = float(np.mean(np.log(s[:, 0]) - z[rows, y]))
+    dz = ez / s
+    dz[rows, y] -= 1
+    dz /= len(z)
+    return loss, dz
+
+
 def _loss_and_grads(mlp, X, y):
     acts = [X]
     h = X
     for w, b in zip(mlp.weights[:-1], mlp.biases[:-1]):
         h = np.maximum(h @ w.T + b, 0)
         acts.append(h)
-    z = h @ mlp.weights[-1].T + mlp.biases[-1]
-    z = z - z.max(axis=1, keepdims=True)
-    ez = np.exp(z)
-    s = ez.sum(axis=1, keepdims=True)
-    rows = np.arange(len(X))
-    loss = float(np.mean(np.log(s[:, 0]) - z[rows, y]))
-    dz = ez / s
-    dz[rows, y] -= 1
-    dz /= len(X)
+    loss, dz = softmax_cross_entropy(h @ mlp.weights[-1].T + mlp.biases[-1], y)
     gw, gb = [None] * mlp.depth, [None] * mlp.depth
     for n in range(mlp.depth - 1, -1, -1):
         gw[n] = dz.T @ acts[n]

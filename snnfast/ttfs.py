@@ -128,7 +128,39 @@ def _check_x(X, n_in, name="X"):
     return X
 
 
-class TTFSNetwork:
+class Windows:
+    """Frozen chained time windows and B1 thresholds (shared by the TTFS network classes).
+
+    Subclasses call :meth:`_set_windows` in their constructor and provide ``depth``.
+    """
+
+    def _set_windows(self, x_max, zeta, hidden_biases, meta):
+        x_max = np.asarray(x_max, dtype=np.float64).reshape(-1)
+        if x_max.shape != (self.depth - 1,) or not np.isfinite(x_max).all() or (x_max < 0).any():
+            raise ValueError(f"x_max must hold {self.depth - 1} finite non-negative values")
+        if not (np.isfinite(zeta) and zeta > -1):
+            raise ValueError(f"zeta must be finite and > -1, got {zeta!r}")
+        self.zeta = float(zeta)
+        self.x_max = x_max
+        self.deltas = np.where(x_max > 0, (1.0 + self.zeta) * x_max, 1.0)
+        # t_min[n-1] = t_min(n); chaining is exact because t_max(n) *is* t_min(n+1)
+        self.t_min = np.concatenate([[1.0], 1.0 + np.cumsum(self.deltas)])
+        self.thresholds = [d / TAU_C - b for d, b in zip(self.deltas, hidden_biases)]
+        self.meta = dict(meta or {})
+        self._packed = {}
+
+    @property
+    def t_max(self):
+        """t_max(n) of the hidden layers (= t_min(n+1))."""
+        return self.t_min[1:]
+
+    @property
+    def latency(self):
+        """t_min(N): the time at which the output potentials are read."""
+        return float(self.t_min[-1])
+
+
+class TTFSNetwork(Windows):
     """A converted TTFS network (B1 mapping) with frozen, chained time windows.
 
     Parameters
@@ -156,19 +188,7 @@ class TTFSNetwork:
                                  f"size {self.weights[n - 1].shape[0]}")
             if not (np.isfinite(w).all() and np.isfinite(b).all()):
                 raise ValueError(f"layer {n + 1} has non-finite parameters")
-        x_max = np.asarray(x_max, dtype=np.float64).reshape(-1)
-        if x_max.shape != (self.depth - 1,) or not np.isfinite(x_max).all() or (x_max < 0).any():
-            raise ValueError(f"x_max must hold {self.depth - 1} finite non-negative values")
-        if not (np.isfinite(zeta) and zeta > -1):
-            raise ValueError(f"zeta must be finite and > -1, got {zeta!r}")
-        self.zeta = float(zeta)
-        self.x_max = x_max
-        self.deltas = np.where(x_max > 0, (1.0 + self.zeta) * x_max, 1.0)
-        # t_min[n-1] = t_min(n); chaining is exact because t_max(n) *is* t_min(n+1)
-        self.t_min = np.concatenate([[1.0], 1.0 + np.cumsum(self.deltas)])
-        self.thresholds = [d / TAU_C - b for d, b in zip(self.deltas, self.biases[:-1])]
-        self.meta = dict(meta or {})
-        self._packed = {}
+        self._set_windows(x_max, zeta, self.biases[:-1], meta)
 
     # ------------------------------------------------------------------ structure
     @property
@@ -179,16 +199,6 @@ class TTFSNetwork:
     @property
     def sizes(self):
         return [self.weights[0].shape[1]] + [w.shape[0] for w in self.weights]
-
-    @property
-    def t_max(self):
-        """t_max(n) of the hidden layers (= t_min(n+1))."""
-        return self.t_min[1:]
-
-    @property
-    def latency(self):
-        """t_min(N): the time at which the output potentials are read."""
-        return float(self.t_min[-1])
 
     @property
     def fan_out(self):

@@ -31,61 +31,31 @@ count pre-pool hidden units that fire; synaptic events are the multiply-adds act
 (a spike's fan-out inside the map: border units reach fewer targets).
 """
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ._config import effective_n_threads
 from .cnn import CNN, Pool, Stage, _forward
+from .ttfs import SimResult, Windows
 
 __all__ = ["FORMAT", "CALIB_CHUNK", "TTFSConvNet", "ConvSimResult", "convert",
            "operation_counts", "exactness_report", "save", "load"]
 
 FORMAT = "ttfs-cnn-1"
 CALIB_CHUNK = 256
-TAU_C = 1.0
 _META = ["kind", "c", "h", "w", "co", "oh", "ow", "kh", "kw", "sh", "sw", "pt", "pl", "pool",
          "pkh", "pkw", "psh", "psw", "ppt", "ppl", "ph", "pw", "woff", "uoff", "toff", "doff"]
 
 
-@dataclass
-class ConvSimResult:
-    """Output of :meth:`TTFSConvNet.simulate` / :meth:`TTFSConvNet.reference`.
-
-    Attributes
-    ----------
-    times : list of ndarray or None
-        Per hidden stage, pre-pool spike times (n, C, H, W) or (n, units); ``inf`` = none.
-    logits : ndarray (n, n_out)
-        Output membrane potentials at ``t_min(N)``.
-    spikes : ndarray of int64 (n, N)
-        Column 0 = input-pixel spikes, column n = spikes of hidden stage n (pre-pool).
-    events : ndarray of int64 (n, N)
-        Synaptic events (multiply-adds) into the weight layer of stage n+1.
-    saturated : ndarray of int64 (n, N-1)
-        Hidden units that fired at ``t_min(n)``.
-    """
-    times: list
-    logits: np.ndarray
-    spikes: np.ndarray
-    events: np.ndarray
-    saturated: np.ndarray
-    t_max: np.ndarray
-
-    @property
-    def predictions(self):
-        return np.argmax(self.logits, axis=1)
-
-    def activations(self):
-        """Decoded hidden activations ``t_max(n) - t`` (0 where silent), float64."""
-        if self.times is None:
-            raise ValueError("spike times were not recorded (record_times=False)")
-        return [np.where(np.isinf(t), 0.0, tm - t.astype(np.float64))
-                for t, tm in zip(self.times, self.t_max)]
+#: Simulation output (the fields of :class:`snnfast.ttfs.SimResult`): ``times`` per hidden
+#: stage are pre-pool spike times (n, C, H, W) or (n, units), ``inf`` = no spike;
+#: ``spikes`` column 0 = input pixels, column n = hidden stage n; ``events`` column n =
+#: synaptic events (multiply-adds) into the weight layer of stage n+1.
+ConvSimResult = SimResult
 
 
-class TTFSConvNet:
+class TTFSConvNet(Windows):
     """A converted TTFS CNN (B1 mapping) with frozen, chained time windows.
 
     Parameters
@@ -104,18 +74,7 @@ class TTFSConvNet:
         if not isinstance(cnn, CNN):
             raise TypeError(f"cnn must be a snnfast.cnn.CNN, got {type(cnn).__name__}")
         self.cnn = cnn.astype(np.float64)
-        x_max = np.asarray(x_max, dtype=np.float64).reshape(-1)
-        if x_max.shape != (self.depth - 1,) or not np.isfinite(x_max).all() or (x_max < 0).any():
-            raise ValueError(f"x_max must hold {self.depth - 1} finite non-negative values")
-        if not (np.isfinite(zeta) and zeta > -1):
-            raise ValueError(f"zeta must be finite and > -1, got {zeta!r}")
-        self.zeta = float(zeta)
-        self.x_max = x_max
-        self.deltas = np.where(x_max > 0, (1.0 + self.zeta) * x_max, 1.0)
-        self.t_min = np.concatenate([[1.0], 1.0 + np.cumsum(self.deltas)])
-        self.thresholds = [d / TAU_C - s.bias for d, s in zip(self.deltas, self.stages[:-1])]
-        self.meta = dict(meta or {})
-        self._packed = {}
+        self._set_windows(x_max, zeta, [s.bias for s in self.stages[:-1]], meta)
 
     # ------------------------------------------------------------------ structure
     @property
@@ -129,15 +88,6 @@ class TTFSConvNet:
     @property
     def in_shape(self):
         return self.cnn.in_shape
-
-    @property
-    def t_max(self):
-        return self.t_min[1:]
-
-    @property
-    def latency(self):
-        """t_min(N): when the output potentials are read."""
-        return float(self.t_min[-1])
 
     @property
     def hidden_units(self):

@@ -111,20 +111,22 @@ cdef int64_t _scatter(const int64_t *m, const floating *wt, const floating *src,
 cdef int64_t _fire(const int64_t *m, const floating *theta, floating *acc, double lo,
                    double hi, int64_t *n_spikes) noexcept nogil:
     """Step 2: acc <- spike times (INFINITY = silent); returns the saturated count."""
-    cdef int64_t u, n = m[M_OH] * m[M_OW] * m[M_CO], CO = m[M_CO], sat = 0, nsp = 0
+    cdef int64_t p, o, u, CO = m[M_CO], sat = 0, nsp = 0
     cdef floating g, t
-    for u in range(n):
-        g = theta[u % CO] - acc[u]
-        if g <= 0:
-            t = <floating>lo
-            sat += 1
-        else:
-            t = <floating>(<floating>lo + g)
-        if t < hi:
-            acc[u] = t
-            nsp += 1
-        else:
-            acc[u] = INFINITY
+    for p in range(m[M_OH] * m[M_OW]):
+        for o in range(CO):
+            u = p * CO + o
+            g = theta[o] - acc[u]
+            if g <= 0:
+                t = <floating>lo
+                sat += 1
+            else:
+                t = <floating>(<floating>lo + g)
+            if t < hi:
+                acc[u] = t
+                nsp += 1
+            else:
+                acc[u] = INFINITY
     n_spikes[0] = nsp
     return sat
 

@@ -81,3 +81,42 @@ def test_model_npz_path_and_errors(tmp_path, capsys):
     assert convert.main(["--model", str(m), "--data", str(q), "--out",
                          str(tmp_path / "r6")]) == 2
     assert "expects inputs of shape" in capsys.readouterr().err
+
+
+def test_model_onnx_path(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+    p, x_test, _ = _data(tmp_path, side=8)
+    rng = np.random.default_rng(2)
+    w1 = (rng.normal(size=(4, 1, 3, 3)) * 0.5).astype(np.float32)
+    w2 = (rng.normal(size=(2, 36)) * 0.3).astype(np.float32)
+    inits = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c"], strides=[2, 2], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("MaxPool", ["r"], ["m"], kernel_shape=[2, 2], strides=[1, 1]),
+             helper.make_node("Flatten", ["m"], ["f"]),
+             helper.make_node("Gemm", ["f", "w2"], ["z"], transB=1)]
+    graph = helper.make_graph(
+        nodes, "net", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 1, 8, 8])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [None, 2])], inits)
+    m = tmp_path / "net.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(m))
+    out = tmp_path / "run"
+    assert convert.main(["--model", str(m), "--data", str(p), "--out", str(out),
+                         "--no-progress"]) == 0
+    res = json.loads((out / "ttfs_cnn_results.json").read_text())
+    assert res["table"]["agreement"] == 100.0 and res["table"]["max_abs_err"] <= 1e-9
+    # the converted logits equal a hand-written NumPy forward of the ONNX network
+    x = x_test.astype(np.float64)[:, None] / 255.0
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    c = np.zeros((len(x), 4, 4, 4))
+    for oy in range(4):
+        for ox in range(4):
+            patch = xp[:, :, 2 * oy:2 * oy + 3, 2 * ox:2 * ox + 3]
+            c[:, :, oy, ox] = np.einsum("ncij,ocij->no", patch, w1.astype(np.float64))
+    r = np.maximum(c, 0)
+    mp = np.stack([np.stack([r[:, :, y:y + 2, xx:xx + 2].max(axis=(2, 3)) for xx in range(3)],
+                            axis=-1) for y in range(3)], axis=-2)
+    z = mp.reshape(len(x), -1) @ w2.astype(np.float64).T
+    net = ttfs_cnn.load(out / "ttfs_cnn.h5")
+    assert np.abs(net.simulate(x.reshape(len(x), -1)).logits - z).max() <= 1e-9

@@ -216,7 +216,9 @@ def run(a, n_threads):
                                                "mean over test images; pixels and outputs excluded",
                    "synaptic_events": "multiply-adds done by the event-driven simulator (sum "
                                       "over source spikes of their in-map fan-out)",
-                   "dense_macs": "multiply-accumulates of the ReLU network's conv/dense layers",
+                   "dense_macs": "multiply-accumulates of the ReLU network's conv/dense "
+                                 "layers computed densely (zero-padded taps included; "
+                                 "NeuroBench's Dense in the energy report excludes them)",
                    "windows": "Delta_n = (1+zeta) * max activation on the training set"}}
     try:
         from .ttfs_plots import make_cnn_figures

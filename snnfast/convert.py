@@ -37,7 +37,7 @@ def _parser():
     p.add_argument("--depths", type=int, nargs="+", default=[2, 4, 6, 8],
                    help="numbers of weight layers L (784-400^(L-1)-10)")
     p.add_argument("--epochs", type=int, default=None,
-                   help="maximum training epochs (default 20; CNN: 6 mnist, 10 fashion-mnist)")
+                   help="maximum training epochs (default 20; CNN: 6 mnist, 15 fashion-mnist)")
     p.add_argument("--patience", type=int, default=None,
                    help="early-stopping patience in epochs (default 6; CNN: no early stop)")
     p.add_argument("--zeta", type=float, default=0.5, help="window margin: Delta_n = (1+zeta) X_n")

@@ -19,7 +19,7 @@ from ._utils import write_json
 __all__ = ["run", "load_data"]
 
 #: Training epochs of ``--arch cnn`` when ``--epochs`` is not given.
-DEFAULT_EPOCHS = {"mnist": 6, "fashion-mnist": 10}
+DEFAULT_EPOCHS = {"mnist": 6, "fashion-mnist": 15}
 EXACTNESS_CHUNK = 500       # test images per recorded (spike-times) simulation
 HIST_IMAGES = 1000          # test images whose spike times go into the histograms
 

@@ -5,10 +5,13 @@ Usage::
     python -m snnfast.convert [--depths 2 4 6 8] [--epochs 20] [--patience 6] [--zeta 0.5]
                               [--time-bits 2 3 4 5 6 8] [--dt 0.2 0.1 0.05 0.01 0.001]
                               [--seed 0] [--threads N] [--mapping b1|seed-v1] [--out DIR]
+    python -m snnfast.convert --arch cnn [--dataset mnist|fashion-mnist] [--epochs E] ...
+    python -m snnfast.convert --model NET.onnx|NET.npz [--dataset ...|--data FILE.npz] ...
 
 Writes to ``--out``: ``ttfs_results.json`` (all tables, atomic), ``ttfs_L<depth>.h5``
 (each converted network with its windows, thresholds and spike statistics) and PNG
-figures. Trainings run in parallel processes with one BLAS thread each, so the trained
+figures. ``--arch cnn`` (train the built-in ReLU CNN) and ``--model`` (an ONNX or ``.npz``
+ReLU network) take the CNN path, :mod:`snnfast.convert_cnn`. Trainings run in parallel processes with one BLAS thread each, so the trained
 networks do not depend on ``--threads``. Windows are calibrated on the training set only;
 every reported figure is measured on the full test set.
 """
@@ -42,8 +45,10 @@ def _parser():
                                 description=__doc__.split("\n")[0])
     p.add_argument("--depths", type=int, nargs="+", default=[2, 4, 6, 8],
                    help="numbers of weight layers L (784-400^(L-1)-10)")
-    p.add_argument("--epochs", type=int, default=20, help="maximum training epochs")
-    p.add_argument("--patience", type=int, default=6, help="early-stopping patience (epochs)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="maximum training epochs (default 20; CNN: 6 mnist, 15 fashion-mnist)")
+    p.add_argument("--patience", type=int, default=None,
+                   help="early-stopping patience in epochs (default 6; CNN: no early stop)")
     p.add_argument("--zeta", type=float, default=0.5, help="window margin: Delta_n = (1+zeta) X_n")
     p.add_argument("--time-bits", type=int, nargs="*", default=DEFAULT_BITS,
                    help="spike-time quantisation sweep (bits per window)")
@@ -53,6 +58,15 @@ def _parser():
     p.add_argument("--threads", type=int, default=None, help="threads (default: snnfast rule)")
     p.add_argument("--mapping", choices=["b1", "seed-v1"], default="b1",
                    help="b1 = exact mapping; seed-v1 = the seed's per-sample renormalisation")
+    p.add_argument("--arch", choices=["mlp", "cnn"], default="mlp",
+                   help="mlp = the 784-400^(L-1)-10 depth study; cnn = train and convert the "
+                        "built-in ReLU CNN")
+    p.add_argument("--model", type=Path, default=None,
+                   help="convert this ReLU network (.onnx or .npz) instead of training one")
+    p.add_argument("--dataset", choices=["mnist", "fashion-mnist"], default="mnist",
+                   help="data set of the CNN path (the MLP study uses mnist)")
+    p.add_argument("--data", type=Path, default=None,
+                   help="CNN path: .npz with x_train, y_train, x_test, y_test instead of --dataset")
     p.add_argument("--out", type=Path, default=Path("runs/ttfs"),
                    help="output directory (default runs/ttfs, git-ignored)")
     # hidden options for quick runs and tests
@@ -67,6 +81,26 @@ def _parser():
 
 
 def _check_args(a):
+    if a.model is not None:
+        a.arch = "cnn"      # an imported network always takes the CNN path
+    if a.data is not None and a.arch != "cnn":
+        raise ValueError("--data needs --arch cnn or --model")
+    if a.arch == "mlp":
+        if a.dataset != "mnist":
+            raise ValueError("the MLP depth study uses mnist; --dataset needs --arch cnn or --model")
+        a.epochs = 20 if a.epochs is None else a.epochs
+        a.patience = 6 if a.patience is None else a.patience
+    elif (a.epochs is not None and not 1 <= a.epochs <= MAX_EPOCHS) or (
+            a.patience is not None and a.patience < 1):
+        raise ValueError(f"--epochs must lie in [1, {MAX_EPOCHS}] and --patience be >= 1")
+    if a.model is not None and not a.model.is_file():
+        raise ValueError(f"--model {a.model}: no such file")
+    if a.arch == "cnn":
+        if not np.isfinite(a.zeta) or a.zeta <= -1:
+            raise ValueError("--zeta must be > -1")
+        if a.threads == 0:
+            raise ValueError("--threads must not be 0 (a positive count, or -1 for all cores)")
+        return
     if not a.depths or any(not 2 <= d <= MAX_DEPTH for d in a.depths):
         raise ValueError(f"--depths must be integers in [2, {MAX_DEPTH}]")
     if a.epochs < 1 or a.patience < 1 or a.width < 1 or a.seed < 0:
@@ -93,7 +127,8 @@ def _check_args(a):
 def _check_outputs(a):
     """ValueError if a file the run writes into ``--out`` is a special file or a link
     (found now, not after the training)."""
-    names = ["ttfs_results.json"] + [f"ttfs_L{d}.h5" for d in a.depths]
+    names = (["ttfs_cnn_results.json", "ttfs_cnn.h5"] if a.arch == "cnn" else
+             ["ttfs_results.json"] + [f"ttfs_L{d}.h5" for d in a.depths])
     for name in names:
         kind = special_file_kind(a.out / name)
         if kind is not None:
@@ -333,6 +368,9 @@ def run(argv=None):
     created = make_out_dir(a.out)
     try:
         _check_outputs(a)
+        if a.arch == "cnn":
+            from .convert_cnn import run as run_cnn
+            return run_cnn(a, n_threads)
         return _run(a, n_threads)
     except BaseException:
         remove_if_empty(created)

@@ -1183,6 +1183,70 @@ def from_ttfs(net, X, batch_size=2000, binary_scope="sample", n_threads=None):
     return res
 
 
+def from_ttfs_cnn(net, X, batch_size=500, binary_scope="sample", n_threads=None):
+    """NeuroBench metrics and executed events of a converted TTFS CNN on ``X``.
+
+    As :func:`from_ttfs`, stage by stage: each weight layer's input is the event-driven
+    simulation's own output (pixels, then the decoded hidden activations after pooling);
+    the activation layers are the hidden stages before pooling. The simulator's synaptic
+    events are the executed counts, checked against a recount (non-zero inputs x fan-out).
+
+    Parameters
+    ----------
+    net : snnfast.ttfs_cnn.TTFSConvNet
+    X : float (N, C*H*W) in [0, 1]
+    """
+    from .ttfs_cnn import _ref_pool
+    layers = []
+    for i, st in enumerate(net.stages, 1):
+        if st.kind == "dense":
+            layers.append(LayerSpec(f"fc{i}", "linear", np.ascontiguousarray(st.weight.T),
+                                    st.bias))
+            continue
+        pt, pl, pb, pr = st.pad
+        if (pt, pl) != (pb, pr):
+            raise ValueError(f"stage {i}: NeuroBench accounting needs symmetric conv padding, "
+                             f"got (top, left, bottom, right) = {st.pad}")
+        layers.append(LayerSpec(f"conv{i}", "conv2d", st.weight, st.bias, st.stride, (pt, pl),
+                                st.in_shape))
+    acc = OpAccountant(layers, [f"h{i + 1}" for i in range(net.depth - 1)],
+                       buffers=list(net.thresholds) + [net.t_min], binary_scope=binary_scope)
+    names = list(acc.layers)
+    sim_events = np.zeros(net.depth, dtype=np.int64)
+    recount = np.zeros(net.depth, dtype=np.int64)
+    saturated = np.zeros(max(net.depth - 1, 1), dtype=np.int64)
+    for lo in range(0, len(X), batch_size):
+        xb = X[lo:lo + batch_size]
+        r = net.simulate(xb, record_times=True, n_threads=n_threads)
+        acts = r.activations()
+        inputs = [xb.astype(np.float64).reshape(len(xb), -1)]
+        for l, st in enumerate(net.stages[:-1]):
+            inputs.append(_ref_pool(st.pool, r.times[l].astype(np.float64), net.t_max[l])
+                          .reshape(len(xb), -1))
+        n = len(xb)
+        for l, (name, x) in enumerate(zip(names, inputs)):
+            acc.add_synaptic(name, x[:, None, :])
+            ev = int(r.events[:, l].sum())
+            acc.add_executed(name, ev, "MAC")
+            sim_events[l] += ev
+            recount[l] += event_driven_ops(acc.layers[name], (x != 0)[:, None, :].astype(np.uint8))
+        for name, h in zip(acc.act, acts):
+            h = h.reshape(n, -1)
+            acc.add_activation(name, h[:, None, :], membrane_updates=h.shape[1] * n)
+        saturated[:net.depth - 1] += r.saturated.sum(axis=0)
+        acc.add_samples(n)
+    res = acc.result()
+    res["model"] = {"type": "ttfs-cnn", "depth": net.depth, "latency": net.latency}
+    res["checks"] = {"executed_simulator": sim_events.tolist(),
+                     "executed_recount_numpy": recount.tolist(),
+                     "match": bool(np.array_equal(sim_events, recount)),
+                     "saturated_units": saturated[:net.depth - 1].tolist()}
+    res["notes"] = list(TTFS_NOTES) + [
+        "conv stages: one call per image; pooling (max = earliest spike, average = linear) "
+        "sits between a hidden stage and the next weight layer and is not counted"]
+    return res
+
+
 # ----------------------------------------------------------------------------- files and CLI
 
 def file_format(path):
@@ -1193,8 +1257,9 @@ def file_format(path):
             fmt = h5_format(f)
     except (OSError, ValueError) as exc:
         raise ValueError(f"{path}: not a readable HDF5 file ({exc})") from None
-    if fmt not in ("convsnn-1", "ttfs-1"):
-        raise ValueError(f"{path}: snnfast_format is {fmt!r}, expected 'convsnn-1' or 'ttfs-1'")
+    if fmt not in ("convsnn-1", "ttfs-1", "ttfs-cnn-1"):
+        raise ValueError(f"{path}: snnfast_format is {fmt!r}, expected 'convsnn-1', 'ttfs-1' "
+                         "or 'ttfs-cnn-1'")
     return fmt
 
 
@@ -1225,6 +1290,11 @@ def analyse_file(path, preset="horowitz45_fp32", samples=1000, dataset="mnist", 
         from .convsnn import ConvSNN
         model = ConvSNN.load(path, n_threads=n_threads)
         res = from_convsnn(model, images, binary_scope=binary_scope)
+    elif fmt == "ttfs-cnn-1":
+        from . import ttfs_cnn
+        net = ttfs_cnn.load(path)
+        res = from_ttfs_cnn(net, images.reshape(len(images), -1).astype(np.float64) / 255.0,
+                            n_threads=n_threads, binary_scope=binary_scope)
     else:
         from . import ttfs
         net = ttfs.load(path)
@@ -1283,7 +1353,7 @@ def main(argv=None):
                                 description="NeuroBench-style operation counts and energy estimate "
                                             "of a saved Conv-SNN or TTFS model.")
     p.add_argument("model", help="model file (.h5, snnfast_format convsnn-1, ttfs-1 or "
-                                 "network-1)")
+                                 "ttfs-cnn-1 or network-1)")
     p.add_argument("--preset", default="horowitz45_fp32", choices=sorted(PRESETS),
                    help="energy preset printed first (default horowitz45_fp32)")
     p.add_argument("--samples", type=int, default=1000, help="test images to run (default 1000)")

@@ -168,21 +168,27 @@ def loss_and_grads(mlp, X, y):
     return _loss_and_grads(mlp, X, y)
 
 
+def softmax_cross_entropy(z, y):
+    """Mean softmax cross-entropy of logits ``z`` (n, classes) for labels ``y`` and its
+    gradient with respect to ``z``."""
+    z = z - z.max(axis=1, keepdims=True)
+    ez = np.exp(z)
+    s = ez.sum(axis=1, keepdims=True)
+    rows = np.arange(len(z))
+    loss = float(np.mean(np.log(s[:, 0]) - z[rows, y]))
+    dz = ez / s
+    dz[rows, y] -= 1
+    dz /= len(z)
+    return loss, dz
+
+
 def _loss_and_grads(mlp, X, y):
     acts = [X]
     h = X
     for w, b in zip(mlp.weights[:-1], mlp.biases[:-1]):
         h = np.maximum(h @ w.T + b, 0)
         acts.append(h)
-    z = h @ mlp.weights[-1].T + mlp.biases[-1]
-    z = z - z.max(axis=1, keepdims=True)
-    ez = np.exp(z)
-    s = ez.sum(axis=1, keepdims=True)
-    rows = np.arange(len(X))
-    loss = float(np.mean(np.log(s[:, 0]) - z[rows, y]))
-    dz = ez / s
-    dz[rows, y] -= 1
-    dz /= len(X)
+    loss, dz = softmax_cross_entropy(h @ mlp.weights[-1].T + mlp.biases[-1], y)
     gw, gb = [None] * mlp.depth, [None] * mlp.depth
     for n in range(mlp.depth - 1, -1, -1):
         gw[n] = dz.T @ acts[n]
@@ -264,10 +270,42 @@ def train_mlp(mlp, X, y, X_val, y_val, epochs=30, patience=5, lr=1e-3, batch_siz
         ``lr`` not finite and > 0, ``decay`` outside (0, 1], and when the loss stops being
         finite (the step size diverged; ``mlp`` then holds the diverged weights).
     """
-    from threadpoolctl import threadpool_limits
-
     X, y = _training_set(mlp, X, y, "X", "y")
     X_val, y_val = _training_set(mlp, X_val, y_val, "X_val", "y_val")
+
+    def batch_loss(idx):
+        loss, gw, gb = _loss_and_grads(mlp, X[idx], y[idx])
+        return loss, gw + gb
+
+    return fit(mlp.weights + mlp.biases, batch_loss, len(X), lambda: mlp.accuracy(X_val, y_val),
+               epochs=epochs, patience=patience, lr=lr, batch_size=batch_size,
+               decay_every=decay_every, decay=decay, seed=seed, n_threads=n_threads,
+               desc=f"train L={mlp.depth}", progress=progress, callback=callback)
+
+
+def fit(params, batch_loss, n, val_acc, *, epochs, patience, lr, batch_size, decay_every,
+        decay, seed, n_threads, desc, progress, callback):
+    """The training loop of :func:`train_mlp` (and :func:`snnfast.cnn.train_cnn`).
+
+    Adam on ``params`` (updated in place), step decay ``lr * decay ** (epoch //
+    decay_every)``, a seeded batch order over ``n`` samples, early stopping on
+    ``val_acc()``; the best-validation parameters are restored at the end.
+
+    Parameters
+    ----------
+    params : list of ndarray
+    batch_loss : callable
+        ``batch_loss(idx) -> (loss, grads)``, grads in the order of ``params``.
+    n : int
+        Training samples.
+    val_acc : callable
+        Validation accuracy of the current parameters.
+    desc : str
+        Progress-bar label.
+    Other parameters as in :func:`train_mlp`.
+    """
+    from threadpoolctl import threadpool_limits
+
     epochs, batch_size, patience, decay_every = (
         check_positive_int(v, k) for k, v in (("epochs", epochs), ("batch_size", batch_size),
                                         ("patience", patience), ("decay_every", decay_every)))
@@ -276,44 +314,43 @@ def train_mlp(mlp, X, y, X_val, y_val, epochs=30, patience=5, lr=1e-3, batch_siz
     if not is_real_number(decay) or not 0 < decay <= 1:
         raise ValueError(f"decay must be a number in (0, 1], got {decay!r}")
     rng = np.random.default_rng(seed)
-    opt = _Adam(mlp.weights + mlp.biases, lr)
+    opt = _Adam(params, lr)
     best = (-1.0, None, 0)
     history = []
     bar = None
     if progress:
         from tqdm.auto import tqdm
-        bar = tqdm(total=epochs, desc=f"train L={mlp.depth}", leave=False)
+        bar = tqdm(total=epochs, desc=desc, leave=False)
     with threadpool_limits(limits=effective_n_threads(n_threads), user_api="blas"):
         for epoch in range(epochs):
             opt.lr = lr * decay ** (epoch // decay_every)
-            order = rng.permutation(len(X))
+            order = rng.permutation(n)
             total = 0.0
-            for start in range(0, len(X), batch_size):
+            for start in range(0, n, batch_size):
                 idx = order[start:start + batch_size]
-                loss, gw, gb = _loss_and_grads(mlp, X[idx], y[idx])
-                opt.step(gw + gb)
+                loss, grads = batch_loss(idx)
+                opt.step(grads)
                 total += loss * len(idx)
             if not math.isfinite(total):
                 # a step size that blows the weights up (e.g. lr=1e30) would otherwise
                 # end in NaN weights and a chance-level "best" model without a word
                 raise ValueError(f"training diverged in epoch {epoch + 1} (loss {total}); "
                                  f"lr={lr!r} is too large")
-            val_acc = mlp.accuracy(X_val, y_val)
-            history.append({"epoch": epoch + 1, "loss": total / len(X), "val_acc": val_acc,
+            acc = val_acc()
+            history.append({"epoch": epoch + 1, "loss": total / n, "val_acc": acc,
                             "lr": opt.lr})
             if callback is not None:
                 callback(history[-1])
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{total / len(X):.4f}", val=f"{val_acc:.4f}")
-            if val_acc > best[0]:
-                best = (val_acc, ([w.copy() for w in mlp.weights], [b.copy() for b in mlp.biases]),
-                        epoch + 1)
+                bar.set_postfix(loss=f"{total / n:.4f}", val=f"{acc:.4f}")
+            if acc > best[0]:
+                best = (acc, [p.copy() for p in params], epoch + 1)
             elif epoch + 1 - best[2] >= patience:
                 break
     if bar is not None:
         bar.close()
-    for p, q in zip(mlp.weights + mlp.biases, best[1][0] + best[1][1]):
+    for p, q in zip(params, best[1]):
         p[...] = q
     return {"history": history, "best_epoch": best[2], "best_val_acc": best[0],
             "epochs_run": len(history)}

@@ -129,7 +129,39 @@ def _check_x(X, n_in, name="X"):
     return X
 
 
-class TTFSNetwork:
+class Windows:
+    """Frozen chained time windows and B1 thresholds (shared by the TTFS network classes).
+
+    Subclasses call :meth:`_set_windows` in their constructor and provide ``depth``.
+    """
+
+    def _set_windows(self, x_max, zeta, hidden_biases, meta):
+        x_max = np.asarray(x_max, dtype=np.float64).reshape(-1)
+        if x_max.shape != (self.depth - 1,) or not np.isfinite(x_max).all() or (x_max < 0).any():
+            raise ValueError(f"x_max must hold {self.depth - 1} finite non-negative values")
+        if not (np.isfinite(zeta) and zeta > -1):
+            raise ValueError(f"zeta must be finite and > -1, got {zeta!r}")
+        self.zeta = float(zeta)
+        self.x_max = x_max
+        self.deltas = np.where(x_max > 0, (1.0 + self.zeta) * x_max, 1.0)
+        # t_min[n-1] = t_min(n); chaining is exact because t_max(n) *is* t_min(n+1)
+        self.t_min = np.concatenate([[1.0], 1.0 + np.cumsum(self.deltas)])
+        self.thresholds = [d / TAU_C - b for d, b in zip(self.deltas, hidden_biases)]
+        self.meta = dict(meta or {})
+        self._packed = {}
+
+    @property
+    def t_max(self):
+        """t_max(n) of the hidden layers (= t_min(n+1))."""
+        return self.t_min[1:]
+
+    @property
+    def latency(self):
+        """t_min(N): the time at which the output potentials are read."""
+        return float(self.t_min[-1])
+
+
+class TTFSNetwork(Windows):
     """A converted TTFS network (B1 mapping) with frozen, chained time windows.
 
     Parameters
@@ -157,19 +189,7 @@ class TTFSNetwork:
                                  f"size {self.weights[n - 1].shape[0]}")
             if not (np.isfinite(w).all() and np.isfinite(b).all()):
                 raise ValueError(f"layer {n + 1} has non-finite parameters")
-        x_max = np.asarray(x_max, dtype=np.float64).reshape(-1)
-        if x_max.shape != (self.depth - 1,) or not np.isfinite(x_max).all() or (x_max < 0).any():
-            raise ValueError(f"x_max must hold {self.depth - 1} finite non-negative values")
-        if not (np.isfinite(zeta) and zeta > -1):
-            raise ValueError(f"zeta must be finite and > -1, got {zeta!r}")
-        self.zeta = float(zeta)
-        self.x_max = x_max
-        self.deltas = np.where(x_max > 0, (1.0 + self.zeta) * x_max, 1.0)
-        # t_min[n-1] = t_min(n); chaining is exact because t_max(n) *is* t_min(n+1)
-        self.t_min = np.concatenate([[1.0], 1.0 + np.cumsum(self.deltas)])
-        self.thresholds = [d / TAU_C - b for d, b in zip(self.deltas, self.biases[:-1])]
-        self.meta = dict(meta or {})
-        self._packed = {}
+        self._set_windows(x_max, zeta, self.biases[:-1], meta)
 
     # ------------------------------------------------------------------ structure
     @property
@@ -180,16 +200,6 @@ class TTFSNetwork:
     @property
     def sizes(self):
         return [self.weights[0].shape[1]] + [w.shape[0] for w in self.weights]
-
-    @property
-    def t_max(self):
-        """t_max(n) of the hidden layers (= t_min(n+1))."""
-        return self.t_min[1:]
-
-    @property
-    def latency(self):
-        """t_min(N): the time at which the output potentials are read."""
-        return float(self.t_min[-1])
 
     @property
     def fan_out(self):
@@ -559,20 +569,29 @@ def save(net, path, results=None, stats=None):
     (``W1..``, ``b1..``), ``windows`` (``t_min``, ``t_max``, ``delta``, ``x_max``),
     ``thresholds`` (``theta1..``), ``stats``.
     """
+    def write_params(f):
+        g = f.create_group("relu")
+        for l, (w, b) in enumerate(zip(net.weights, net.biases), 1):
+            g.create_dataset(f"W{l}", data=w)
+            g.create_dataset(f"b{l}", data=b)
+
+    return save_h5(net, path, FORMAT, write_params, results, stats)
+
+
+def save_h5(net, path, fmt, write_params, results=None, stats=None):
+    """The HDF5 layout shared by the TTFS formats: root attributes, ``windows``,
+    ``thresholds`` and ``stats``; ``write_params(f)`` adds the ReLU parameters."""
     from . import __version__
     path = Path(path)
     with atomic_h5(path) as f:
-        f.attrs["snnfast_format"] = FORMAT
+        f.attrs["snnfast_format"] = fmt
         f.attrs["snnfast_version"] = __version__
         f.attrs["zeta"] = net.zeta
         f.attrs["tau_c"] = TAU_C
         f.attrs["depth"] = net.depth
         f.attrs["meta"] = json.dumps(net.meta)
         f.attrs["results"] = json.dumps(results or {})
-        g = f.create_group("relu")
-        for l, (w, b) in enumerate(zip(net.weights, net.biases), 1):
-            g.create_dataset(f"W{l}", data=w)
-            g.create_dataset(f"b{l}", data=b)
+        write_params(f)
         g = f.create_group("windows")
         for name, v in (("t_min", net.t_min), ("t_max", net.t_max),
                         ("delta", net.deltas), ("x_max", net.x_max)):
@@ -592,6 +611,21 @@ def load(path):
 
     The returned network carries ``results`` and ``stats`` attributes (dicts).
     """
+    def read_net(f, depth):
+        weights = [f["relu"][f"W{l}"][()] for l in range(1, depth + 1)]
+        biases = [f["relu"][f"b{l}"][()] for l in range(1, depth + 1)]
+        return TTFSNetwork(weights, biases, f["windows/x_max"][()], float(f.attrs["zeta"]),
+                           meta=json.loads(f.attrs["meta"]))
+
+    return load_h5(path, FORMAT, "TTFS", read_net)
+
+
+def load_h5(path, fmt, what, read_net):
+    """Read a file of :func:`save_h5`'s layout; ``read_net(f, depth)`` builds the network.
+
+    Checks the format, that the stored windows and thresholds equal those recomputed
+    from the calibration, and turns every failure into one ValueError naming the file.
+    """
     import h5py
 
     path = Path(path)
@@ -603,15 +637,12 @@ def load(path):
         raise ValueError(f"{path}: not a readable HDF5 file ({exc})") from None
     try:
         with f:
-            fmt = h5_format(f)
-            if fmt != FORMAT:
-                raise ValueError(f"{path}: not an snnfast TTFS file (snnfast_format={fmt!r}, "
-                                 f"expected {FORMAT!r})")
+            found = h5_format(f)
+            if found != fmt:
+                raise ValueError(f"{path}: not an snnfast {what} file (snnfast_format="
+                                 f"{found!r}, expected {fmt!r})")
             depth = int(f.attrs["depth"])
-            weights = [f["relu"][f"W{l}"][()] for l in range(1, depth + 1)]
-            biases = [f["relu"][f"b{l}"][()] for l in range(1, depth + 1)]
-            net = TTFSNetwork(weights, biases, f["windows/x_max"][()], float(f.attrs["zeta"]),
-                              meta=json.loads(f.attrs["meta"]))
+            net = read_net(f, depth)
             stored = {k: f["windows"][k][()] for k in ("t_min", "t_max", "delta")}
             thetas = [f["thresholds"][f"theta{l}"][()] for l in range(1, depth)]
             results = json.loads(f.attrs["results"])
@@ -619,9 +650,9 @@ def load(path):
     except ValueError as exc:
         if str(path) in str(exc):
             raise
-        raise ValueError(f"{path}: inconsistent TTFS network ({exc})") from None
+        raise ValueError(f"{path}: inconsistent {what} network ({exc})") from None
     except (KeyError, OSError, TypeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: damaged or incomplete TTFS file ({exc})") from None
+        raise ValueError(f"{path}: damaged or incomplete {what} file ({exc})") from None
     for k, v in (("t_min", net.t_min), ("t_max", net.t_max), ("delta", net.deltas)):
         if not np.array_equal(stored[k], v):
             raise ValueError(f"{path}: stored windows/{k} do not match the calibration")

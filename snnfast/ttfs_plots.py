@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["make_all", "plot_depth", "plot_spike_histograms", "plot_windows", "plot_sweeps"]
+__all__ = ["make_all", "plot_depth", "plot_spike_histograms", "plot_windows", "plot_sweeps",
+           "make_cnn_figures", "plot_cnn_spike_times", "plot_cnn_sparsity"]
 
 
 def _plt():
@@ -23,6 +24,20 @@ def _save(fig, path):
         fig.savefig(tmp, dpi=110, format="png")
     _plt().close(fig)
     return Path(path).name
+
+
+def _hist_windows(ax, net, times, bins, label):
+    """Histogram of each hidden layer's finite spike times inside its shaded window,
+    and the read-out time t_min(N) as a dotted line; ``label(l)`` names layer l."""
+    cmap = _plt().get_cmap("viridis", max(net.depth - 1, 1))
+    for l, t in enumerate(times or []):
+        t = np.asarray(t, np.float64)
+        t = t[np.isfinite(t)]
+        lo, hi = net.t_min[l], net.t_min[l + 1]
+        ax.axvspan(lo, hi, color=cmap(l), alpha=0.08)
+        if t.size:
+            ax.hist(t, bins=np.linspace(lo, hi, bins + 1), color=cmap(l), label=label(l))
+    ax.axvline(net.latency, color="k", lw=1, ls=":")
 
 
 def plot_depth(rows, path):
@@ -49,16 +64,7 @@ def plot_spike_histograms(nets, sims, path, bins=60):
     fig, axes = plt.subplots(len(depths), 1, figsize=(9, 2.2 * len(depths) + 0.5), squeeze=False)
     for ax, d in zip(axes[:, 0], depths):
         net, r = nets[d], sims[d]
-        cmap = plt.get_cmap("viridis", max(net.depth - 1, 1))
-        for l, t in enumerate(r.times or []):
-            t = np.asarray(t, np.float64)
-            t = t[np.isfinite(t)]
-            lo, hi = net.t_min[l], net.t_min[l + 1]
-            ax.axvspan(lo, hi, color=cmap(l), alpha=0.08)
-            if t.size:
-                ax.hist(t, bins=np.linspace(lo, hi, bins + 1), color=cmap(l),
-                        label=f"layer {l + 1}")
-        ax.axvline(net.latency, color="k", lw=1, ls=":")
+        _hist_windows(ax, net, r.times, bins, lambda l: f"layer {l + 1}")
         ax.set_yscale("log")
         ax.set(ylabel="spikes", title=f"L={d}: hidden spike times (window shaded, "
                                      f"output read at t_min(N)={net.latency:.1f})")
@@ -122,3 +128,45 @@ def make_all(out, rows, sweeps, nets, sims):
             plot_spike_histograms(nets, sims, out / "ttfs_spike_times.png"),
             plot_windows(nets, out / "ttfs_windows.png"),
             plot_sweeps(sweeps, out / "ttfs_sweeps.png")]
+
+
+def plot_cnn_spike_times(net, sim, path, bins=60):
+    """Spike-time histogram of every hidden stage of a TTFS CNN (absolute time)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(9, 3.4))
+    _hist_windows(ax, net, sim.times, bins, lambda l: f"stage {l + 1} ({net.stages[l].kind})")
+    ax.set_yscale("log")
+    ax.set(xlabel="time (tau_c)", ylabel="spikes",
+           title=f"hidden spike times, {len(sim.logits)} test images (window shaded, output "
+                 f"read at t_min(N)={net.latency:.1f})")
+    ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_cnn_sparsity(net, row, path):
+    """Per stage: spikes per hidden neuron, and synaptic events vs dense MACs."""
+    plt = _plt()
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.6))
+    hidden = row["spikes_per_neuron_per_stage"]
+    labels = [f"{l + 1}:{s.kind}" for l, s in enumerate(net.stages)]
+    ax[0].bar(labels[:-1], hidden, color="tab:blue")
+    ax[0].set(ylabel="spikes per neuron", ylim=(0, 1),
+              title=f"sparsity (mean {row['spikes_per_hidden_neuron']:.3f})")
+    layers = row["operation_counts"]["layers"]
+    x = np.arange(len(layers))
+    ax[1].bar(x - 0.2, [e["synaptic_events_per_image"] for e in layers], 0.4,
+              label="synaptic events (SNN)")
+    ax[1].bar(x + 0.2, [e["dense_macs"] for e in layers], 0.4, label="dense MACs (ReLU)")
+    ax[1].set_xticks(x, labels)
+    ax[1].set(yscale="log", ylabel="per image", title="operations per stage")
+    ax[1].legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def make_cnn_figures(out, net, sim, row):
+    """Figures of ``python -m snnfast.convert --arch cnn|--model``; returns file names."""
+    out = Path(out)
+    return [plot_cnn_spike_times(net, sim, out / "ttfs_cnn_spike_times.png"),
+            plot_cnn_sparsity(net, row, out / "ttfs_cnn_sparsity.png")]

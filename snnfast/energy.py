@@ -1412,14 +1412,7 @@ def main(argv=None):
         if "replay_spike_mismatches" in checks:
             extra = "; " + _replay_note(checks)
         print(f"check: executed counts (kernels/simulator) == NumPy recount: {checks['match']}{extra}")
-    if args.json:
-        try:
-            write_json(args.json, out)
-        except (OSError, ValueError) as exc:    # a full disk; a special file made meanwhile
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        print(f"wrote {args.json}")
-    return 0
+    return _write_report(args.json, out)
 
 
 def _network_inputs(args, network):
@@ -1469,13 +1462,19 @@ def _main_network(args):
     print(format_report(res, energies if args.all_presets else energies[:1], title=title,
                         notes=res["notes"]))
     print(f"check: {_replay_note(res['checks'])}")
-    if args.json:
+    return _write_report(args.json, out)
+
+
+def _write_report(path, out):
+    """Write the ``--json`` report ``out`` to ``path`` (if given); the exit status: 0, or 1
+    with one line when the write fails (a full disk; a special file made meanwhile)."""
+    if path:
         try:
-            write_json(args.json, out)
+            write_json(path, out)
         except (OSError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
-        print(f"wrote {args.json}")
+        print(f"wrote {path}")
     return 0
 
 
@@ -1493,14 +1492,7 @@ def _main_nir(args):
              f"{args.integrator}, reset {args.reset}")
     energies = out["energy"] if args.all_presets else out["energy"][:1]
     print(format_report(res, energies, title=title, notes=res.get("notes", ())))
-    if args.json:
-        try:
-            write_json(args.json, out)
-        except (OSError, ValueError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        print(f"wrote {args.json}")
-    return 0
+    return _write_report(args.json, out)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ def main(argv=None):
     if is_network_file(args.model):
         return _export_network(args)
     from .convsnn import ConvSNN
-    from .nir_export import NIRExportWarning, check_dt, to_nir
+    from .nir_export import check_dt, to_nir
     try:
         model = ConvSNN.load(args.model)
     except (ValueError, OSError) as exc:
@@ -59,15 +59,9 @@ def main(argv=None):
     except ValueError as exc:
         print(f"error: --dt: {exc}", file=sys.stderr)
         return 2
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", NIRExportWarning)
-        try:
-            graph = to_nir(model, args.out, dt=args.dt, fold_gain=args.fold_gain)
-        except (ValueError, TypeError, OSError) as exc:
-            print(f"error: cannot export {str(args.model)!r}: {exc}", file=sys.stderr)
-            return 1
-    for w in caught:
-        print(f"warning: {w.message}", file=sys.stderr)
+    graph = _export(args, lambda: to_nir(model, args.out, dt=args.dt, fold_gain=args.fold_gain))
+    if graph is None:
+        return 1
     meta = graph.metadata
     kinds = " -> ".join(f"{k}:{type(graph.nodes[k]).__name__}" for k in graph.nodes)
     print(f"wrote {args.out} (preset {meta['preset']!r}, dt {meta['dt']:g}, "
@@ -85,10 +79,26 @@ def main(argv=None):
     return 0
 
 
+def _export(args, export):
+    """Run ``export()`` (a ``to_nir`` call), printing its NIRExportWarnings as warning lines;
+    the graph, or None after one error line (a failed write, a model NIR cannot hold)."""
+    from .nir_export import NIRExportWarning
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", NIRExportWarning)
+        try:
+            graph = export()
+        except (ValueError, TypeError, OSError) as exc:
+            print(f"error: cannot export {str(args.model)!r}: {exc}", file=sys.stderr)
+            return None
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    return graph
+
+
 def _export_network(args):
     """The ``network-1`` branch of :func:`main` (any Network; arguments already checked)."""
     from .network import load
-    from .nir_export import NIRExportWarning, _check_network_dt, to_nir
+    from .nir_export import _check_network_dt, to_nir
     if args.fold_gain:
         print("error: --fold-gain applies to ConvSNN files only", file=sys.stderr)
         return 2
@@ -102,15 +112,9 @@ def _export_network(args):
     except ValueError as exc:
         print(f"error: --dt: {exc}", file=sys.stderr)
         return 2
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", NIRExportWarning)
-        try:
-            graph = to_nir(net, weights, args.out, dt=args.dt)
-        except (ValueError, TypeError, OSError) as exc:
-            print(f"error: cannot export {str(args.model)!r}: {exc}", file=sys.stderr)
-            return 1
-    for w in caught:
-        print(f"warning: {w.message}", file=sys.stderr)
+    graph = _export(args, lambda: to_nir(net, weights, args.out, dt=args.dt))
+    if graph is None:
+        return 1
     meta = graph.metadata
     kinds = " -> ".join(f"{k}:{type(graph.nodes[k]).__name__}" for k in graph.nodes)
     print(f"wrote {args.out} (network {net.name or '(unnamed)'!r}, dt {meta['dt']:g})")

@@ -1,4 +1,4 @@
-"""Export a saved Conv-SNN to NIR: ``python -m snnfast.export MODEL.h5 OUT.nir [--dt DT] [--fold-gain]``.
+"""Export a saved Conv-SNN to NIR: ``python -m snnfast.export MODEL.h5 OUT.nir [--dt DT] [--fold-gain] [--peers]``.
 
 Prints every feature the NIR graph cannot express (``NIRExportWarning``) and a summary.
 Exit status: 0 on success, 1 when the model cannot be read or exported (or the disk is
@@ -24,6 +24,9 @@ def build_parser():
                    help="time step of the mapping tau = dt/(1-beta) (default 1e-4, as snnTorch)")
     p.add_argument("--fold-gain", action="store_true",
                    help="write r = 1 and fold 1/(1-beta) into the weights (for importers that ignore r)")
+    p.add_argument("--peers", action="store_true",
+                   help="the graph snnTorch's and Norse's NIR importers load and run batched "
+                        "(no I read-out, Flatten counted from the end, r = 1); see docs/nir.rst")
     return p
 
 
@@ -55,7 +58,8 @@ def main(argv=None):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", NIRExportWarning)
         try:
-            graph = to_nir(model, args.out, dt=args.dt, fold_gain=args.fold_gain)
+            graph = to_nir(model, args.out, dt=args.dt, fold_gain=args.fold_gain,
+                           peers=args.peers)
         except (ValueError, TypeError, OSError) as exc:
             print(f"error: cannot export {str(args.model)!r}: {exc}", file=sys.stderr)
             return 1

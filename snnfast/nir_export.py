@@ -267,7 +267,7 @@ def _graph_metadata(cfg, dt, fold_gain, lost, approx):
     return meta
 
 
-def to_nir(model, path=None, dt=_DEFAULT_DT, fold_gain=False):
+def to_nir(model, path=None, dt=_DEFAULT_DT, fold_gain=False, peers=False):
     """Export a trained :class:`~snnfast.ConvSNN` as a NIR graph (see the module docstring).
 
     Parameters
@@ -281,6 +281,13 @@ def to_nir(model, path=None, dt=_DEFAULT_DT, fold_gain=False):
         :func:`check_dt` for the values refused.
     fold_gain : bool
         Write ``r = 1`` and multiply ``1/(1-beta)`` into the preceding weights and biases.
+    peers : bool
+        Write the graph that snnTorch's ``import_from_nir`` and Norse's ``from_nir`` load as
+        they are and run on batches (``docs/nir.rst``): the Flatten counts its axes from the
+        end (``start_dim=-3``: the same axes with or without a leading batch axis), there is
+        no ``I`` read-out (neither importer maps it; the Output takes ``fc2``'s per-step
+        output, whose mean over the ``T`` steps is the logits) and ``r = 1`` (Norse ignores
+        ``r``), i.e. ``fold_gain`` is implied. :func:`from_nir` does not read it back.
 
     Returns
     -------
@@ -293,6 +300,7 @@ def to_nir(model, path=None, dt=_DEFAULT_DT, fold_gain=False):
         ``graph.metadata["inexpressible"]``). The ``nir`` preset exports exactly and does not warn.
     """
     import nir
+    fold_gain = bool(fold_gain or peers)
     cfg = _cfg(model)
     check_dt(dt, cfg)
     dt = float(dt)
@@ -314,7 +322,9 @@ def to_nir(model, path=None, dt=_DEFAULT_DT, fold_gain=False):
                            padding=0, dilation=1, groups=1, bias=_scaled(params["conv_b"], g_c)),
         "conv_lif": _lif(_CONV_SHAPE, beta_c, cfg["thr_c"], dt, fold_gain,
                          {"beta": beta_c, "reset": str(cfg["reset_c"])}),
-        "flatten": nir.Flatten(input_type={"input": np.array(_CONV_SHAPE)}, start_dim=0, end_dim=-1),
+        # torch importers pass start_dim to torch.nn.Flatten, which counts a batch axis too
+        "flatten": nir.Flatten(input_type={"input": np.array(_CONV_SHAPE)},
+                               start_dim=-len(_CONV_SHAPE) if peers else 0, end_dim=-1),
         "fc1": nir.Affine(weight=np.ascontiguousarray(_scaled(params["W1"], g_h).T),
                           bias=_scaled(params["b1"], g_h)),
         "hidden_lif": _lif((_N_HID,), beta_h, cfg["thr_h"], dt, fold_gain,
@@ -326,9 +336,16 @@ def to_nir(model, path=None, dt=_DEFAULT_DT, fold_gain=False):
                          metadata={"meaning": "mean over T steps of fc2 output = logits"}),
         "output": nir.Output(output_type={"output": np.array([_N_OUT])}),
     }
-    edges = [(a, b) for a, b in zip(_NODE_ORDER[:-1], _NODE_ORDER[1:])]
-    graph = nir.NIRGraph(nodes=nodes, edges=edges,
-                         metadata=_graph_metadata(cfg, dt, fold_gain, lost, approx), type_check=True)
+    order = _NODE_ORDER
+    meta = _graph_metadata(cfg, dt, fold_gain, lost, approx)
+    if peers:
+        order = [k for k in _NODE_ORDER if k != "readout"]
+        del nodes["readout"]
+        meta["readout"] = ("rate: logits = mean over the T steps of node 'output' (fc2 of the "
+                           "hidden spikes at each step)")
+        meta["peers"] = True
+    edges = list(zip(order[:-1], order[1:]))
+    graph = nir.NIRGraph(nodes=nodes, edges=edges, metadata=meta, type_check=True)
     if lost:
         lines = "\n".join(f"  - {k}: {v}" for k, v in lost.items())
         warnings.warn(f"NIR export of preset {cfg.get('preset', '?')!r} is not exact; NIR cannot "

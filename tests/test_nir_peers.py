@@ -30,10 +30,17 @@ def _events(n, steps, shape, rate, seed=0):
     return (rng.random((n, steps) + tuple(shape), dtype=np.float32) < rate).astype(np.float32)
 
 
-def _torch_run(module, x, stateful_call):
-    """Outputs ``(N, T, ...)`` of an imported module fed the batch one step at a time."""
+def _torch_run(module, x, stateful_call, record=()):
+    """Outputs ``(N, T, ...)`` of an imported module fed the batch one step at a time, and
+    ``{name: (N, T, ...)}`` of the outputs (spikes) of its submodules named in ``record``."""
     import torch
     xs, outs, state = torch.from_numpy(x), [], None
+    rec = {k: [] for k in record}
+    for k in record:
+        def hook(mod, inp, out, k=k):
+            out = out[0] if isinstance(out, tuple) else out      # Norse cells: (z, state)
+            rec[k].append(out.detach().numpy().copy())
+        getattr(module, k).register_forward_hook(hook)
     with torch.no_grad():
         for t in range(x.shape[1]):
             if stateful_call:
@@ -41,7 +48,8 @@ def _torch_run(module, x, stateful_call):
             else:
                 y = module(xs[:, t])
             outs.append(y.numpy().copy())
-    return np.stack(outs, 1)
+    y = np.stack(outs, 1)
+    return (y, {k: np.stack(v, 1) for k, v in rec.items()}) if record else y
 
 
 def _import(peer, graph, dt):
@@ -123,12 +131,18 @@ def test_cnn_sinabs_spikes_equal_the_peers(peer):
     """The NIR paper's N-MNIST CNN on synthetic events, batched: snnfast.nir.run (IF at dt = 1,
     reset to v_reset, ``>``) against the peer's importer on the rewritten graph."""
     x = _events(16, 100, (2, 34, 34), 0.05, seed=0)
-    ours = snir.run(CNN, x, dt=1.0)["output"]
+    layers = ("1", "3", "6", "10", "12")                    # the IF nodes
+    ours, tr = snir.run(CNN, x, dt=1.0, trace=list(layers))
+    ours = ours["output"]
     module, stateful = _import(peer, for_torch_importers(CNN, peer), dt=1.0)
-    theirs = _torch_run(module, x, stateful)
+    theirs, rec = _torch_run(module, x, stateful, record=layers)
     assert theirs.shape == ours.shape and ours.sum() > 0
-    diff = _report(f"cnn_sinabs.nir, {peer}", ours, theirs)
+    diff = _report(f"cnn_sinabs.nir, {peer}, output", ours, theirs)
     assert diff <= MAX_MISMATCH * ours.size
+    for k in layers:
+        z = tr[k]["z"]
+        assert rec[k].shape == z.shape and z.sum() > 0
+        assert _report(f"cnn_sinabs.nir, {peer}, IF node {k}", z, rec[k]) <= MAX_MISMATCH * z.size
 
 
 def test_cnn_sinabs_as_is_in_snntorch():
@@ -153,10 +167,16 @@ def test_peers_export_loads_batched_in_the_peers(peer):
     g = ne.to_nir(model, peers=True)
     dt = g.metadata["dt"]
     x = _events(8, 10, (1, 28, 28), 0.2, seed=4)
-    ours = snir.run(g, x, dt=dt)["output"]
+    layers = ("conv_lif", "hidden_lif")
+    ours, tr = snir.run(g, x, dt=dt, trace=list(layers))
+    ours = ours["output"]
     module, stateful = _import(peer, g, dt=dt)
-    theirs = _torch_run(module, x, stateful)
+    theirs, rec = _torch_run(module, x, stateful, record=layers)
     assert theirs.shape == ours.shape
+    for k in layers:        # float order (Norse: v + dt/tau (x - v)) may flip a near-threshold spike
+        z = tr[k]["z"]
+        assert rec[k].shape == z.shape and z.sum() > 0
+        assert _report(f"to_nir(peers=True), {peer}, {k}", z, rec[k]) <= MAX_MISMATCH * z.size
     # equal hidden spikes give fc2 outputs equal up to summation order (|W2| sums ~ 1e-5)
     same = np.all(np.abs(ours - theirs) <= 1e-4, axis=2)
     bad = int((~same).sum())

@@ -26,6 +26,10 @@ its state after the last of the ``T`` steps is ``(1/T) * sum_t (W2.T z_h[t] + b2
 exactly the logits (for a hidden layer updated on every step). The logits are the VALUE of the
 ``readout`` node after step ``T``, not a spike train.
 
+``to_nir(..., peers=True)`` writes the variant that snnTorch's and Norse's importers load
+and run on batches: no ``readout`` (the Output takes fc2's per-step output), the Flatten
+counted from the end (``start_dim=-3``) and ``r = 1`` (``docs/nir.rst``).
+
 Running any NIR graph (these too): :func:`snnfast.nir.run`. Numerical convention of
 :func:`from_nir`: a gain within ``GAIN_RTOL`` of 1 is treated as exactly 1 (such gains only come from float64 round-off of
 ``tau = dt/(1-beta)``, ``r = 1/(1-beta)``); other gains are multiplied into weights and biases in

@@ -183,3 +183,15 @@ def test_peers_export_loads_batched_in_the_peers(peer):
     print(f"\nto_nir(peers=True), {peer}: {same.size} (sample, step) outputs, {bad} differ by "
           f"more than 1e-4; logits max |diff| {np.abs(ours.mean(1) - theirs.mean(1)).max():.2g}")
     assert bad <= MAX_MISMATCH * same.size
+
+
+def test_export_cli_peers_flag(tmp_path, capsys):
+    """``python -m snnfast.export MODEL.h5 OUT.nir --peers`` writes the peers variant."""
+    from test_nir import _convsnn, _randomize
+    from snnfast import export
+    src, out = tmp_path / "nir.h5", tmp_path / "peers.nir"
+    _randomize(_convsnn()(preset="nir", seed=0)).save(src)
+    assert export.main([str(src), str(out), "--peers"]) == 0
+    assert "readout" not in capsys.readouterr().out
+    g = nir.read(out)
+    assert g.metadata["peers"] and "readout" not in g.nodes and int(g.nodes["flatten"].start_dim) == -3

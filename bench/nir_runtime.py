@@ -7,9 +7,10 @@ the peers' NIR importers on the same graph and input.
 
 Synthetic N-MNIST-like input: every one of the 2x34x34 event pixels fires in a 1 ms bin with
 probability ``--rate`` (independently), for ``--steps`` bins. The graph runs with dt = 1
-(Sinabs' per-bin IF) and both summation modes of :func:`snnfast.nir.run` -- "ordered"
-(deterministic, adds only inputs active somewhere in the batch) and "blas" (matrix
-products) -- timed in turn (``bench/_timing.py``); the figure is samples per second.
+(Sinabs' per-bin IF) and the summation modes ``--sums`` of :func:`snnfast.nir.run` --
+"ordered" (deterministic, adds only inputs active somewhere in the batch) and "blas" (matrix
+products) -- timed in turn (``bench/_timing.py``); the figure is samples per second. This is
+the NumPy runtime: no compiled, event-driven path for the spike-fed Conv2d/Affine nodes yet.
 
 ``--peers``: the graph is also imported by snnTorch (``import_from_nir``) and/or Norse
 (``norse.torch.from_nir``), rewritten by :func:`snnfast.nir.peers.for_torch_importers`

@@ -1,15 +1,25 @@
-"""Speed of the NumPy NIR runtime on the NIR paper's N-MNIST CNN (``cnn_sinabs.nir``).
+"""Speed of the NumPy NIR runtime on the NIR paper's N-MNIST CNN (``cnn_sinabs.nir``), and of
+the peers' NIR importers on the same graph and input.
 
     python bench/nir_runtime.py [--batch 64 256] [--steps 300] [--rate 0.02] [--repeats 3]
+                                [--sums ordered blas] [--peers snntorch norse] [--threads 2]
                                 [--graph PATH] [--json out.json]
 
 Synthetic N-MNIST-like input: every one of the 2x34x34 event pixels fires in a 1 ms bin with
 probability ``--rate`` (independently), for ``--steps`` bins. The graph runs with dt = 1
-(Sinabs' per-bin IF) and both summation modes of :func:`snnfast.nir.run` -- "ordered"
-(deterministic, adds only inputs active somewhere in the batch) and "blas" (matrix
+(Sinabs' per-bin IF) and the summation modes ``--sums`` of :func:`snnfast.nir.run` --
+"ordered" (deterministic, adds only inputs active somewhere in the batch) and "blas" (matrix
 products) -- timed in turn (``bench/_timing.py``); the figure is samples per second. This is
-the NumPy reference runtime: the compiled, event-driven engine and the comparison with
-snnTorch's importer that issue 21 asks for are not part of it.
+the NumPy runtime: no compiled, event-driven path for the spike-fed Conv2d/Affine nodes yet.
+
+``--peers``: the graph is also imported by snnTorch (``import_from_nir``) and/or Norse
+(``norse.torch.from_nir``), rewritten by :func:`snnfast.nir.peers.for_torch_importers`
+(snnTorch cannot run it as it is), and its module is fed the whole batch one step at a time
+under ``torch.no_grad()``; these runs alternate with snnfast's. A peer that does not import is
+skipped (they are not snnfast dependencies: use a separate environment). Every tool gets
+``--threads`` threads (torch.set_num_threads; BLAS through threadpoolctl for snnfast, whose
+NumPy runtime is multi-threaded only inside BLAS). Printed: samples/s per tool and the ratio
+snnfast/peer (> 1: snnfast faster) per round.
 """
 import argparse
 import statistics
@@ -37,27 +47,87 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--rate", type=float, default=0.02)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--sums", nargs="+", default=["ordered", "blas"], choices=["ordered", "blas"])
+    p.add_argument("--peers", nargs="*", default=[], choices=["snntorch", "norse"])
+    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
+    if args.threads < 1 or args.repeats < 1:
+        p.error("--threads and --repeats must be >= 1")
+    from threadpoolctl import threadpool_limits
     from snnfast import nir as snir
     graph = snir.load(args.graph)
+    peers = {}
+    for name in args.peers:
+        try:
+            peers[name] = _peer_module(name, args.graph, args.threads)
+        except ImportError as exc:
+            print(f"{name}: skipped ({exc})")
     out = {"graph": str(args.graph), "steps": args.steps, "rate": args.rate,
-           "repeats": args.repeats, "batches": {}}
+           "repeats": args.repeats, "threads": args.threads,
+           "versions": {k: v[1] for k, v in peers.items()}, "batches": {}}
+    print(f"threads {args.threads}; peers {out['versions'] or 'none'}; the machine may be busy: "
+          "figures are rough")
     for n in args.batch:
         x = events(n, args.steps, args.rate)
-        runs = {s: (lambda s=s: snir.run(graph, x, dt=1.0, sums=s)) for s in snir.SUMS}
+        runs = {s: (lambda s=s: _limited(threadpool_limits, args.threads,
+                                         lambda: snir.run(graph, x, dt=1.0, sums=s)))
+                for s in args.sums}
+        for name, (run, _) in peers.items():
+            runs[name] = (lambda run=run: run(x))
         times = alternate_times(runs, args.repeats)
-        res = {s: {"times_s": t, "samples_per_s": n / statistics.median(t)}
-               for s, t in times.items()}
+        res = {k: {"times_s": t, "samples_per_s": n / statistics.median(t)}
+               for k, t in times.items()}
         out["batches"][str(n)] = res
-        for s, r in res.items():
-            print(f"batch {n:4d}, T {args.steps}, rate {args.rate}: sums={s:<8} "
-                  f"{r['samples_per_s']:8.2f} samples/s (median of {args.repeats})")
+        for k, r in res.items():
+            label = f"snnfast sums={k}" if k in snir.SUMS else k
+            print(f"batch {n:4d}, T {args.steps}, rate {args.rate}: {label:<20} "
+                  f"{r['samples_per_s']:8.2f} samples/s (median of {args.repeats}, "
+                  f"{statistics.median(r['times_s']):.1f} s per batch)")
+        for peer in peers:
+            for s in args.sums:
+                ratios = [tp / ts for tp, ts in zip(times[peer], times[s])]
+                res[f"{s}/{peer}"] = ratios
+                print(f"  snnfast sums={s} vs {peer}: {statistics.median(ratios):.2f}x "
+                      f"(rounds {min(ratios):.2f}-{max(ratios):.2f}; > 1: snnfast faster)")
     if args.json:
         from snnfast._utils import write_json
         write_json(args.json, out)
         print(f"wrote {args.json}")
     return 0
+
+
+def _limited(threadpool_limits, threads, fn):
+    with threadpool_limits(limits=threads):
+        return fn()
+
+
+def _peer_module(name, path, threads):
+    """(run(x) -> outputs, version) of a peer's module imported from the graph at ``path``."""
+    import torch
+    torch.set_num_threads(threads)
+    from importlib.metadata import version
+    from snnfast.nir.peers import for_torch_importers
+    g = for_torch_importers(path, name)
+    reset = lambda: None       # noqa: E731  (Norse: the state passed in, None at t = 0)
+    if name == "snntorch":
+        from snntorch.import_nir import import_from_nir
+        from snntorch.utils import reset as snntorch_reset
+        module = import_from_nir(g)
+        reset = lambda: snntorch_reset(module)   # noqa: E731  (Leaky keeps its membrane)
+    else:
+        import norse.torch as nt
+        module = nt.from_nir(g, dt=1.0)
+
+    def run(x):
+        reset()
+        xs, outs, state = torch.from_numpy(x.astype(np.float32)), [], None
+        with torch.no_grad():
+            for t in range(xs.shape[1]):
+                y, state = module(xs[:, t], state)
+                outs.append(y)
+        return torch.stack(outs, 1)
+    return run, version(name)
 
 
 if __name__ == "__main__":

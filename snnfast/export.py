@@ -1,7 +1,9 @@
-"""Export a saved model to NIR: ``python -m snnfast.export MODEL.h5 OUT.nir [--dt DT] [--fold-gain]``.
+"""Export a saved model to NIR.
+
+``python -m snnfast.export MODEL.h5 OUT.nir [--dt DT] [--fold-gain] [--peers]``:
 
 A Conv-SNN file as before; a ``network-1`` file (any network, :func:`snnfast.network.save`)
-likewise, without ``--fold-gain``.
+likewise, without ``--fold-gain`` and ``--peers``.
 
 Prints every feature the NIR graph cannot express (``NIRExportWarning``) and a summary.
 Exit status: 0 on success, 1 when the model cannot be read or exported (or the disk is
@@ -28,6 +30,9 @@ def build_parser():
                    help="time step of the mapping tau = dt/(1-beta) (default 1e-4, as snnTorch)")
     p.add_argument("--fold-gain", action="store_true",
                    help="write r = 1 and fold 1/(1-beta) into the weights (for importers that ignore r)")
+    p.add_argument("--peers", action="store_true",
+                   help="the graph snnTorch's and Norse's NIR importers load and run batched "
+                        "(no I read-out, Flatten counted from the end, r = 1); see docs/nir.rst")
     return p
 
 
@@ -59,7 +64,8 @@ def main(argv=None):
     except ValueError as exc:
         print(f"error: --dt: {exc}", file=sys.stderr)
         return 2
-    graph = _export(args, lambda: to_nir(model, args.out, dt=args.dt, fold_gain=args.fold_gain))
+    graph = _export(args, lambda: to_nir(model, args.out, dt=args.dt, fold_gain=args.fold_gain,
+                                         peers=args.peers))
     if graph is None:
         return 1
     meta = graph.metadata
@@ -99,9 +105,10 @@ def _export_network(args):
     """The ``network-1`` branch of :func:`main` (any Network; arguments already checked)."""
     from .network import load
     from .nir_export import _check_network_dt, to_nir
-    if args.fold_gain:
-        print("error: --fold-gain applies to ConvSNN files only", file=sys.stderr)
-        return 2
+    for flag, given in (("--fold-gain", args.fold_gain), ("--peers", args.peers)):
+        if given:
+            print(f"error: {flag} applies to ConvSNN files only", file=sys.stderr)
+            return 2
     try:
         net, weights, _ = load(args.model)
     except ValueError as exc:

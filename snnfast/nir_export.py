@@ -26,6 +26,10 @@ its state after the last of the ``T`` steps is ``(1/T) * sum_t (W2.T z_h[t] + b2
 exactly the logits (for a hidden layer updated on every step). The logits are the VALUE of the
 ``readout`` node after step ``T``, not a spike train.
 
+``to_nir(..., peers=True)`` writes the variant that snnTorch's and Norse's importers load
+and run on batches: no ``readout`` (the Output takes fc2's per-step output), the Flatten
+counted from the end (``start_dim=-3``) and ``r = 1`` (``docs/nir.rst``).
+
 Running any NIR graph (these too): :func:`snnfast.nir.run`. Numerical convention of
 :func:`from_nir`: a gain within ``GAIN_RTOL`` of 1 is treated as exactly 1 (such gains only come from float64 round-off of
 ``tau = dt/(1-beta)``, ``r = 1/(1-beta)``); other gains are multiplied into weights and biases in
@@ -272,7 +276,7 @@ def _graph_metadata(cfg, dt, fold_gain, lost, approx):
 def to_nir(model, *args, **kwargs):
     """Export a network as a NIR graph: ``to_nir(network, weights, path=None, dt=1e-4)`` for
     any :class:`~snnfast.network.Network` (:func:`network_to_nir`), or
-    ``to_nir(convsnn, path=None, dt=1e-4, fold_gain=False)`` for a ConvSNN
+    ``to_nir(convsnn, path=None, dt=1e-4, fold_gain=False, peers=False)`` for a ConvSNN
     (:func:`convsnn_to_nir`, the module docstring's graph)."""
     from .network import Network
     if isinstance(model, Network):
@@ -280,7 +284,7 @@ def to_nir(model, *args, **kwargs):
     return convsnn_to_nir(model, *args, **kwargs)
 
 
-def convsnn_to_nir(model, path=None, dt=_DEFAULT_DT, fold_gain=False):
+def convsnn_to_nir(model, path=None, dt=_DEFAULT_DT, fold_gain=False, peers=False):
     """Export a trained :class:`~snnfast.ConvSNN` as a NIR graph (see the module docstring).
 
     Parameters
@@ -294,6 +298,13 @@ def convsnn_to_nir(model, path=None, dt=_DEFAULT_DT, fold_gain=False):
         :func:`check_dt` for the values refused.
     fold_gain : bool
         Write ``r = 1`` and multiply ``1/(1-beta)`` into the preceding weights and biases.
+    peers : bool
+        Write the graph that snnTorch's ``import_from_nir`` and Norse's ``from_nir`` load as
+        they are and run on batches (``docs/nir.rst``): the Flatten counts its axes from the
+        end (``start_dim=-3``: the same axes with or without a leading batch axis), there is
+        no ``I`` read-out (neither importer maps it; the Output takes ``fc2``'s per-step
+        output, whose mean over the ``T`` steps is the logits) and ``r = 1`` (Norse ignores
+        ``r``), i.e. ``fold_gain`` is implied. :func:`from_nir` does not read it back.
 
     Returns
     -------
@@ -306,6 +317,7 @@ def convsnn_to_nir(model, path=None, dt=_DEFAULT_DT, fold_gain=False):
         ``graph.metadata["inexpressible"]``). The ``nir`` preset exports exactly and does not warn.
     """
     import nir
+    fold_gain = bool(fold_gain or peers)
     cfg = _cfg(model)
     check_dt(dt, cfg)
     dt = float(dt)
@@ -327,7 +339,9 @@ def convsnn_to_nir(model, path=None, dt=_DEFAULT_DT, fold_gain=False):
                            padding=0, dilation=1, groups=1, bias=_scaled(params["conv_b"], g_c)),
         "conv_lif": _lif(_CONV_SHAPE, beta_c, cfg["thr_c"], dt, fold_gain,
                          {"beta": beta_c, "reset": str(cfg["reset_c"])}),
-        "flatten": nir.Flatten(input_type={"input": np.array(_CONV_SHAPE)}, start_dim=0, end_dim=-1),
+        # torch importers pass start_dim to torch.nn.Flatten, which counts a batch axis too
+        "flatten": nir.Flatten(input_type={"input": np.array(_CONV_SHAPE)},
+                               start_dim=-len(_CONV_SHAPE) if peers else 0, end_dim=-1),
         "fc1": nir.Affine(weight=np.ascontiguousarray(_scaled(params["W1"], g_h).T),
                           bias=_scaled(params["b1"], g_h)),
         "hidden_lif": _lif((_N_HID,), beta_h, cfg["thr_h"], dt, fold_gain,
@@ -339,9 +353,16 @@ def convsnn_to_nir(model, path=None, dt=_DEFAULT_DT, fold_gain=False):
                          metadata={"meaning": "mean over T steps of fc2 output = logits"}),
         "output": nir.Output(output_type={"output": np.array([_N_OUT])}),
     }
-    edges = [(a, b) for a, b in zip(_NODE_ORDER[:-1], _NODE_ORDER[1:])]
-    graph = nir.NIRGraph(nodes=nodes, edges=edges,
-                         metadata=_graph_metadata(cfg, dt, fold_gain, lost, approx), type_check=True)
+    order = _NODE_ORDER
+    meta = _graph_metadata(cfg, dt, fold_gain, lost, approx)
+    if peers:
+        order = [k for k in _NODE_ORDER if k != "readout"]
+        del nodes["readout"]
+        meta["readout"] = ("rate: logits = mean over the T steps of node 'output' (fc2 of the "
+                           "hidden spikes at each step)")
+        meta["peers"] = True
+    edges = list(zip(order[:-1], order[1:]))
+    graph = nir.NIRGraph(nodes=nodes, edges=edges, metadata=meta, type_check=True)
     if lost:
         lines = "\n".join(f"  - {k}: {v}" for k, v in lost.items())
         warnings.warn(f"NIR export of preset {cfg.get('preset', '?')!r} is not exact; NIR cannot "

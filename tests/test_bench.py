@@ -160,3 +160,20 @@ def test_engine_bench_reports_paired_ratios(tmp_path):
         assert e["n_images"] == 16 and o["n_images"] == (16 if other == "tuned" else 4)
     assert set(d["deep_cnn"]["rates"]) == {"input", "lif1", "lif2", "hidden"}
     assert "[deep_cnn] engine" in r.stdout and "0.95x the tuned" in r.stdout
+
+
+@pytest.mark.skipif(not BENCH.is_dir(), reason="bench/ is not shipped with this install")
+def test_nir_runtime_script_times_or_skips_the_peers(tmp_path):
+    """``--peers``: an absent peer is reported as skipped; a present one is timed beside snnfast
+    with a ratio per round."""
+    out = tmp_path / "nir.json"
+    r = subprocess.run([sys.executable, str(BENCH / "nir_runtime.py"), "--batch", "2", "--steps",
+                        "2", "--repeats", "1", "--sums", "blas", "--peers", "snntorch", "--json",
+                        str(out)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(out.read_text())
+    assert d["threads"] == 2 and "blas" in d["batches"]["2"]
+    if "snntorch" in d["versions"]:
+        assert len(d["batches"]["2"]["blas/snntorch"]) == 1 and "vs snntorch" in r.stdout
+    else:
+        assert "snntorch: skipped" in r.stdout

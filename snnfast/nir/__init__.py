@@ -9,11 +9,13 @@ cycles); :func:`run` steps it in NumPy over a batch of input sequences with an e
 step, a selectable integrator (forward Euler or exact exponential) and reset rule. The
 semantics of every node: ``docs/nir-runtime.rst``. :func:`to_nir` exports a ConvSNN and
 :func:`from_nir` builds a ConvSNN back from a graph of that family (a thin layer on
-:func:`load`).
+:func:`load`). :func:`for_torch_importers` rewrites a graph for snnTorch's and Norse's
+importers (``snnfast.nir.peers``).
 """
 from ..nir_export import from_nir, to_nir
 from .graph import NODE_TYPES, Graph, GraphNode, load
+from .peers import for_torch_importers
 from .runtime import INTEGRATORS, RESETS, SUMS, read_inputs, run
 
 __all__ = ["load", "run", "read_inputs", "Graph", "GraphNode", "NODE_TYPES", "INTEGRATORS",
-           "RESETS", "SUMS", "to_nir", "from_nir"]
+           "RESETS", "SUMS", "to_nir", "from_nir", "for_torch_importers"]

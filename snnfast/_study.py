@@ -354,6 +354,9 @@ def report(optuna, study, spec, out):
     files = [out / "trials.csv", out / "trials.json", out / "best.json"]
     if best:
         files.append(plot_front(optuna, study, label, out / "pareto_front.png"))
+    else:
+        print("warning: no trial completed, so there is no Pareto front (the errors are in "
+              "trials.csv)", file=sys.stderr)
     print("files: " + "  ".join(map(str, files)))
 
 

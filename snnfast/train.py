@@ -277,6 +277,11 @@ def _resume(parser, args, ckpt_path):
         if given is not None and given != saved:
             parser.error(f"--resume: {ckpt_path} was trained with {flag} {saved}; a resumed run "
                          f"keeps its settings (drop {flag} {given}, or start a new run)")
+    for field, value in args.overrides:
+        if getattr(c, field, None) != value:
+            parser.error(f"--resume: {ckpt_path} was trained with {field}="
+                         f"{getattr(c, field, None)!r}; a resumed run keeps its settings "
+                         f"(drop --set {field}={value!r}, or start a new run)")
     return model
 
 

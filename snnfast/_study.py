@@ -272,6 +272,7 @@ def _objective(optuna, spec, out, threads, n_trials):
             why = (f"training exited with code {rc}" if rc else "the run has no validation "
                    f"accuracy or {key}")
             trial.set_user_attr("error", f"{why}; see {run_dir / 'train.log'}")
+            print(f"trial {trial.number}: FAILED, {trial.user_attrs['error']}", flush=True)
             raise TrialFailed(why)
         for k, v in figs.items():
             trial.set_user_attr(k, v)
@@ -391,24 +392,32 @@ def run(parser, args):
     if "://" not in storage:
         parser.error(f"--storage {storage!r} is not a database URL (sqlite:///PATH, "
                      f"postgresql://..., mysql://...)")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Optuna logs a traceback for every failed trial; the sweep prints one line instead
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     threads = worker_threads(args.workers, args.threads)
     try:
         study = open_study(optuna, spec, storage, name, args.heartbeat,
                            create=args.worker is None)
     except SweepError as exc:
         parser.error(str(exc))
-    if args.worker is not None:      # one of the processes started by --workers K
-        study.sampler = _sampler(optuna, spec["study"], args.worker)
-        work(optuna, study, spec, out, threads, n_trials, args.heartbeat)
-        return 0
-    print(f"study {name!r} in {storage}: {n_trials} trials, {args.workers} worker(s) x "
-          f"{threads} threads -> {out}", flush=True)
-    if args.workers == 1:
-        study.sampler = _sampler(optuna, spec["study"], 0)
-        work(optuna, study, spec, out, threads, n_trials, args.heartbeat)
-    else:
-        _run_workers(args, storage, name, n_trials, out, threads)
+    try:
+        if args.worker is not None:      # one of the processes started by --workers K
+            study.sampler = _sampler(optuna, spec["study"], args.worker)
+            work(optuna, study, spec, out, threads, n_trials, args.heartbeat)
+            return 0
+        print(f"study {name!r} in {storage}: {n_trials} trials, {args.workers} worker(s) x "
+              f"{threads} threads -> {out}", flush=True)
+        if args.workers == 1:
+            study.sampler = _sampler(optuna, spec["study"], 0)
+            work(optuna, study, spec, out, threads, n_trials, args.heartbeat)
+        else:
+            _run_workers(args, storage, name, n_trials, out, threads)
+    except KeyboardInterrupt:
+        # the interrupted trials are FAIL in the study, not counted: a re-run replaces them
+        if args.worker is None:
+            print("\ninterrupted: the finished trials are in the study; run the same command "
+                  "again to continue it", file=sys.stderr)
+        return 130
     done, _ = trial_counts(optuna, study)
     report(optuna, study, spec, out)
     if done < n_trials:
@@ -425,7 +434,12 @@ def _run_workers(args, storage, name, n_trials, out, threads):
            str(threads), "--heartbeat", str(args.heartbeat)]
     procs = [subprocess.Popen(cmd + ["--worker", str(i)]) for i in range(args.workers)]
     write_json(out / "workers.json", {"pids": [p.pid for p in procs]})
-    for i, p in enumerate(procs):
-        rc = p.wait()
+    try:
+        codes = [p.wait() for p in procs]
+    except KeyboardInterrupt:        # Ctrl-C reached the workers too: let them record it
+        for p in procs:
+            p.wait()
+        raise
+    for i, (p, rc) in enumerate(zip(procs, codes)):
         if rc != 0:
             print(f"warning: worker {i} (pid {p.pid}) exited with code {rc}", file=sys.stderr)

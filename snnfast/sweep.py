@@ -46,7 +46,8 @@ def build_parser(seeds=False):
                     "listed here, e.g. --epochs 5 --dataset fashion-mnist, go to python -m "
                     "snnfast.train) or run an Optuna study (SWEEP.toml).")
     if not seeds:
-        p.add_argument("sweep", help="TOML file describing an Optuna study")
+        p.add_argument("sweep", nargs="?", metavar="SWEEP.toml",
+                       help="TOML file describing an Optuna study (see examples/sweep.toml)")
     p.add_argument("--seeds", type=positive_int, default=None,
                    help="train seeds 0..N-1 of one configuration and report mean +- std")
     p.add_argument("--preset", choices=("default", "seed", "nir"), default="default",
@@ -80,6 +81,8 @@ def main(argv=None):
         return run_seeds(parser, args, train_args)
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.sweep is None:
+        parser.error("give a study file SWEEP.toml, or --seeds N")
     from . import _study
     return _study.run(parser, args)
 

@@ -400,6 +400,11 @@ def run(parser, args):
                            create=args.worker is None)
     except SweepError as exc:
         parser.error(str(exc))
+    except Exception as exc:        # a wrong URL, an unreachable server, a missing driver
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(f"error: cannot open the study storage {storage}: {type(exc).__name__}: "
+              f"{first}", file=sys.stderr)
+        return 1
     try:
         if args.worker is not None:      # one of the processes started by --workers K
             study.sampler = _sampler(optuna, spec["study"], args.worker)

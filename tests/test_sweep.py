@@ -268,3 +268,10 @@ def test_train_set_reaches_the_config_and_guards_resume(tmp_path, capsys):
         with pytest.raises(SystemExit) as exc:
             train.main(args + bad)
         assert exc.value.code == 2 and why in capsys.readouterr().err
+
+
+def test_an_unusable_storage_is_a_one_line_error(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path / 'no' / 'such' / 'dir' / 'x.db'}"
+    assert sweep.main([str(_toml(tmp_path)), "--out", str(tmp_path / "o"), "--storage", url]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: cannot open the study storage {url}")

@@ -23,9 +23,13 @@ import time
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from snnfast import _convsnn_kernels as K
-from snnfast._config import config_dict
-from snnfast.convsnn import hidden_forward_args, make_config
+from snnfast._cli import openmp_wait_defaults
+
+openmp_wait_defaults()     # as the command-line tools do, before the imports below load OpenMP
+
+from snnfast import _convsnn_kernels as K  # noqa: E402
+from snnfast._config import config_dict  # noqa: E402
+from snnfast.convsnn import hidden_forward_args, make_config  # noqa: E402
 
 # hidden_forward's arguments as the model runs them
 PRESETS = {p: hidden_forward_args(make_config(p)) for p in ("seed", "default", "nir")}
@@ -139,6 +143,8 @@ def main(argv=None):
                     help="time with the calling thread's CPU clock (forces --threads 1): the "
                          "per-core cost, robust against other processes stealing the cores")
     args = ap.parse_args(argv)
+    from snnfast._cli import check_output_arg
+    check_output_arg(ap, "--json", args.json)   # before the measurements
     global CLOCK
     if args.cpu_time:
         CLOCK, args.threads = time.thread_time, 1

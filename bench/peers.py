@@ -31,6 +31,10 @@ import numpy as np
 
 from _timing import alternate_times, bench_data  # bench/_timing.py (the script directory is on sys.path)
 
+from snnfast._cli import openmp_wait_defaults  # noqa: E402
+
+openmp_wait_defaults()     # as the command-line tools do, before any kernel loads OpenMP
+
 T, N_DET, BETA, THR, BATCH, EVAL_BATCH = 10, 5, 0.9, 0.8, 64, 256
 PEERS = ("snntorch", "spikingjelly", "norse")
 
@@ -238,6 +242,8 @@ def main(argv=None):
                    "print its test accuracy (a check that the peer networks are sound; a few "
                    "minutes)")
     args = p.parse_args(argv)
+    from snnfast._cli import check_output_arg
+    check_output_arg(p, "--json", args.json)   # before the measurements
     if args.repeats < 1 or args.train_images < BATCH or args.test_images < 1:
         p.error(f"--repeats and --test-images must be >= 1, --train-images >= {BATCH}")
     from snnfast import effective_n_threads

@@ -26,6 +26,10 @@ from pathlib import Path
 import numpy as np
 from _timing import median_time  # bench/_timing.py (the script directory is on sys.path)
 
+from snnfast._cli import openmp_wait_defaults  # noqa: E402
+
+openmp_wait_defaults()     # as the command-line tools do, before any kernel loads OpenMP
+
 
 def _data(n, dataset, data_dir):
     try:
@@ -196,6 +200,8 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="/tmp/snnfast_scaling")
     args = p.parse_args(argv)
+    from snnfast._cli import check_out_dir_arg
+    check_out_dir_arg(p, "--out", args.out, ("scaling.json", "scaling.png"))
     if args.quick:
         args.repeats, args.train_sizes, args.infer_sizes = 1, [256, 512], [256, 512, 1024]
         args.batch_sizes, args.infer_batch_sizes = [32, 128], [128, 512]

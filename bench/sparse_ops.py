@@ -24,6 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
+from snnfast._cli import openmp_wait_defaults  # noqa: E402
+
+openmp_wait_defaults()     # as the command-line tools do, before any kernel loads OpenMP
+
 SEED_CLAIM = {
     "snn": {"conv": 338_776, "fc1": 901_033, "fc2": 5_941, "total": 1_245_750},
     "ann": {"conv": 57_600, "fc1": 2_359_296, "fc2": 10_240, "total": 2_427_136},
@@ -197,6 +201,8 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="/tmp/snnfast_sparse_ops")
     args = p.parse_args(argv)
+    from snnfast._cli import check_out_dir_arg
+    check_out_dir_arg(p, "--out", args.out, ("sparse_ops.json", "sparse_ops.png"))
     if args.samples < 1 or args.train_limit < 1:
         p.error("--samples and --train-limit must be >= 1")
     out = Path(args.out)

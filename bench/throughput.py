@@ -29,6 +29,10 @@ import sys
 
 from _timing import alternate_times, bench_data  # bench/_timing.py (the script directory is on sys.path)
 
+from snnfast._cli import openmp_wait_defaults  # noqa: E402
+
+openmp_wait_defaults()     # as the command-line tools do, before any kernel loads OpenMP
+
 
 def _model(preset, backend, threads, model):
     """A fresh model of ``preset`` on ``backend``, or the saved ``model`` loaded into it."""
@@ -131,6 +135,8 @@ def main(argv=None):
     p.add_argument("--models", nargs="*", default=[], metavar="MODEL_H5",
                    help="also measure these saved models (after the --presets)")
     args = p.parse_args(argv)
+    from snnfast._cli import check_output_arg
+    check_output_arg(p, "--json", args.json)   # before the measurements
     if args.repeats < 1:
         p.error("--repeats must be >= 1")
     if not args.presets and not args.models:

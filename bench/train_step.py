@@ -18,10 +18,14 @@ from collections import defaultdict
 
 import numpy as np
 
-from snnfast import convsnn_numpy as cnp
-from snnfast import datasets, effective_n_threads
-from snnfast._config import config_dict
-from snnfast.convsnn import ConvSNN
+from snnfast._cli import openmp_wait_defaults
+
+openmp_wait_defaults()     # as the command-line tools do, before the imports below load OpenMP
+
+from snnfast import convsnn_numpy as cnp  # noqa: E402
+from snnfast import datasets, effective_n_threads  # noqa: E402
+from snnfast._config import config_dict  # noqa: E402
+from snnfast.convsnn import ConvSNN  # noqa: E402
 
 KERNELS = ("conv_forward", "hidden_forward", "w1_adam_step", "w1_sgd_step",
            "conv_patch_active", "conv_rate_backward", "adam_step_many", "ema_step")

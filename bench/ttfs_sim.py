@@ -19,6 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from snnfast._cli import openmp_wait_defaults  # noqa: E402
+
+openmp_wait_defaults()     # as the command-line tools do, before any kernel loads OpenMP
+
 
 def _best(fn, repeat):
     best = np.inf
@@ -37,6 +41,8 @@ def main(argv=None):
     p.add_argument("--n-test", type=int, default=10000)
     p.add_argument("--out", type=Path, default=None)
     a = p.parse_args(argv)
+    from snnfast._cli import check_output_arg
+    check_output_arg(p, "--out", a.out)   # before the measurements
     from snnfast import ttfs
     from snnfast._config import config_dict
     from snnfast._utils import atomic_write_bytes

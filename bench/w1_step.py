@@ -19,12 +19,16 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from _timing import median_time  # bench/_timing.py (the script directory is on sys.path)
-from kernels import load_images
+from snnfast._cli import openmp_wait_defaults
 
-from snnfast import _convsnn_kernels as K
-from snnfast import convsnn_numpy as cnp
-from snnfast import effective_n_threads
-from snnfast._config import config_dict
+openmp_wait_defaults()     # as the command-line tools do, before the imports below load OpenMP
+
+from kernels import load_images  # noqa: E402
+
+from snnfast import _convsnn_kernels as K  # noqa: E402
+from snnfast import convsnn_numpy as cnp  # noqa: E402
+from snnfast import effective_n_threads  # noqa: E402
+from snnfast._config import config_dict  # noqa: E402
 
 
 def operands(B, rng):
@@ -60,6 +64,8 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
+    from snnfast._cli import check_output_arg
+    check_output_arg(p, "--json", args.json)   # before the measurements
     if args.batch < 1 or args.repeats < 1:
         p.error("--batch and --repeats must be >= 1")
     nt = effective_n_threads(args.threads)

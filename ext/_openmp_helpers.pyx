@@ -1,30 +1,23 @@
 # cython: language_level=3
 """What the compiled code knows about OpenMP (private; see snnfast._config)."""
 
-IF SNNFAST_OPENMP:
-    cimport openmp
+cdef extern from "snn_omp.h":      # #ifdef _OPENMP in C, not a Cython compile-time IF
+    int snn_openmp_enabled()
+    int snn_omp_max_threads()
+    int snn_omp_thread_limit()
 
 
 def openmp_enabled():
     """True if the extensions were compiled with OpenMP."""
-    IF SNNFAST_OPENMP:
-        return True
-    ELSE:
-        return False
+    return bool(snn_openmp_enabled())
 
 
 def omp_max_threads():
     """``omp_get_max_threads()`` (1 without OpenMP)."""
-    IF SNNFAST_OPENMP:
-        return openmp.omp_get_max_threads()
-    ELSE:
-        return 1
+    return snn_omp_max_threads()
 
 
 def omp_thread_limit():
     """``omp_get_thread_limit()``: ``OMP_THREAD_LIMIT``, or INT_MAX if unset (and without
     OpenMP)."""
-    IF SNNFAST_OPENMP:
-        return openmp.omp_get_thread_limit()
-    ELSE:
-        return 2**31 - 1
+    return snn_omp_thread_limit()

@@ -3,7 +3,7 @@
 
 One kernel, :func:`simulate`, OpenMP-parallel over images. Each image is processed layer
 by layer, which equals a global time-ordered event queue because the windows are
-disjoint and ordered (spec ttfs.md §5.1). Per hidden layer n:
+disjoint and ordered (see snnfast.ttfs). Per hidden layer n:
 
 1. every real input spike (j, t_j) with t_j < t_min(n) adds ``W_ij * (t_min(n) - t_j)`` to
    the integrated potential A_i of each target (one multiply-add per synapse);

@@ -1,20 +1,10 @@
 """snnfast: fast, exact and honest spiking neural networks on the CPU."""
-import os as _os
+from ._version import __version__
+from ._config import check_cpu as _check_cpu, effective_n_threads, openmp_enabled, show_config
 
-# How GNU OpenMP's idle workers wait for the next parallel region. Asleep (PASSIVE), each
-# region must wake them first: 20-200 us on the project's 2-core VMs, several times per
-# training step, which cost 13-16 % of training speed. Spinning for ever (ACTIVE) would take a
-# core from whatever runs after the kernels (the NumPy baseline's BLAS threads, for one).
-# 100 000 spins (~3 ms here) bridge the Python between two kernels of a step; then the workers
-# sleep. KMP_BLOCKTIME is the same for LLVM's OpenMP (clang builds; its default is 200 ms).
-# Must be set before the first kernel loads the OpenMP runtime; a user setting wins.
-if "OMP_WAIT_POLICY" not in _os.environ:
-    _os.environ.setdefault("GOMP_SPINCOUNT", "100000")
-    _os.environ.setdefault("KMP_BLOCKTIME", "3")
-
-__version__ = "0.1.0"
-
-from ._config import effective_n_threads, openmp_enabled, show_config  # noqa: E402
+# Before any kernel is loaded: a build made for a newer CPU (-march=native elsewhere) must fail
+# here with a clear ImportError, not later with an illegal instruction.
+_check_cpu()
 
 __all__ = ["__version__", "effective_n_threads", "openmp_enabled", "show_config", "ConvSNN"]
 

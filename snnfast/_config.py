@@ -5,13 +5,50 @@ import sys
 from functools import lru_cache
 
 __all__ = ["effective_n_threads", "max_n_threads", "openmp_enabled", "show_config",
-           "config_dict"]
+           "config_dict", "check_cpu", "missing_cpu_features"]
 
 
 def openmp_enabled():
     """Return True if snnfast's kernels were compiled with OpenMP."""
     from . import _openmp_helpers
     return bool(_openmp_helpers.openmp_enabled())
+
+
+def _build_info():
+    """The module setup.py writes at build time, or None (a source tree that was never built)."""
+    try:
+        from . import _build_info as bi
+    except ImportError:
+        return None
+    return bi
+
+
+def missing_cpu_features(targeted, supports):
+    """The features of ``targeted`` that the CPU lacks, by ``supports(name)`` (1 has, 0 lacks,
+    -1 cannot tell: not counted as missing)."""
+    return [name for name in targeted if supports(name) == 0]
+
+
+def check_cpu():
+    """Raise ImportError if the kernels were compiled for CPU features this CPU lacks.
+
+    A default build uses ``-march=native``: built on one machine and run on an older one, its
+    kernels would stop the process with an illegal instruction. ``setup.py`` records the
+    features the compiler enabled (``_build_info.ISA``); they are compared here with what the
+    CPU reports, through an extension built without ``-march=native``.
+    """
+    bi = _build_info()
+    targeted = getattr(bi, "ISA", [])
+    if not targeted:
+        return
+    from ._cpu import cpu_supports
+    missing = missing_cpu_features(targeted, cpu_supports)
+    if missing:
+        raise ImportError(
+            f"snnfast was compiled for CPU features this CPU lacks ({', '.join(missing)}): "
+            "it was built with -march=native on another machine. Reinstall it on this machine, "
+            "or build a package that runs on any CPU with SNNFAST_PORTABLE=1 "
+            "(SNNFAST_PORTABLE=1 pip install .)")
 
 
 def _cpus_available():
@@ -166,12 +203,12 @@ def config_dict():
     ``SNNFAST_NUM_THREADS`` or ``OMP_NUM_THREADS`` is invalid (else ``threads_error`` is None).
     """
     from . import __version__
-    try:
-        from . import _build_info as bi
+    bi = _build_info()
+    if bi is not None:
         build = {"openmp": bi.OPENMP, "cflags": bi.CFLAGS, "ldflags": bi.LDFLAGS,
-                 "compiler": bi.COMPILER}
-    except ImportError:
-        build = {"openmp": None, "cflags": None, "ldflags": None, "compiler": None}
+                 "compiler": bi.COMPILER, "isa": getattr(bi, "ISA", None)}
+    else:
+        build = {"openmp": None, "cflags": None, "ldflags": None, "compiler": None, "isa": None}
     import numpy as np
     threads, threads_error = _threads_or_error()
     return {
@@ -214,6 +251,7 @@ def format_config(c):
         f"OpenMP waiting:      {c['omp_wait']}",
         f"compiler:            {c['build']['compiler']}",
         f"compile flags:       {' '.join(c['build']['cflags'] or [])}",
+        f"built for CPU with:  {' '.join(c['build']['isa'] or []) or '(baseline)'}",
     ]
     for b in c["blas"] or [{"internal_api": "none found"}]:
         lines.append(f"BLAS:                {b.get('internal_api')} {b.get('version') or ''} "

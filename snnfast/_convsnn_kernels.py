@@ -1,6 +1,6 @@
 """Validating Python API over the Conv-SNN compute kernels (the only entry point the model uses).
 
-The semantics are fixed by the forward contract (``convsnn-semantics``): a 16x5x5 stride-2
+The semantics are those of the documentation page "Neuron and network semantics": a 16x5x5 stride-2
 convolution driven by rate-coded input spikes, a LIF conv layer, a spike-driven FC1 into a
 LIF hidden layer, all in float32 with an exact order of additions so that the compiled
 kernels reproduce the NumPy oracle (``tests/_convsnn_oracle.py``) bit for bit.

@@ -1,15 +1,56 @@
 """Small shared helpers: atomic file writes, a lock file, input validation."""
 import contextlib
 import errno
+import hashlib
 import os
+import stat
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["atomic_path", "atomic_write_bytes", "write_json", "file_lock", "check_array",
-           "check_disjoint", "check_positive_int", "is_real_number", "h5_format"]
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_h5", "write_json", "file_lock",
+           "check_output_path", "special_file_kind", "array_digest", "check_array",
+           "check_disjoint", "check_named_arrays", "check_positive_int", "is_real_number",
+           "h5_format"]
+
+_SPECIAL_KINDS = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a FIFO"),
+                  (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                  (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory"))
+
+
+def special_file_kind(path):
+    """What ``path`` is if it exists and is not a regular file ("a FIFO", ...), else None.
+
+    The last component is not followed (``lstat``): a symbolic link is reported as one,
+    whatever it points to.
+    """
+    try:
+        mode = os.lstat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):    # absent (or a parent is a file)
+        return None
+    return next((kind for test, kind in _SPECIAL_KINDS if test(mode)),
+                None if stat.S_ISREG(mode) else "not a regular file")
+
+
+def check_output_path(path):
+    """ValueError unless ``path`` is absent or a regular file (not a link to one).
+
+    Every output is written to a temporary file that is then renamed onto ``path``; the
+    rename would replace a FIFO, a device (``/dev/null`` turned into a regular file) or a
+    symbolic link by a plain file. Such outputs are refused instead of written through:
+    refusing never has a side effect on what the special file stands for.
+    """
+    kind = special_file_kind(path)
+    if kind is not None:
+        raise ValueError(f"{path} exists and is {kind}; outputs are written as new regular "
+                         "files, so give a plain file name (the existing one is left alone)")
+
+
+def _write_error(exc, path):
+    """``exc`` (a failed write of an output) as a one-line OSError naming ``path``."""
+    return OSError(exc.errno, exc.strerror or str(exc), str(path))
 
 
 @contextlib.contextmanager
@@ -17,9 +58,12 @@ def atomic_path(path, suffix=None):
     """Yield a temporary path beside ``path``; rename it onto ``path`` on success.
 
     The rename is atomic on POSIX, so readers see either the old file or the
-    complete new one, never a partial write. On error the temporary file is removed.
+    complete new one, never a partial write. On error the temporary file is removed
+    (and the old file is untouched). ``path`` must not be a special file or a link
+    (:func:`check_output_path`).
     """
     path = Path(path)
+    check_output_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
     os.close(fd)
@@ -30,18 +74,69 @@ def atomic_path(path, suffix=None):
     os.chmod(tmp, 0o666 & ~umask)
     try:
         yield tmp
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            check_output_path(path)     # made special meanwhile: still not replaced
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise _write_error(exc, path) from None
     finally:
         if tmp.exists():
             tmp.unlink()
 
 
-def atomic_write_bytes(path, data):
-    """Write ``data`` to ``path`` atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+def atomic_write_bytes(path, data, suffix=None):
+    """Write ``data`` to ``path`` atomically.
+
+    Raises
+    ------
+    OSError
+        One line naming ``path`` when the write fails (a full disk: ``[Errno 28] No space
+        left on device: 'path'``); the temporary file is removed, an old ``path`` untouched.
+    ValueError
+        If ``path`` exists and is not a regular file (:func:`check_output_path`).
+    """
+    with atomic_path(path, suffix=suffix) as tmp:
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+        except OSError as exc:
+            raise _write_error(exc, path) from None
+
+
+@contextlib.contextmanager
+def atomic_h5(path, **kwargs):
+    """Yield a new ``h5py.File`` that is written to ``path`` atomically when the block ends.
+
+    The HDF5 file is built in memory and its bytes are then written by
+    :func:`atomic_write_bytes`: a full disk is then one plain ``OSError`` from a Python
+    write, with the temporary file removed. (Writing with HDF5's own file driver, a failed
+    write leaves the library's objects open: tracebacks from ``ObjectID.__dealloc__`` and
+    a segmentation fault at exit.) ``kwargs`` go to ``h5py.File``. Nothing is written if
+    the block raises.
+    """
+    import io
+
+    import h5py
+    check_output_path(path)         # before the caller's work, not after it
+    buf = io.BytesIO()
+    with h5py.File(buf, "w", **kwargs) as f:
+        yield f
+    atomic_write_bytes(path, buf.getbuffer(), suffix=".h5.tmp")
+
+
+def array_digest(a):
+    """SHA-256 (hex) of an array's dtype, shape and C-order bytes.
+
+    Stored beside each array of a model file and checked when it is read: a flipped bit
+    anywhere changes it. The dtype and shape are included so that the same bytes read as
+    another array do not match.
+    """
+    a = np.ascontiguousarray(a)
+    h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
+    h.update(a.reshape(-1).view(np.uint8))
+    return h.hexdigest()
 
 
 def _json_default(o):
@@ -67,7 +162,13 @@ def h5_format(f):
 
 @contextlib.contextmanager
 def file_lock(path, timeout=600.0, poll=0.1):
-    """Exclusive inter-process lock held while the block runs (``fcntl.flock``)."""
+    """Exclusive inter-process lock held while the block runs (``fcntl.flock``).
+
+    ``timeout=0`` tries once. Raises ``TimeoutError`` if another process still holds the
+    lock after ``timeout`` seconds. The kernel releases a ``flock`` when its process ends,
+    however it ends (even SIGKILL), so the lock file of a dead process never blocks; the
+    file itself is left in place.
+    """
     import fcntl
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -80,7 +181,7 @@ def file_lock(path, timeout=600.0, poll=0.1):
             except OSError as exc:
                 if exc.errno not in (errno.EAGAIN, errno.EACCES):
                     raise
-                if time.monotonic() > deadline:
+                if time.monotonic() >= deadline:
                     raise TimeoutError(f"could not acquire lock {path} within {timeout} s") from None
                 time.sleep(poll)
         try:
@@ -140,6 +241,31 @@ def check_array(a, name, dtype, ndim=None, shape=None, finite=False, contiguous=
     if finite and a.dtype.kind == "f" and not np.isfinite(a).all():
         raise ValueError(f"{name} contains NaN or infinite values")
     return a
+
+
+def check_named_arrays(arrays, shapes, what, max_abs=None):
+    """Validate named arrays (a model's weights): float32 C-contiguous copies of each.
+
+    ``shapes`` maps each expected name to its shape; raises ``ValueError`` naming the array
+    (``f"{what} {name}"``) for a missing one, a wrong shape, NaN/inf or (unless ``max_abs``
+    is None) a magnitude above ``max_abs``.
+    """
+    out = {}
+    for k, shape in shapes.items():
+        if k not in arrays:
+            raise ValueError(f"missing {what} {k!r}")
+        a = np.asarray(arrays[k])
+        if a.shape != tuple(shape):
+            raise ValueError(f"{what} {k} must have shape {tuple(shape)}, got {a.shape}")
+        if a.dtype.kind not in "iuf":
+            raise ValueError(f"{what} {k} must hold real numbers, got dtype {a.dtype}")
+        if not np.isfinite(a).all():
+            raise ValueError(f"{what} {k} contains NaN or infinite values")
+        if max_abs is not None and a.size and np.abs(a).max() > max_abs:
+            raise ValueError(f"{what} {k} has a value of magnitude {np.abs(a).max():.3g}, "
+                             f"beyond the sane range +-{max_abs:g} of a model weight")
+        out[k] = np.array(a, dtype=np.float32, order="C")
+    return out
 
 
 def check_disjoint(written, read=None):

@@ -19,13 +19,21 @@ from pathlib import Path
 
 import numpy as np
 
-from ._cli import run_dir_error
+from ._cli import (exits_cleanly_on_interrupt, make_out_dir, openmp_wait_defaults,
+                   remove_if_empty)
 from ._config import effective_n_threads
-from ._utils import write_json
+from ._utils import special_file_kind, write_json
 
 DEFAULT_BITS = [2, 3, 4, 5, 6, 8]
 DEFAULT_DT = [0.2, 0.1, 0.05, 0.01, 0.001]
 N_VAL = 5000
+# Size limits. A run keeps float64 activations of every hidden layer for the 60 000
+# calibration images (60 000 x 400 x 8 B = 192 MB per layer at width 400), so depth and
+# width are bounded to keep one run within a few GB (the study itself uses depths 2-8,
+# width 400); more epochs than MAX_EPOCHS is a typo (early stopping ends runs far sooner).
+MAX_DEPTH = 16
+MAX_WIDTH = 1024
+MAX_EPOCHS = 10_000
 
 
 def _parser():
@@ -58,10 +66,12 @@ def _parser():
 
 
 def _check_args(a):
-    if not a.depths or any(d < 2 for d in a.depths):
-        raise ValueError("--depths must be integers >= 2")
+    if not a.depths or any(not 2 <= d <= MAX_DEPTH for d in a.depths):
+        raise ValueError(f"--depths must be integers in [2, {MAX_DEPTH}]")
     if a.epochs < 1 or a.patience < 1 or a.width < 1 or a.seed < 0:
         raise ValueError("--epochs, --patience, --width must be >= 1 and --seed >= 0")
+    if a.width > MAX_WIDTH or a.epochs > MAX_EPOCHS:
+        raise ValueError(f"--width must be <= {MAX_WIDTH} and --epochs <= {MAX_EPOCHS}")
     if not np.isfinite(a.zeta) or a.zeta <= -1:
         raise ValueError("--zeta must be > -1")
     if any(not 1 <= k <= 52 for k in a.time_bits):
@@ -79,29 +89,15 @@ def _check_args(a):
         raise ValueError("--threads must not be 0 (a positive count, or -1 for all cores)")
 
 
-def _make_out_dir(out):
-    """Create the output directory before any work is done.
-
-    Returns the directories created here, deepest first, so that a failed run can
-    remove them again (:func:`_remove_if_empty`). Raises ValueError naming ``--out`` when
-    ``out`` is a file, cannot be created or is not writable.
-    """
-    out = Path(out)
-    created = [p for p in (out, *out.parents) if not p.exists()]
-    err = run_dir_error(out)
-    if err:
-        _remove_if_empty(created)
-        raise ValueError(f"--out: {err}")
-    return created
-
-
-def _remove_if_empty(dirs):
-    """Remove the directories ``dirs`` (deepest first) while they are empty."""
-    for d in dirs:
-        try:
-            d.rmdir()
-        except OSError:     # not empty (the run wrote something) or already gone
-            return
+def _check_outputs(a):
+    """ValueError if a file the run writes into ``--out`` is a special file or a link
+    (found now, not after the training)."""
+    names = ["ttfs_results.json"] + [f"ttfs_L{d}.h5" for d in a.depths]
+    for name in names:
+        kind = special_file_kind(a.out / name)
+        if kind is not None:
+            raise ValueError(f"--out: {a.out / name} is {kind}; the run writes it as a "
+                             "regular file")
 
 
 def _load_data(a):
@@ -279,11 +275,12 @@ def run(argv=None):
     n_threads = effective_n_threads(a.threads)
     # the output location is checked (and created) before the data is loaded and the
     # networks are trained; a run that fails leaves no empty directory of its own behind
-    created = _make_out_dir(a.out)
+    created = make_out_dir(a.out)
     try:
+        _check_outputs(a)
         return _run(a, n_threads)
     except BaseException:
-        _remove_if_empty(created)
+        remove_if_empty(created)
         raise
 
 
@@ -378,7 +375,11 @@ def _energy(out_dir, depths, images, n_threads):
     return res
 
 
+@exits_cleanly_on_interrupt
 def main(argv=None):
+    """Run the command; exit status 0, 1 (a failed write, e.g. a full disk), 2 (bad
+    arguments) or 130/143 (Ctrl-C/SIGTERM)."""
+    openmp_wait_defaults()      # before the first kernel loads the OpenMP runtime
     try:
         run(argv)
     except ValueError as exc:
@@ -391,4 +392,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from ._cli import run_program
+    sys.exit(run_program(main))

@@ -1,14 +1,18 @@
 """The Conv-SNN model: presets, training (reference rule and rate surrogate gradient), HDF5 I/O.
 
-Architecture (fixed by the forward contract ``convsnn-semantics``)::
+Architecture (the documentation page "Neuron and network semantics" states it exactly)::
 
     uint8 image (28x28) -> rate/latency input spikes (T = 10 steps)
     -> conv 16x5x5 stride 2 -> LIF (2304)  -> FC1 2304x1024 -> LIF (1024) -> FC2 1024x10 (rates)
 
 Presets
 -------
+Each preset is a file, ``snnfast/network/presets/<name>.toml``: its network description (the
+forward fields below) and its ``[training]`` options; :data:`PRESETS` and :func:`make_config`
+read them.
+
 ``seed``
-    The reference algorithm (see ``convsnn-reference``): untrained conv and ``b1``, cumulative
+    A reference Conv-SNN's algorithm as its code runs: untrained conv and ``b1``, cumulative
     FC1 drive x 0.1 on even steps, halving reset, rate "gradient" without any spike derivative,
     summed gradients, SGD lr 1e-2 (x0.95 every 5 epochs) with ``W *= 0.9999``, batch 64, 30
     epochs, reference initialisation. Differences: float32; fresh counter-based input noise
@@ -52,40 +56,98 @@ import numpy as np
 
 from . import convsnn_numpy as cnp
 from ._config import effective_n_threads
-from ._utils import _json_default, atomic_path, h5_format, is_real_number
+from ._utils import (_json_default, array_digest, atomic_h5, check_named_arrays, h5_format,
+                     is_real_number)
+from .network import PRESET_NAMES, load_preset
 
-__all__ = ["ConvSNN", "ConvSNNConfig", "PRESETS", "FORMAT_VERSION", "check_params"]
+__all__ = ["ConvSNN", "ConvSNNConfig", "PRESETS", "FORMAT_VERSION", "check_params", "check_lif"]
 
 FORMAT_VERSION = "convsnn-1"
 EVAL_EPOCH = cnp.EVAL_EPOCH
-PARAM_SHAPES = {"conv_w": (16, 1, 5, 5), "conv_b": (16,), "W1": (2304, 1024), "b1": (1024,),
-                "W2": (1024, 10), "b2": (10,)}
+
+# ConvSNN runs the one architecture of the preset files (snnfast/network/presets/*.toml), whose
+# layers it knows by these names; its sizes below are read from the default preset's description.
+_LAYERS = (("conv", "Conv2d"), ("conv_lif", "LIF"), ("flatten", "Flatten"), ("fc1", "Linear"),
+           ("hidden", "LIF"), ("readout", "RateReadout"), ("fc2", "Linear"))
+# canonical parameter name -> the description's "<layer>.<array>"
+_PARAM_KEYS = {"conv_w": "conv.weight", "conv_b": "conv.bias", "W1": "fc1.weight",
+               "b1": "fc1.bias", "W2": "fc2.weight", "b2": "fc2.bias"}
+_NET = load_preset("default")[0]
+PARAM_SHAPES = {k: _NET.param_shapes()[v] for k, v in _PARAM_KEYS.items()}
+_IMAGE = _NET.input_shape[1:]                                   # (28, 28)
+N_IN = math.prod(_NET.input_shape)                              # input pixels
+N_CONV = math.prod(_NET.shapes[_NET.index("conv_lif")])         # conv neurons
+N_HID, N_OUT = PARAM_SHAPES["W2"]                               # hidden neurons, classes
 _CHOICES = {"reset_c": ("zero",), "reset_h": ("halve", "subtract", "zero"),
             "drive": ("cumulative", "window"), "rate_norm": ("T", "updates"),
             "trainer": ("reference", "surrogate"), "lr_schedule": ("step", "onecycle", "constant"),
-            "init": ("reference", "scaled"), "preset": ("seed", "default", "nir")}
+            "init": ("reference", "scaled"), "preset": PRESET_NAMES}
 
 
-def check_params(params):
+# Limits of a sane model. Weights: trained ConvSNN weights are O(1) (the LIF thresholds are
+# 0.8 and a neuron sees at most T = 10 spikes per input per sample); a weight of 1e4 already
+# fires a neuron from one spike thousands of times over, so a larger one is a damaged file
+# (a flipped exponent bit gives values like 1e29), not a model. Batches: a training step
+# holds ~100 KB per image (dense spike trains and rates of every layer), so 4096 images are
+# ~0.5 GB; larger batches are refused rather than left to exhaust the memory.
+MAX_ABS_WEIGHT = 1e4
+MAX_BATCH_SIZE = 4096
+MAX_EPOCHS = 10_000
+
+
+def check_params(params, max_abs=MAX_ABS_WEIGHT):
     """Validate the six canonical parameter arrays; return float32 C-contiguous copies.
 
-    Raises ``ValueError`` naming the array for a missing key, a wrong shape or NaN/inf.
+    Raises ``ValueError`` naming the array for a missing key, a wrong shape, NaN/inf or
+    (unless ``max_abs`` is None) a magnitude above ``max_abs`` (:data:`MAX_ABS_WEIGHT`).
     """
-    out = {}
-    for k, shape in PARAM_SHAPES.items():
-        if k not in params:
-            raise ValueError(f"missing parameter {k!r}")
-        a = np.asarray(params[k])
-        if a.shape != shape:
-            raise ValueError(f"parameter {k} must have shape {shape}, got {a.shape}")
-        if not np.isfinite(a).all():
-            raise ValueError(f"parameter {k} contains NaN or infinite values")
-        out[k] = np.array(a, dtype=np.float32, order="C")
-    return out
+    return check_named_arrays(params, PARAM_SHAPES, "parameter", max_abs)
+
+
+def check_lif(beta, thr, name=""):
+    """ValueError unless ``beta`` (a LIF decay) is in [0, 1) and ``thr`` (its threshold) > 0.
+
+    A negative decay flips the membrane's sign every step, ``beta >= 1`` never forgets (and
+    has no time constant ``dt / (1 - beta)``), and a threshold <= 0 fires without input.
+    ``name`` is the layer's suffix in the config (``"_c"``, ``"_h"``) for the message.
+    """
+    if not 0 <= beta < 1:
+        raise ValueError(f"beta{name} (the LIF decay) must be in [0, 1), got {beta!r}")
+    if not thr > 0:
+        raise ValueError(f"thr{name} (the LIF threshold) must be > 0, got {thr!r}")
 
 
 class _NotConvSNN(Exception):
-    """Raised inside :meth:`ConvSNN.load` for a readable file of another format."""
+    """Raised inside :meth:`ConvSNN.load` for a readable file of another format, or one whose
+    arrays do not match their digests (its message is then the whole explanation)."""
+
+
+# Each array of a model file carries the SHA-256 of its dtype, shape and bytes (attribute
+# DIGEST_ATTR); the file attribute DIGESTS_ATTR says that it does, so that an array that
+# lost its digest is refused too. Files written before digests existed have neither, and
+# load unchecked (the format version "convsnn-1" is unchanged).
+DIGEST_ATTR = "sha256"
+DIGESTS_ATTR = "array_digests"
+
+
+def _put(group, name, a):
+    """Create the dataset ``name`` in ``group`` holding ``a``, with its digest."""
+    group.create_dataset(name, data=a).attrs[DIGEST_ATTR] = array_digest(np.asarray(a))
+
+
+def _get(dset, verify):
+    """The array of ``dset``, checked against its digest if ``verify``."""
+    a = np.array(dset)
+    if verify:
+        want = dset.attrs.get(DIGEST_ATTR)
+        want = want.decode() if isinstance(want, bytes) else want
+        if want is None:
+            raise _NotConvSNN(f"array {dset.name} has no digest although the file records "
+                              "one for every array: the file was altered")
+        if array_digest(a) != want:
+            raise _NotConvSNN(f"array {dset.name} does not match its SHA-256 digest: the "
+                              "file is damaged (e.g. a flipped byte); it is not used")
+    return a
 
 
 def _check_state(st):
@@ -102,7 +164,8 @@ def _check_state(st):
         for which in ("m", "v"):
             if set(st["opt"][which]) != set(PARAM_SHAPES):
                 raise ValueError(f"optimizer state {which} holds {sorted(st['opt'][which])}")
-            moments = _checked(check_params, st["opt"][which], f"optimizer state {which}")
+            moments = _checked(lambda p: check_params(p, max_abs=None), st["opt"][which],
+                               f"optimizer state {which}")
             if which == "v" and any((a < 0).any() for a in moments.values()):
                 raise ValueError("optimizer state v (a mean of squares) has negative values")
             st["opt"][which] = moments
@@ -141,7 +204,7 @@ class ConvSNNConfig:
     """Every semantic field of the forward contract plus the training hyper-parameters."""
     preset: str = "default"
     seed: int = 0
-    # ---- forward (see convsnn-semantics)
+    # ---- forward (documentation: "Neuron and network semantics")
     T: int = 10
     n_det: int = 5
     beta_c: float = 0.9
@@ -213,7 +276,15 @@ class ConvSNNConfig:
         if self.reseeded_noise and self.preset != "seed":
             raise ValueError("reseeded_noise reproduces the seed preset's reference code; it "
                              "applies to preset 'seed' only")
+        if self.epochs > MAX_EPOCHS:
+            raise ValueError(f"epochs must be <= {MAX_EPOCHS}, got {self.epochs!r}")
+        for name in ("batch_size", "eval_batch_size"):
+            if getattr(self, name) > MAX_BATCH_SIZE:
+                raise ValueError(f"{name} must be <= {MAX_BATCH_SIZE} images (a step holds "
+                                 f"~100 KB per image), got {getattr(self, name)!r}")
         self._check_floats()
+        check_lif(self.beta_c, self.thr_c, "_c")
+        check_lif(self.beta_h, self.thr_h, "_h")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
         if self.eps <= 0:
@@ -251,14 +322,39 @@ class ConvSNNConfig:
         return dataclasses.asdict(self)
 
 
-PRESETS = {
-    "seed": dict(preset="seed", reset_h="halve", hidden_period=2, hidden_phase=0,
-                 drive="cumulative", drive_scale=0.1, rate_norm="T", trainer="reference",
-                 epochs=30, batch_size=64, lr=1e-2, lr_schedule="step", init="reference",
-                 augment_shift=0),
-    "default": dict(preset="default"),
-    "nir": dict(preset="nir", reset_h="zero", hidden_period=1, hidden_phase=0),
-}
+def _preset_fields(name):
+    """Every :class:`ConvSNNConfig` field of a preset, read from its file
+    (``snnfast/network/presets/<name>.toml``): the forward fields from the network
+    description, the others from its ``[training]`` table."""
+    net, training = load_preset(name)
+    where = f"preset file {name}.toml"
+    if tuple((ly.name, type(ly).__name__) for ly in net) != _LAYERS or \
+            net.param_shapes() != _NET.param_shapes() or net.input_shape != _NET.input_shape \
+            or type(net.encoder).__name__ != "Hybrid":
+        raise ValueError(f"{where}: ConvSNN runs only the architecture of the default preset")
+    conv, hid = net["conv_lif"], net["hidden"]
+    if (conv.period, conv.phase, conv.drive, conv.scale) != (1, 0, "window", 1.0):
+        raise ValueError(f"{where}: ConvSNN updates the conv LIF every step from that step's "
+                         f"input (period 1, phase 0, window drive, scale 1)")
+    fields = dict(preset=net.name, T=net.encoder.T, n_det=net.encoder.n_det,
+                  beta_c=conv.decay, thr_c=conv.threshold, reset_c=conv.reset,
+                  beta_h=hid.decay, thr_h=hid.threshold, reset_h=hid.reset,
+                  hidden_period=hid.period, hidden_phase=hid.phase, drive=hid.drive,
+                  drive_scale=hid.scale,
+                  rate_norm={"steps": "T", "updates": "updates"}[net["readout"].norm])
+    names = {f.name for f in dataclasses.fields(ConvSNNConfig)}
+    bad = sorted(set(training) - (names - set(fields)))
+    if bad:
+        raise ValueError(f"{where}: [training] has unknown option(s) {', '.join(bad)}")
+    fields.update(training)
+    missing = sorted(names - set(fields))
+    if missing:
+        raise ValueError(f"{where}: [training] misses option(s) {', '.join(missing)}")
+    return fields
+
+
+# every field of each preset, from the preset files (their one source)
+PRESETS = {name: _preset_fields(name) for name in PRESET_NAMES}
 
 
 def make_config(preset="default", **overrides):
@@ -295,15 +391,19 @@ def _kernels_module():
 
 
 def _as_images(X, name="X"):
-    """Validate uint8 images (N, 28, 28) or (N, 784); return a C-contiguous (N, 784) view."""
+    """Validate uint8 images (N, 28, 28) or (N, 784); return a C-contiguous (N, 784) view.
+
+    (The sizes are the preset description's: ``_IMAGE`` and ``N_IN``.)
+    """
     if not isinstance(X, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray of uint8 images, got {type(X).__name__}")
     if X.dtype != np.uint8:
         raise ValueError(f"{name} must have dtype uint8 (pixels 0..255), got {X.dtype}")
-    if X.ndim == 3 and X.shape[1:] == (28, 28):
-        X = X.reshape(len(X), 784)
-    if X.ndim != 2 or X.shape[1] != 784:
-        raise ValueError(f"{name} must have shape (N, 28, 28) or (N, 784), got {X.shape}")
+    if X.ndim == 3 and X.shape[1:] == _IMAGE:
+        X = X.reshape(len(X), N_IN)
+    if X.ndim != 2 or X.shape[1] != N_IN:
+        raise ValueError(f"{name} must have shape (N, {_IMAGE[0]}, {_IMAGE[1]}) or (N, {N_IN}), "
+                         f"got {X.shape}")
     return np.ascontiguousarray(X)
 
 
@@ -314,8 +414,8 @@ def _as_labels(y, n, name="y"):
         raise ValueError(f"{name} must hold integer class labels, got dtype {y.dtype}")
     if y.shape != (n,):
         raise ValueError(f"{name} must have shape ({n},), got {y.shape}")
-    if n and (y.min() < 0 or y.max() > 9):
-        raise ValueError(f"{name} must hold labels 0..9")
+    if n and (y.min() < 0 or y.max() > N_OUT - 1):
+        raise ValueError(f"{name} must hold labels 0..{N_OUT - 1}")
     return y.astype(np.int64)
 
 
@@ -457,21 +557,25 @@ class ConvSNN:
     def _init_params(self):
         c = self.config
         rng = np.random.default_rng((c.seed, 0x5EED))
+        S = PARAM_SHAPES
+        conv_fan_in = math.prod(S["conv_w"][1:])                   # 25 taps
         if c.init == "reference":
-            conv_std, w1_std, w2_std = math.sqrt(2 / 25), math.sqrt(2 / 3328), math.sqrt(2 / 1034)
+            # the reference's He-style sqrt(2 / (fan_in + fan_out)) of the FC layers
+            conv_std = math.sqrt(2 / conv_fan_in)
+            w1_std, w2_std = math.sqrt(2 / sum(S["W1"])), math.sqrt(2 / sum(S["W2"]))
             b1 = 0.0
         else:
-            conv_std = c.conv_init_gain * math.sqrt(2 / 25)
-            w1_std = c.w1_init_gain / math.sqrt(2304)
-            w2_std = c.w2_init_gain / math.sqrt(1024)
+            conv_std = c.conv_init_gain * math.sqrt(2 / conv_fan_in)
+            w1_std = c.w1_init_gain / math.sqrt(S["W1"][0])
+            w2_std = c.w2_init_gain / math.sqrt(S["W2"][0])
             b1 = c.b1_init
         f32 = np.float32
-        return {"conv_w": (rng.standard_normal((16, 1, 5, 5)) * conv_std).astype(f32),
-                "conv_b": np.zeros(16, f32),
-                "W1": (rng.standard_normal((2304, 1024)) * w1_std).astype(f32),
-                "b1": np.full(1024, b1, f32),
-                "W2": (rng.standard_normal((1024, 10)) * w2_std).astype(f32),
-                "b2": np.zeros(10, f32)}
+        return {"conv_w": (rng.standard_normal(S["conv_w"]) * conv_std).astype(f32),
+                "conv_b": np.zeros(S["conv_b"], f32),
+                "W1": (rng.standard_normal(S["W1"]) * w1_std).astype(f32),
+                "b1": np.full(S["b1"], b1, f32),
+                "W2": (rng.standard_normal(S["W2"]) * w2_std).astype(f32),
+                "b2": np.zeros(S["b2"], f32)}
 
     def _set_canonical(self, params):
         for k, a in check_params(params).items():
@@ -675,8 +779,9 @@ class ConvSNN:
     def _rates(self, acc, n):
         c = self.config
         U = max(len(c.update_steps), 1)
-        return {"rate_input": acc["in"] / (n * 784 * c.T), "rate_conv": acc["c"] / (n * 2304 * c.T),
-                "rate_hidden": acc["h"] / (n * 1024 * U)}
+        return {"rate_input": acc["in"] / (n * N_IN * c.T),
+                "rate_conv": acc["c"] / (n * N_CONV * c.T),
+                "rate_hidden": acc["h"] / (n * N_HID * U)}
 
     def trace(self, images, sample_ids=None):
         """Spike trains of a batch (deterministic evaluation noise).
@@ -810,20 +915,24 @@ class ConvSNN:
         opt.m, opt.v, opt.t = o["m"], o["v"], o["t"] - 1
         opt.step(self._p, grads, lr)
 
-    def _install_sigint(self):
-        """Turn Ctrl-C into a request honoured between batches (state stays consistent)."""
+    def _install_stop_handlers(self):
+        """Turn Ctrl-C and SIGTERM into a request honoured between batches (state stays
+        consistent); returns the previous handlers (None outside the main thread)."""
         import signal
         import threading
         self._stop = False
+        self.stop_signal_ = None
         if threading.current_thread() is not threading.main_thread():
             return None
-        old = signal.getsignal(signal.SIGINT)
+        old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
 
         def handler(signum, frame):
-            if self._stop:            # second Ctrl-C: stop at once
+            if self._stop:            # a second signal: stop at once
                 raise KeyboardInterrupt
             self._stop = True
-        signal.signal(signal.SIGINT, handler)
+            self.stop_signal_ = signum
+        for s in old:
+            signal.signal(s, handler)
         return old
 
     def fit(self, X, y, X_val=None, y_val=None, epochs=None, callback=None, sample_ids=None,
@@ -843,8 +952,10 @@ class ConvSNN:
         verbose : bool, a tqdm bar per epoch
         restore_best : bool, end with the best-validation weights (if a validation set)
 
-        Ctrl-C stops at the next batch boundary with a consistent state and raises
-        KeyboardInterrupt; :meth:`save` with ``checkpoint=True`` then allows an exact resume.
+        Ctrl-C or SIGTERM stops at the next batch boundary with a consistent state
+        (``clean_stop_`` True, the signal in ``stop_signal_``) and raises KeyboardInterrupt;
+        :meth:`save` with ``checkpoint=True`` then allows an exact resume. A second signal
+        raises KeyboardInterrupt at once (``clean_stop_`` False: the state may be mid-update).
         Training accuracy/loss come from the training forward passes themselves (on the
         augmented images, with the weights of that moment), not from a second pass.
 
@@ -872,7 +983,7 @@ class ConvSNN:
         n_batches = -(-N // bs)
         total = max(1, epochs * n_batches)
         self.clean_stop_ = False
-        old_handler = self._install_sigint()
+        old_handlers = self._install_stop_handlers()
         try:
             with self._blas():
                 for epoch in range(self.epoch_, epochs):
@@ -886,9 +997,10 @@ class ConvSNN:
                         if extra:
                             m.update(extra)
         finally:
-            if old_handler is not None:
+            if old_handlers is not None:
                 import signal
-                signal.signal(signal.SIGINT, old_handler)
+                for sig, h in old_handlers.items():
+                    signal.signal(sig, signal.SIG_DFL if h is None else h)
         if restore_best and have_val and self._best is not None:
             self.set_params(self._best["params"])
         return self
@@ -991,36 +1103,45 @@ class ConvSNN:
         (JSON). With ``checkpoint=True`` also the optimiser state (moments in canonical
         layout), step/epoch counters, the best-validation weights and a mid-epoch position,
         so that :meth:`load` + :meth:`fit` continue exactly where training stopped.
+        Every array carries the SHA-256 digest of its bytes (attribute ``sha256``), which
+        :meth:`load` checks.
+
+        Raises
+        ------
+        ValueError
+            If ``path`` is a directory, a special file or a symbolic link (never replaced).
+        OSError
+            One line naming ``path`` if the write fails (disk full); an existing ``path``
+            is then untouched and no temporary file remains.
         """
-        import h5py
         from pathlib import Path
         from . import __version__
         if Path(path).is_dir():
             raise ValueError(f"{path} is a directory, not a file name")
         # NumPy scalars in metrics are common (accuracies computed with NumPy)
         metrics = json.dumps(metrics or {}, default=_json_default)
-        with atomic_path(path, suffix=".h5.tmp") as tmp:
-            with h5py.File(tmp, "w") as f:
-                f.attrs["snnfast_format"] = FORMAT_VERSION
-                f.attrs["snnfast_version"] = __version__
-                f.attrs["kind"] = "checkpoint" if checkpoint else "model"
-                f.attrs["preset"] = self.config.preset
-                f.attrs["config"] = json.dumps(self.config.to_dict())
-                f.attrs["metrics"] = metrics
-                f.attrs["history"] = json.dumps(self.history_)
-                f.attrs["epoch"] = self.epoch_
-                f.attrs["step"] = self.step_
-                g = f.create_group("params")
-                for k, v in self.params.items():
-                    g.create_dataset(k, data=v)
-                if checkpoint:
-                    self._save_state(f)
+        with atomic_h5(path) as f:
+            f.attrs["snnfast_format"] = FORMAT_VERSION
+            f.attrs["snnfast_version"] = __version__
+            f.attrs["kind"] = "checkpoint" if checkpoint else "model"
+            f.attrs["preset"] = self.config.preset
+            f.attrs["config"] = json.dumps(self.config.to_dict())
+            f.attrs["metrics"] = metrics
+            f.attrs["history"] = json.dumps(self.history_)
+            f.attrs["epoch"] = self.epoch_
+            f.attrs["step"] = self.step_
+            f.attrs[DIGESTS_ATTR] = "sha256 of dtype, shape and bytes, per array"
+            g = f.create_group("params")
+            for k, v in self.params.items():
+                _put(g, k, v)
+            if checkpoint:
+                self._save_state(f)
 
     def _save_state(self, f):
         if self._ema is not None:           # "params" holds the average; keep the raw ones too
             g = f.create_group("train_params")
             for k, v in self._canonical(self._p).items():
-                g.create_dataset(k, data=v)
+                _put(g, k, v)
         if self._opt is not None:
             o = f.create_group("optimizer")
             o.attrs["t"] = self._opt["t"]
@@ -1029,13 +1150,13 @@ class ConvSNN:
                 for k, v in self._opt[which].items():
                     if k == "W1b":
                         k, v = "W1", self._K.from_blocked(v)
-                    grp.create_dataset(k, data=v)
+                    _put(grp, k, v)
         if self._best is not None:
             b = f.create_group("best")
             b.attrs["val_acc"] = self._best["val_acc"]
             b.attrs["epoch"] = self._best["epoch"]
             for k, v in self._best["params"].items():
-                b.create_dataset(k, data=v)
+                _put(b, k, v)
         f.attrs["partial"] = json.dumps(self._partial)
 
     @classmethod
@@ -1045,8 +1166,10 @@ class ConvSNN:
         Raises
         ------
         ValueError
-            naming the file, if it is missing, not HDF5, truncated/corrupt, or not a
-            ``convsnn-1`` file.
+            naming the file, if it is missing, not HDF5, truncated/corrupt, not a
+            ``convsnn-1`` file, if an array does not match its digest (files written before
+            digests existed have none and are read unchecked), or if its content is invalid
+            (the configuration, a weight beyond :data:`MAX_ABS_WEIGHT`, ...).
         """
         import h5py
         from pathlib import Path
@@ -1064,13 +1187,15 @@ class ConvSNN:
                 cfg = json.loads(f.attrs["config"])
                 if not isinstance(cfg, dict):
                     raise ValueError(f"config is a JSON {type(cfg).__name__}, not an object")
-                params = {k: np.array(f["params"][k]) for k in PARAM_SHAPES}
-                state = cls._read_state(f)
+                verify = DIGESTS_ATTR in f.attrs
+                params = {k: _get(f["params"][k], verify) for k in PARAM_SHAPES}
+                state = cls._read_state(f, verify)
                 if "train_params" in f:
                     state["ema"] = params
-                    params = {k: np.array(f["train_params"][k]) for k in PARAM_SHAPES}
+                    params = {k: _get(f["train_params"][k], verify) for k in PARAM_SHAPES}
         except _NotConvSNN as exc:
-            raise ValueError(str(exc)) from None
+            msg = str(exc)
+            raise ValueError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
         except Exception as exc:      # h5py raises OSError/KeyError/... for damaged files
             raise ValueError(f"{path}: cannot read ConvSNN model ({type(exc).__name__}: {exc})") \
                 from None
@@ -1086,7 +1211,7 @@ class ConvSNN:
         return model
 
     @staticmethod
-    def _read_state(f):
+    def _read_state(f, verify=False):
         st = {"ema": None, "history": json.loads(f.attrs.get("history", "[]")),
               "metrics": json.loads(f.attrs.get("metrics", "{}")),
               "epoch": int(f.attrs.get("epoch", 0)), "step": int(f.attrs.get("step", 0)),
@@ -1094,12 +1219,12 @@ class ConvSNN:
         if "optimizer" in f:
             o = f["optimizer"]
             st["opt"] = {"t": int(o.attrs["t"]),
-                         "m": {k: np.array(o["m"][k]) for k in o["m"]},
-                         "v": {k: np.array(o["v"][k]) for k in o["v"]}}
+                         "m": {k: _get(o["m"][k], verify) for k in o["m"]},
+                         "v": {k: _get(o["v"][k], verify) for k in o["v"]}}
         if "best" in f:
             b = f["best"]
             st["best"] = {"val_acc": float(b.attrs["val_acc"]), "epoch": int(b.attrs["epoch"]),
-                          "params": {k: np.array(b[k]) for k in PARAM_SHAPES}}
+                          "params": {k: _get(b[k], verify) for k in PARAM_SHAPES}}
         return st
 
     def _restore_state(self, st):

@@ -1,7 +1,7 @@
 """Plain vectorised NumPy (float32) implementation of the Conv-SNN forward pass and training step.
 
 This module is the benchmark baseline and the fallback backend of :class:`snnfast.ConvSNN`.
-It follows the forward contract (``convsnn-semantics``) literally:
+It follows the documented semantics (page "Neuron and network semantics") literally:
 
 * input spikes from the counter-based ``mix64`` stream (thread-count independent);
 * conv currents as a sum of the taps of spiking input pixels plus the bias;
@@ -170,7 +170,7 @@ def fc1_rows(windows, update_steps, incremental):
 
     ``windows`` (B, U, 2304): each neuron's conv spikes in each update's window. Directly,
     one row per spike; with ``incremental`` (see :func:`_fc1_exact`) an update whose window
-    and the previous one span at most two steps takes sum_j |window_u - window_{u-1}|
+    and the previous one span at most two steps takes ``sum_j |window_u - window_{u-1}|``
     rows instead, if that is fewer.
     """
     w = np.asarray(windows, dtype=np.int64)

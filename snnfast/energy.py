@@ -44,7 +44,9 @@ Energy: :class:`EnergyModel` presets with cited per-operation energies. The SNN 
 modelled.
 
 ``python -m snnfast.energy MODEL.h5 [--preset P] [--samples N] [--json OUT]`` prints the
-table for a Conv-SNN (``snnfast_format = "convsnn-1"``) or TTFS (``"ttfs-1"``) file.
+table for a Conv-SNN (``snnfast_format = "convsnn-1"``) or TTFS (``"ttfs-1"``) file;
+``python -m snnfast.energy GRAPH.nir --input X.npz --dt DT`` for any NIR graph, counted per
+node by :mod:`snnfast.nir.energy`.
 """
 import argparse
 import math
@@ -55,7 +57,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import convsnn_numpy as cnp
-from ._cli import output_file_error
+from ._cli import (check_output_arg, exits_cleanly_on_interrupt, openmp_wait_defaults,
+                   positive_float)
 from ._utils import h5_format, write_json
 
 __all__ = [
@@ -1079,8 +1082,16 @@ def _replay_note(checks):
             f"disagrees on {' and '.join(parts)}")
 
 
+@exits_cleanly_on_interrupt
 def main(argv=None):
-    """``python -m snnfast.energy MODEL.h5 [--preset P] [--samples N] [--json OUT]``."""
+    """``python -m snnfast.energy MODEL.h5 [--preset P] [--samples N] [--json OUT]``, or
+    ``python -m snnfast.energy GRAPH.nir --input X.npz --dt DT [...]`` for a NIR graph.
+
+    Exit status: 0 done, 1 when the model, the data or the ``--json`` write fails (disk
+    full), 2 for bad arguments (``--json`` is checked before the analysis), 130/143 after
+    Ctrl-C/SIGTERM.
+    """
+    openmp_wait_defaults()      # before the first kernel loads the OpenMP runtime
     p = argparse.ArgumentParser(prog="python -m snnfast.energy",
                                 description="NeuroBench-style operation counts and energy estimate "
                                             "of a saved Conv-SNN or TTFS model.")
@@ -1096,6 +1107,12 @@ def main(argv=None):
                    help="NeuroBench's binary (AC) test per sample and call (default; = NeuroBench "
                         "with batch size 1) or per batch call")
     p.add_argument("--json", default=None, help="write the full result as JSON (atomic)")
+    nir_args = p.add_argument_group("NIR graphs (MODEL is a .nir file)")
+    nir_args.add_argument("--input", default=None, help=".npz/.npy input (N, T, *input_shape)")
+    nir_args.add_argument("--dt", type=positive_float, default=None,
+                          help="time step (required: NIR graphs carry none)")
+    nir_args.add_argument("--integrator", default="euler", choices=["euler", "exact"])
+    nir_args.add_argument("--reset", default="zero", choices=["zero", "subtract"])
     args = p.parse_args(argv)
     if args.samples < 1:
         p.error("--samples must be >= 1")
@@ -1103,10 +1120,16 @@ def main(argv=None):
         p.error("--threads must not be 0")
     if os.path.isdir(args.model):
         p.error(f"{args.model} is a directory, not a model file")
-    if args.json:      # checked before the analysis, which can take minutes
-        err = output_file_error(args.json, inputs=[args.model])
-        if err:
-            p.error(f"--json: {err}")
+    from .nir.energy import is_nir_file
+    nir_graph = is_nir_file(args.model)
+    if nir_graph and (args.input is None or args.dt is None):
+        p.error(f"{args.model} is a NIR graph: give --input X.npz and --dt DT")
+    if not nir_graph and (args.input is not None or args.dt is not None):
+        p.error("--input and --dt apply to NIR graphs only")
+    # checked before the analysis, which can take minutes
+    check_output_arg(p, "--json", args.json, inputs=[args.model])
+    if nir_graph:
+        return _main_nir(args)
     try:
         out = analyse_file(args.model, args.preset, args.samples, args.dataset, args.data_dir,
                            args.threads, binary_scope=args.binary_scope)
@@ -1124,10 +1147,39 @@ def main(argv=None):
             extra = "; " + _replay_note(checks)
         print(f"check: executed counts (kernels/simulator) == NumPy recount: {checks['match']}{extra}")
     if args.json:
-        write_json(args.json, out)
+        try:
+            write_json(args.json, out)
+        except (OSError, ValueError) as exc:    # a full disk; a special file made meanwhile
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _main_nir(args):
+    """The NIR-graph branch of :func:`main` (arguments already checked)."""
+    from .nir.energy import analyse_file as analyse_nir
+    try:
+        out = analyse_nir(args.model, args.input, args.dt, args.preset, args.integrator,
+                          args.reset, args.binary_scope)
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    res = out["result"]
+    title = (f"{args.model}: NIR graph, {out['samples']} samples of {args.input}, dt {args.dt:g}, "
+             f"{args.integrator}, reset {args.reset}")
+    energies = out["energy"] if args.all_presets else out["energy"][:1]
+    print(format_report(res, energies, title=title, notes=res.get("notes", ())))
+    if args.json:
+        try:
+            write_json(args.json, out)
+        except (OSError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         print(f"wrote {args.json}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from ._cli import run_program
+    sys.exit(run_program(main))

@@ -7,18 +7,22 @@ Prints the test accuracy, the mean cross-entropy and the spike rates per layer (
 conv: spikes per neuron per step; hidden: spikes per neuron per hidden update).
 Evaluation noise is fixed (epoch key 2^32 - 1, sample id = test index), so the figures are
 deterministic. Exit status: 0 on success, 1 when the model or the data cannot be read, 2 for
-bad arguments (as ``snnfast.energy`` and ``snnfast.export``).
+bad arguments (as ``snnfast.energy`` and ``snnfast.export``), 130/143 after Ctrl-C/SIGTERM.
 """
 import argparse
 import json
 import sys
 import time
 
+from ._cli import exits_cleanly_on_interrupt, positive_int
+
 __all__ = ["main"]
 
 
+@exits_cleanly_on_interrupt
 def main(argv=None):
-    from ._cli import positive_int
+    from ._cli import openmp_wait_defaults
+    openmp_wait_defaults()      # before the first kernel loads the OpenMP runtime
     p = argparse.ArgumentParser(prog="python -m snnfast.evaluate",
                                 description="Test accuracy and spike rates of a ConvSNN file.")
     p.add_argument("model", help="model file written by snnfast (model.h5 or checkpoint.h5)")
@@ -64,4 +68,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from ._cli import run_program
+    sys.exit(run_program(main))

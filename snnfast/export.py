@@ -1,14 +1,17 @@
 """Export a saved Conv-SNN to NIR: ``python -m snnfast.export MODEL.h5 OUT.nir [--dt DT] [--fold-gain]``.
 
 Prints every feature the NIR graph cannot express (``NIRExportWarning``) and a summary.
-Exit status: 0 on success, 1 when the model cannot be read or exported, 2 for bad arguments.
+Exit status: 0 on success, 1 when the model cannot be read or exported (or the disk is
+full), 2 for bad arguments (an output that is a directory, a special file or a link, or the
+input model itself), 130/143 after Ctrl-C/SIGTERM.
 """
 import argparse
 import sys
 import warnings
 from pathlib import Path
 
-from ._cli import positive_float, same_file
+from ._cli import (exits_cleanly_on_interrupt, openmp_wait_defaults, output_file_error,
+                   positive_float)
 
 
 def build_parser():
@@ -24,17 +27,18 @@ def build_parser():
     return p
 
 
+@exits_cleanly_on_interrupt
 def main(argv=None):
+    openmp_wait_defaults()      # before the first kernel loads the OpenMP runtime
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.model.is_file():
         parser.error(f"model file {str(args.model)!r} does not exist")
-    if args.out.exists() and args.out.is_dir():
-        parser.error(f"output {str(args.out)!r} is a directory")
-    # the atomic write would replace the trained model by the NIR graph
-    if same_file(args.out, args.model):
-        print(f"error: output {str(args.out)!r} is the input model {str(args.model)!r}; "
-              "choose another output file", file=sys.stderr)
+    # before the work: a directory, a special file (/dev/null), a link or the input model
+    # itself (which the atomic write would replace by the NIR graph) is refused
+    err = output_file_error(args.out, inputs=[args.model])
+    if err:
+        print(f"error: output {err}", file=sys.stderr)
         return 2
     from .convsnn import ConvSNN
     from .nir_export import NIRExportWarning, check_dt, to_nir
@@ -75,4 +79,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from ._cli import run_program
+    sys.exit(run_program(main))

@@ -4,7 +4,7 @@ Architecture ``784-400^(L-1)-10`` for ``L`` weight layers: ``x^(n) = ReLU(W^(n) 
 for the hidden layers, logits ``z = W^(L) x^(L-1) + b^(L)``. ``W^(n)`` has shape
 ``(n_out, n_in)`` (row i = incoming weights of neuron i), everything is float32.
 
-Training recipe (the seed's, made reproducible): Xavier-uniform weights, zero biases,
+Training recipe (reproducible): Xavier-uniform weights, zero biases,
 softmax cross-entropy, Adam (lr 1e-3), learning rate halved every 10 epochs, batch 64,
 early stopping on a validation split held out of the training set, best-validation
 weights kept. A seed fixes initialisation and batch order; BLAS threads are limited

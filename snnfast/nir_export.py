@@ -26,26 +26,25 @@ its state after the last of the ``T`` steps is ``(1/T) * sum_t (W2.T z_h[t] + b2
 exactly the logits (for a hidden layer updated on every step). The logits are the VALUE of the
 ``readout`` node after step ``T``, not a spike train.
 
-Numerical conventions shared by :func:`from_nir` and :func:`simulate_graph`: a gain within
-``GAIN_RTOL`` of 1 is treated as exactly 1 (such gains only come from float64 round-off of
+Running any NIR graph (these too): :func:`snnfast.nir.run`. Numerical convention of
+:func:`from_nir`: a gain within ``GAIN_RTOL`` of 1 is treated as exactly 1 (such gains only come from float64 round-off of
 ``tau = dt/(1-beta)``, ``r = 1/(1-beta)``); other gains are multiplied into weights and biases in
 float64 and rounded once to float32 (exact in real arithmetic, not bit for bit).
 """
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
-import os
 import warnings
-from pathlib import Path
 
 import numpy as np
 
-from ._utils import atomic_path
+from ._utils import atomic_write_bytes
 
 __all__ = [
     "NIRExportWarning", "to_nir", "from_nir", "graph_to_spec", "inexpressible_features",
-    "simulate_graph", "check_dt", "FORMAT", "GAIN_RTOL",
+    "check_dt", "FORMAT", "GAIN_RTOL",
 ]
 
 FORMAT = "snnfast-nir-1"
@@ -206,9 +205,9 @@ def check_dt(dt, config):
 
 
 def _lif(shape, beta, thr, dt, fold_gain, meta):
+    from .convsnn import check_lif
     beta = float(beta)
-    if not 0.0 <= beta < 1.0:
-        raise ValueError(f"NIR export needs a decay 0 <= beta < 1, got {beta!r}")
+    check_lif(beta, float(thr))     # the model's own rule (tau = dt/(1-beta) needs beta < 1)
     import nir
     full = lambda x: np.full(shape, x, dtype=np.float64)  # noqa: E731
     tau = dt / (1.0 - beta)
@@ -335,11 +334,11 @@ def to_nir(model, path=None, dt=_DEFAULT_DT, fold_gain=False):
         warnings.warn(f"NIR export of preset {cfg.get('preset', '?')!r} is not exact; NIR cannot "
                       f"express:\n{lines}", NIRExportWarning, stacklevel=2)
     if path is not None:
-        with atomic_path(path, suffix=".nir.tmp") as tmp:
-            nir.write(tmp, graph)
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)   # mkstemp creates 0600; give the usual file mode
+        # built in memory, then written by one plain write: a full disk is a clean OSError
+        # (HDF5 writing to the disk itself left objects open: a segfault at exit)
+        buf = io.BytesIO()
+        nir.write(buf, graph)
+        atomic_write_bytes(path, buf.getbuffer(), suffix=".nir.tmp")
     return graph
 
 
@@ -347,48 +346,25 @@ def to_nir(model, path=None, dt=_DEFAULT_DT, fold_gain=False):
 # Import
 # --------------------------------------------------------------------------------------------
 
-def _load_graph(path_or_graph):
-    import nir
-    if isinstance(path_or_graph, nir.NIRGraph):
-        return path_or_graph
-    if isinstance(path_or_graph, (str, os.PathLike)):
-        p = Path(path_or_graph)
-        if not p.is_file():
-            raise ValueError(f"NIR file {str(p)!r} does not exist")
-        try:
-            return nir.read(p, type_check=True)
-        except Exception as exc:  # h5py/nir raise many types for foreign or broken files
-            raise ValueError(f"cannot read NIR graph from {str(p)!r}: {type(exc).__name__}: {exc}") from exc
-    raise TypeError(f"from_nir expects a path or a nir.NIRGraph, got {type(path_or_graph).__name__}")
-
-
-def _chain(graph):
-    """The node names of a linear chain Input -> ... -> Output, or a ValueError."""
-    import nir
-    nodes, edges = graph.nodes, [tuple(e) for e in graph.edges]
-    for name, node in nodes.items():
-        if isinstance(node, nir.NIRGraph):
-            raise ValueError(f"unsupported NIR graph: node {name!r} is a nested subgraph")
-    inputs = [k for k, n in nodes.items() if isinstance(n, nir.Input)]
-    if len(inputs) != 1:
-        raise ValueError(f"unsupported NIR graph: expected exactly one Input node, found {len(inputs)}")
+def _chain(net):
+    """The node names of a loaded graph that is a linear chain Input -> ... -> Output."""
+    if net.back_edges:
+        a, b = sorted(net.back_edges)[0]
+        raise ValueError(f"unsupported NIR graph: cycle through node {b!r} (edge {a!r} -> {b!r})")
+    if len(net.inputs) != 1:
+        raise ValueError(f"unsupported NIR graph: expected exactly one Input node, found "
+                         f"{len(net.inputs)}")
     succ = {}
-    for a, b in edges:
-        if a not in nodes or b not in nodes:
-            raise ValueError(f"malformed NIR graph: edge ({a!r}, {b!r}) names a missing node")
+    for a, b in net.edges:
         if a in succ:
             raise ValueError(f"unsupported NIR graph: node {a!r} has more than one successor "
                              "(only a linear chain is supported)")
         succ[a] = b
-    order, seen = [inputs[0]], {inputs[0]}
+    order = [net.inputs[0]]
     while order[-1] in succ:
-        nxt = succ[order[-1]]
-        if nxt in seen:
-            raise ValueError(f"unsupported NIR graph: cycle through node {nxt!r}")
-        order.append(nxt)
-        seen.add(nxt)
-    if len(order) != len(nodes):
-        extra = sorted(set(nodes) - seen)
+        order.append(succ[order[-1]])
+    if len(order) != len(net.nodes):
+        extra = sorted(set(net.nodes) - set(order))
         raise ValueError(f"unsupported NIR graph: nodes {extra} are not on the chain from the Input")
     return order
 
@@ -475,10 +451,12 @@ def graph_to_spec(path_or_graph, dt=None, T=None):
     Raises
     ------
     ValueError
-        For graphs outside the family or parameters ConvSNN cannot represent.
+        For graphs outside the family or parameters ConvSNN cannot represent, and for
+        everything :func:`snnfast.nir.load` (which reads and checks the graph) refuses.
     """
-    graph = _load_graph(path_or_graph)
-    meta = graph.metadata if isinstance(graph.metadata, dict) else {}
+    from .nir.graph import load
+    net = load(path_or_graph)         # reads, flattens and checks shapes and values
+    meta = net.metadata
     ours = str(meta.get("producer", "")).startswith("snnfast")
     if dt is None:
         dt = float(meta["dt"]) if "dt" in meta else _DEFAULT_DT
@@ -486,16 +464,16 @@ def graph_to_spec(path_or_graph, dt=None, T=None):
     if not np.isfinite(dt) or dt <= 0:
         raise ValueError(f"dt must be a positive finite number, got {dt!r}")
 
-    order = _chain(graph)
-    types = [type(graph.nodes[k]).__name__ for k in order]
+    order = _chain(net)
+    types = [net.nodes[k].kind for k in order]
     if len(types) != len(_EXPECTED) or any(t not in e for t, e in zip(types, _EXPECTED)):
         want = " -> ".join("|".join(e) for e in _EXPECTED)
         raise ValueError(f"unsupported NIR graph topology: expected {want}, got {' -> '.join(types)}")
     n = dict(zip(["input", "conv", "conv_lif", "flatten", "fc1", "hidden_lif", "fc2", "readout",
-                  "output"], [graph.nodes[k] for k in order]))
+                  "output"], [net.nodes[k].source for k in order]))
     names = dict(zip(n, order))
 
-    in_shape = tuple(int(x) for x in np.asarray(n["input"].input_type["input"]).ravel())
+    in_shape = net.nodes[names["input"]].out_shape
     if in_shape != _IN_SHAPE:
         raise ValueError(f"Input node {names['input']!r}: shape {in_shape}, expected {_IN_SHAPE}")
     conv = n["conv"]
@@ -521,12 +499,10 @@ def graph_to_spec(path_or_graph, dt=None, T=None):
                          "only a per-channel gain can be folded into the conv weights")
     g_c = g_c[:, 0, 0]
 
-    fl = n["flatten"]
-    fin = np.asarray(fl.input_type["input"]).ravel() if fl.input_type["input"] is not None else None
-    fout = np.asarray(fl.output_type["output"]).ravel() if fl.output_type["output"] is not None else None
-    if fin is None or tuple(fin) != _CONV_SHAPE or fout is None or tuple(fout) != (_N_CONV,):
-        raise ValueError(f"Flatten node {names['flatten']!r}: expected [16, 12, 12] -> [2304] "
-                         f"(start_dim=0), got {fin} -> {fout} (start_dim={fl.start_dim})")
+    fl = net.nodes[names["flatten"]]
+    if (fl.in_shape, fl.out_shape) != (_CONV_SHAPE, (_N_CONV,)):
+        raise ValueError(f"Flatten node {names['flatten']!r}: expected (16, 12, 12) -> (2304,), "
+                         f"got {fl.in_shape} -> {fl.out_shape}")
 
     def affine(key, shape):
         node = n[key]
@@ -561,7 +537,7 @@ def graph_to_spec(path_or_graph, dt=None, T=None):
     if T < 1:
         raise ValueError(f"T must be >= 1, got {T}")
     g_out = float(_unit_or(r_out * dt * T))
-    out_shape = tuple(np.asarray(n["output"].output_type["output"]).ravel())
+    out_shape = net.nodes[names["output"]].out_shape
     if out_shape != (_N_OUT,):
         raise ValueError(f"Output node {names['output']!r}: shape {out_shape}, expected ({_N_OUT},)")
 
@@ -640,196 +616,3 @@ def _set_params(model, params):
         return
     for k, v in params.items():
         model.params[k][...] = v
-
-
-# --------------------------------------------------------------------------------------------
-# Reference simulator of NIR graphs of this family (the oracle for the round trip)
-# --------------------------------------------------------------------------------------------
-
-def simulate_graph(graph, input_spikes, dt=None, record=False):
-    """Run a NIR graph step by step with snnfast's discretisation (slow NumPy reference).
-
-    Parameters
-    ----------
-    graph : nir.NIRGraph or path
-        A linear chain of Input, Conv2d, LIF, Flatten, Affine/Linear, I, LI, Output nodes.
-    input_spikes : array (B, T, *input_shape) or (B, T, prod(input_shape))
-        Input per step (binary spikes for this family; any real values are accepted).
-    dt : float, optional
-        Default: ``graph.metadata["dt"]``, else 1e-4.
-    record : bool
-        Also return every node's output at every step (``"outputs"``: ``{name: float32
-        (B, T, *shape)}``; for Conv2d/Affine nodes these are the input currents).
-
-    Returns
-    -------
-    dict
-        ``"spikes"``: ``{node name: uint8 (B, T, *shape)}`` for every LIF node;
-        ``"output"``: the Output node's input after the last step (for an ``I``/``LI`` read-out:
-        its state, i.e. the logits), float32 (B, ...).
-
-    Notes
-    -----
-    Per step: Conv2d and Affine sum their terms in float32 in input order (taps (ci, ky, kx);
-    input index ascending), then add the bias; LIF: ``v = beta*v + g*I`` (``g`` skipped when it
-    is 1 within ``GAIN_RTOL``), spike iff ``v > v_threshold``, ``v = v_reset`` where it spiked;
-    ``I``: ``v = v + (r*dt)*x``; ``LI``: ``v = beta*v + g*x``. This is the order snnfast's
-    kernels use, so for the ``nir`` preset the spikes match the model's bit for bit.
-    """
-    graph = _load_graph(graph)
-    meta = graph.metadata if isinstance(graph.metadata, dict) else {}
-    dt = float(dt if dt is not None else meta.get("dt", _DEFAULT_DT))
-    order = _chain(graph)
-    x_all = np.asarray(input_spikes)
-    if x_all.ndim < 2:
-        raise ValueError(f"input_spikes must be (B, T, ...), got shape {x_all.shape}")
-    B, T = x_all.shape[:2]
-    in_shape = tuple(int(s) for s in np.asarray(graph.nodes[order[0]].input_type["input"]).ravel())
-    if int(np.prod(x_all.shape[2:])) != int(np.prod(in_shape)):
-        raise ValueError(f"input_spikes has per-step shape {x_all.shape[2:]}, graph input is {in_shape}")
-    x_all = x_all.reshape(B, T, *in_shape).astype(np.float32)
-    steppers = [_stepper(graph.nodes[k], k, dt) for k in order[1:-1]]
-    spikes = {k: [] for k, s in zip(order[1:-1], steppers) if s.spiking}
-    outputs = {k: [] for k in order[1:-1]} if record else None
-    y = None
-    for t in range(T):
-        y = x_all[:, t]
-        for k, s in zip(order[1:-1], steppers):
-            y = s(y)
-            if s.spiking:
-                spikes[k].append(y.astype(np.uint8))
-            if record:
-                outputs[k].append(np.array(y, dtype=np.float32))
-    out = {"spikes": {k: np.stack(v, axis=1) for k, v in spikes.items()},
-           "output": None if y is None else np.asarray(y, dtype=np.float32).copy()}
-    if record:
-        out["outputs"] = {k: np.stack(v, axis=1) for k, v in outputs.items()}
-    return out
-
-
-class _Step:
-    spiking = False
-
-
-def _stepper(node, name, dt):
-    kind = type(node).__name__
-    f32 = np.float32
-    if kind == "Conv2d":
-        return _ConvStep(node, name)
-    if kind in ("Affine", "Linear"):
-        W = np.asarray(node.weight, dtype=f32)
-        bias = np.asarray(node.bias, dtype=f32) if kind == "Affine" else np.zeros(W.shape[0], f32)
-        return _AffineStep(W, bias)
-    if kind == "Flatten":
-        start, end = int(node.start_dim), int(node.end_dim)
-        if end != -1:
-            raise ValueError(f"simulate_graph: Flatten {name!r} needs end_dim = -1")
-        # NIR shapes have no batch dimension: per-sample dims start at axis 1 here
-        return _FnStep(lambda x: x.reshape(*x.shape[:start + 1], -1))
-    if kind in ("LIF", "LI"):
-        tau = np.asarray(node.tau, dtype=np.float64)
-        beta = (1.0 - dt / tau).astype(f32)
-        gain = _unit_or(np.asarray(node.r, dtype=np.float64) * dt / tau)
-        leak = ((dt / tau) * np.asarray(node.v_leak, dtype=np.float64)).astype(f32)
-        if kind == "LI":
-            return _LIFStep(beta, gain, leak, None, None, spiking=False)
-        return _LIFStep(beta, gain, leak, np.asarray(node.v_threshold, dtype=f32),
-                        np.asarray(node.v_reset, dtype=f32), spiking=True)
-    if kind == "I":
-        return _IStep((np.asarray(node.r, dtype=np.float64) * dt).astype(f32))
-    raise ValueError(f"simulate_graph: node {name!r} of type {kind} is not supported")
-
-
-class _FnStep(_Step):
-    def __init__(self, fn):
-        self.fn = fn
-
-    def __call__(self, x):
-        return self.fn(x)
-
-
-class _ConvStep(_Step):
-    def __init__(self, node, name):
-        self.w = np.asarray(node.weight, dtype=np.float32)
-        self.b = np.asarray(node.bias, dtype=np.float32)
-        self.stride = tuple(int(s) for s in np.broadcast_to(np.asarray(node.stride), (2,)))
-        pad = node.padding
-        if isinstance(pad, str):
-            if pad != "valid":
-                raise ValueError(f"simulate_graph: Conv2d {name!r} padding {pad!r} not supported")
-            pad = (0, 0)
-        self.pad = tuple(int(p) for p in np.broadcast_to(np.asarray(pad), (2,)))
-        if np.any(np.asarray(node.dilation) != 1) or np.any(np.asarray(node.groups) != 1):
-            raise ValueError(f"simulate_graph: Conv2d {name!r} needs dilation 1 and groups 1")
-
-    def __call__(self, x):
-        B, C, H, W = x.shape
-        co, ci, kh, kw = self.w.shape
-        (sy, sx), (py, px) = self.stride, self.pad
-        x = np.pad(x, ((0, 0), (0, 0), (py, py), (px, px)))
-        oh, ow = (x.shape[2] - kh) // sy + 1, (x.shape[3] - kw) // sx + 1
-        taps = np.empty((B, ci, kh, kw, oh, ow), dtype=np.float32)
-        for ky in range(kh):
-            for kx in range(kw):
-                taps[:, :, ky, kx] = x[:, :, ky:ky + sy * (oh - 1) + 1:sy, kx:kx + sx * (ow - 1) + 1:sx]
-        taps = taps.reshape(B, 1, ci * kh * kw, oh, ow)
-        terms = taps * self.w.reshape(1, co, ci * kh * kw, 1, 1)
-        # a sequential float32 sum over taps in (ci, ky, kx) order, as the kernel adds them
-        acc = np.cumsum(terms, axis=2, dtype=np.float32)[:, :, -1]
-        return acc + self.b.reshape(1, co, 1, 1)
-
-
-class _AffineStep(_Step):
-    def __init__(self, W, bias):
-        self.WT = np.ascontiguousarray(W.T)
-        self.bias = bias
-
-    def __call__(self, x):
-        x = x.reshape(x.shape[0], -1)
-        out = np.empty((x.shape[0], self.WT.shape[1]), dtype=np.float32)
-        for i in range(x.shape[0]):
-            nz = np.flatnonzero(x[i])
-            if nz.size == 0:
-                acc = np.zeros(self.WT.shape[1], dtype=np.float32)
-            else:
-                rows = self.WT[nz] * x[i, nz, None]
-                acc = np.cumsum(rows, axis=0, dtype=np.float32)[-1]
-            out[i] = acc + self.bias
-        return out
-
-
-class _LIFStep(_Step):
-    def __init__(self, beta, gain, leak, thr, reset, spiking):
-        self.beta, self.leak, self.thr, self.reset = beta, leak, thr, reset
-        self.gain = None if np.all(gain == 1.0) else gain.astype(np.float32)
-        self.has_leak = bool(np.any(leak != 0))
-        self.spiking = spiking
-        self.v = None
-
-    def __call__(self, x):
-        x = x.reshape(x.shape[0], *self.beta.shape)
-        if self.v is None:
-            self.v = np.zeros_like(x, dtype=np.float32)
-        inp = x if self.gain is None else self.gain * x
-        v = self.beta * self.v
-        if self.has_leak:
-            v = v + self.leak
-        v = v + inp
-        if not self.spiking:
-            self.v = v
-            return v
-        z = v > self.thr
-        self.v = np.where(z, self.reset, v).astype(np.float32)
-        return z.astype(np.float32)
-
-
-class _IStep(_Step):
-    def __init__(self, rdt):
-        self.rdt = rdt
-        self.v = None
-
-    def __call__(self, x):
-        if self.v is None:
-            self.v = np.zeros_like(x, dtype=np.float32)
-        self.v = self.v + self.rdt * x
-        return self.v

@@ -8,7 +8,8 @@ import numpy as np
 
 from ._utils import atomic_path
 
-__all__ = ["learning_curves", "spike_rasters", "rate_histograms", "training_report"]
+__all__ = ["learning_curves", "spike_rasters", "rate_histograms", "training_report",
+           "node_rasters"]
 
 LAYERS = (("input", "input (28x28)"), ("conv", "conv LIF (16x12x12)"), ("hidden", "hidden LIF (1024)"))
 
@@ -81,6 +82,35 @@ def spike_rasters(trace, images, labels, path, n_digits=4):
             ax.set_xlabel("time step")
             if k == 1:
                 ax.set_ylabel("neuron")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def node_rasters(series, path, sample=0, max_units=2048):
+    """One raster panel (unit x step) per named series: ``{name: (N, T, ...) array}``.
+
+    Nonzero entries of sample ``sample`` are drawn (spikes; for a non-spiking node, its
+    nonzero outputs); units beyond ``max_units`` (flat index) are left out and the title
+    says so.
+    """
+    plt = _pyplot()
+    n = len(series)
+    if n == 0:
+        raise ValueError("nothing to plot: no traced node")
+    fig, axes = plt.subplots(n, 1, figsize=(9, 2.4 * n), squeeze=False)
+    for ax, (name, a) in zip(axes[:, 0], series.items()):
+        s = np.asarray(a[sample]).reshape(a.shape[1], -1)
+        T, units = s.shape
+        shown = s[:, :max_units]
+        t_idx, n_idx = np.nonzero(shown)
+        ax.scatter(t_idx, n_idx, s=1.0, marker="|", color="k")
+        ax.set_xlim(-0.5, T - 0.5)
+        ax.set_ylim(-0.5, shown.shape[1] - 0.5)
+        cut = f", first {max_units} of {units} units" if units > max_units else ""
+        ax.set_title(f"{name}: {int(np.count_nonzero(s))} nonzero in {T} steps x {units} "
+                     f"units{cut}", fontsize=9)
+        ax.set_ylabel("unit")
+    axes[-1, 0].set_xlabel("time step")
     fig.tight_layout()
     return _save(fig, path)
 

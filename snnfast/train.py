@@ -7,19 +7,31 @@
 
 Writes into the run directory (default ``runs/<preset>[-reseeded]-<dataset>-<seed>``):
 ``model.h5`` (best-validation weights + metrics), ``checkpoint.h5`` (after every epoch and
-on Ctrl-C) and ``metrics.json``. ``--resume`` continues from ``checkpoint.h5`` and reaches the
-same weights as an uninterrupted run (shuffles, augmentation and noise are functions of
-(seed, epoch)).
+on Ctrl-C or SIGTERM) and ``metrics.json``. ``--resume`` continues from ``checkpoint.h5`` and
+reaches the same weights as an uninterrupted run (shuffles, augmentation and noise are
+functions of (seed, epoch)); it keeps the run's settings, so a finished run cannot be
+resumed (start a new one to train longer).
+
+One training at a time per run directory: the lock file ``RUN_DIR/.lock`` is held with
+``flock`` while it runs (released by the kernel when the process ends, however it ends).
+Exit status: 0 done, 1 failed (diverged, data unreadable, disk full), 2 bad arguments or a
+refused run directory, 130 after Ctrl-C, 143 after SIGTERM (both with the checkpoint
+written).
 """
 import argparse
+import contextlib
+import signal
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from ._cli import nonneg_int, positive_float, positive_int, run_dir_error
-from ._utils import write_json
+from ._cli import (ignore_interrupts, interrupt_exit_code, make_out_dir, nonneg_int,
+                   openmp_wait_defaults, positive_float, positive_int, remove_if_empty,
+                   terminate_as_interrupt)
+from ._utils import file_lock, special_file_kind, write_json
+from .network import PRESET_NAMES
 
 __all__ = ["main", "build_parser"]
 
@@ -27,7 +39,7 @@ __all__ = ["main", "build_parser"]
 def build_parser():
     p = argparse.ArgumentParser(prog="python -m snnfast.train",
                                 description="Train a convolutional spiking network (snnfast).")
-    p.add_argument("--preset", choices=("default", "seed", "nir"), default="default",
+    p.add_argument("--preset", choices=PRESET_NAMES, default="default",
                    help="model/training preset (default: %(default)s)")
     p.add_argument("--epochs", type=positive_int, default=None,
                    help="epochs (default: the preset's, 15 for default/nir, 30 for seed)")
@@ -144,36 +156,74 @@ def _fmt_epoch(m):
     return "  ".join(parts)
 
 
+LOCK_NAME = ".lock"
+
+
 def main(argv=None):
+    """Run ``python -m snnfast.train``; returns the exit status (see the module docstring)."""
+    openmp_wait_defaults()      # before the first kernel loads the OpenMP runtime
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .convsnn import ConvSNN, TrainingError
-    from .datasets import train_val_split
-
     if args.reseeded_noise and args.preset != "seed":
         parser.error("--reseeded-noise applies to --preset seed only")
     tag = f"{args.preset}-reseeded" if args.reseeded_noise else args.preset
     run_dir = Path(args.out or f"runs/{tag}-{args.dataset}-{args.seed}")
+    model = None if args.resume else _new_model(parser, args)   # refused before any mkdir
+    try:
+        created = make_out_dir(run_dir)
+    except ValueError as exc:
+        parser.error(str(exc))
+    lock = run_dir / LOCK_NAME
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(file_lock(lock, timeout=0))
+        except TimeoutError:
+            remove_if_empty(created)
+            parser.error(f"--out: {run_dir} is in use by another training (it holds the lock "
+                         f"{lock}); wait for it to end or choose another --out")
+        try:
+            with terminate_as_interrupt() as got:
+                try:
+                    return _locked_main(parser, args, run_dir, model)
+                except KeyboardInterrupt:   # outside the training loop (loading the data)
+                    ignore_interrupts()
+                    print("\ninterrupted", file=sys.stderr)
+                    return interrupt_exit_code(got.signum or signal.SIGINT)
+        finally:
+            if all(p.name == LOCK_NAME for p in run_dir.iterdir()):
+                # a refused or failed command leaves no empty run directory behind (the
+                # lock file is removed while still held, and only from a directory made here)
+                remove_if_empty(created, files=[lock] if created else [])
+
+
+def _new_model(parser, args):
+    """A fresh model for the command's options (parser.error for an invalid combination)."""
+    from .convsnn import ConvSNN
+    overrides = _config_overrides(parser, args)
+    try:
+        return ConvSNN(args.preset, seed=args.seed, n_threads=args.threads,
+                       backend=args.backend, **overrides)
+    except (TypeError, ValueError) as exc:
+        parser.error(str(exc))
+
+
+def _locked_main(parser, args, run_dir, model):
+    """The training, with the run directory locked for this process."""
+    from .convsnn import TrainingError
+    from .datasets import train_val_split
     ckpt_path, model_path = run_dir / "checkpoint.h5", run_dir / "model.h5"
     metrics_path = run_dir / "metrics.json"
-    overrides = _config_overrides(parser, args)
+    for name in (ckpt_path, model_path, metrics_path, run_dir / "energy.json"):
+        kind = special_file_kind(name)
+        if kind is not None:    # never replaced: refused now, not after an epoch
+            parser.error(f"--out: {name} is {kind}; the run writes it as a regular file")
     if not args.resume and (ckpt_path.exists() or model_path.exists()):
         parser.error(f"{run_dir} already holds a run ({ckpt_path.name} or {model_path.name}): "
                      f"continue it with --resume, or choose another --out")
-    err = run_dir_error(run_dir)
-    if err:
-        parser.error(f"--out: {err}")
     if args.resume:
-        model = _resume(parser, args, ckpt_path)
-        epochs = args.epochs or model.config.epochs
+        model = _resume(parser, args, ckpt_path, model_path)
         print(f"resuming {ckpt_path} after epoch {model.epoch_} (step {model.step_})")
-    else:
-        try:
-            model = ConvSNN(args.preset, seed=args.seed, n_threads=args.threads,
-                            backend=args.backend, **overrides)
-        except (TypeError, ValueError) as exc:
-            parser.error(str(exc))
-        epochs = model.config.epochs
+    epochs = model.config.epochs
     cfg = model.config
 
     try:
@@ -216,22 +266,18 @@ def main(argv=None):
               f"untouched; a lower --lr (now {cfg.lr}) may help", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        if getattr(model, "clean_stop_", False):
-            model.save(ckpt_path, checkpoint=True, metrics=ckpt_metrics(model))
-            print(f"\ninterrupted; state saved to {ckpt_path}", file=sys.stderr)
-        else:   # a second Ctrl-C may have hit mid-update: keep the last epoch's checkpoint
-            print(f"\ninterrupted hard; {ckpt_path} holds the last completed epoch (if any)",
-                  file=sys.stderr)
-        print(f"resume with: python -m snnfast.train --preset {cfg.preset} --seed {cfg.seed} "
-              f"--dataset {args.dataset} --out {run_dir} --resume", file=sys.stderr)
-        return 130
+        return _interrupted(model, ckpt_path, ckpt_metrics(model), args, run_dir)
+    except (OSError, ValueError) as exc:    # the checkpoint write failed (disk full)
+        _report_write_error(exc, ckpt_path)
+        return 1
     final = model.evaluate(Xte, yte)
     summary = _metrics(model, epochs, args, done=True)
     summary["final"] = {"test_acc_best_val_model": final["accuracy"], "test_loss": final["loss"],
                         "rate_input": final["rate_input"], "rate_conv": final["rate_conv"],
                         "rate_hidden": final["rate_hidden"], "wall_time_s": time.time() - t0}
-    model.save(model_path, metrics=summary)
-    write_json(metrics_path, summary)
+    if not _write_or_report(lambda: (model.save(model_path, metrics=summary),
+                                     write_json(metrics_path, summary)), ckpt_path):
+        return 1
     best = model.best_epoch_
     sel = (f"best validation epoch {best[0]} (val {100 * best[1]:.2f}%)" if best
            else "final epoch (no validation set)")
@@ -253,8 +299,49 @@ def main(argv=None):
     return 0
 
 
-def _resume(parser, args, ckpt_path):
-    """The model of ``ckpt_path``, after checking that the command asks for the same run."""
+def _interrupted(model, ckpt_path, metrics, args, run_dir):
+    """After Ctrl-C/SIGTERM stopped ``fit``: write the checkpoint if the stop was clean, say
+    how to resume, and return the exit status (128 + the first signal's number)."""
+    ignore_interrupts()     # more signals must not cut the checkpoint write short
+    code = interrupt_exit_code(getattr(model, "stop_signal_", None) or signal.SIGINT)
+    if getattr(model, "clean_stop_", False):
+        if not _write_or_report(lambda: model.save(ckpt_path, checkpoint=True,
+                                                   metrics=metrics), ckpt_path):
+            return 1
+        print(f"\ninterrupted; state saved to {ckpt_path}", file=sys.stderr)
+    elif ckpt_path.exists():
+        # a second signal may have hit mid-update: the last epoch's checkpoint is kept
+        print(f"\ninterrupted hard; {ckpt_path} holds the last completed epoch",
+              file=sys.stderr)
+    else:
+        print("\ninterrupted hard before the first epoch ended; nothing was saved",
+              file=sys.stderr)
+        return code
+    c = model.config
+    print(f"resume with: python -m snnfast.train --preset {c.preset} --seed {c.seed} "
+          f"--dataset {args.dataset} --out {run_dir} --resume", file=sys.stderr)
+    return code
+
+
+def _write_or_report(write, ckpt_path):
+    """Run ``write()``; on a failed write report it (:func:`_report_write_error`) and return
+    False."""
+    try:
+        write()
+    except (OSError, ValueError) as exc:
+        _report_write_error(exc, ckpt_path)
+        return False
+    return True
+
+
+def _report_write_error(exc, ckpt_path):
+    print(f"error: {exc}\n{ckpt_path} holds the last completed epoch (if any), untouched",
+          file=sys.stderr)
+
+
+def _resume(parser, args, ckpt_path, model_path):
+    """The model of ``ckpt_path``, after checking that the command asks for the same run and
+    that the run is not finished."""
     from .convsnn import ConvSNN
     if not ckpt_path.is_file():
         parser.error(f"--resume: no checkpoint at {ckpt_path}")
@@ -271,9 +358,12 @@ def _resume(parser, args, ckpt_path):
     if dataset is not None and dataset != args.dataset:
         parser.error(f"--resume: {ckpt_path} was trained on {dataset}; pass --dataset {dataset}")
     # the rest of a resumed run must be the run that was interrupted: these would change it
+    # (--epochs too: the learning-rate schedule spans the run's epochs, so more epochs would
+    # not continue the run but train on at its final, near-zero rate)
     for flag, given, saved in (("--lr", args.lr, c.lr), ("--batch-size", args.batch_size,
                                                           c.batch_size),
-                               ("--val-size", args.val_size, c.val_size)):
+                               ("--val-size", args.val_size, c.val_size),
+                               ("--epochs", args.epochs, c.epochs)):
         if given is not None and given != saved:
             parser.error(f"--resume: {ckpt_path} was trained with {flag} {saved}; a resumed run "
                          f"keeps its settings (drop {flag} {given}, or start a new run)")
@@ -282,6 +372,10 @@ def _resume(parser, args, ckpt_path):
             parser.error(f"--resume: {ckpt_path} was trained with {field}="
                          f"{getattr(c, field, None)!r}; a resumed run keeps its settings "
                          f"(drop --set {field}={value!r}, or start a new run)")
+    if model.epoch_ >= c.epochs and model_path.is_file():
+        parser.error(f"--resume: the run in {ckpt_path.parent} is complete ({model.epoch_} of "
+                     f"{c.epochs} epochs, {model_path.name} written); to train longer, start a "
+                     "new run with more --epochs")
     return model
 
 
@@ -307,4 +401,5 @@ def _metrics(model, epochs, args, done):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from ._cli import run_program
+    sys.exit(run_program(main))

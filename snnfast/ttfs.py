@@ -1,8 +1,9 @@
 """Exact ReLU -> time-to-first-spike (TTFS) conversion and its event-driven simulation.
 
-Mapping "B1" (identity mapping, spec ``ttfs.md`` §1.3): the SNN uses the ReLU weights
-unchanged; hidden neuron i of layer n has threshold ``theta_i = Delta_n/tau_c - b_i`` and
-fires once, at ``t_i = t_min(n) + tau_c (theta_i - V_i(t_min(n)))``, so that
+Mapping "B1" (identity mapping; see the documentation page "TTFS conversion"): the SNN uses
+the ReLU weights unchanged; hidden neuron i of layer n has threshold
+``theta_i = Delta_n/tau_c - b_i`` and fires once, at
+``t_i = t_min(n) + tau_c (theta_i - V_i(t_min(n)))``, so that
 ``t_max(n) - t_i = ReLU(W x + b)_i`` exactly (activations up to ``Delta_n``).
 
 Time windows (frozen model parameters, never computed from test data):
@@ -10,7 +11,7 @@ Time windows (frozen model parameters, never computed from test data):
 ``Delta_n = (1 + zeta) X_n`` with ``X_n`` the largest activation of hidden layer n on
 the calibration (training) data, ``t_max(n) = t_min(n) + Delta_n`` and
 ``t_min(n+1) = t_max(n)``. The output layer returns its membrane potential at
-``t_min(N)``, which equals the ReLU logits (§1.5). ``tau_c = 1``: one time unit is one
+``t_min(N)``, which equals the ReLU logits. ``tau_c = 1``: one time unit is one
 activation unit.
 
 Conventions
@@ -34,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from ._config import effective_n_threads
-from ._utils import atomic_path, check_positive_int, h5_format, is_real_number
+from ._utils import atomic_h5, check_positive_int, h5_format, is_real_number
 
 __all__ = ["FORMAT", "TTFSNetwork", "SimResult", "convert", "operation_counts",
            "seed_v1_forward", "scaled_bias_relu", "exactness_report", "check_dt", "save", "load"]
@@ -243,7 +244,7 @@ class TTFSNetwork:
             small that ``t_min(N)/dt`` overflows is refused (see :func:`check_dt`).
         time_bits : int or None
             Quantise every emitted spike time to ``2**k`` levels per window
-            (round-to-nearest, step ``Delta/(2**k - 1)``, x = 0 exact; spec §5.3).
+            (round-to-nearest, step ``Delta/(2**k - 1)``, x = 0 exact).
         jitter : float
             Std of Gaussian jitter added to real spikes only (clamped at ``t_min`` of the
             window; spikes pushed to ``t >= t_max`` are lost). Draws depend on
@@ -361,7 +362,36 @@ class TTFSNetwork:
 
 
 # ---------------------------------------------------------------------- conversion
-def convert(mlp, X_calib, zeta=0.5, batch_size=4096, meta=None):
+# Rows per calibration product. Every product has exactly this many rows (the last block is
+# padded with zeros): BLAS chooses its kernel, and so its summation order, by the operands'
+# shape, so a shape that varied with the data set's length would move X_n in the last bit
+# from one CPU or BLAS build to another.
+CALIBRATION_ROWS = 256
+
+
+def calibration_maxima(mlp, X_calib):
+    """Largest activation of each hidden layer of ``mlp`` over ``X_calib``.
+
+    The inputs are taken in fixed blocks of :data:`CALIBRATION_ROWS` rows starting at row 0,
+    each through products of one fixed shape, so the result of a block does not depend on
+    what else is in the set: the maxima of a set are the maxima over its blocks' maxima.
+    """
+    dtype = mlp.weights[0].dtype
+    n_in = mlp.sizes[0]
+    x_max = np.zeros(mlp.depth - 1)
+    block = np.zeros((CALIBRATION_ROWS, n_in), dtype)
+    for s in range(0, len(X_calib), CALIBRATION_ROWS):
+        rows = X_calib[s:s + CALIBRATION_ROWS]
+        block[:len(rows)] = rows
+        block[len(rows):] = 0
+        h = block
+        for l, (w, b) in enumerate(zip(mlp.weights[:-1], mlp.biases[:-1])):
+            h = np.maximum(h @ w.T + b, 0)
+            x_max[l] = max(x_max[l], float(h[:len(rows)].max()))
+    return x_max
+
+
+def convert(mlp, X_calib, zeta=0.5, meta=None):
     """Convert a ReLU MLP into a :class:`TTFSNetwork` (B1 identity mapping).
 
     Parameters
@@ -370,29 +400,20 @@ def convert(mlp, X_calib, zeta=0.5, batch_size=4096, meta=None):
         Trained network (any float dtype; weights are used unchanged).
     X_calib : ndarray (n, n_in)
         Calibration inputs in [0, 1] — training data, never test data. ``X_n`` is the
-        largest activation of hidden layer n over these inputs.
+        largest activation of hidden layer n over these inputs
+        (:func:`calibration_maxima`).
     zeta : float
         ``Delta_n = (1 + zeta) X_n``.
-    batch_size : int
-        Calibration inputs per forward pass (a positive integer; bounds the memory).
     meta : dict, optional
         Extra provenance stored in ``net.meta``.
     """
-    # checked first: a negative step would skip the calibration loop and leave X_n = 0
-    batch_size = check_positive_int(batch_size, "batch_size")
     if len(X_calib) == 0:
         raise ValueError("X_calib must contain at least one input")
     net = TTFSNetwork(mlp.weights, mlp.biases, np.zeros(mlp.depth - 1), zeta)
     _check_x(X_calib, net.sizes[0], "X_calib")
     # the maxima only set window lengths (with margin zeta), so the network's own
     # precision is good enough here; exactness never depends on X_n
-    dtype = mlp.weights[0].dtype
-    x_max = np.zeros(mlp.depth - 1)
-    for s in range(0, len(X_calib), batch_size):
-        h = X_calib[s:s + batch_size].astype(dtype)
-        for l, (w, b) in enumerate(zip(mlp.weights[:-1], mlp.biases[:-1])):
-            h = np.maximum(h @ w.T + b, 0)
-            x_max[l] = max(x_max[l], float(h.max()))
+    x_max = calibration_maxima(mlp, X_calib)
     info = {"mapping": "b1", "n_calibration": int(len(X_calib))}
     info.update(meta or {})
     return TTFSNetwork(mlp.weights, mlp.biases, x_max, zeta, meta=info)
@@ -457,7 +478,7 @@ def operation_counts(net, X, n_threads=None, result=None):
 def exactness_report(net, X, result=None, n_threads=None):
     """Max absolute / relative error of SNN activations against the float64 ReLU net.
 
-    Relative error of a layer = max |x_SNN - x_ReLU| / max |x_ReLU|. Hidden layers use the
+    Relative error of a layer = ``max |x_SNN - x_ReLU| / max |x_ReLU|``. Hidden layers use the
     decoded activations ``t_max - t`` of the event-driven simulation, the output layer the
     potentials at ``t_min(N)``. ``single_layer`` is layer 1 (fed by the exact input).
     """
@@ -480,7 +501,7 @@ def exactness_report(net, X, result=None, n_threads=None):
 
 # ---------------------------------------------------------------------- seed v1
 def seed_v1_forward(net, X, t_out_max=15.0):
-    """The seed's per-sample renormalised conversion (spec §4), kept to show its drop.
+    """A per-sample renormalised conversion (an inexact variant), kept to show its drop.
 
     Every layer (output included), per image: ``s = max h - min h``,
     ``t_in = 1 - (h - min h)/s``, ``t_out = min((V + t_in W^T)/(alpha + sum W), 15)`` with
@@ -538,33 +559,30 @@ def save(net, path, results=None, stats=None):
     (``W1..``, ``b1..``), ``windows`` (``t_min``, ``t_max``, ``delta``, ``x_max``),
     ``thresholds`` (``theta1..``), ``stats``.
     """
-    import h5py
-
     from . import __version__
     path = Path(path)
-    with atomic_path(path, suffix=".h5.tmp") as tmp:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["snnfast_format"] = FORMAT
-            f.attrs["snnfast_version"] = __version__
-            f.attrs["zeta"] = net.zeta
-            f.attrs["tau_c"] = TAU_C
-            f.attrs["depth"] = net.depth
-            f.attrs["meta"] = json.dumps(net.meta)
-            f.attrs["results"] = json.dumps(results or {})
-            g = f.create_group("relu")
-            for l, (w, b) in enumerate(zip(net.weights, net.biases), 1):
-                g.create_dataset(f"W{l}", data=w)
-                g.create_dataset(f"b{l}", data=b)
-            g = f.create_group("windows")
-            for name, v in (("t_min", net.t_min), ("t_max", net.t_max),
-                            ("delta", net.deltas), ("x_max", net.x_max)):
-                g.create_dataset(name, data=v)
-            g = f.create_group("thresholds")
-            for l, th in enumerate(net.thresholds, 1):
-                g.create_dataset(f"theta{l}", data=th)
-            g = f.create_group("stats")
-            for k, v in (stats or {}).items():
-                g.create_dataset(k, data=np.asarray(v))
+    with atomic_h5(path) as f:
+        f.attrs["snnfast_format"] = FORMAT
+        f.attrs["snnfast_version"] = __version__
+        f.attrs["zeta"] = net.zeta
+        f.attrs["tau_c"] = TAU_C
+        f.attrs["depth"] = net.depth
+        f.attrs["meta"] = json.dumps(net.meta)
+        f.attrs["results"] = json.dumps(results or {})
+        g = f.create_group("relu")
+        for l, (w, b) in enumerate(zip(net.weights, net.biases), 1):
+            g.create_dataset(f"W{l}", data=w)
+            g.create_dataset(f"b{l}", data=b)
+        g = f.create_group("windows")
+        for name, v in (("t_min", net.t_min), ("t_max", net.t_max),
+                        ("delta", net.deltas), ("x_max", net.x_max)):
+            g.create_dataset(name, data=v)
+        g = f.create_group("thresholds")
+        for l, th in enumerate(net.thresholds, 1):
+            g.create_dataset(f"theta{l}", data=th)
+        g = f.create_group("stats")
+        for k, v in (stats or {}).items():
+            g.create_dataset(k, data=np.asarray(v))
     return path
 
 

@@ -125,3 +125,38 @@ def test_peer_networks_use_snnfasts_neuron(peer):
             want = _lif_reference(x.astype(np.float64), reset)
             assert want.sum() > 20
             assert np.array_equal(np.array(got), want), (peer, reset)
+
+
+@pytest.mark.skipif(not BENCH.is_dir(), reason="bench/ is not shipped with this install")
+def test_nir_runtime_script_reports_both_summation_modes(tmp_path):
+    out = tmp_path / "nir.json"
+    r = subprocess.run([sys.executable, str(BENCH / "nir_runtime.py"), "--batch", "2", "--steps",
+                        "3", "--repeats", "2", "--json", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(out.read_text())["batches"]["2"]
+    for mode in ("ordered", "blas"):
+        times = d[mode]["times_s"]
+        assert len(times) == 2 and d[mode]["samples_per_s"] == pytest.approx(2 / (sum(times) / 2))
+        assert f"sums={mode}" in r.stdout
+
+
+def test_engine_bench_reports_paired_ratios(tmp_path):
+    out = tmp_path / "engine.json"
+    r = subprocess.run([sys.executable, str(BENCH / "engine.py"), "--images", "16",
+                        "--ref-images", "4", "--batch", "8", "--repeats", "2", "--threads", "1",
+                        "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(out.read_text())
+    assert d["threads"] == 1 and "threads 1" in r.stdout
+    assert d["default"]["same_logits"] is True           # engine == tuned kernels, checked
+    for key, other in (("vs_tuned", "tuned"), ("vs_reference", "reference")):
+        res = d["default"][key]
+        runs = res[f"engine/{other}"]["runs"]
+        e, o = res["engine"], res[other]
+        for i, ratio in enumerate(runs):   # each ratio: img/s of one round's two runs
+            expect = (e["n_images"] / e["times_s"][i]) / (o["n_images"] / o["times_s"][i])
+            assert math.isclose(ratio, expect, rel_tol=1e-12)
+        assert e["n_images"] == 16 and o["n_images"] == (16 if other == "tuned" else 4)
+    assert set(d["deep_cnn"]["rates"]) == {"input", "lif1", "lif2", "hidden"}
+    assert "[deep_cnn] engine" in r.stdout and "0.95x the tuned" in r.stdout

@@ -50,21 +50,34 @@ def test_show_config_cli():
 _WAIT_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
 
 
+def test_import_leaves_the_environment_alone():
+    # a library must not change the OpenMP settings of the process and its children
+    import os
+    env = {k: v for k, v in os.environ.items() if k not in _WAIT_VARS}
+    code = ("import os; before = dict(os.environ); import snnfast, snnfast.convsnn; "
+            "snnfast.effective_n_threads(); print(dict(os.environ) == before)")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True).stdout.strip()
+    assert out == "True"
+
+
 @pytest.mark.parametrize("user_env,expect", [
     ({}, (None, "100000", "3")),
     ({"OMP_WAIT_POLICY": "PASSIVE"}, ("PASSIVE", None, None)),
     ({"GOMP_SPINCOUNT": "7"}, (None, "7", "3")),
     ({"KMP_BLOCKTIME": "0"}, (None, "100000", "0")),
 ])
-def test_openmp_wait_default_yields_to_the_user(user_env, expect):
-    # workers spin briefly by default (see snnfast/__init__.py); the user's setting wins
+def test_cli_openmp_wait_default_yields_to_the_user(monkeypatch, user_env, expect):
+    # the command-line tools let workers spin briefly (see snnfast._cli); the user's setting wins
     import os
-    env = {k: v for k, v in os.environ.items() if k not in _WAIT_VARS}
-    env.update(user_env)
-    code = f"import os, snnfast; print([os.environ.get(k) for k in {_WAIT_VARS!r}])"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                         text=True, check=True).stdout.strip()
-    assert out == str(list(expect))
+    from snnfast._cli import openmp_wait_defaults
+    for k in _WAIT_VARS:
+        monkeypatch.setenv(k, "")       # recorded, so that teardown restores what was there
+        monkeypatch.delenv(k)
+    for k, v in user_env.items():
+        monkeypatch.setenv(k, v)
+    openmp_wait_defaults()
+    assert tuple(os.environ.get(k) for k in _WAIT_VARS) == expect
 
 
 def _cpus():

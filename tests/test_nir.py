@@ -90,6 +90,19 @@ def nir_file(nir_model, tmp_path_factory):
     return path
 
 
+def _simulate(graph, s_in, dt=1e-4):
+    """``graph`` run by the NIR runtime (forward Euler, reset to v_reset, ordered sums) on the
+    input spikes (B, T, 784): each LIF node's spikes, every other node's output per step and
+    the Output (the read-out's state) after the last step."""
+    from snnfast import nir as snir
+    s_in = np.asarray(s_in)
+    B, T = s_in.shape[:2]
+    outs, tr = snir.run(graph, s_in.reshape(B, T, *_IN_SHAPE), dt=dt, trace="all")
+    return {"spikes": {k: v["z"].astype(np.uint8) for k, v in tr.items() if "z" in v},
+            "outputs": {k: v["y"] for k, v in tr.items() if "y" in v},
+            "output": outs["output"][:, -1]}
+
+
 def _reference(model, images):
     """Contract-order forward (snnfast.convsnn_numpy, exact sums) with the spike trains."""
     return cn.forward(model.params, images, np.arange(len(images)), cn.EVAL_EPOCH, model.config,
@@ -167,7 +180,7 @@ def test_simulated_graph_reproduces_model_spikes(nir_model, nir_file):
     """The NIR graph, simulated from the file alone, gives the model's spikes bit for bit."""
     imgs = _images(4)
     ref = _reference(nir_model, imgs)
-    sim = ne.simulate_graph(nir.read(nir_file), ref["s_in"], record=True)
+    sim = _simulate(nir.read(nir_file), ref["s_in"])
     zc = sim["spikes"]["conv_lif"].reshape(4, 10, 2304)
     zh = sim["spikes"]["hidden_lif"]
     # the currents, not only the spikes, are bitwise those of the contract's float32 order
@@ -216,7 +229,7 @@ def test_fold_gain_power_of_two_is_exact(tmp_path):
         assert np.array_equal(params[k], v), k
     imgs = _images(3, seed=5)
     ref = _reference(model, imgs)
-    sim = ne.simulate_graph(g, ref["s_in"])
+    sim = _simulate(g, ref["s_in"])
     assert ref["z_c"].any() and ref["z_h"].any()
     assert np.array_equal(sim["spikes"]["conv_lif"].reshape(3, 10, -1), ref["z_c"])
     assert np.array_equal(sim["spikes"]["hidden_lif"], ref["z_h"])
@@ -301,6 +314,9 @@ def _set(node, **kw):
         setattr(node, k, v)
 
 
+_MISMATCH = r"shape mismatch on edge \('conv', 'conv_lif'\)"
+
+
 def _mutations():
     def v_leak(g):
         _set(g.nodes["hidden_lif"], v_leak=np.full(1024, 0.1))
@@ -357,7 +373,10 @@ def _mutations():
         g.nodes["island"] = nir.Scale(scale=np.ones(10))
 
     def cycle(g):
-        g.edges = list(g.edges) + [("output", "input")]
+        g.edges = list(g.edges) + [("hidden_lif", "hidden_lif")]      # a recurrent edge
+
+    def into_input(g):
+        g.edges = list(g.edges) + [("fc2", "input")]
 
     def nested(g):
         g.nodes["fc2"] = nir.NIRGraph(nodes={}, edges=[], type_check=False)
@@ -370,11 +389,13 @@ def _mutations():
     return [("v_leak", v_leak, "v_leak"), ("v_reset", v_reset, "v_reset"),
             ("thr", thr_nonuniform, "non-uniform v_threshold"), ("tau", tau_nonuniform, "non-uniform tau"),
             ("gain", gain_within_channel, "within a channel"), ("tau<dt", tau_below_dt, "negative decay"),
-            ("stride", stride, "stride"), ("padding", padding, "padding"),
-            ("conv_shape", conv_shape, r"shape \(16, 1, 3, 3\)"), ("fc1_shape", fc1_shape, "weight has shape"),
+            ("stride", stride, _MISMATCH), ("padding", padding, _MISMATCH),
+            ("conv_shape", conv_shape, _MISMATCH), ("fc1_shape", fc1_shape, r"'flatten' outputs \(2304,\)"),
             ("LI", li_readout, "topology"), ("LIF", lif_readout, "topology"),
-            ("missing", missing_node, "topology"), ("branch", branch, "more than one successor"),
-            ("island", unreachable, "not on the chain"), ("cycle", cycle, "cycle"),
+            ("missing", missing_node, r"edge \('conv_lif', 'fc1'\)"),
+            ("branch", branch, "more than one successor"),
+            ("island", unreachable, "'island' is not reachable"), ("cycle", cycle, "cycle"),
+            ("into_input", into_input, "leads into Input node"),
             ("nested", nested, "subgraph"), ("nan", nan_weight, "NaN")]
 
 
@@ -433,12 +454,12 @@ def test_bad_paths_and_types(tmp_path):
         ne.graph_to_spec(42)
 
 
-def test_simulate_graph_rejects_wrong_input(nir_file):
+def test_runtime_rejects_wrong_input(nir_file):
+    from snnfast import nir as snir
     g = _graph(nir_file)
-    with pytest.raises(ValueError, match="per-step shape"):
-        ne.simulate_graph(g, np.zeros((1, 10, 700), np.uint8))
-    with pytest.raises(ValueError, match=r"\(B, T"):
-        ne.simulate_graph(g, np.zeros(784, np.uint8))
+    for bad in (np.zeros((1, 10, 700), np.uint8), np.zeros(784, np.uint8)):
+        with pytest.raises(ValueError, match=r"must have shape \(N, T, 1, 28, 28\)"):
+            snir.run(g, bad, dt=1e-4)
 
 
 # ------------------------------------------------------------------------------- with ConvSNN
@@ -474,7 +495,7 @@ def test_convsnn_roundtrip_bit_for_bit(tmp_path):
     for key in ("input", "conv", "hidden", "logits"):
         assert np.array_equal(a[key], b[key]), key
     assert a["conv"].any() and a["hidden"].any()
-    sim = ne.simulate_graph(nir.read(path), a["input"])
+    sim = _simulate(nir.read(path), a["input"])
     assert np.array_equal(sim["spikes"]["conv_lif"].reshape(a["conv"].shape), a["conv"])
     assert np.array_equal(sim["spikes"]["hidden_lif"], a["hidden"])
     np.testing.assert_allclose(sim["output"], a["logits"], rtol=1e-5, atol=1e-5)
@@ -638,7 +659,7 @@ def test_snntorch_imports_spiking_part(nir_model, nir_file, fold_gain, tmp_path)
         ne.to_nir(nir_model, path, fold_gain=True)
     ref = _reference(nir_model, _images(4, seed=2))
     B, T = ref["s_in"].shape[:2]
-    sim = ne.simulate_graph(nir.read(nir_file), ref["s_in"], record=True)   # contract-order currents
+    sim = _simulate(nir.read(nir_file), ref["s_in"])   # contract-order currents
     out, lifs = _snntorch_run(path, ref["s_in"])
 
     for m in lifs.values():                     # the mapping read from snnTorch's importer
@@ -722,7 +743,7 @@ def test_cli_refuses_to_overwrite_the_input_model(tmp_path, capsys):
     for out in (src, tmp_path / "sub" / ".." / "model.h5", tmp_path / "link.h5"):
         assert export.main([str(src), str(out)]) == 2
         err = capsys.readouterr().err
-        assert err.startswith("error: ") and "is the input model" in err and err.count("\n") == 1
+        assert err.startswith("error: ") and "is the input file" in err and err.count("\n") == 1
     assert src.read_bytes() == raw
     assert ConvSNN.load(src).params.keys() == _params().keys()
     out = tmp_path / "out.nir"

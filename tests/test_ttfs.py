@@ -312,13 +312,25 @@ def test_batch_size_must_be_a_positive_integer(case, bs):
     m, net, x = case
     with pytest.raises(ValueError, match="batch_size"):
         net.simulate(x, batch_size=bs)
-    with pytest.raises(ValueError, match="batch_size"):
-        ttfs.convert(m, x, batch_size=bs)
 
 
-def test_batch_size_of_convert_does_not_change_the_windows(case):
+def test_calibration_of_a_set_is_the_maximum_over_its_blocks(case):
+    # Each fixed-size block goes through products of one shape, whatever the set's length:
+    # a block gives the same bits alone as inside the set, on any BLAS.
     m, net, _ = case
-    assert np.array_equal(ttfs.convert(m, _inputs(seed=2), batch_size=7).x_max, net.x_max)
+    x = _inputs(seed=2)
+    rows = ttfs.CALIBRATION_ROWS
+    assert len(x) > rows and len(x) % rows    # a full block and a padded last one
+    per_block = [ttfs.calibration_maxima(m, x[s:s + rows]) for s in range(0, len(x), rows)]
+    assert np.array_equal(np.max(per_block, axis=0), net.x_max)
+
+
+def test_calibration_maxima_are_the_largest_activations(case):
+    m, net, _ = case
+    x = _inputs(seed=2)
+    _, hidden = net.relu_forward(x)
+    want = np.array([h.max() for h in hidden])
+    np.testing.assert_allclose(net.x_max, want, rtol=1e-12, atol=0)
 
 
 def test_dt_too_small_for_the_clock_grid_is_refused(case):

@@ -11,12 +11,11 @@ Usage::
 Writes to ``--out``: ``ttfs_results.json`` (all tables, atomic), ``ttfs_L<depth>.h5``
 (each converted network with its windows, thresholds and spike statistics) and PNG
 figures. ``--arch cnn`` (train the built-in ReLU CNN) and ``--model`` (an ONNX or ``.npz``
-ReLU network) take the CNN path, :mod:`snnfast.convert_cnn`. Trainings run in parallel processes with one BLAS thread each, so the trained
-networks do not depend on ``--threads``. Windows are calibrated on the training set only;
+ReLU network) take the CNN path, :mod:`snnfast.convert_cnn`. Trainings run in parallel joblib
+processes with one BLAS thread each, so the trained networks do not depend on ``--threads``. Windows are calibrated on the training set only;
 every reported figure is measured on the full test set.
 """
 import argparse
-import contextlib
 import sys
 import time
 from pathlib import Path
@@ -151,93 +150,39 @@ def _load_data(a):
             "test_u8": xte_u8[:n_te], "ytest": yte[:n_te].astype(np.int64)}
 
 
-def _train_one(job):
-    """Worker: train one depth with one BLAS thread (deterministic for a given seed)."""
-    from .datasets import load, train_val_split
+def _train_one(depth, cfg, x_u8, y, tr, va):
+    """Train one depth with one BLAS thread (deterministic for a given seed).
+
+    Runs in a joblib worker process; ``x_u8`` (the training images, uint8) reaches it as a
+    memory map, not a copy per worker."""
     from .mlp import make_mlp, preprocess, train_mlp
-    depth, cfg, queue = job
-    x_u8, y = load("mnist", "train")
-    x = preprocess(x_u8[:cfg["n_train"]])
-    y = y[:cfg["n_train"]].astype(np.int64)
-    tr, va = train_val_split(cfg["n_train"], cfg["n_val"], cfg["seed"])
+    x = preprocess(x_u8)
     mlp = make_mlp(depth, width=cfg["width"], seed=cfg["seed"] * 1000 + depth)
-    cb = (lambda h: queue.put((depth, h))) if queue is not None else None
     t0 = time.perf_counter()
     info = train_mlp(mlp, x[tr], y[tr], x[va], y[va], epochs=cfg["epochs"],
-                     patience=cfg["patience"], seed=cfg["seed"] * 1000 + depth, n_threads=1,
-                     callback=cb)
+                     patience=cfg["patience"], seed=cfg["seed"] * 1000 + depth, n_threads=1)
     info["train_seconds"] = time.perf_counter() - t0
     return depth, mlp.weights, mlp.biases, info
 
 
-def _ignore_sigint():
-    """Worker initializer: Ctrl-C (sent to the whole process group) is the parent's to
-    handle; a worker would print its own traceback."""
-    import signal
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-@contextlib.contextmanager
-def _stopping_workers(ex):
-    """On an exception (Ctrl-C) in the block, end the workers of the executor ``ex`` at
-    once instead of waiting for their trainings to finish."""
-    try:
-        yield
-    except BaseException:
-        for proc in list((getattr(ex, "_processes", None) or {}).values()):
-            proc.terminate()
-        ex.shutdown(wait=True, cancel_futures=True)
-        raise
-
-
 def _train_all(a, data, n_threads, progress):
-    """Train every depth; in parallel processes (largest first) when threads allow."""
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
+    """Train every depth: in ``min(n_threads, depths)`` joblib processes (largest depth
+    first), or in this process for one thread. Each training uses one BLAS thread, so the
+    networks are the same for any ``n_threads``."""
+    from joblib import Parallel, delayed
     from tqdm.auto import tqdm
 
     from .mlp import MLP
-    cfg = {"n_train": len(data["train_u8"]), "n_val": a.n_val, "seed": a.seed,
-           "width": a.width, "epochs": a.epochs, "patience": a.patience}
+    cfg = {"seed": a.seed, "width": a.width, "epochs": a.epochs, "patience": a.patience}
     depths = sorted(set(a.depths), reverse=True)
-    bar = tqdm(total=a.epochs * len(depths), desc="training (epochs)", disable=not progress)
+    bar = tqdm(total=len(depths), desc="training (networks)", disable=not progress)
     out = {}
-    workers = min(n_threads, len(depths))
-    if workers <= 1:
-        for d in depths:
-            r = _train_one((d, cfg, None))
-            out[d] = r
-            bar.update(a.epochs)
-    else:
-        from multiprocessing.managers import SyncManager
-        ctx = mp.get_context("spawn")  # no fork after BLAS threads exist
-        manager = SyncManager(ctx=ctx)
-        manager.start(_ignore_sigint)
-        with manager:
-            queue = manager.Queue()
-            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
-                                     initializer=_ignore_sigint) as ex, _stopping_workers(ex):
-                futs = [ex.submit(_train_one, (d, cfg, queue)) for d in depths]
-                pending = set(futs)
-                seen = {d: 0 for d in depths}
-                while pending:
-                    done = {f for f in pending if f.done()}
-                    for f in done:
-                        d = f.result()[0]
-                        out[d] = f.result()
-                        bar.update(a.epochs - seen[d])
-                        seen[d] = a.epochs
-                    pending -= done
-                    while not queue.empty():
-                        d, h = queue.get()
-                        if seen[d] < a.epochs:
-                            seen[d] += 1
-                            bar.update(1)
-                            bar.set_postfix(L=d, val=f"{h['val_acc']:.4f}")
-                    time.sleep(0.2)
-                for f in as_completed(futs):
-                    f.result()
+    jobs = (delayed(_train_one)(d, cfg, data["train_u8"], data["ytrain"], data["tr_idx"],
+                                data["va_idx"]) for d in depths)
+    for r in Parallel(n_jobs=min(n_threads, len(depths)), return_as="generator_unordered")(jobs):
+        out[r[0]] = r
+        bar.update(1)
+        bar.set_postfix(L=r[0], val=f"{r[3]['best_val_acc']:.4f}")
     bar.close()
     return {d: (MLP(w, b), info) for d, (_, w, b, info) in out.items()}
 

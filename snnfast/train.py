@@ -3,7 +3,7 @@
     python -m snnfast.train [--preset seed|default|nir] [--epochs N] [--batch-size B] [--lr LR]
                             [--threads N] [--seed S] [--dataset mnist|fashion-mnist]
                             [--data-dir D] [--val-size N] [--out RUN_DIR] [--resume]
-                            [--reseeded-noise]
+                            [--reseeded-noise] [--set FIELD=VALUE ...]
 
 Writes into the run directory (default ``runs/<preset>[-reseeded]-<dataset>-<seed>``):
 ``model.h5`` (best-validation weights + metrics), ``checkpoint.h5`` (after every epoch and
@@ -62,6 +62,10 @@ def build_parser():
                    help="--preset seed only: the reference code's quirk of drawing the "
                         "stochastic input spikes from a generator re-seeded with 42 on every "
                         "forward pass, so every batch position sees the same noise")
+    p.add_argument("--set", dest="overrides", metavar="FIELD=VALUE", type=config_override,
+                   action="append", default=[],
+                   help="set any ConvSNNConfig field, e.g. --set thr_h=0.7 --set T=8 "
+                        "(repeatable; used by python -m snnfast.sweep)")
     p.add_argument("--backend", choices=("kernels", "numpy"), default="kernels",
                    help=argparse.SUPPRESS)
     p.add_argument("--limit-train", type=positive_int, default=None, help=argparse.SUPPRESS)
@@ -70,6 +74,36 @@ def build_parser():
     p.add_argument("--no-plots", action="store_true", help="skip the training report plots")
     p.add_argument("--synthetic", type=positive_int, default=None, help=argparse.SUPPRESS)
     return p
+
+
+def config_override(text):
+    """An argparse ``type`` for ``--set FIELD=VALUE``: ``(field, value)``, the value read as
+    JSON (``8``, ``0.7``, ``true``) or else kept as a string (``reset_h=zero``)."""
+    import json
+    field, sep, raw = text.partition("=")
+    if not sep or not field.strip():
+        raise argparse.ArgumentTypeError(f"expected FIELD=VALUE, got {text!r}")
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw
+    return field.strip(), value
+
+
+def _config_overrides(parser, args):
+    """The ConvSNNConfig overrides of the flags and of ``--set`` (a field given twice is an
+    error: which value would win is not obvious)."""
+    overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size),
+                                   ("lr", args.lr), ("val_size", args.val_size),
+                                   ("reseeded_noise", args.reseeded_noise or None))
+                 if v is not None}
+    for field, value in args.overrides:
+        if field in ("preset", "seed"):
+            parser.error(f"--set {field}: use --{field}")
+        if field in overrides:
+            parser.error(f"--set {field}: {field} is given twice")
+        overrides[field] = value
+    return overrides
 
 
 def _load_data(args):
@@ -165,10 +199,7 @@ def main(argv=None):
 def _new_model(parser, args):
     """A fresh model for the command's options (parser.error for an invalid combination)."""
     from .convsnn import ConvSNN
-    overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size),
-                                   ("lr", args.lr), ("val_size", args.val_size),
-                                   ("reseeded_noise", args.reseeded_noise or None))
-                 if v is not None}
+    overrides = _config_overrides(parser, args)
     try:
         return ConvSNN(args.preset, seed=args.seed, n_threads=args.threads,
                        backend=args.backend, **overrides)
@@ -336,6 +367,11 @@ def _resume(parser, args, ckpt_path, model_path):
         if given is not None and given != saved:
             parser.error(f"--resume: {ckpt_path} was trained with {flag} {saved}; a resumed run "
                          f"keeps its settings (drop {flag} {given}, or start a new run)")
+    for field, value in args.overrides:
+        if getattr(c, field, None) != value:
+            parser.error(f"--resume: {ckpt_path} was trained with {field}="
+                         f"{getattr(c, field, None)!r}; a resumed run keeps its settings "
+                         f"(drop --set {field}={value!r}, or start a new run)")
     if model.epoch_ >= c.epochs and model_path.is_file():
         parser.error(f"--resume: the run in {ckpt_path.parent} is complete ({model.epoch_} of "
                      f"{c.epochs} epochs, {model_path.name} written); to train longer, start a "

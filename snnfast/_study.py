@@ -6,6 +6,7 @@ through an Optuna RDB storage; a heartbeat marks the trial of a killed worker as
 that trial is then run again with the same parameters, so a kill loses no finished trial.
 """
 import contextlib
+import datetime
 import json
 import os
 import socket
@@ -254,6 +255,12 @@ def _objective(optuna, spec, out, threads, n_trials):
     key, _ = OBJECTIVES[spec["study"]["objective"]]
 
     def objective(trial):
+        # A heartbeat of our own before anything else, then the worker's name: a trial that
+        # has a worker has a heartbeat, so the storage fails it once its worker is dead. (A
+        # worker killed before the heartbeat thread's first beat would leave a RUNNING trial
+        # that never goes stale; _fail_orphans takes those, which have no worker.)
+        trial.study._storage.record_heartbeat(trial._trial_id)
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         S = optuna.trial.TrialState
         ahead = [t for t in trial.study.get_trials(deepcopy=False)
                  if t.number < trial.number and (t.state in (S.COMPLETE, S.RUNNING) or
@@ -264,7 +271,6 @@ def _objective(optuna, spec, out, threads, n_trials):
         params = {n: _suggest(trial, n, p) for n, p in spec["params"].items()}
         run_dir = out / "trials" / f"trial-{trial.number:04d}"
         trial.set_user_attr("run_dir", str(run_dir))
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         argv = train_argv({**spec["train"], **params}, run_dir, threads)
         rc = _train_logged(trial, argv, run_dir)
         figs = run_figures(run_dir) if rc == 0 else None
@@ -300,6 +306,23 @@ def _train_logged(trial, argv, run_dir):
     return rc
 
 
+def _fail_orphans(optuna, study, grace):
+    """Fail the RUNNING trials whose worker died before the objective's first line.
+
+    Such a trial has no heartbeat, so Optuna never finds it stale, and it would keep the
+    study waiting for ever; it has no worker attribute either (the objective records a
+    heartbeat, then its worker, first thing). It ran nothing, so it is not retried. A live
+    worker gets past those two lines within milliseconds; ``grace`` is seconds.
+    """
+    S = optuna.trial.TrialState
+    now = datetime.datetime.now()
+    for t in study.get_trials(deepcopy=False, states=(S.RUNNING,)):
+        started = t.datetime_start
+        if ("worker" not in t.user_attrs and started is not None
+                and (now - started).total_seconds() > grace):
+            study._storage.set_trial_state_values(t._trial_id, S.FAIL)
+
+
 def work(optuna, study, spec, out, threads, n_trials, heartbeat):
     """Run trials until ``n_trials`` count as done; wait while others run the last ones (a
     dead worker's trial is failed by the heartbeat after its grace period, then retried)."""
@@ -307,6 +330,7 @@ def work(optuna, study, spec, out, threads, n_trials, heartbeat):
     objective = _objective(optuna, spec, out, threads, n_trials)
     while True:
         fail_stale_trials(study)
+        _fail_orphans(optuna, study, 3 * heartbeat)
         done, running = trial_counts(optuna, study)
         if done >= n_trials:
             return

@@ -275,3 +275,24 @@ def test_an_unusable_storage_is_a_one_line_error(tmp_path, capsys):
     assert sweep.main([str(_toml(tmp_path)), "--out", str(tmp_path / "o"), "--storage", url]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: cannot open the study storage {url}")
+
+
+def test_a_trial_orphaned_before_its_first_heartbeat_is_failed(tmp_path):
+    # Optuna never finds a RUNNING trial without a heartbeat stale: a worker killed between
+    # creating a trial and its first beat left the resumed study waiting for ever
+    import optuna
+
+    from snnfast import _study
+    S = optuna.trial.TrialState
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 's.db'}",
+                                         heartbeat_interval=1, grace_period=3)
+    study = optuna.create_study(storage=storage, directions=["maximize", "minimize"])
+    orphan = study.ask()            # RUNNING, no heartbeat, no worker: its process died
+    live = study.ask()
+    live.set_user_attr("worker", "host:1")
+    _study._fail_orphans(optuna, study, grace=3600)     # too young to be judged
+    assert [t.state for t in study.get_trials()] == [S.RUNNING, S.RUNNING]
+    time.sleep(0.05)
+    _study._fail_orphans(optuna, study, grace=0.01)
+    states = {t.number: t.state for t in study.get_trials()}
+    assert states == {orphan.number: S.FAIL, live.number: S.RUNNING}

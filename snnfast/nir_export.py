@@ -361,15 +361,7 @@ def convsnn_to_nir(model, path=None, dt=_DEFAULT_DT, fold_gain=False, peers=Fals
         meta["readout"] = ("rate: logits = mean over the T steps of node 'output' (fc2 of the "
                            "hidden spikes at each step)")
         meta["peers"] = True
-    edges = list(zip(order[:-1], order[1:]))
-    graph = nir.NIRGraph(nodes=nodes, edges=edges, metadata=meta, type_check=True)
-    if lost:
-        lines = "\n".join(f"  - {k}: {v}" for k, v in lost.items())
-        warnings.warn(f"NIR export of preset {cfg.get('preset', '?')!r} is not exact; NIR cannot "
-                      f"express:\n{lines}", NIRExportWarning, stacklevel=2)
-    if path is not None:
-        _write_graph(path, graph)
-    return graph
+    return _finish_graph(nodes, order, meta, lost, f"preset {cfg.get('preset', '?')!r}", path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -598,12 +590,21 @@ def network_to_nir(network, weights, path=None, dt=_DEFAULT_DT):
             "not_in_graph": {"input_encoder": json.dumps(network.to_dict()["encoder"])},
             "exact": not lost and not approx, "expressible": not lost,
             "inexpressible": dict(lost), "approximations": dict(approx)}
-    graph = nir.NIRGraph(nodes=dict(nodes), edges=list(zip(names[:-1], names[1:])),
-                         metadata=meta, type_check=True)
+    return _finish_graph(dict(nodes), names, meta, lost,
+                         f"network {network.name or '(unnamed)'!r}", path)
+
+
+def _finish_graph(nodes, order, meta, lost, what, path):
+    """The chain ``order`` of ``nodes`` as a checked NIR graph; warns (NIRExportWarning) with
+    what NIR cannot express of ``what`` and writes ``path`` (if given) atomically."""
+    import nir
+    graph = nir.NIRGraph(nodes=nodes, edges=list(zip(order[:-1], order[1:])), metadata=meta,
+                         type_check=True)
     if lost:
         lines = "\n".join(f"  - {k}: {v}" for k, v in lost.items())
-        warnings.warn(f"NIR export of network {network.name or '(unnamed)'!r} is not exact; "
-                      f"NIR cannot express:\n{lines}", NIRExportWarning, stacklevel=2)
+        # stacklevel 3: the warning names the caller of the exporter
+        warnings.warn(f"NIR export of {what} is not exact; NIR cannot express:\n{lines}",
+                      NIRExportWarning, stacklevel=3)
     if path is not None:
         _write_graph(path, graph)
     return graph

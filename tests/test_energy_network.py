@@ -1,12 +1,18 @@
 """snnfast.energy.from_network: NeuroBench counts of any Network, checked against a naive
 recount from the NumPy reference's spikes, and against from_convsnn on the default preset."""
+import os
+import sys
+
 import numpy as np
 import pytest
 
 from snnfast import energy
 from snnfast import reference as R
 from snnfast.network import (IF, LIF, Conv2d, Direct, Flatten, Hybrid, Linear, Network,
-                             RateReadout, SumPool2d, load_preset, save)
+                             RateReadout, SumPool2d, save)
+
+sys.path.insert(0, os.path.dirname(__file__))  # the shared cases sit beside this file
+from _cases import _preset_case  # noqa: E402
 
 f32 = np.float32
 
@@ -159,20 +165,11 @@ def test_direct_encoder_frames_count_as_macs():
     assert res_m["executed"]["MACs"] > res_m["layers"]["linear7"]["executed"]
 
 
-def _default_case(n=6):
-    net, _ = load_preset("default")
-    rng = np.random.default_rng(7)
-    w = {"conv.weight": rng.normal(0.05, 0.3, (16, 1, 5, 5)), "conv.bias": np.zeros(16),
-         "fc1.weight": rng.normal(0.0, 0.08, (2304, 1024)), "fc1.bias": np.full(1024, 0.05),
-         "fc2.weight": rng.normal(0.0, 0.1, (1024, 10)), "fc2.bias": np.zeros(10)}
-    w = {k: v.astype(f32) for k, v in w.items()}
-    X = ((rng.random((n, 1, 28, 28)) < 0.4) * rng.integers(0, 256, (n, 1, 28, 28)))
-    return net, w, X.astype(np.uint8)
 
 
 def test_default_preset_equals_from_convsnn():
     from snnfast.convsnn import _PARAM_KEYS, ConvSNN
-    net, w, X = _default_case()
+    net, w, X = _preset_case("default", n=6)
     model = ConvSNN(preset="default")
     model.set_params({k: w[v] for k, v in _PARAM_KEYS.items()})
     old = energy.from_convsnn(model, X[:, 0], batch_size=4)

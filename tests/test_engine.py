@@ -7,6 +7,8 @@
 (c) bad inputs and weights are refused with a one-line message.
 """
 import importlib
+import os
+import sys
 from unittest import mock
 
 import numpy as np
@@ -18,6 +20,9 @@ from snnfast import engine as E
 from snnfast import reference as R
 from snnfast.network import (IF, LIF, PRESET_NAMES, AvgPool2d, Conv2d, Direct, Flatten, Hybrid,
                              Linear, MaxPool2d, Network, RateReadout, SumPool2d, load_preset)
+
+sys.path.insert(0, os.path.dirname(__file__))  # the shared cases sit beside this file
+from _cases import _preset_case  # noqa: E402
 
 f32 = np.float32
 _F = importlib.import_module("snnfast.engine.forward")
@@ -157,17 +162,6 @@ def test_an_empty_batch_gives_empty_outputs():
 
 
 # ------------------------------------------------------------------------ (b) the presets
-def _preset_case(preset, n=12):
-    net, _ = load_preset(preset)
-    rng = np.random.default_rng(7)
-    # conv weights large enough that the conv layer spikes often (the hidden layer's drive
-    # then changes by fewer spikes than it has: the incremental form's case)
-    w = {"conv.weight": rng.normal(0.05, 0.3, (16, 1, 5, 5)), "conv.bias": np.zeros(16),
-         "fc1.weight": rng.normal(0.0, 0.08, (2304, 1024)), "fc1.bias": np.full(1024, 0.05),
-         "fc2.weight": rng.normal(0.0, 0.1, (1024, 10)), "fc2.bias": np.zeros(10)}
-    w = {k: v.astype(f32) for k, v in w.items()}
-    X = ((rng.random((n, 1, 28, 28)) < 0.4) * rng.integers(0, 256, (n, 1, 28, 28)))
-    return net, w, X.astype(np.uint8)
 
 
 @pytest.mark.parametrize("preset", PRESET_NAMES)

@@ -255,12 +255,13 @@ def _objective(optuna, spec, out, threads, n_trials):
     key, _ = OBJECTIVES[spec["study"]["objective"]]
 
     def objective(trial):
-        # A heartbeat of our own before anything else, then the worker's name: a trial that
-        # has a worker has a heartbeat, so the storage fails it once its worker is dead. (A
-        # worker killed before the heartbeat thread's first beat would leave a RUNNING trial
-        # that never goes stale; _fail_orphans takes those, which have no worker.)
+        # A heartbeat of our own before anything else, then a mark of it: a marked trial has a
+        # heartbeat, so the storage fails it once its worker is dead. (A worker killed before
+        # the heartbeat thread's first beat would leave a RUNNING trial that never goes
+        # stale; _fail_orphans takes those, which have no mark.) The mark is the trial's own
+        # number: a retried trial inherits the user attributes of the one it retries.
         trial.study._storage.record_heartbeat(trial._trial_id)
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        trial.set_user_attr("beat", trial.number)
         S = optuna.trial.TrialState
         ahead = [t for t in trial.study.get_trials(deepcopy=False)
                  if t.number < trial.number and (t.state in (S.COMPLETE, S.RUNNING) or
@@ -271,6 +272,7 @@ def _objective(optuna, spec, out, threads, n_trials):
         params = {n: _suggest(trial, n, p) for n, p in spec["params"].items()}
         run_dir = out / "trials" / f"trial-{trial.number:04d}"
         trial.set_user_attr("run_dir", str(run_dir))
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         argv = train_argv({**spec["train"], **params}, run_dir, threads)
         rc = _train_logged(trial, argv, run_dir)
         figs = run_figures(run_dir) if rc == 0 else None
@@ -310,15 +312,15 @@ def _fail_orphans(optuna, study, grace):
     """Fail the RUNNING trials whose worker died before the objective's first line.
 
     Such a trial has no heartbeat, so Optuna never finds it stale, and it would keep the
-    study waiting for ever; it has no worker attribute either (the objective records a
-    heartbeat, then its worker, first thing). It ran nothing, so it is not retried. A live
+    study waiting for ever; it has no ``beat`` mark of its own either (the objective records
+    a heartbeat, then the mark, first thing). It ran nothing, so it is not retried. A live
     worker gets past those two lines within milliseconds; ``grace`` is seconds.
     """
     S = optuna.trial.TrialState
     now = datetime.datetime.now()
     for t in study.get_trials(deepcopy=False, states=(S.RUNNING,)):
         started = t.datetime_start
-        if ("worker" not in t.user_attrs and started is not None
+        if (t.user_attrs.get("beat") != t.number and started is not None
                 and (now - started).total_seconds() > grace):
             study._storage.set_trial_state_values(t._trial_id, S.FAIL)
 

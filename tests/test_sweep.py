@@ -287,12 +287,14 @@ def test_a_trial_orphaned_before_its_first_heartbeat_is_failed(tmp_path):
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 's.db'}",
                                          heartbeat_interval=1, grace_period=3)
     study = optuna.create_study(storage=storage, directions=["maximize", "minimize"])
-    orphan = study.ask()            # RUNNING, no heartbeat, no worker: its process died
+    orphan = study.ask()            # RUNNING, no heartbeat, no mark: its process died
     live = study.ask()
-    live.set_user_attr("worker", "host:1")
+    live.set_user_attr("beat", live.number)
+    inherited = study.ask()         # a retry carries the mark of the trial it retries
+    inherited.set_user_attr("beat", orphan.number)
     _study._fail_orphans(optuna, study, grace=3600)     # too young to be judged
-    assert [t.state for t in study.get_trials()] == [S.RUNNING, S.RUNNING]
+    assert [t.state for t in study.get_trials()] == [S.RUNNING] * 3
     time.sleep(0.05)
     _study._fail_orphans(optuna, study, grace=0.01)
     states = {t.number: t.state for t in study.get_trials()}
-    assert states == {orphan.number: S.FAIL, live.number: S.RUNNING}
+    assert states == {orphan.number: S.FAIL, live.number: S.RUNNING, inherited.number: S.FAIL}

@@ -191,6 +191,27 @@ def _pct(x):
     return round(100.0 * float(x), 4)
 
 
+def result_fields(net, ops, r, r32, z, y_test, per):
+    """The result-row figures that an MLP and a CNN conversion share: accuracies (the ReLU
+    network's logits ``z``, the exact simulation ``r``, the float32 one ``r32``), spikes and
+    events from ``ops``, windows and saturation; ``per`` names the hidden units' level
+    ("layer" or "stage") in ``spikes_per_neuron_per_<per>``."""
+    relu_pred, snn_pred = np.argmax(z, axis=1), r.predictions
+    return {
+        "relu_acc": _pct(np.mean(relu_pred == y_test)), "snn_acc": _pct(np.mean(snn_pred == y_test)),
+        "agreement": _pct(np.mean(snn_pred == relu_pred)),
+        "float32_agreement": _pct(np.mean(r32.predictions == relu_pred)),
+        "float32_max_logit_err": float(np.abs(r32.logits - z).max()),
+        "spikes_per_hidden_neuron": ops["spikes_per_hidden_neuron"],
+        f"spikes_per_neuron_per_{per}": [h["spikes_per_neuron"] for h in ops["hidden"]],
+        "synaptic_events_per_image": ops["synaptic_events_per_image"],
+        "dense_macs": ops["dense_macs"],
+        "events_over_macs": ops["synaptic_events_per_image"] / ops["dense_macs"],
+        "latency": net.latency, "t_min": net.t_min.tolist(), "delta": net.deltas.tolist(),
+        "x_max_train": net.x_max.tolist(), "saturated_units": int(r.saturated.sum()),
+    }
+
+
 def _evaluate(net, x_test, y_test, a, n_threads, progress):
     """Exact simulation + ReLU reference + sweeps for one converted network."""
     from tqdm.auto import tqdm
@@ -201,29 +222,14 @@ def _evaluate(net, x_test, y_test, a, n_threads, progress):
     t0 = time.perf_counter()
     r = net.simulate(x_test, n_threads=n_threads)
     sim_s = time.perf_counter() - t0
-    snn_pred = r.predictions
     ops = operation_counts(net, x_test, result=r)
     exact = exactness_report(net, x_test, result=r)
     r32 = net.simulate(x_test.astype(np.float32), dtype=np.float32, record_times=False,
                        n_threads=n_threads)
-    row = {
-        "depth": net.depth, "relu_acc": _pct(np.mean(relu_pred == y_test)),
-        "snn_acc": _pct(np.mean(snn_pred == y_test)),
-        "agreement": _pct(np.mean(snn_pred == relu_pred)),
-        "max_abs_err_per_layer": [e["max_abs"] for e in exact["layers"]],
-        "spikes_per_hidden_neuron": ops["spikes_per_hidden_neuron"],
-        "spikes_per_neuron_per_layer": [h["spikes_per_neuron"] for h in ops["hidden"]],
-        "synaptic_events_per_image": ops["synaptic_events_per_image"],
-        "dense_macs": ops["dense_macs"],
-        "events_over_macs": ops["synaptic_events_per_image"] / ops["dense_macs"],
-        "latency": net.latency, "t_min": net.t_min.tolist(), "delta": net.deltas.tolist(),
-        "x_max_train": net.x_max.tolist(),
-        "saturated_units": int(r.saturated.sum()),
-        "saturated_per_layer": r.saturated.sum(axis=0).tolist(),
-        "float32_agreement": _pct(np.mean(r32.predictions == relu_pred)),
-        "float32_max_logit_err": float(np.abs(r32.logits - z).max()),
-        "sim_seconds_float64": sim_s, "operation_counts": ops, "exactness": exact,
-    }
+    row = {"depth": net.depth, **result_fields(net, ops, r, r32, z, y_test, "layer"),
+           "max_abs_err_per_layer": [e["max_abs"] for e in exact["layers"]],
+           "saturated_per_layer": r.saturated.sum(axis=0).tolist(),
+           "sim_seconds_float64": sim_s, "operation_counts": ops, "exactness": exact}
     row["drop"] = round(row["relu_acc"] - row["snn_acc"], 4)
     sweeps = {"time_bits": [], "dt": []}
     jobs = [("time_bits", k) for k in a.time_bits] + [("dt", d) for d in a.dt]

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ._utils import write_json
+from .convert import _pct, result_fields
 
 __all__ = ["run", "load_data"]
 
@@ -97,15 +98,10 @@ def _model(a, data, n_threads, progress):
     return cnn, info
 
 
-def _pct(x):
-    return round(100.0 * float(x), 4)
-
-
 def evaluate(net, x_test, y_test, n_threads):
     """All test-set figures of one converted network (see the module doc)."""
     from .ttfs_cnn import ConvSimResult, exactness_report, operation_counts
     z, _ = net.relu_forward(x_test)
-    relu_pred = np.argmax(z, axis=1)
     t0 = time.perf_counter()
     r = net.simulate(x_test, record_times=False, n_threads=n_threads)
     sim_s = time.perf_counter() - t0
@@ -128,25 +124,13 @@ def evaluate(net, x_test, y_test, n_threads):
             hist_times = rb.times if hist_times is None else \
                 [np.concatenate([p, q]) for p, q in zip(hist_times, rb.times)]
     ops = operation_counts(net, r)
-    snn_pred = r.predictions
-    row = {
-        "relu_acc": _pct(np.mean(relu_pred == y_test)), "snn_acc": _pct(np.mean(snn_pred == y_test)),
-        "agreement": _pct(np.mean(snn_pred == relu_pred)),
-        "max_abs_err_per_stage": errs, "max_abs_err": max(errs), "firing_sets_equal": firing_equal,
-        "float32_agreement": _pct(np.mean(r32.predictions == relu_pred)),
-        "float32_acc": _pct(np.mean(r32.predictions == y_test)),
-        "float32_max_logit_err": float(np.abs(r32.logits - z).max()),
-        "spikes_per_hidden_neuron": ops["spikes_per_hidden_neuron"],
-        "spikes_per_neuron_per_stage": [h["spikes_per_neuron"] for h in ops["hidden"]],
-        "synaptic_events_per_image": ops["synaptic_events_per_image"],
-        "dense_macs": ops["dense_macs"],
-        "events_over_macs": ops["synaptic_events_per_image"] / ops["dense_macs"],
-        "latency": net.latency, "t_min": net.t_min.tolist(), "delta": net.deltas.tolist(),
-        "x_max_train": net.x_max.tolist(), "saturated_units": int(r.saturated.sum()),
-        "n_test": int(len(x_test)), "n_threads": n_threads,
-        "sim_seconds_float64": sim_s, "sim_seconds_float32": sim32_s,
-        "operation_counts": ops,
-    }
+    row = {**result_fields(net, ops, r, r32, z, y_test, "stage"),
+           "max_abs_err_per_stage": errs, "max_abs_err": max(errs),
+           "firing_sets_equal": firing_equal,
+           "float32_acc": _pct(np.mean(r32.predictions == y_test)),
+           "n_test": int(len(x_test)), "n_threads": n_threads,
+           "sim_seconds_float64": sim_s, "sim_seconds_float32": sim32_s,
+           "operation_counts": ops}
     row["drop"] = round(row["relu_acc"] - row["snn_acc"], 4)
     hist = ConvSimResult(hist_times, r.logits[:HIST_IMAGES], r.spikes[:HIST_IMAGES],
                          r.events[:HIST_IMAGES], r.saturated[:HIST_IMAGES], net.t_max.copy())

@@ -1,7 +1,9 @@
-"""Shared test inputs: a preset's description with random weights and images."""
+"""Shared test inputs: a small description of every kind of layer, and a preset's description
+with random weights and images."""
 import numpy as np
 
-from snnfast.network import load_preset
+from snnfast.network import (IF, LIF, Conv2d, Flatten, Hybrid, Linear, Network, RateReadout,
+                             SumPool2d, load_preset)
 
 f32 = np.float32
 
@@ -17,3 +19,13 @@ def _preset_case(preset, n=12):
     w = {k: v.astype(f32) for k, v in w.items()}
     X = ((rng.random((n, 1, 28, 28)) < 0.4) * rng.integers(0, 256, (n, 1, 28, 28)))
     return net, w, X.astype(np.uint8)
+
+
+def small_network():
+    """A small description with a conv, both neuron kinds, a pool, a bias-free layer and a
+    layer after the read-out."""
+    return Network((2, 9, 7), [Conv2d(out_channels=4, kernel_size=3, stride=2, padding=1),
+                               LIF(name="l1"), SumPool2d(2), Flatten(),
+                               Linear(out_features=5, bias=False), IF(period=2, phase=1),
+                               RateReadout(norm="steps"), Linear(out_features=3)],
+                   encoder=Hybrid(T=4, n_det=2), name="small")

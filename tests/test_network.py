@@ -2,6 +2,8 @@
 import copy
 import dataclasses
 import json
+import os
+import sys
 
 import pytest
 
@@ -10,18 +12,15 @@ from snnfast.network import (IF, LIF, PRESET_NAMES, AvgPool2d, ConfigError, Conv
                              Flatten, Hybrid, Linear, MaxPool2d, Network, RateReadout, SumPool2d,
                              load_preset, preset_path, read_description)
 
+sys.path.insert(0, os.path.dirname(__file__))  # the shared cases sit beside this file
+from _cases import small_network  # noqa: E402
 
-def _small():
-    return Network((2, 9, 7), [Conv2d(out_channels=4, kernel_size=3, stride=2, padding=1),
-                               LIF(name="l1"), SumPool2d(2), Flatten(),
-                               Linear(out_features=5, bias=False), IF(period=2, phase=1),
-                               RateReadout(norm="steps"), Linear(out_features=3)],
-                   encoder=Hybrid(T=4, n_det=2), name="small")
+
 
 
 # ------------------------------------------------------------------------ shapes
 def test_shape_inference_and_parameter_shapes():
-    net = _small()
+    net = small_network()
     # conv: floor((9 + 2 - 3) / 2) + 1 = 5, floor((7 + 2 - 3) / 2) + 1 = 4; pool 2: 2 x 2
     assert net.shapes == [(4, 5, 4), (4, 5, 4), (4, 2, 2), (16,), (5,), (5,), (5,), (3,)]
     assert net.param_shapes() == {"conv2d0.weight": (4, 2, 3, 3), "conv2d0.bias": (4,),
@@ -49,7 +48,7 @@ def test_layer_output_shapes(layer, shape, out):
 
 
 def test_round_trip_dict_json_toml(tmp_path):
-    net = _small()
+    net = small_network()
     assert Network.from_dict(json.loads(json.dumps(net.to_dict()))) == net
     path = tmp_path / "net.json"
     net.to_json(path)

@@ -1,20 +1,18 @@
 """HDF5 files of any Network (format "network-1"): round trip, digests, refusals."""
 import json
+import os
+import sys
 
 import h5py
 import numpy as np
 import pytest
 
-from snnfast.network import (IF, LIF, Conv2d, Flatten, Hybrid, Linear, Network, RateReadout,
-                             SumPool2d, is_network_file, load, load_preset, save)
+from snnfast.network import Network, is_network_file, load, load_preset, save
+
+sys.path.insert(0, os.path.dirname(__file__))  # the shared cases sit beside this file
+from _cases import small_network  # noqa: E402
 
 
-def _net():
-    return Network((2, 9, 7), [Conv2d(out_channels=4, kernel_size=3, stride=2, padding=1),
-                               LIF(name="l1"), SumPool2d(2), Flatten(),
-                               Linear(out_features=5, bias=False), IF(period=2, phase=1),
-                               RateReadout(norm="steps"), Linear(out_features=3)],
-                   encoder=Hybrid(T=4, n_det=2), name="small")
 
 
 def _weights(net, seed=0):
@@ -23,7 +21,7 @@ def _weights(net, seed=0):
 
 
 def test_round_trip_is_exact(tmp_path):
-    net, w = _net(), _weights(_net())
+    net, w = small_network(), _weights(small_network())
     path = tmp_path / "net.h5"
     save(path, net, w, metadata={"acc": np.float32(0.5), "note": "x"})
     assert is_network_file(path)
@@ -55,7 +53,7 @@ def _flip_one_byte(path, array_bytes):
 
 
 def test_flipped_byte_is_refused(tmp_path):
-    net, w = _net(), _weights(_net())
+    net, w = small_network(), _weights(small_network())
     path = tmp_path / "net.h5"
     save(path, net, w)
     _flip_one_byte(path, w["linear4.weight"].tobytes())
@@ -64,7 +62,7 @@ def test_flipped_byte_is_refused(tmp_path):
 
 
 def test_missing_digest_and_missing_array_refused(tmp_path):
-    net, w = _net(), _weights(_net())
+    net, w = small_network(), _weights(small_network())
     path = tmp_path / "net.h5"
     save(path, net, w)
     with h5py.File(path, "a") as f:
@@ -80,7 +78,7 @@ def test_missing_digest_and_missing_array_refused(tmp_path):
 
 
 def test_truncated_foreign_and_missing_files_refused(tmp_path):
-    net, w = _net(), _weights(_net())
+    net, w = small_network(), _weights(small_network())
     path = tmp_path / "net.h5"
     save(path, net, w)
     raw = path.read_bytes()
@@ -102,7 +100,7 @@ def test_truncated_foreign_and_missing_files_refused(tmp_path):
 
 
 def test_bad_description_in_file_refused(tmp_path):
-    net, w = _net(), _weights(_net())
+    net, w = small_network(), _weights(small_network())
     path = tmp_path / "net.h5"
     save(path, net, w)
     with h5py.File(path, "a") as f:
@@ -114,7 +112,7 @@ def test_bad_description_in_file_refused(tmp_path):
 
 
 def test_save_refuses_bad_weights_and_writes_nothing(tmp_path):
-    net, w = _net(), _weights(_net())
+    net, w = small_network(), _weights(small_network())
     path = tmp_path / "net.h5"
     bad = dict(w, **{"linear4.weight": np.zeros((3, 3), np.float32)})
     with pytest.raises(ValueError, match="linear4.weight must have shape"):
@@ -132,7 +130,7 @@ def test_save_refuses_bad_weights_and_writes_nothing(tmp_path):
 
 
 def test_save_is_atomic_over_an_old_file(tmp_path):
-    net, w = _net(), _weights(_net())
+    net, w = small_network(), _weights(small_network())
     path = tmp_path / "net.h5"
     save(path, net, w, metadata={"v": 1})
     with pytest.raises(ValueError):

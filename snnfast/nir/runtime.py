@@ -7,18 +7,20 @@ every operation are documented in ``docs/nir-runtime.rst``.
 import numpy as np
 
 from ..reference import linear, pool2d
+from .compiled import run_compiled, unsupported
 from .graph import Graph, load
 
-__all__ = ["run", "read_inputs", "INTEGRATORS", "RESETS", "SUMS"]
+__all__ = ["run", "read_inputs", "choose_backend", "INTEGRATORS", "RESETS", "SUMS", "BACKENDS"]
 
 INTEGRATORS = ("euler", "exact")
 RESETS = ("zero", "subtract")
 SUMS = ("ordered", "blas")
+BACKENDS = ("auto", "compiled", "numpy")
 f32 = np.float32
 
 
 def run(net, x, dt=None, trace=None, integrator="euler", reset="zero", sums="ordered",
-        monitor=None):
+        monitor=None, backend="auto", n_threads=None):
     """Run a NIR graph on a batch of input sequences.
 
     Parameters
@@ -49,6 +51,16 @@ def run(net, x, dt=None, trace=None, integrator="euler", reset="zero", sums="ord
         whole traces); ``info`` holds ``"inputs"`` and ``"outputs"`` (``{node: (N, *shape)}``
         of that step, every node) and ``"states"`` (``{node: {"v": ..., "i": ...}}``, neuron
         nodes, after the step). The arrays are not modified later: references may be kept.
+        NumPy backend only.
+    backend : {"auto", "compiled", "numpy"}
+        "compiled" runs the graph in C (``snnfast.nir.compiled``: every sample's whole run in
+        one call, OpenMP over samples, event-driven Conv/Affine) with the float32 results of
+        ``sums="ordered"`` bit for bit; "numpy" steps it in NumPy; "auto" (default) takes
+        "compiled" when it can run the graph and the options (see :func:`choose_backend`),
+        else "numpy".
+    n_threads : int, optional
+        Threads of the compiled backend (:func:`snnfast.effective_n_threads`); the results
+        do not depend on it.
 
     Returns
     -------
@@ -64,17 +76,25 @@ def run(net, x, dt=None, trace=None, integrator="euler", reset="zero", sums="ord
     ------
     ValueError
         One line naming what is wrong: a missing or bad ``dt``, inputs of the wrong shape or
-        with non-finite values, a parameter the chosen integrator cannot use.
+        with non-finite values, a parameter the chosen integrator cannot use, a graph or an
+        option ``backend="compiled"`` cannot run.
     """
     graph = net if isinstance(net, Graph) else load(net)
     dt = _check_dt(dt, graph)
     for opt, val, allowed in (("integrator", integrator, INTEGRATORS), ("reset", reset, RESETS),
-                              ("sums", sums, SUMS)):
+                              ("sums", sums, SUMS), ("backend", backend, BACKENDS)):
         if val not in allowed:
             raise ValueError(f"{opt} must be one of {', '.join(map(repr, allowed))}, got {val!r}")
     xs = _check_inputs(graph, x)
-    N, T = next(iter(xs.values())).shape[:2]
     names = _trace_names(graph, trace)
+    if choose_backend(graph, backend, sums=sums, monitor=monitor) == "compiled":
+        # coefficients first: the same ValueError (e.g. Euler with tau < dt) as NumPy's
+        for k in graph.order:
+            _stepper(graph.nodes[k], dt, integrator, reset, sums, 0)
+        outs, rec, _ = run_compiled(graph, xs, dt, integrator, reset, names,
+                                    n_threads=n_threads)
+        return (outs, rec) if trace is not None else outs
+    N, T = next(iter(xs.values())).shape[:2]
     steps = {k: _stepper(graph.nodes[k], dt, integrator, reset, sums, N)
              for k in graph.order}
     outs = {k: np.zeros((N, T) + graph.nodes[k].out_shape, f32) for k in graph.outputs}
@@ -100,6 +120,29 @@ def run(net, x, dt=None, trace=None, integrator="euler", reset="zero", sums="ord
                                    if isinstance(s, _Neuron)}})
         prev = cur
     return (outs, rec) if trace is not None else outs
+
+
+def choose_backend(graph, backend="auto", sums="ordered", monitor=None):
+    """The backend :func:`run` uses: "compiled" or "numpy".
+
+    "auto" takes "compiled" unless the graph has a node or edge it cannot run (cycles,
+    Delay, batched Affine weights, the extension not built), ``sums="blas"`` (the NumPy
+    backend's matrix products) or a ``monitor`` (a Python call per step) is asked for.
+    ``backend="compiled"`` then raises ValueError naming the reason.
+    """
+    if backend == "numpy":
+        return "numpy"
+    why = unsupported(graph)
+    if why is None and sums != "ordered":
+        why = (f"sums={sums!r} is the NumPy backend's matrix-product order (the compiled "
+               "backend adds in the 'ordered' order)")
+    if why is None and monitor is not None:
+        why = "a monitor is called per step in Python (NumPy backend only)"
+    if why is None:
+        return "compiled"
+    if backend == "compiled":
+        raise ValueError(f"backend='compiled' cannot run this: {why}")
+    return "numpy"
 
 
 def read_inputs(path, graph):
@@ -356,9 +399,9 @@ class _Neuron:
         self.i = np.zeros((N,) + shape, f32) if self.cuba else None
         if self.spiking:
             self.thr = np.broadcast_to(p["v_threshold"].astype(f32), shape)
-            vr = np.broadcast_to(p["v_reset"].astype(f32), shape)
-            self.after = (lambda v: vr) if reset == "zero" else \
-                (lambda v, jump=(self.thr - vr): v - jump)
+            self.vr = np.broadcast_to(p["v_reset"].astype(f32), shape)
+            self.jump = self.thr - self.vr          # float32, as subtracted after a spike
+            self.zero = reset == "zero"
 
     def state(self):
         return {"v": self.v, "i": self.i} if self.cuba else {"v": self.v}
@@ -374,7 +417,7 @@ class _Neuron:
             self.v = v
             return v
         z = v > self.thr
-        self.v = np.where(z, self.after(v), v).astype(f32)
+        self.v = np.where(z, self.vr if self.zero else v - self.jump, v).astype(f32)
         return z.astype(f32)
 
 

@@ -352,13 +352,21 @@ def synaptic_op_counts(spec, inputs, binary=None, binary_scope="sample"):
     n, calls = x.shape[:2]
     if binary is None:
         is_bin = _binary_mask(x)
-        if binary_scope == "batch":
-            is_bin = np.broadcast_to(is_bin.all(axis=0), (n, calls))
-        elif binary_scope != "sample":
-            raise ValueError(f"binary_scope must be 'sample' or 'batch', got {binary_scope!r}")
     else:
         is_bin = np.broadcast_to(np.asarray(binary, dtype=bool), (n, calls))
+        binary_scope = "sample"            # the override is used as given
     eff = _exact_dot((x != 0).reshape(n * calls, -1), spec.fanout(True)).reshape(n, calls)
+    return _op_totals(spec, eff, is_bin, binary_scope)
+
+
+def _op_totals(spec, eff, is_bin, binary_scope):
+    """:func:`synaptic_op_counts`' totals from each call's effective ops ``eff`` and binary
+    test ``is_bin`` (both ``(N, calls)``, the test per sample)."""
+    n, calls = eff.shape
+    if binary_scope == "batch":
+        is_bin = np.broadcast_to(is_bin.all(axis=0), (n, calls))
+    elif binary_scope != "sample":
+        raise ValueError(f"binary_scope must be 'sample' or 'batch', got {binary_scope!r}")
     dense_per_call = int(spec.fanout(False).sum())
     return {
         "effective_macs": int(eff[~is_bin].sum()),
@@ -458,7 +466,18 @@ class OpAccountant:
 
     def add_synaptic(self, name, inputs, binary=None):
         """Count the ops of layer ``name`` for one batch of inputs ``(N, calls, ...)``."""
-        c = synaptic_op_counts(self._layer(name), inputs, binary, self.binary_scope)
+        return self._add_op_totals(name, synaptic_op_counts(self._layer(name), inputs, binary,
+                                                            self.binary_scope))
+
+    def add_synaptic_counts(self, name, effective, binary):
+        """Like :meth:`add_synaptic` from counts a kernel took: ``effective`` (N, calls) ints,
+        the effective ops of each sample's call (the nonzero inputs' effective fan-outs
+        summed), and ``binary`` (N, calls) bool, each sample's call held only -1, 0, 1."""
+        eff = np.asarray(effective, np.int64)
+        return self._add_op_totals(name, _op_totals(self._layer(name), eff,
+                                                     np.asarray(binary, bool), self.binary_scope))
+
+    def _add_op_totals(self, name, c):
         for k, v in c.items():
             self.syn[name][k] += v
         return c
@@ -480,10 +499,18 @@ class OpAccountant:
             raise ValueError(f"unknown activation layer {name!r}; known: {list(self.act)}")
         if not isinstance(outputs, np.ndarray) or outputs.ndim < 2:
             raise ValueError(f"{name}: outputs must be an ndarray (N, calls, ...)")
+        self.add_activation_counts(name, np.count_nonzero(outputs), outputs.size,
+                                   outputs.shape[0], membrane_updates)
+
+    def add_activation_counts(self, name, nonzero, total, samples, membrane_updates=None):
+        """Like :meth:`add_activation` from counts: ``nonzero`` of ``total`` outputs, over
+        ``samples`` (the outputs' first axis, summed over the calls added)."""
+        if name not in self.act:
+            raise ValueError(f"unknown activation layer {name!r}; known: {list(self.act)}")
         a = self.act[name]
-        a["nonzero"] += int(np.count_nonzero(outputs))
-        a["total"] += int(outputs.size)
-        a["samples"] += int(outputs.shape[0])
+        a["nonzero"] += int(nonzero)
+        a["total"] += int(total)
+        a["samples"] += int(samples)
         if membrane_updates is not None:
             a["membrane_updates"] = (a["membrane_updates"] or 0) + int(membrane_updates)
 

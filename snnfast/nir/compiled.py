@@ -74,31 +74,38 @@ def run_compiled(graph, xs, dt, integrator, reset, names, counts=None, n_threads
     outputs, traces, counters
         As :func:`snnfast.nir.run` returns them, and (``counts`` given) ``{node: {"eff":
         int64 (N, T), "bin": bool (N, T)}}`` per connection node and ``{node: {"nonzero":
-        int64 (N,), "membrane_updates": int64 (N,) or None}}`` per activation node.
+        int64 (N,), "membrane_updates": int64 (N,) or None, "calls": N T}}`` per activation
+        node.
     """
     N, T = next(iter(xs.values())).shape[:2]
     plan = _Plan(graph, dt, integrator, reset)
     plan.build(xs, N, T, counts)
     outs = {k: np.zeros((N, T) + graph.nodes[k].out_shape, f32) for k in graph.outputs}
-    recs = [(plan.out[k], _size(graph.nodes[k].out_shape), outs[k].reshape(N, T, -1))
-            for k in graph.outputs]
+    recs = [(plan.out[k], *_rec(graph.nodes[k], outs[k])) for k in graph.outputs]
     traces = {}
     for k in names:
         traces[k] = {}
         for key, off in plan.trace_sources(k):
             a = np.zeros((N, T) + graph.nodes[k].out_shape, f32)
             traces[k][key] = a
-            recs.append((off, _size(graph.nodes[k].out_shape), a.reshape(N, T, -1)))
+            recs.append((off, *_rec(graph.nodes[k], a)))
     if plan.arena > _MAX_ARENA:
         raise ValueError(f"the graph needs {plan.arena} floats of state per sample; the compiled "
                          "backend takes at most 2**31 - 1 (use backend='numpy')")
-    _extension().run(plan.ops, recs, T, N, plan.arena, plan.max_in, plan.max_v,
-                     effective_n_threads(n_threads))
+    if N and T:
+        _extension().run(plan.ops, recs, T, N, plan.arena, plan.max_in, plan.max_v,
+                         effective_n_threads(n_threads))
     return outs, traces, plan.counters()
 
 
 def _size(shape):
     return int(np.prod(shape, dtype=np.int64))
+
+
+def _rec(node, a):
+    """(size, (N, T, size) view) of a record array of ``node``'s output shape."""
+    n = _size(node.out_shape)
+    return n, a.reshape(a.shape[:2] + (n,))
 
 
 def _flat(a, shape=None):
@@ -222,6 +229,7 @@ class _Plan:
     def _count(self, op, k, node, N, T, counts):
         if counts is None:
             return
+        self.calls = N * T
         if k in counts["fanout"]:
             op.update(fanout=np.ascontiguousarray(counts["fanout"][k], np.int64),
                       eff=np.zeros((N, T), np.int64), bin=np.zeros((N, T), np.uint8))
@@ -238,7 +246,8 @@ class _Plan:
             if "eff" in op:
                 out[k] = {"eff": op["eff"], "bin": op["bin"].astype(bool)}
             else:
-                out[k] = {"nonzero": op["nz"], "membrane_updates": op.get("mu")}
+                out[k] = {"nonzero": op["nz"], "membrane_updates": op.get("mu"),
+                          "calls": self.calls}
         return out
 
     def trace_sources(self, k):

@@ -11,7 +11,7 @@ import numpy as np
 
 from .. import energy as _energy
 from .graph import Graph, load
-from .runtime import run
+from .runtime import choose_backend, count_compiled, run
 
 __all__ = ["account", "analyse_file", "is_nir_file", "NOTES"]
 
@@ -73,7 +73,7 @@ class _Counter:
 
 
 def account(net, x, dt, integrator="euler", reset="zero", sums="ordered", batch_size=256,
-            binary_scope="sample"):
+            binary_scope="sample", backend="auto", n_threads=None):
     """NeuroBench metrics of ``net`` run on ``x`` (see :func:`snnfast.nir.run`).
 
     Parameters
@@ -86,11 +86,17 @@ def account(net, x, dt, integrator="euler", reset="zero", sums="ordered", batch_
         Samples run at once (bounds memory).
     binary_scope : {"sample", "batch"}
         See :func:`snnfast.energy.synaptic_op_counts`.
+    backend : {"auto", "compiled", "numpy"}
+        As for :func:`snnfast.nir.run`: the compiled backend counts in C what the NumPy
+        one counts per step (the same figures); "auto" takes it when it can.
+    n_threads : int, optional
+        Threads of the compiled backend.
 
     Returns
     -------
     dict
-        :meth:`snnfast.energy.OpAccountant.result` (per sample, per node) with ``notes``.
+        :meth:`snnfast.energy.OpAccountant.result` (per sample, per node) with ``notes``
+        and ``backend`` (the one that ran).
     """
     graph = net if isinstance(net, Graph) else load(net)
     syn = [k for k in graph.order if graph.nodes[k].kind in ("Affine", "Linear", "Conv1d",
@@ -99,8 +105,10 @@ def account(net, x, dt, integrator="euler", reset="zero", sums="ordered", batch_
     buffers = [np.asarray(v, np.float32) for k in graph.order if k not in syn
                for v in graph.nodes[k].params.values()
                if isinstance(v, np.ndarray) and v.dtype.kind == "f"]
-    acc = _energy.OpAccountant([_layer_spec(graph.nodes[k]) for k in syn], act, buffers,
-                               binary_scope=binary_scope)
+    specs = [_layer_spec(graph.nodes[k]) for k in syn]
+    acc = _energy.OpAccountant(specs, act, buffers, binary_scope=binary_scope)
+    used = choose_backend(graph, backend, sums=sums)
+    counts = {"fanout": {s.name: s.fanout(True) for s in specs}, "activations": act}
     single = not isinstance(x, dict)
     xs = {None: x} if single else x
     n = len(np.asarray(next(iter(xs.values()))))
@@ -108,12 +116,31 @@ def account(net, x, dt, integrator="euler", reset="zero", sums="ordered", batch_
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     for start in range(0, n, batch_size):
         part = {k: np.asarray(v)[start:start + batch_size] for k, v in xs.items()}
-        run(graph, part[None] if single else part, dt=dt, integrator=integrator, reset=reset,
-            sums=sums, monitor=_Counter(graph, acc, syn, act))
+        inputs = part[None] if single else part
+        if used == "compiled":
+            _add_counts(graph, acc, count_compiled(graph, inputs, dt, integrator, reset, counts,
+                                                   n_threads))
+        else:
+            run(graph, inputs, dt=dt, integrator=integrator, reset=reset, sums=sums,
+                monitor=_Counter(graph, acc, syn, act), backend="numpy")
         acc.add_samples(len(next(iter(part.values()))))
     res = acc.result()
     res["notes"] = list(NOTES)
+    res["backend"] = used
     return res
+
+
+def _add_counts(graph, acc, counters):
+    """The compiled backend's counters (:func:`snnfast.nir.compiled.run_compiled`) into
+    ``acc``: the totals :class:`_Counter` adds step by step."""
+    for k, c in counters.items():
+        if "eff" in c:
+            acc.add_synaptic_counts(k, c["eff"], c["bin"])
+            continue
+        units = int(np.prod(graph.nodes[k].out_shape))
+        mu = c["membrane_updates"]
+        acc.add_activation_counts(k, c["nonzero"].sum(), c["calls"] * units, c["calls"],
+                                  None if mu is None else mu.sum())
 
 
 def is_nir_file(path):

@@ -88,11 +88,7 @@ def run(net, x, dt=None, trace=None, integrator="euler", reset="zero", sums="ord
     xs = _check_inputs(graph, x)
     names = _trace_names(graph, trace)
     if choose_backend(graph, backend, sums=sums, monitor=monitor) == "compiled":
-        # coefficients first: the same ValueError (e.g. Euler with tau < dt) as NumPy's
-        for k in graph.order:
-            _stepper(graph.nodes[k], dt, integrator, reset, sums, 0)
-        outs, rec, _ = run_compiled(graph, xs, dt, integrator, reset, names,
-                                    n_threads=n_threads)
+        outs, rec, _ = _compiled(graph, xs, dt, integrator, reset, names, None, n_threads)
         return (outs, rec) if trace is not None else outs
     N, T = next(iter(xs.values())).shape[:2]
     steps = {k: _stepper(graph.nodes[k], dt, integrator, reset, sums, N)
@@ -143,6 +139,22 @@ def choose_backend(graph, backend="auto", sums="ordered", monitor=None):
     if backend == "compiled":
         raise ValueError(f"backend='compiled' cannot run this: {why}")
     return "numpy"
+
+
+def count_compiled(graph, x, dt, integrator, reset, counts, n_threads=None):
+    """Run ``graph`` on the compiled backend for its NeuroBench counters only (the
+    ``counts`` and the result of :func:`snnfast.nir.compiled.run_compiled`); the arguments
+    are checked as :func:`run` checks them."""
+    dt = _check_dt(dt, graph)
+    return _compiled(graph, _check_inputs(graph, x), dt, integrator, reset, [], counts,
+                     n_threads)[2]
+
+
+def _compiled(graph, xs, dt, integrator, reset, names, counts, n_threads):
+    # the steppers first: the same ValueError as NumPy's (e.g. Euler with tau < dt)
+    for k in graph.order:
+        _stepper(graph.nodes[k], dt, integrator, reset, "ordered", 0)
+    return run_compiled(graph, xs, dt, integrator, reset, names, counts, n_threads)
 
 
 def read_inputs(path, graph):

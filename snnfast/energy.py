@@ -1400,6 +1400,9 @@ def main(argv=None):
                           help="time step (required: NIR graphs carry none)")
     nir_args.add_argument("--integrator", default="euler", choices=["euler", "exact"])
     nir_args.add_argument("--reset", default="zero", choices=["zero", "subtract"])
+    nir_args.add_argument("--backend", default="auto", choices=["auto", "compiled", "numpy"],
+                          help="NIR runtime backend (default auto: compiled when it can run "
+                               "the graph; both count the same)")
     args = p.parse_args(argv)
     if args.samples < 1:
         p.error("--samples must be >= 1")
@@ -1510,13 +1513,13 @@ def _main_nir(args):
     from .nir.energy import analyse_file as analyse_nir
     try:
         out = analyse_nir(args.model, args.input, args.dt, args.preset, args.integrator,
-                          args.reset, args.binary_scope)
+                          args.reset, args.binary_scope, args.backend, args.threads)
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     res = out["result"]
     title = (f"{args.model}: NIR graph, {out['samples']} samples of {args.input}, dt {args.dt:g}, "
-             f"{args.integrator}, reset {args.reset}")
+             f"{args.integrator}, reset {args.reset}, {out['backend']} backend")
     energies = out["energy"] if args.all_presets else out["energy"][:1]
     print(format_report(res, energies, title=title, notes=res.get("notes", ())))
     return _write_report(args.json, out)

@@ -14,15 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ._cli import check_output_arg, exits_cleanly_on_interrupt, positive_float
+from ._cli import check_output_arg, exits_cleanly_on_interrupt, positive_float, positive_int
 
 FORMAT = "snnfast-nir-run-1"
 
 
 def build_parser():
-    from .nir import INTEGRATORS, RESETS, SUMS
+    from .nir import BACKENDS, INTEGRATORS, RESETS, SUMS
     p = argparse.ArgumentParser(prog="python -m snnfast.run",
-                                description="Run a NIR graph on the CPU (NumPy runtime).")
+                                description="Run a NIR graph on the CPU.")
     p.add_argument("graph", type=Path, help="NIR graph (.nir, HDF5)")
     p.add_argument("--input", type=Path, required=True,
                    help=".npz with the input (N, T, *input_shape), one array per Input node")
@@ -38,6 +38,11 @@ def build_parser():
     p.add_argument("--integrator", choices=INTEGRATORS, default="euler")
     p.add_argument("--reset", choices=RESETS, default="zero")
     p.add_argument("--sums", choices=SUMS, default="ordered")
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
+                   help="compiled (C, OpenMP) or numpy; auto (default): compiled when it can "
+                        "run the graph and the options (the same results)")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="threads of the compiled backend (default: snnfast's rule)")
     return p
 
 
@@ -58,7 +63,7 @@ class _Counts:
 def _summary(graph, outs, counts, T, args):
     lines = [f"graph {args.graph}: {len(graph.nodes)} nodes, {len(graph.back_edges)} back "
              f"edge(s); dt {args.dt:g}, integrator {args.integrator}, reset {args.reset}, "
-             f"sums {args.sums}",
+             f"sums {args.sums}, {args.used} backend",
              "step order: " + " -> ".join(f"{k}:{graph.nodes[k].kind}" for k in graph.order)]
     for k in counts.names:
         size = int(np.prod(graph.nodes[k].out_shape))
@@ -77,7 +82,8 @@ def _write_h5(path, outs, traces, counts, args):
     from ._utils import atomic_h5
     with atomic_h5(path) as f:
         f.attrs.update(format=FORMAT, graph=str(args.graph), dt=args.dt,
-                       integrator=args.integrator, reset=args.reset, sums=args.sums)
+                       integrator=args.integrator, reset=args.reset, sums=args.sums,
+                       backend=args.used)
         for k, y in outs.items():
             f.create_dataset(f"outputs/{k}", data=y, compression="gzip")
         for k, rec in traces.items():
@@ -90,6 +96,22 @@ def _write_h5(path, outs, traces, counts, args):
 def _raster_series(traces):
     return {f"node {k} " + ("spikes" if "z" in rec else "output"): rec.get("z", rec.get("y"))
             for k, rec in traces.items()}
+
+
+def _run(graph, x, trace, counts, args):
+    """(outputs, traces) of the run, ``counts`` filled; ``args.used`` names the backend."""
+    from .nir import choose_backend, run
+    from .nir.runtime import run_counted
+    # the compiled backend counts the spikes itself: no per-step monitor
+    args.used = choose_backend(graph, args.backend, sums=args.sums)
+    if args.used == "numpy":
+        return run(graph, x, dt=args.dt, trace=trace, integrator=args.integrator,
+                   reset=args.reset, sums=args.sums, monitor=counts, backend="numpy")
+    outs, traces, c = run_counted(graph, x, args.dt, args.integrator, args.reset,
+                                  {"fanout": {}, "activations": counts.names}, trace=trace,
+                                  n_threads=args.threads)
+    counts.counts = {k: c[k]["nonzero"].astype(np.float64) for k in counts.names}
+    return outs, traces
 
 
 @exits_cleanly_on_interrupt
@@ -106,7 +128,7 @@ def main(argv=None):
     check_output_arg(parser, "--raster", raster, inputs=[args.graph, args.input])
     if args.out and raster and raster.resolve() == args.out.resolve():
         parser.error("--raster and --out name the same file")
-    from .nir import load, read_inputs, run
+    from .nir import load, read_inputs
     try:
         graph = load(args.graph)
         x = read_inputs(args.input, graph)
@@ -122,8 +144,7 @@ def main(argv=None):
     trace = "all" if args.trace == ["all"] else args.trace
     counts = _Counts(graph)
     try:
-        outs, traces = run(graph, x, dt=args.dt, trace=trace, integrator=args.integrator,
-                           reset=args.reset, sums=args.sums, monitor=counts)
+        outs, traces = _run(graph, x, trace, counts, args)
         if raster and not 0 <= args.sample < next(iter(outs.values())).shape[0]:
             raise ValueError(f"--sample {args.sample} is not a sample of the input")
     except ValueError as exc:

@@ -123,11 +123,12 @@ def _affine(shape, rng):
     return nir.Affine(weight=w, bias=rng.normal(0, 0.2, size=m)), (m,)
 
 
-def _chain(in_shape, nodes):
+def _chain(in_shape, nodes, out_shape=None):
     names = [f"n{i}" for i in range(len(nodes))]
     d = {"input": nir.Input(input_type={"input": np.array(in_shape)})}
     d.update(zip(names, nodes))
-    d["output"] = nir.Output(output_type={"output": None})
+    d["output"] = nir.Output(output_type={"output": None if out_shape is None
+                                          else np.array(out_shape)})
     chain = ["input", *names, "output"]
     return nir.NIRGraph(nodes=d, edges=list(zip(chain, chain[1:])), type_check=False)
 
@@ -257,7 +258,7 @@ def test_paper_cnn_both_backends_and_thread_counts():
 # ----------------------------------------------------------------------------- the choice
 def _delay_graph():
     return _chain((3,), [nir.Delay(delay=np.array([0.0, 1.0, 2.0])),
-                         nir.I(r=np.ones(3))])
+                         nir.I(r=np.ones(3))], out_shape=(3,))
 
 
 def _cycle_graph():
@@ -317,3 +318,65 @@ def test_empty_batch_and_zero_steps():
         a = snir.run(g, np.zeros(shape), dt=1.0, backend="compiled")["output"]
         b = snir.run(g, np.zeros(shape), dt=1.0, backend="numpy")["output"]
         assert a.shape == b.shape == shape
+
+
+# ----------------------------------------------------------------------------- CLIs
+def _h5_tree(path):
+    import h5py
+    out = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda k, v: out.__setitem__(k, v[()]) if hasattr(v, "shape") else None)
+        return out, dict(f.attrs)
+
+
+@needs_extension
+@pytest.mark.skipif(not CNN.is_file(), reason="NIR paper fixtures not present")
+def test_run_and_energy_clis_use_the_compiled_backend_with_the_same_results(tmp_path, capsys):
+    import json
+
+    from snnfast import energy
+    from snnfast import run as cli
+    rng = np.random.default_rng(8)
+    np.savez(tmp_path / "x.npz", x=(rng.random((3, 30, 2, 34, 34)) < 0.05).astype(np.uint8))
+    base = [str(CNN), "--input", str(tmp_path / "x.npz"), "--dt", "1"]
+    trees, texts = {}, {}
+    for backend in ("auto", "numpy"):
+        out = tmp_path / f"{backend}.h5"
+        assert cli.main(base + ["--trace", "3", "12", "--out", str(out), "--backend", backend,
+                                "--threads", "2"]) == 0
+        texts[backend] = capsys.readouterr().out
+        trees[backend] = _h5_tree(out)
+    assert "sums ordered, compiled backend" in texts["auto"]
+    assert "sums ordered, numpy backend" in texts["numpy"]
+    assert texts["auto"].splitlines()[1:-2] == texts["numpy"].splitlines()[1:-2]   # rates
+    (a, attrs_a), (b, attrs_b) = trees["auto"], trees["numpy"]
+    assert sorted(a) == sorted(b) and "spike_counts/3" in a and "traces/12/v" in a
+    assert all(_same_bits(np.asarray(a[k], b[k].dtype), b[k]) for k in a)
+    assert (attrs_a["backend"], attrs_b["backend"]) == ("compiled", "numpy")
+    reports = {}
+    for backend in ("auto", "numpy"):
+        js = tmp_path / f"{backend}.json"
+        assert energy.main(base + ["--backend", backend, "--json", str(js)]) == 0
+        assert f"reset zero, {'compiled' if backend == 'auto' else 'numpy'} backend" in \
+            capsys.readouterr().out
+        reports[backend] = json.loads(js.read_text())
+    assert reports["auto"].pop("backend") == "compiled"
+    assert reports["numpy"].pop("backend") == "numpy"
+    for r in reports.values():
+        r.pop("input"), r["result"].pop("backend")
+    assert reports["auto"] == reports["numpy"]
+
+
+@needs_extension
+def test_run_cli_compiled_on_an_unsupported_graph_is_one_line(tmp_path, capsys):
+    from snnfast import run as cli
+    path = tmp_path / "d.nir"
+    nir.write(path, _delay_graph())
+    np.savez(tmp_path / "x.npz", x=np.ones((1, 4, 3)))
+    out = tmp_path / "o.h5"
+    argv = [str(path), "--input", str(tmp_path / "x.npz"), "--dt", "1", "--out", str(out)]
+    assert cli.main(argv + ["--backend", "compiled"]) == 1
+    err = capsys.readouterr().err
+    assert err == "error: backend='compiled' cannot run this: node 'n0' is a Delay\n"
+    assert not out.exists()
+    assert cli.main(argv) == 0 and "numpy backend" in capsys.readouterr().out

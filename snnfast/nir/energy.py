@@ -11,7 +11,7 @@ import numpy as np
 
 from .. import energy as _energy
 from .graph import Graph, load
-from .runtime import choose_backend, count_compiled, run
+from .runtime import choose_backend, run, run_counted
 
 __all__ = ["account", "analyse_file", "is_nir_file", "NOTES"]
 
@@ -118,8 +118,8 @@ def account(net, x, dt, integrator="euler", reset="zero", sums="ordered", batch_
         part = {k: np.asarray(v)[start:start + batch_size] for k, v in xs.items()}
         inputs = part[None] if single else part
         if used == "compiled":
-            _add_counts(graph, acc, count_compiled(graph, inputs, dt, integrator, reset, counts,
-                                                   n_threads))
+            _add_counts(graph, acc, run_counted(graph, inputs, dt, integrator, reset, counts,
+                                                n_threads=n_threads)[2])
         else:
             run(graph, inputs, dt=dt, integrator=integrator, reset=reset, sums=sums,
                 monitor=_Counter(graph, acc, syn, act), backend="numpy")
@@ -154,7 +154,7 @@ def is_nir_file(path):
 
 
 def analyse_file(path, input_path, dt, preset="horowitz45_fp32", integrator="euler",
-                 reset="zero", binary_scope="sample"):
+                 reset="zero", binary_scope="sample", backend="auto", n_threads=None):
     """:func:`account` of the graph ``path`` on the input file ``input_path`` (see
     :func:`snnfast.nir.read_inputs`), with every energy preset (``preset`` first): the
     structure :func:`snnfast.energy.analyse_file` returns."""
@@ -162,10 +162,12 @@ def analyse_file(path, input_path, dt, preset="horowitz45_fp32", integrator="eul
     _energy.get_preset(preset)
     graph = load(path)
     x = read_inputs(input_path, graph)
-    res = account(graph, x, dt, integrator=integrator, reset=reset, binary_scope=binary_scope)
+    res = account(graph, x, dt, integrator=integrator, reset=reset, binary_scope=binary_scope,
+                  backend=backend, n_threads=n_threads)
     order = [preset] + [p for p in _energy.PRESETS if p != preset]
     energies = [_energy.energy_estimate(res["SynapticOperations"], p, res["Dense_single_pass"],
                                         res["executed"]) for p in order]
     return {"file": str(path), "format": "nir", "input": str(input_path), "dt": float(dt),
-            "integrator": integrator, "reset": reset, "samples": res["samples"],
+            "integrator": integrator, "reset": reset, "backend": res["backend"],
+            "samples": res["samples"],
             "result": res, "energy": energies}

@@ -141,13 +141,13 @@ def choose_backend(graph, backend="auto", sums="ordered", monitor=None):
     return "numpy"
 
 
-def count_compiled(graph, x, dt, integrator, reset, counts, n_threads=None):
-    """Run ``graph`` on the compiled backend for its NeuroBench counters only (the
-    ``counts`` and the result of :func:`snnfast.nir.compiled.run_compiled`); the arguments
-    are checked as :func:`run` checks them."""
+def run_counted(graph, x, dt, integrator, reset, counts, trace=None, n_threads=None):
+    """(outputs, traces, counters): :func:`run` on the compiled backend, also counting what
+    ``counts`` asks for (see :func:`snnfast.nir.compiled.run_compiled`); the arguments are
+    checked as :func:`run` checks them."""
     dt = _check_dt(dt, graph)
-    return _compiled(graph, _check_inputs(graph, x), dt, integrator, reset, [], counts,
-                     n_threads)[2]
+    return _compiled(graph, _check_inputs(graph, x), dt, integrator, reset,
+                     _trace_names(graph, trace), counts, n_threads)
 
 
 def _compiled(graph, xs, dt, integrator, reset, names, counts, n_threads):

@@ -28,7 +28,7 @@ cdef extern from "snn_nir.h" nogil:
         const int *xtap_o
         int avg, sh, sw, ph, pw
         const float *p
-        int v, i, cuba, spiking, reset
+        int v, i, cuba, spiking, reset, uniform
         const float *beta
         const float *leak
         const float *c_x
@@ -106,6 +106,7 @@ cdef void _fill(nir_op *o, dict d) except *:
     o.avg, o.sh, o.sw, o.ph, o.pw = d.get("pool", (0,) * 5)
     o.v, o.i = d.get("v", -1), d.get("i", -1)
     o.cuba, o.spiking, o.reset = d.get("cuba", 0), d.get("spiking", 0), d.get("reset", 0)
+    o.uniform = d.get("uniform", 0)
     o.beta, o.leak, o.c_x = _f(d, "beta"), _f(d, "leak"), _f(d, "c_x")
     o.c_i, o.a_s, o.g_s = _f(d, "c_i"), _f(d, "a_s"), _f(d, "g_s")
     o.thr, o.after = _f(d, "thr"), _f(d, "after")

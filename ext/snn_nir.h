@@ -27,6 +27,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__AVX__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 /* snn_add_row; the engine's other static functions go unused here */
 #if defined(__GNUC__)
@@ -60,6 +63,7 @@ typedef struct {
     const float *p;            /* SCALE: scale, THRESHOLD: threshold (n_in) */
     int v, i;                  /* NEURON: arena offsets of v and (Cuba) i, else -1 */
     int cuba, spiking, reset;
+    int uniform;               /* 1: every coefficient array below holds one value */
     const float *beta, *leak, *c_x, *c_i, *a_s, *g_s, *thr, *after;
                                /* after: v_reset (reset zero) or v_threshold - v_reset */
     /* counters (NULL: not counted) */
@@ -123,12 +127,39 @@ static nir_ws *nir_ws_new(const nir_plan *pl)
     return ws;
 }
 
-/* The nonzero inputs (indices ascending, values) into idx/val; their count. Branch-free:
- * every slot is written, the count advances only past nonzero values. */
+/* Bit j set iff x[j] != 0 (NaN too, as C's !=), for the 16 floats at x. */
+static inline unsigned nir_nonzero_mask16(const float *x)
+{
+#if defined(__AVX512F__)
+    return (unsigned)_mm512_cmp_ps_mask(_mm512_loadu_ps(x), _mm512_setzero_ps(), _CMP_NEQ_UQ);
+#elif defined(__AVX__)
+    const __m256 z = _mm256_setzero_ps();
+    return (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(x), z, _CMP_NEQ_UQ)) |
+           (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + 8), z,
+                                                      _CMP_NEQ_UQ)) << 8;
+#else
+    unsigned mask = 0;
+    for (int j = 0; j < 16; j++) mask |= (unsigned)(x[j] != 0.0f) << j;
+    return mask;
+#endif
+}
+
+/* The nonzero inputs (indices ascending, values) into idx/val; their count. Per block of
+ * 16 values a bit mask of the nonzero ones, then one step per set bit: spikes are sparse. */
 static int nir_events(const float *restrict x, int n, int *restrict idx, float *restrict val)
 {
-    int m = 0;
-    for (int i = 0; i < n; i++) {
+    int m = 0, i0 = 0;
+    for (; i0 + 16 <= n; i0 += 16) {
+        unsigned mask = nir_nonzero_mask16(x + i0);
+        while (mask) {
+            const int i = i0 + __builtin_ctz(mask);
+            idx[m] = i;
+            val[m] = x[i];
+            m++;
+            mask &= mask - 1;
+        }
+    }
+    for (int i = i0; i < n; i++) {
         idx[m] = i;
         val[m] = x[i];
         m += x[i] != 0.0f;
@@ -191,28 +222,38 @@ static void nir_conv(const nir_op *op, float *restrict a, const int *idx, const 
     }
 }
 
+/* Sum/average pool: every output row adds the window's taps in (ky, kx) order, each tap
+ * over the outputs whose input is inside the (unpadded) image. */
 static void nir_pool(const nir_op *op, float *restrict a)
 {
     const float *restrict in = a + op->in;
     float *restrict out = a + op->out;
-    const int H = op->H, W = op->W, OH = op->OH, OW = op->OW;
+    const int H = op->H, W = op->W, OH = op->OH, OW = op->OW, sh = op->sh, sw = op->sw;
     const float div = (float)(op->kh * op->kw);
     for (int c = 0; c < op->C; c++) {
         const float *ic = in + (size_t)c * H * W;
-        float *oc = out + (size_t)c * OH * OW;
         for (int oy = 0; oy < OH; oy++) {
-            for (int ox = 0; ox < OW; ox++) {
-                float r = 0.0f;
-                for (int ky = 0; ky < op->kh; ky++) {
-                    const int y = oy * op->sh - op->ph + ky;
-                    if (y < 0 || y >= H) continue;
-                    for (int kx = 0; kx < op->kw; kx++) {
-                        const int x = ox * op->sw - op->pw + kx;
-                        if (x >= 0 && x < W) r += ic[y * W + x];
+            float *restrict o = out + ((size_t)c * OH + oy) * OW;
+            for (int ox = 0; ox < OW; ox++) o[ox] = 0.0f;
+            for (int ky = 0; ky < op->kh; ky++) {
+                const int y = oy * sh - op->ph + ky;
+                if (y < 0 || y >= H) continue;
+                for (int kx = 0; kx < op->kw; kx++) {
+                    /* x = ox sw - pw + kx in [0, W) */
+                    const int d = kx - op->pw;
+                    const int lo = d >= 0 ? 0 : (-d + sw - 1) / sw;
+                    int hi = W - 1 - d < 0 ? 0 : (W - 1 - d) / sw + 1;
+                    if (hi > OW) hi = OW;
+                    const float *restrict row = ic + (size_t)y * W + d;
+                    if (sw == 1) {
+                        for (int ox = lo; ox < hi; ox++) o[ox] += row[ox];
+                    } else {
+                        for (int ox = lo; ox < hi; ox++) o[ox] += row[ox * sw];
                     }
                 }
-                oc[oy * OW + ox] = op->avg ? r / div : r;
             }
+            if (op->avg)
+                for (int ox = 0; ox < OW; ox++) o[ox] = o[ox] / div;
         }
     }
 }
@@ -232,46 +273,56 @@ static void nir_gather(const nir_op *op, float *restrict a)
  *     v' = v beta + leak;  Cuba: v' = v' + c_i i,  i = i a_s + g_s x;  v' = v' + c_x x
  * each product and sum rounded on its own; spiking nodes then emit z = v' > thr and reset
  * where z: v' = v_reset ("zero") or v' - (thr - v_reset) ("subtract"). The output is z,
- * or v' for the non-spiking nodes. */
-static void nir_neuron(const nir_op *op, float *restrict a)
+ * or v' itself for the non-spiking nodes (their output is their membrane).
+ * The flags are constants at every call (nir_neuron): one branch-free loop per case;
+ * ``uni``: every coefficient array holds one value, read as a scalar. */
+static inline void nir_neuron_k(const nir_op *op, float *restrict a, const int uni,
+                                const int cuba, const int spiking, const int sub)
 {
     const float *restrict x = a + op->in;
     float *restrict out = a + op->out;
     float *restrict v = a + op->v;
+    float *restrict cur = cuba ? a + op->i : NULL;
     const float *restrict beta = op->beta, *restrict leak = op->leak, *restrict cx = op->c_x;
-    const int n = op->n_out;
-    if (op->cuba) {
-        float *restrict cur = a + op->i;
-        const float *restrict ci = op->c_i, *restrict as = op->a_s, *restrict gs = op->g_s;
-        for (int j = 0; j < n; j++) {
-            float u = v[j] * beta[j] + leak[j];
-            u = u + ci[j] * cur[j];
-            cur[j] = cur[j] * as[j] + gs[j] * x[j];
-            v[j] = u + cx[j] * x[j];
-        }
-    } else {
-        for (int j = 0; j < n; j++) {
-            float u = v[j] * beta[j] + leak[j];
-            v[j] = u + cx[j] * x[j];
-        }
-    }
-    if (!op->spiking) {
-        if (out != v) memcpy(out, v, (size_t)n * sizeof(float));
-        return;
-    }
+    const float *restrict ci = op->c_i, *restrict as = op->a_s, *restrict gs = op->g_s;
     const float *restrict thr = op->thr, *restrict after = op->after;
-    if (op->reset == NIR_RESET_ZERO) {
-        for (int j = 0; j < n; j++) {
-            const int z = v[j] > thr[j];
-            v[j] = z ? after[j] : v[j];
-            out[j] = (float)z;
+    const int n = op->n_out;
+    for (int j = 0; j < n; j++) {
+        const int c = uni ? 0 : j;
+        float u = v[j] * beta[c] + leak[c];
+        if (cuba) {
+            u = u + ci[c] * cur[j];
+            cur[j] = cur[j] * as[c] + gs[c] * x[j];
         }
-    } else {
-        for (int j = 0; j < n; j++) {
-            const int z = v[j] > thr[j];
-            v[j] = z ? v[j] - after[j] : v[j];
-            out[j] = (float)z;
+        u = u + cx[c] * x[j];
+        if (spiking) {          /* both values computed: a select, no branch */
+            const float th = thr[c], af = after[c];
+            const int z = u > th;
+            const float r = sub ? u - af : af;
+            v[j] = z ? r : u;
+            out[j] = z ? 1.0f : 0.0f;
+        } else {
+            v[j] = u;
         }
+    }
+}
+
+#define NIR_NEURON_CASE(uni, cuba, spk, sub) \
+    case (uni) * 8 + (cuba) * 4 + (spk) * 2 + (sub): \
+        nir_neuron_k(op, a, uni, cuba, spk, sub); break;
+#define NIR_NEURON_CASES(uni, cuba) \
+    NIR_NEURON_CASE(uni, cuba, 0, 0) NIR_NEURON_CASE(uni, cuba, 1, 0) \
+    NIR_NEURON_CASE(uni, cuba, 1, 1)
+
+static void nir_neuron(const nir_op *op, float *restrict a)
+{
+    const int spk = op->spiking != 0;
+    const int key = (op->uniform != 0) * 8 + (op->cuba != 0) * 4 + spk * 2 +
+                    (spk && op->reset == NIR_RESET_SUBTRACT);
+    switch (key) {
+    NIR_NEURON_CASES(0, 0) NIR_NEURON_CASES(0, 1) NIR_NEURON_CASES(1, 0)
+    NIR_NEURON_CASES(1, 1)
+    default: break;
     }
 }
 

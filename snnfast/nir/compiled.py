@@ -223,6 +223,11 @@ class _Plan:
         if nrn.spiking:
             op["thr"] = _flat(nrn.thr, shape)
             op["after"] = _flat(nrn.vr if self.reset == "zero" else nrn.jump, shape)
+        coef = [op[k] for k in ("beta", "leak", "c_x", "c_i", "a_s", "g_s", "thr", "after")
+                if k in op]
+        # one value per array (the same bits everywhere): the kernel reads scalars
+        op["uniform"] = int(all(np.array_equal(c.view(np.uint32), np.broadcast_to(
+            c[:1].view(np.uint32), c.shape)) for c in coef))
         self.state[node.name] = {"v": op["v"]} if op["i"] < 0 else {"v": op["v"], "i": op["i"]}
         return op
 

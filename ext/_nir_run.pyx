@@ -15,6 +15,7 @@ cdef extern from "snn_nir.h" nogil:
     ctypedef struct nir_op:
         int kind, in_ "in", out, n_in, n_out
         const float *x
+        const unsigned char *x8
         int n_src
         const int *src
         const float *w
@@ -92,10 +93,15 @@ cdef void _fill(nir_op *o, dict d) except *:
     """One operation's table into the C struct. The arrays stay alive in the caller's list
     for the duration of the run (counters: C-contiguous arrays, written in place)."""
     cdef unsigned char[::1] bin_
+    cdef const unsigned char[::1] x8
     cdef const int64_t[::1] fan
     o.kind, o.in_, o.out = d["kind"], d.get("in", 0), d.get("out", 0)
     o.n_in, o.n_out = d.get("n_in", 0), d["n_out"]
     o.x = _f(d, "x")
+    o.x8 = NULL
+    if d.get("x8") is not None:
+        x8 = d["x8"]
+        o.x8 = &x8[0]
     o.n_src, o.src = d.get("n_src", 0), _i(d, "src")
     o.w, o.bias, o.p = _f(d, "w"), _f(d, "bias"), _f(d, "p")
     o.acc = d.get("acc", 0)

@@ -49,7 +49,8 @@ typedef struct {
     int kind;
     int in, out;               /* arena offsets (floats) of the input and the output */
     int n_in, n_out;
-    const float *x;            /* INPUT: the input (N, T, n_out) */
+    const float *x;            /* INPUT: the input (N, T, n_out), float32 ... */
+    const unsigned char *x8;   /* ... or uint8 (x NULL), converted here */
     int n_src;                 /* GATHER: out = src[0] + src[1] + ... (in this order) */
     const int *src;
     const float *w, *bias;     /* AFFINE: w (n_in, n_out), bias (n_out);
@@ -338,8 +339,14 @@ static void nir_op_step(const nir_plan *pl, const nir_op *op, nir_ws *ws, ptrdif
     float *a = ws->arena;
     switch (op->kind) {
     case NIR_INPUT:
-        memcpy(a + op->out, op->x + ((size_t)b * pl->T + t) * op->n_out,
-               (size_t)op->n_out * sizeof(float));
+        if (op->x) {
+            memcpy(a + op->out, op->x + ((size_t)b * pl->T + t) * op->n_out,
+                   (size_t)op->n_out * sizeof(float));
+        } else {
+            const unsigned char *restrict x8 = op->x8 + ((size_t)b * pl->T + t) * op->n_out;
+            float *restrict y = a + op->out;
+            for (int j = 0; j < op->n_out; j++) y[j] = (float)x8[j];
+        }
         break;
     case NIR_GATHER:
         nir_gather(op, a);

@@ -134,9 +134,14 @@ def _chain(in_shape, nodes, out_shape=None):
 
 
 def _inputs(kind, shape, rng):
-    """(N, T, *shape) float32 input: spikes, signed spikes or sparse currents (with -0.0)."""
+    """(N, T, *shape) input: float32 spikes, signed spikes or sparse currents (with -0.0),
+    or uint8 counts / bool spikes (the compiled backend converts those itself)."""
     if kind == "spikes":
         return (rng.random(shape) < 0.3).astype(np.float32)
+    if kind == "uint8":
+        return (rng.random(shape) < 0.3) * rng.integers(1, 4, size=shape, dtype=np.uint8)
+    if kind == "bool":
+        return rng.random(shape) < 0.3
     if kind == "signed":
         return rng.integers(-1, 2, size=shape).astype(np.float32)
     x = rng.normal(0, 1.0, size=shape) * (rng.random(shape) < 0.5)
@@ -171,7 +176,7 @@ def _run_or_error(g, x, **kw):
 @needs_extension
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(chains(), st.integers(1, 4), st.integers(1, 12), st.sampled_from(["euler", "exact"]),
-       st.sampled_from(["zero", "subtract"]), st.sampled_from(["spikes", "signed", "currents"]),
+       st.sampled_from(["zero", "subtract"]), st.sampled_from(["spikes", "signed", "currents", "uint8", "bool"]),
        st.integers(0, 2 ** 32 - 1))
 def test_compiled_equals_numpy_bit_for_bit(case, N, T, integrator, reset, inputs, seed):
     g, in_shape, dt = case
@@ -190,7 +195,7 @@ def test_compiled_equals_numpy_bit_for_bit(case, N, T, integrator, reset, inputs
 @needs_extension
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(chains(), st.integers(1, 5), st.integers(1, 8), st.sampled_from(["sample", "batch"]),
-       st.sampled_from(["spikes", "signed", "currents"]), st.integers(0, 2 ** 32 - 1))
+       st.sampled_from(["spikes", "signed", "currents", "uint8", "bool"]), st.integers(0, 2 ** 32 - 1))
 def test_compiled_energy_counts_equal_numpy(case, N, T, scope, inputs, seed):
     """NeuroBench counts (synaptic ops with the AC/MAC test, activation sparsity, membrane
     updates) of both backends, over batches of 2."""

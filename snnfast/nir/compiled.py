@@ -58,7 +58,8 @@ def run_compiled(graph, xs, dt, integrator, reset, names, counts=None, n_threads
     graph : Graph
         A graph :func:`unsupported` accepts.
     xs : dict
-        The inputs as :func:`snnfast.nir.runtime._check_inputs` returns them.
+        The inputs as :func:`snnfast.nir.runtime._check_inputs` returns them (float32, or
+        uint8 converted frame by frame).
     dt, integrator, reset
         As for :func:`snnfast.nir.run` (checked).
     names : list of str
@@ -137,8 +138,9 @@ class _Plan:
             if node.kind == "Input":
                 n = _size(node.out_shape)
                 self.out[k] = self.alloc(n)
+                x = np.ascontiguousarray(xs[k]).reshape(-1)
                 self.ops.append(dict(kind=_INPUT, out=self.out[k], n_out=n,
-                                     x=np.ascontiguousarray(xs[k]).reshape(-1)))
+                                     **{"x8" if x.dtype == np.uint8 else "x": x}))
                 continue
             src = self._input(k, node)
             if node.kind in _ALIAS:

@@ -85,9 +85,10 @@ def run(net, x, dt=None, trace=None, integrator="euler", reset="zero", sums="ord
                               ("sums", sums, SUMS), ("backend", backend, BACKENDS)):
         if val not in allowed:
             raise ValueError(f"{opt} must be one of {', '.join(map(repr, allowed))}, got {val!r}")
-    xs = _check_inputs(graph, x)
+    compiled = choose_backend(graph, backend, sums=sums, monitor=monitor) == "compiled"
+    xs = _check_inputs(graph, x, bytes_ok=compiled)
     names = _trace_names(graph, trace)
-    if choose_backend(graph, backend, sums=sums, monitor=monitor) == "compiled":
+    if compiled:
         outs, rec, _ = _compiled(graph, xs, dt, integrator, reset, names, None, n_threads)
         return (outs, rec) if trace is not None else outs
     N, T = next(iter(xs.values())).shape[:2]
@@ -146,7 +147,7 @@ def run_counted(graph, x, dt, integrator, reset, counts, trace=None, n_threads=N
     ``counts`` asks for (see :func:`snnfast.nir.compiled.run_compiled`); the arguments are
     checked as :func:`run` checks them."""
     dt = _check_dt(dt, graph)
-    return _compiled(graph, _check_inputs(graph, x), dt, integrator, reset,
+    return _compiled(graph, _check_inputs(graph, x, bytes_ok=True), dt, integrator, reset,
                      _trace_names(graph, trace), counts, n_threads)
 
 
@@ -195,7 +196,9 @@ def _check_dt(dt, graph):
     return dt
 
 
-def _check_inputs(graph, x):
+def _check_inputs(graph, x, bytes_ok=False):
+    """``{Input node: float32 (N, T, ...)}`` (``bytes_ok``: uint8 and bool arrays as uint8,
+    which the compiled backend converts frame by frame), or a one-line ValueError."""
     if not isinstance(x, dict):
         if len(graph.inputs) != 1:
             raise ValueError(f"the graph has {len(graph.inputs)} Input nodes "
@@ -218,8 +221,12 @@ def _check_inputs(graph, x):
         if nt is not None and a.shape[:2] != nt:
             raise ValueError(f"inputs disagree on (N, T): {nt} and {a.shape[:2]} ({k!r})")
         nt = a.shape[:2]
-        a = a.astype(f32)
-        if not np.isfinite(a).all():
+        if bytes_ok and a.dtype in (np.uint8, np.bool_):
+            out[k] = np.ascontiguousarray(a).view(np.uint8)
+            continue
+        kind, a = a.dtype.kind, a.astype(f32, copy=False)   # read only: no copy needed
+        # integers are finite in float32 (|x| < 2**64 < float32's maximum)
+        if kind == "f" and not np.isfinite(a).all():
             raise ValueError(f"input {k!r} contains NaN or infinite values (in float32)")
         out[k] = a
     return out

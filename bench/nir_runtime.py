@@ -1,27 +1,33 @@
-"""Speed of the NumPy NIR runtime on the NIR paper's N-MNIST CNN (``cnn_sinabs.nir``), and of
-the peers' NIR importers on the same graph and input.
+"""Speed of the NIR runtime on the NIR paper's N-MNIST CNN (``cnn_sinabs.nir``) -- its compiled
+backend, optionally its NumPy backend -- and of the peers' NIR importers on the same graph and
+input.
 
     python bench/nir_runtime.py [--batch 64 256] [--steps 300] [--rate 0.02] [--repeats 3]
                                 [--sums ordered blas] [--peers snntorch norse] [--threads 2]
                                 [--graph PATH] [--json out.json]
 
 Synthetic N-MNIST-like input: every one of the 2x34x34 event pixels fires in a 1 ms bin with
-probability ``--rate`` (independently), for ``--steps`` bins. The graph runs with dt = 1
-(Sinabs' per-bin IF) and the summation modes ``--sums`` of :func:`snnfast.nir.run` --
-"ordered" (deterministic, adds only inputs active somewhere in the batch) and "blas" (matrix
-products) -- timed in turn (``bench/_timing.py``); the figure is samples per second. This is
-the NumPy runtime: no compiled, event-driven path for the spike-fed Conv2d/Affine nodes yet.
+probability ``--rate`` (independently), for ``--steps`` bins, as uint8. The graph runs with
+dt = 1 (Sinabs' per-bin IF) on the compiled backend (``backend="compiled"``: C, OpenMP over
+samples with ``--threads`` threads, event-driven Conv2d/Affine) and, with ``--sums``, on the
+NumPy backend in those summation modes -- "ordered" (the compiled backend's order: the same
+bits) and "blas" (matrix products) -- all timed in turn (``bench/_timing.py``); the figure is
+samples per second. Every snnfast run returns the outputs of the same call users make
+(``snnfast.nir.run``), input checks included.
 
 ``--peers``: the graph is also imported by snnTorch (``import_from_nir``) and/or Norse
 (``norse.torch.from_nir``), rewritten by :func:`snnfast.nir.peers.for_torch_importers`
 (snnTorch cannot run it as it is), and its module is fed the whole batch one step at a time
 under ``torch.no_grad()``; these runs alternate with snnfast's. A peer that does not import is
 skipped (they are not snnfast dependencies: use a separate environment). Every tool gets
-``--threads`` threads (torch.set_num_threads; BLAS through threadpoolctl for snnfast, whose
-NumPy runtime is multi-threaded only inside BLAS). Printed: samples/s per tool and the ratio
-snnfast/peer (> 1: snnfast faster) per round.
+``--threads`` threads (the compiled backend's OpenMP threads; torch.set_num_threads; BLAS
+through threadpoolctl for the NumPy backend, multi-threaded only inside BLAS). Printed: the
+thread count and the load average (the machine may be shared), samples/s per tool and the
+ratio snnfast/peer (> 1: snnfast faster) per round, median and range. The compiled backend's
+outputs are checked equal to snnTorch's (spike for spike) when snnTorch runs.
 """
 import argparse
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -47,7 +53,8 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--rate", type=float, default=0.02)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--sums", nargs="+", default=["ordered", "blas"], choices=["ordered", "blas"])
+    p.add_argument("--sums", nargs="*", default=[], choices=["ordered", "blas"],
+                   help="also time the NumPy backend in these summation modes (slow)")
     p.add_argument("--peers", nargs="*", default=[], choices=["snntorch", "norse"])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", type=Path, default=None)
@@ -66,35 +73,57 @@ def main(argv=None):
     out = {"graph": str(args.graph), "steps": args.steps, "rate": args.rate,
            "repeats": args.repeats, "threads": args.threads,
            "versions": {k: v[1] for k, v in peers.items()}, "batches": {}}
-    print(f"threads {args.threads}; peers {out['versions'] or 'none'}; the machine may be busy: "
-          "figures are rough")
+    out["load_before"] = os.getloadavg()
+    print(f"threads {args.threads}; peers {out['versions'] or 'none'}; load average "
+          f"{_load()} on {os.cpu_count()} CPUs: the machine may be busy, figures are rough")
     for n in args.batch:
         x = events(n, args.steps, args.rate)
-        runs = {s: (lambda s=s: _limited(threadpool_limits, args.threads,
-                                         lambda: snir.run(graph, x, dt=1.0, sums=s)))
-                for s in args.sums}
+        runs = {"compiled": lambda: snir.run(graph, x, dt=1.0, backend="compiled",
+                                             n_threads=args.threads)}
+        runs.update({s: (lambda s=s: _limited(threadpool_limits, args.threads,
+                                              lambda: snir.run(graph, x, dt=1.0, sums=s,
+                                                               backend="numpy")))
+                     for s in args.sums})
         for name, (run, _) in peers.items():
             runs[name] = (lambda run=run: run(x))
+        if "snntorch" in peers:
+            same = _same_spikes(runs["compiled"](), runs["snntorch"]())
+            out.setdefault("same_as_snntorch", {})[str(n)] = same
+            print(f"batch {n}: compiled outputs == snnTorch's: {same}")
         times = alternate_times(runs, args.repeats)
         res = {k: {"times_s": t, "samples_per_s": n / statistics.median(t)}
                for k, t in times.items()}
         out["batches"][str(n)] = res
         for k, r in res.items():
-            label = f"snnfast sums={k}" if k in snir.SUMS else k
+            label = "snnfast compiled" if k == "compiled" else \
+                f"snnfast numpy sums={k}" if k in snir.SUMS else k
             print(f"batch {n:4d}, T {args.steps}, rate {args.rate}: {label:<20} "
                   f"{r['samples_per_s']:8.2f} samples/s (median of {args.repeats}, "
                   f"{statistics.median(r['times_s']):.1f} s per batch)")
         for peer in peers:
-            for s in args.sums:
+            for s in ["compiled", *args.sums]:
                 ratios = [tp / ts for tp, ts in zip(times[peer], times[s])]
                 res[f"{s}/{peer}"] = ratios
-                print(f"  snnfast sums={s} vs {peer}: {statistics.median(ratios):.2f}x "
+                print(f"  snnfast {s} vs {peer}: {statistics.median(ratios):.2f}x "
                       f"(rounds {min(ratios):.2f}-{max(ratios):.2f}; > 1: snnfast faster)")
+    out["load_after"] = os.getloadavg()
+    print(f"load average {_load()}")
     if args.json:
         from snnfast._utils import write_json
         write_json(args.json, out)
         print(f"wrote {args.json}")
     return 0
+
+
+def _load():
+    return " ".join(f"{v:.2f}" for v in os.getloadavg()) + " (1, 5, 15 min)"
+
+
+def _same_spikes(ours, theirs):
+    """True if snnfast's Output equals the peer's (N, T, ...) output exactly."""
+    y = next(iter(ours.values()))
+    t = theirs.detach().numpy().reshape(y.shape)
+    return bool(np.array_equal(y, t))
 
 
 def _limited(threadpool_limits, threads, fn):

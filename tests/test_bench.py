@@ -128,17 +128,20 @@ def test_peer_networks_use_snnfasts_neuron(peer):
 
 
 @pytest.mark.skipif(not BENCH.is_dir(), reason="bench/ is not shipped with this install")
-def test_nir_runtime_script_reports_both_summation_modes(tmp_path):
+def test_nir_runtime_script_reports_the_compiled_backend_and_both_summation_modes(tmp_path):
     out = tmp_path / "nir.json"
     r = subprocess.run([sys.executable, str(BENCH / "nir_runtime.py"), "--batch", "2", "--steps",
-                        "3", "--repeats", "2", "--json", str(out)],
-                       capture_output=True, text=True, timeout=600)
+                        "3", "--repeats", "2", "--sums", "ordered", "blas", "--threads", "1",
+                        "--json", str(out)], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
-    d = json.loads(out.read_text())["batches"]["2"]
-    for mode in ("ordered", "blas"):
-        times = d[mode]["times_s"]
-        assert len(times) == 2 and d[mode]["samples_per_s"] == pytest.approx(2 / (sum(times) / 2))
-        assert f"sums={mode}" in r.stdout
+    d = json.loads(out.read_text())
+    assert d["threads"] == 1 and "threads 1;" in r.stdout and "load average" in r.stdout
+    for mode, label in (("compiled", "snnfast compiled"), ("ordered", "numpy sums=ordered"),
+                        ("blas", "numpy sums=blas")):
+        times = d["batches"]["2"][mode]["times_s"]
+        assert len(times) == 2
+        assert d["batches"]["2"][mode]["samples_per_s"] == pytest.approx(2 / (sum(times) / 2))
+        assert label in r.stdout
 
 
 def test_engine_bench_reports_paired_ratios(tmp_path):
@@ -175,5 +178,7 @@ def test_nir_runtime_script_times_or_skips_the_peers(tmp_path):
     assert d["threads"] == 2 and "blas" in d["batches"]["2"]
     if "snntorch" in d["versions"]:
         assert len(d["batches"]["2"]["blas/snntorch"]) == 1 and "vs snntorch" in r.stdout
+        assert len(d["batches"]["2"]["compiled/snntorch"]) == 1
+        assert d["same_as_snntorch"]["2"] is True
     else:
         assert "snntorch: skipped" in r.stdout

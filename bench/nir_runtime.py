@@ -23,8 +23,8 @@ skipped (they are not snnfast dependencies: use a separate environment). Every t
 ``--threads`` threads (the compiled backend's OpenMP threads; torch.set_num_threads; BLAS
 through threadpoolctl for the NumPy backend, multi-threaded only inside BLAS). Printed: the
 thread count and the load average (the machine may be shared), samples/s per tool and the
-ratio snnfast/peer (> 1: snnfast faster) per round, median and range. The compiled backend's
-outputs are checked equal to snnTorch's (spike for spike) when snnTorch runs.
+ratio snnfast/peer (> 1: snnfast faster) per round, median and range. With snnTorch, the
+compiled backend's output spikes are compared with its module's (entries that differ).
 """
 import argparse
 import os
@@ -87,9 +87,10 @@ def main(argv=None):
         for name, (run, _) in peers.items():
             runs[name] = (lambda run=run: run(x))
         if "snntorch" in peers:
-            same = _same_spikes(runs["compiled"](), runs["snntorch"]())
-            out.setdefault("same_as_snntorch", {})[str(n)] = same
-            print(f"batch {n}: compiled outputs == snnTorch's: {same}")
+            diff = _spike_diff(runs["compiled"](), runs["snntorch"]())
+            out.setdefault("vs_snntorch_outputs", {})[str(n)] = diff
+            print(f"batch {n}: compiled vs snnTorch's output spikes: {diff['differ']} of "
+                  f"{diff['total']} entries differ, in {diff['samples']} of {n} samples")
         times = alternate_times(runs, args.repeats)
         res = {k: {"times_s": t, "samples_per_s": n / statistics.median(t)}
                for k, t in times.items()}
@@ -119,11 +120,14 @@ def _load():
     return " ".join(f"{v:.2f}" for v in os.getloadavg()) + " (1, 5, 15 min)"
 
 
-def _same_spikes(ours, theirs):
-    """True if snnfast's Output equals the peer's (N, T, ...) output exactly."""
+def _spike_diff(ours, theirs):
+    """How snnfast's Output differs from the peer's (N, T, ...) output: differing entries,
+    all entries, samples with a difference (float32 sums in another order can flip a
+    threshold comparison now and then)."""
     y = next(iter(ours.values()))
-    t = theirs.detach().numpy().reshape(y.shape)
-    return bool(np.array_equal(y, t))
+    d = y != theirs.detach().numpy().reshape(y.shape)
+    return {"differ": int(d.sum()), "total": int(d.size),
+            "samples": int(d.reshape(len(d), -1).any(axis=1).sum())}
 
 
 def _limited(threadpool_limits, threads, fn):

@@ -70,11 +70,13 @@ def test_missing_cpu_features_counts_only_known_absences():
 def test_check_cpu_refuses_a_build_for_another_cpu(monkeypatch):
     import types
 
-    from snnfast import _config, _cpu
-    fake = types.SimpleNamespace(ISA=["avx2", "avx512f"])
+    from snnfast import _config, _cpu, _dispatch
+    fake = types.SimpleNamespace(ISA=["avx2", "avx512f"], LEVEL="native")
     monkeypatch.setattr(_config, "_build_info", lambda: fake)
+    monkeypatch.setattr(_dispatch, "install", lambda bi: None)    # keep this process's choice
     monkeypatch.setattr(_cpu, "cpu_supports", lambda name: 0 if name == "avx512f" else 1)
-    with pytest.raises(ImportError, match=r"lacks \(avx512f\).*SNNFAST_PORTABLE=1"):
+    with pytest.raises(ImportError, match=r"lacks \(avx512f\).*SNNFAST_NATIVE=1 \(-march=nat"
+                                          r"ive\) on another machine. Reinstall it without"):
         _config.check_cpu()
     monkeypatch.setattr(_cpu, "cpu_supports", lambda name: 1)
     _config.check_cpu()                 # every feature present: no error

@@ -214,6 +214,10 @@ def _build_options():
     debug = _env_flag("SNNFAST_DEBUG")
     cflags = ["-O0", "-g"] if debug else ["-O3", "-ffp-contract=off"]
     mode, level, target, variants = _isa_options(debug)
+    if target and _compiles(["-Werror", "-Wno-psabi"], link=False):
+        # GCC warns that 32-byte vector arguments change the ABI without AVX (the baseline):
+        # they only pass between static inline functions of one file, never across the ABI
+        cflags.append("-Wno-psabi")
     ldflags = []
     if _env_flag("SNNFAST_NO_OPENMP"):
         openmp = False
@@ -365,9 +369,17 @@ class BuildExt(build_ext):
             self.parallel = int(jobs) if jobs else (os.cpu_count() or 1)
 
     def run(self):
-        _write_build_info(Path(self.build_lib) / "snnfast")
+        dirs = [Path(self.build_lib) / "snnfast"]
         if self.inplace or self.editable_mode:
-            _write_build_info(HERE / "snnfast")
+            dirs.append(HERE / "snnfast")
+        text = _build_info_text()
+        for d in dirs:
+            info = d / "_build_info.py"
+            if info.exists() and info.read_text() != text:
+                # other flags (e.g. SNNFAST_NATIVE=1 before): build_ext would keep every module
+                # that is newer than its sources, compiled with the old flags
+                self.force = True
+            _write_build_info(d)
         super().run()
 
     def copy_extensions_to_source(self):

@@ -87,27 +87,6 @@ def test_check_cpu_names_the_remedy_for_each_kind_of_build(monkeypatch):
 
 # --- this machine ---
 
-def _cpuinfo_flags():
-    try:
-        with open("/proc/cpuinfo") as fh:
-            return next((set(l.split(":", 1)[1].split()) for l in fh if l.startswith("flags")),
-                        None)
-    except OSError:
-        return None
-
-
-def test_os_register_state_agrees_with_linux():
-    # Linux lists avx / avx512f in /proc/cpuinfo only if it saves their registers (XCR0)
-    flags = _cpuinfo_flags()
-    if flags is None or not X86_64:
-        pytest.skip("needs Linux on x86-64")
-    from snnfast._cpu import os_xsave_state
-    xcr0 = os_xsave_state()
-    assert xcr0 >= 0
-    assert ((xcr0 & 0x6) == 0x6) == ("avx" in flags)
-    assert ((xcr0 & 0xE6) == 0xE6) == ("avx512f" in flags)
-
-
 def test_loaded_kernels_are_the_chosen_level():
     """Also the check of the SNNFAST_ISA runs in subprocesses below and in .ci/run."""
     from snnfast import _cpu

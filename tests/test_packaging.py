@@ -113,3 +113,15 @@ def test_cpu_supports_agrees_with_the_kernel(name, flag):
     from snnfast._cpu import cpu_supports
     assert cpu_supports(name) == int(flag in flags)
     assert cpu_supports("no-such-feature") == -1
+
+
+def test_os_register_state_agrees_with_linux():
+    # Linux lists avx / avx512f in /proc/cpuinfo only if it saves their registers (XCR0)
+    flags = _cpuinfo_flags()
+    if flags is None or platform.machine() != "x86_64":
+        pytest.skip("needs Linux on x86-64")
+    from snnfast._cpu import os_xsave_state
+    xcr0 = os_xsave_state()             # what snnfast._dispatch asks before AVX kernels
+    assert xcr0 >= 0
+    assert ((xcr0 & 0x6) == 0x6) == ("avx" in flags)
+    assert ((xcr0 & 0xE6) == 0xE6) == ("avx512f" in flags)

@@ -262,11 +262,11 @@ def _build_info_text():
             "# x86 features the baseline modules were compiled for; import snnfast checks the\n"
             "# CPU has them\n"
             f"ISA = {ISA!r}\n"
-            "# dispatch (baseline + variants), native (SNNFAST_NATIVE=1) or baseline (no variants)\n"
+            "# dispatch (baseline + variants), native (SNNFAST_NATIVE=1) or baseline (none)\n"
             f"MODE = {MODE!r}\n"
             "# the baseline's level: v2 (x86-64-v2), native or default (the compiler's target)\n"
             f"LEVEL = {LEVEL!r}\n"
-            "# level -> compile flags and x86 features of the kernel variants in snnfast/_isa/<level>\n"
+            "# level -> compile flags and x86 features of the kernel variants (snnfast/_isa)\n"
             f"VARIANT_CFLAGS = {VARIANT_CFLAGS!r}\nVARIANTS = {VARIANTS!r}\n")
 
 

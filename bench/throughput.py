@@ -220,7 +220,8 @@ def _run_worker(root, preset, args):
            "--train-images", str(args.train_images), "--test-images", str(args.test_images)]
     if args.threads is not None:
         cmd += ["--threads", str(args.threads)]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+    path = os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, PYTHONPATH=path)
     r = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if r.returncode != 0:
         raise SystemExit(f"the benchmark of {root} failed:\n{r.stderr[-3000:]}")

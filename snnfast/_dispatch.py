@@ -59,7 +59,8 @@ def choose(build_info, request, supports, xcr0):
         For an unknown request, a level the build does not have, or one the CPU cannot run.
     """
     base = getattr(build_info, "LEVEL", "default")
-    variants = getattr(build_info, "VARIANTS", {}) if getattr(build_info, "MODE", "") == "dispatch" else {}
+    dispatch = getattr(build_info, "MODE", "") == "dispatch"
+    variants = getattr(build_info, "VARIANTS", {}) if dispatch else {}
     req = request.strip().lower() or "auto"
     known = ["auto", "v2", *XCR0_NEEDED]
     if req not in known:

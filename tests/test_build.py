@@ -193,8 +193,8 @@ INSN = re.compile(r"^\s*[0-9a-f]+:\s+(?:\{\w+\}\s*)?([a-z][a-z0-9.]*)\s*(.*)$")
 
 
 def avx_instructions(disassembly):
-    """The lines of an ``objdump -d --no-show-raw-insn`` listing (AT&T syntax) whose instruction needs more than
-    x86-64-v2: any AVX/AVX2/AVX-512/FMA/F16C instruction (VEX/EVEX: mnemonics starting with
+    """The lines of an ``objdump -d --no-show-raw-insn`` listing (AT&T syntax) whose
+    instruction needs more than x86-64-v2: any AVX/AVX2/AVX-512/FMA/F16C instruction (VEX/EVEX: mnemonics starting with
     ``v``, AVX-512 mask ``k`` instructions), a ymm/zmm/mask register, or a BMI/LZCNT/MOVBE
     instruction."""
     bad = []

@@ -191,12 +191,20 @@ def _warn_no_openmp(reason):
     print(msg, file=sys.stderr)
 
 
+def _note_old_variables():
+    if "SNNFAST_PORTABLE" in os.environ:
+        # the variable of earlier versions: what it asked for is now the default
+        print("setup.py: SNNFAST_PORTABLE is no longer read: the default build is portable "
+              "(SNNFAST_NATIVE=1 builds for this CPU only)", file=sys.stderr)
+
+
 def _isa_options(debug):
     """(mode, baseline level, its target flags, level -> variant target flags) of this build.
 
     Mode "dispatch": x86-64, the baseline level (v2) plus the variants; "native":
     SNNFAST_NATIVE=1, one -march=native build; "baseline": a debug build (x86-64-v2 only) or
     another architecture (level "default": the compiler's default target)."""
+    _note_old_variables()
     if _env_flag("SNNFAST_NATIVE"):
         if not _compiles(["-march=native"]):
             sys.exit("setup.py: SNNFAST_NATIVE=1 but the compiler does not accept -march=native")

@@ -30,7 +30,9 @@ copied, so an up-to-date DIR is not recompiled) and is built in place. Each buil
 own subprocess, the two alternating, one timed training epoch and one evaluation per
 subprocess after a warm-up; the ratio (default / native, target >= 0.95) is the median of the
 ratios of neighbouring runs. With ``--native-build`` only this comparison is measured (for
-the ``--presets``; no NumPy baseline).
+the ``--presets``; no NumPy baseline). ``--cpu-time`` measures it with one thread and the
+calling thread's CPU time instead of wall time: the per-core cost, robust when other
+processes load the machine (wall-clock figures with 2 threads then vary by tens of percent).
 """
 import argparse
 import json
@@ -196,16 +198,17 @@ def _worker(args):
     this process imports; a JSON line on stdout."""
     import snnfast
     from snnfast import _dispatch
-    threads = snnfast.effective_n_threads(args.threads)
+    threads = 1 if args.cpu_time else snnfast.effective_n_threads(args.threads)
+    clock = time.thread_time if args.cpu_time else time.perf_counter
     _, Xtr, ytr, Xte, yte = bench_data(args.train_images, args.test_images)
     m = _model(args.worker, "kernels", threads, None)
     m.fit(Xtr, ytr, epochs=1)
     m.evaluate(Xte, yte)
-    t0 = time.perf_counter()
+    t0 = clock()
     m.fit(Xtr, ytr, epochs=m.epoch_ + 1)
-    t1 = time.perf_counter()
+    t1 = clock()
     m.evaluate(Xte, yte)
-    t2 = time.perf_counter()
+    t2 = clock()
     info = build_info_of(Path(snnfast.__file__).parent.parent)
     print(json.dumps({"train_img_s": len(Xtr) / (t1 - t0), "infer_img_s": len(Xte) / (t2 - t1),
                       "threads": threads, "level": _dispatch.chosen_level(),
@@ -220,6 +223,8 @@ def _run_worker(root, preset, args):
            "--train-images", str(args.train_images), "--test-images", str(args.test_images)]
     if args.threads is not None:
         cmd += ["--threads", str(args.threads)]
+    if args.cpu_time:
+        cmd += ["--cpu-time"]
     path = os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])
     env = dict(os.environ, PYTHONPATH=path)
     r = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -249,8 +254,9 @@ def compare_native(preset, roots, args):
     out = {k: ratio_summary(runs["default"], runs["native"], k) for k in ("train", "infer")}
     out["runs"] = runs
     d, n = runs["default"][0], runs["native"][0]
+    clock = "thread CPU time" if args.cpu_time else "wall time"
     print(f"[{preset}] default build (kernels {d['level']}, {' '.join(d['cflags'])}) vs "
-          f"native build ({' '.join(n['cflags'])}), {d['threads']} threads:")
+          f"native build ({' '.join(n['cflags'])}), threads: {d['threads']}, {clock}:")
     for kind, label in (("train", "training "), ("infer", "inference")):
         r = out[kind]
         print(f"[{preset}] {label} : default {r['default_img_s']:8.0f} img/s   native "
@@ -299,6 +305,8 @@ def main(argv=None):
                    help="instead, compare this (default, dispatched) build with a "
                    "SNNFAST_NATIVE=1 build of the same source, made in DIR (reused when up to "
                    "date)")
+    p.add_argument("--cpu-time", action="store_true",
+                   help="with --native-build: one thread, timed by the thread's CPU time")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
@@ -311,6 +319,8 @@ def main(argv=None):
         p.error("nothing to measure: give --presets and/or --models")
     if args.native_build:
         return main_native(args)
+    if args.cpu_time:
+        p.error("--cpu-time is an option of --native-build")
     from snnfast.convsnn import ConvSNN
     for path in args.models:       # fail now, not after the presets' minutes of timing
         try:

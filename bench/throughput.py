@@ -2,7 +2,7 @@
 
     python bench/throughput.py [--presets default seed] [--threads N] [--repeats 5]
                                [--train-images N] [--test-images N] [--json out.json]
-                               [--models RUN/model.h5 ...]
+                               [--models RUN/model.h5 ...] [--native-build DIR]
 
 Both backends run in the same process, on the same data, with the same preset and thread
 count, their timed runs alternating (kernels, NumPy, kernels, ...) so that both see the same
@@ -22,10 +22,27 @@ trained models (e.g. the README's runs): both backends load the same file, infer
 Every measurement is also checked against the targets of the project's issue: >= 5x the
 baseline, and an absolute rate (halved on machines without AVX-512, as the project's
 performance notes expect); the verdicts are printed and kept in the JSON.
+
+``--native-build DIR`` then compares the build this script imports (the portable default
+build, its kernel variant chosen at run time) with a ``SNNFAST_NATIVE=1`` (``-march=native``)
+build of the same source: DIR receives a copy of the source tree (only changed files are
+copied, so an up-to-date DIR is not recompiled) and is built in place. Each build runs in its
+own subprocess, the two alternating, one timed training epoch and one evaluation per
+subprocess after a warm-up; the ratio (default / native, target >= 0.95) is the median of the
+ratios of neighbouring runs. With ``--native-build`` only this comparison is measured (for
+the ``--presets``; no NumPy baseline). ``--cpu-time`` measures it with one thread and the
+calling thread's CPU time instead of wall time: the per-core cost, robust when other
+processes load the machine (wall-clock figures with 2 threads then vary by tens of percent).
 """
 import argparse
+import json
+import os
+import shutil
 import statistics
+import subprocess
 import sys
+import time
+from pathlib import Path
 
 from _timing import alternate_times, bench_data  # bench/_timing.py (the script directory is on sys.path)
 
@@ -119,6 +136,156 @@ def _ratio(r, kind):
     return f"x{r[f'{kind}_speedup']:.1f}{spread}"
 
 
+# --native-build: the default (dispatched) build must reach this share of a -march=native build
+NATIVE_RATIO_TARGET = 0.95
+ROOT = Path(__file__).resolve().parent.parent
+# what an in-place build of the source tree needs (setup.py, its metadata, the package, the
+# data checksums that snnfast.datasets reads in a source tree)
+SOURCE_ITEMS = ["setup.py", "pyproject.toml", "README.md", "LICENSE", "MANIFEST.in", "ext",
+                "snnfast", "data"]
+BUILD_OUTPUTS = (".so", ".pyd", ".c", ".o", ".pyc")
+
+
+def _sync_tree(src, dst):
+    """Copy the files of ``src`` that differ into ``dst`` (with their times, so that an
+    up-to-date build in ``dst`` is not redone); build outputs are not copied."""
+    for f in sorted(Path(src).rglob("*")) if Path(src).is_dir() else [Path(src)]:
+        rel = f.relative_to(Path(src).parent)
+        if (f.is_dir() or f.name.endswith(BUILD_OUTPUTS) or "__pycache__" in rel.parts
+                or "_isa" in rel.parts or f.name == "_build_info.py"):
+            continue
+        out = Path(dst) / rel
+        if out.exists() and out.read_bytes() == f.read_bytes():
+            continue
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(f, out)
+
+
+def build_info_of(root):
+    """``snnfast/_build_info.py`` of the tree ``root`` as a dict ({} if it was never built)."""
+    info = Path(root) / "snnfast" / "_build_info.py"
+    if not info.exists():
+        return {}
+    ns = {}
+    exec(info.read_text(), ns)                 # a file setup.py wrote: plain assignments
+    return {k: v for k, v in ns.items() if k.isupper()}
+
+
+def native_build(dir_):
+    """Copy this source tree into ``dir_`` and build it in place with SNNFAST_NATIVE=1."""
+    if not (ROOT / "setup.py").exists():
+        raise SystemExit("--native-build needs the source tree (setup.py) next to bench/")
+    dir_ = Path(dir_).resolve()
+    if dir_ == ROOT:
+        raise SystemExit("--native-build: DIR must not be the source tree itself")
+    for item in SOURCE_ITEMS:
+        if (ROOT / item).exists():
+            _sync_tree(ROOT / item, dir_)
+    print(f"building the -march=native copy in {dir_} (SNNFAST_NATIVE=1; a few minutes the "
+          "first time)", flush=True)
+    env = dict(os.environ, SNNFAST_NATIVE="1")
+    r = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=dir_,
+                       env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"--native-build: the build failed:\n{r.stderr[-3000:]}")
+    if build_info_of(dir_).get("MODE") != "native":
+        raise SystemExit(f"--native-build: {dir_} is not a SNNFAST_NATIVE=1 build")
+    return dir_
+
+
+def _worker(args):
+    """--worker: one warm-up, then one timed training epoch and one evaluation of the snnfast
+    this process imports; a JSON line on stdout."""
+    import snnfast
+    from snnfast import _dispatch
+    threads = 1 if args.cpu_time else snnfast.effective_n_threads(args.threads)
+    clock = time.thread_time if args.cpu_time else time.perf_counter
+    _, Xtr, ytr, Xte, yte = bench_data(args.train_images, args.test_images)
+    m = _model(args.worker, "kernels", threads, None)
+    m.fit(Xtr, ytr, epochs=1)
+    m.evaluate(Xte, yte)
+    t0 = clock()
+    m.fit(Xtr, ytr, epochs=m.epoch_ + 1)
+    t1 = clock()
+    m.evaluate(Xte, yte)
+    t2 = clock()
+    info = build_info_of(Path(snnfast.__file__).parent.parent)
+    print(json.dumps({"train_img_s": len(Xtr) / (t1 - t0), "infer_img_s": len(Xte) / (t2 - t1),
+                      "threads": threads, "level": _dispatch.chosen_level(),
+                      "mode": info.get("MODE"), "cflags": info.get("CFLAGS"),
+                      "file": snnfast.__file__}))
+    return 0
+
+
+def _run_worker(root, preset, args):
+    """One --worker subprocess on the snnfast of the tree ``root``."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", preset,
+           "--train-images", str(args.train_images), "--test-images", str(args.test_images)]
+    if args.threads is not None:
+        cmd += ["--threads", str(args.threads)]
+    if args.cpu_time:
+        cmd += ["--cpu-time"]
+    path = os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, PYTHONPATH=path)
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"the benchmark of {root} failed:\n{r.stderr[-3000:]}")
+    d = json.loads(r.stdout.strip().splitlines()[-1])
+    if Path(d["file"]).resolve().parent.parent != Path(root).resolve():
+        raise SystemExit(f"the subprocess imported {d['file']}, not the build in {root}")
+    return d
+
+
+def ratio_summary(default_runs, native_runs, kind):
+    """Median and all ratios default / native of ``kind`` img/s of neighbouring runs."""
+    pairs = [d[f"{kind}_img_s"] / n[f"{kind}_img_s"] for d, n in zip(default_runs, native_runs)]
+    return {"ratio": statistics.median(pairs), "ratios": pairs,
+            "default_img_s": statistics.median(d[f"{kind}_img_s"] for d in default_runs),
+            "native_img_s": statistics.median(n[f"{kind}_img_s"] for n in native_runs),
+            "target": NATIVE_RATIO_TARGET, "met": statistics.median(pairs) >= NATIVE_RATIO_TARGET}
+
+
+def compare_native(preset, roots, args):
+    """The default build (``roots["default"]``) against the native one, alternating."""
+    runs = {name: [] for name in roots}
+    for _ in range(args.repeats):
+        for name, root in roots.items():
+            runs[name].append(_run_worker(root, preset, args))
+    out = {k: ratio_summary(runs["default"], runs["native"], k) for k in ("train", "infer")}
+    out["runs"] = runs
+    d, n = runs["default"][0], runs["native"][0]
+    clock = "thread CPU time" if args.cpu_time else "wall time"
+    print(f"[{preset}] default build (kernels {d['level']}, {' '.join(d['cflags'])}) vs "
+          f"native build ({' '.join(n['cflags'])}), threads: {d['threads']}, {clock}:")
+    for kind, label in (("train", "training "), ("infer", "inference")):
+        r = out[kind]
+        print(f"[{preset}] {label} : default {r['default_img_s']:8.0f} img/s   native "
+              f"{r['native_img_s']:8.0f} img/s   x{r['ratio']:.3f} ({min(r['ratios']):.3f}-"
+              f"{max(r['ratios']):.3f}) vs >= x{NATIVE_RATIO_TARGET} "
+              f"{'met' if r['met'] else 'MISSED'}")
+    return out
+
+
+def main_native(args):
+    """--native-build: the default build against a -march=native one, per preset."""
+    import snnfast
+    from snnfast._config import config_dict
+    default = Path(snnfast.__file__).resolve().parent.parent
+    if build_info_of(default).get("MODE") != "dispatch":
+        raise SystemExit(f"--native-build: {default} is not a default (dispatched) build")
+    roots = {"default": default, "native": native_build(args.native_build)}
+    cfg = config_dict()
+    print(f"cpu: {cfg['cpu']} [{cfg['simd']}], {cfg['cpus_available']} cpus; "
+          f"{args.train_images} training / {args.test_images} test images; {args.repeats} "
+          "alternating runs per build")
+    results = {"config": cfg, "native_build": {preset: compare_native(preset, roots, args)
+                                               for preset in args.presets}}
+    if args.json:
+        from snnfast._utils import write_json
+        write_json(args.json, results)
+    return 0
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--presets", nargs="*", default=["default", "seed"],
@@ -134,13 +301,26 @@ def main(argv=None):
     p.add_argument("--json", default=None, help="write the results to this file")
     p.add_argument("--models", nargs="*", default=[], metavar="MODEL_H5",
                    help="also measure these saved models (after the --presets)")
+    p.add_argument("--native-build", default=None, metavar="DIR",
+                   help="instead, compare this (default, dispatched) build with a "
+                   "SNNFAST_NATIVE=1 build of the same source, made in DIR (reused when up to "
+                   "date)")
+    p.add_argument("--cpu-time", action="store_true",
+                   help="with --native-build: one thread, timed by the thread's CPU time")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.worker:
+        return _worker(args)
     from snnfast._cli import check_output_arg
     check_output_arg(p, "--json", args.json)   # before the measurements
     if args.repeats < 1:
         p.error("--repeats must be >= 1")
     if not args.presets and not args.models:
         p.error("nothing to measure: give --presets and/or --models")
+    if args.native_build:
+        return main_native(args)
+    if args.cpu_time:
+        p.error("--cpu-time is an option of --native-build")
     from snnfast.convsnn import ConvSNN
     for path in args.models:       # fail now, not after the presets' minutes of timing
         try:

@@ -2,8 +2,9 @@
 from ._version import __version__
 from ._config import check_cpu as _check_cpu, effective_n_threads, openmp_enabled, show_config
 
-# Before any kernel is loaded: a build made for a newer CPU (-march=native elsewhere) must fail
-# here with a clear ImportError, not later with an illegal instruction.
+# Before any kernel is loaded: a build made for a newer CPU (SNNFAST_NATIVE=1 elsewhere) must
+# fail here with a clear ImportError, not later with an illegal instruction; then the best
+# kernel variant this CPU runs is chosen (snnfast._dispatch; SNNFAST_ISA forces one).
 _check_cpu()
 
 __all__ = ["__version__", "effective_n_threads", "openmp_enabled", "show_config", "ConvSNN"]

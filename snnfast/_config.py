@@ -30,25 +30,39 @@ def missing_cpu_features(targeted, supports):
 
 
 def check_cpu():
-    """Raise ImportError if the kernels were compiled for CPU features this CPU lacks.
+    """Refuse a build this CPU cannot run, then choose the kernels' variant.
 
-    A default build uses ``-march=native``: built on one machine and run on an older one, its
-    kernels would stop the process with an illegal instruction. ``setup.py`` records the
-    features the compiler enabled (``_build_info.ISA``); they are compared here with what the
-    CPU reports, through an extension built without ``-march=native``.
+    ``setup.py`` records the x86 features the compiler enabled for the baseline modules
+    (``_build_info.ISA``: x86-64-v2 in a default build, this machine's in a ``SNNFAST_NATIVE=1``
+    build); they are compared here with what the CPU reports, through an extension built for
+    any CPU of the architecture. Then :func:`snnfast._dispatch.install` picks the best kernel
+    variant the CPU runs (``SNNFAST_ISA`` forces one).
+
+    Raises
+    ------
+    ImportError
+        If the CPU lacks a feature of the baseline (the kernels would stop the process with an
+        illegal instruction), or ``SNNFAST_ISA`` asks for a variant that cannot run.
     """
     bi = _build_info()
-    targeted = getattr(bi, "ISA", [])
-    if not targeted:
-        return
+    if bi is None:
+        return                  # a source tree that was never built: no kernels to check
     from ._cpu import cpu_supports
-    missing = missing_cpu_features(targeted, cpu_supports)
+    missing = missing_cpu_features(getattr(bi, "ISA", []), cpu_supports)
     if missing:
-        raise ImportError(
-            f"snnfast was compiled for CPU features this CPU lacks ({', '.join(missing)}): "
-            "it was built with -march=native on another machine. Reinstall it on this machine, "
-            "or build a package that runs on any CPU with SNNFAST_PORTABLE=1 "
-            "(SNNFAST_PORTABLE=1 pip install .)")
+        raise ImportError(_missing_message(missing, getattr(bi, "LEVEL", "native")))
+    from ._dispatch import install
+    install(bi)
+
+
+def _missing_message(missing, level):
+    """The ImportError text for a baseline needing the CPU features ``missing``."""
+    head = f"snnfast was compiled for CPU features this CPU lacks ({', '.join(missing)}): "
+    if level == "native":
+        return (head + "it was built with SNNFAST_NATIVE=1 (-march=native) on another "
+                "machine. Reinstall it without SNNFAST_NATIVE (pip install snnfast)")
+    return (head + f"its baseline is x86-64-{level}. On an older CPU, build it from source "
+            "for this machine: SNNFAST_NATIVE=1 pip install --no-binary snnfast snnfast")
 
 
 def _cpus_available():
@@ -206,9 +220,13 @@ def config_dict():
     bi = _build_info()
     if bi is not None:
         build = {"openmp": bi.OPENMP, "cflags": bi.CFLAGS, "ldflags": bi.LDFLAGS,
-                 "compiler": bi.COMPILER, "isa": getattr(bi, "ISA", None)}
+                 "compiler": bi.COMPILER, "isa": getattr(bi, "ISA", None),
+                 "mode": getattr(bi, "MODE", None), "level": getattr(bi, "LEVEL", None),
+                 "variants": getattr(bi, "VARIANT_CFLAGS", {})}
     else:
-        build = {"openmp": None, "cflags": None, "ldflags": None, "compiler": None, "isa": None}
+        build = {"openmp": None, "cflags": None, "ldflags": None, "compiler": None, "isa": None,
+                 "mode": None, "level": None, "variants": {}}
+    from . import _dispatch
     import numpy as np
     threads, threads_error = _threads_or_error()
     return {
@@ -225,6 +243,9 @@ def config_dict():
         "omp_wait": " ".join(f"{k}={os.environ.get(k, '(unset)')}"
                              for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")),
         "build": build,
+        # the kernel variant chosen at import (snnfast._dispatch) and each module's
+        "kernels": {"level": _dispatch.chosen_level(), "request": os.environ.get(_dispatch.ENV),
+                    "modules": _dispatch.module_levels() if bi is not None else {}},
         "blas": _blas_info(),
     }
 
@@ -235,6 +256,30 @@ def show_config(file=None):
     An invalid thread variable is shown on the "effective threads" line, not raised.
     """
     print(format_config(config_dict()), file=file or sys.stdout)
+
+
+def _kernels_line(build, kernels):
+    """The chosen variant and why, for :func:`format_config`."""
+    mode, level = build.get("mode"), kernels["level"]
+    if mode == "dispatch":
+        levels = " ".join([build["level"], *build["variants"]])
+        how = (f"forced by SNNFAST_ISA={kernels['request']}"
+               if (kernels["request"] or "auto").strip().lower() != "auto"
+               else "the best this CPU runs")
+        return f"{level} (of {levels}: {how})"
+    if mode == "native":
+        return "native (one -march=native build: SNNFAST_NATIVE=1)"
+    if mode == "baseline":
+        return f"{level} (no variants: a debug build or not x86-64)"
+    return "unknown (an older build without variants)"
+
+
+def _modules_line(modules):
+    """``level: module module ...; level: ...`` for :func:`format_config`."""
+    by_level = {}
+    for name, level in modules.items():
+        by_level.setdefault(level, []).append(name)
+    return "; ".join(f"{level}: {' '.join(names)}" for level, names in by_level.items()) or "-"
 
 
 def format_config(c):
@@ -252,6 +297,8 @@ def format_config(c):
         f"compiler:            {c['build']['compiler']}",
         f"compile flags:       {' '.join(c['build']['cflags'] or [])}",
         f"built for CPU with:  {' '.join(c['build']['isa'] or []) or '(baseline)'}",
+        f"kernel variant:      {_kernels_line(c['build'], c['kernels'])}",
+        f"modules:             {_modules_line(c['kernels']['modules'])}",
     ]
     for b in c["blas"] or [{"internal_api": "none found"}]:
         lines.append(f"BLAS:                {b.get('internal_api')} {b.get('version') or ''} "

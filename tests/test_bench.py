@@ -182,3 +182,48 @@ def test_nir_runtime_script_times_or_skips_the_peers(tmp_path):
         assert d["vs_snntorch_outputs"]["2"]["total"] == 2 * 2 * 10
     else:
         assert "snntorch: skipped" in r.stdout
+
+
+def test_native_comparison_ratio_pairs_neighbouring_runs():
+    tp = _load_bench("throughput")
+    def runs(train, infer):
+        return [{"train_img_s": t, "infer_img_s": i} for t, i in zip(train, infer)]
+    default = runs([90.0, 50.0, 99.0], [200.0, 100.0, 300.0])
+    native = runs([100.0, 50.0, 100.0], [200.0, 400.0, 300.0])
+    r = tp.ratio_summary(default, native, "train")
+    assert r["ratios"] == [0.9, 1.0, 0.99] and r["ratio"] == 0.99 and r["met"]
+    assert r["default_img_s"] == 90.0 and r["native_img_s"] == 100.0
+    r = tp.ratio_summary(default, native, "infer")
+    assert r["ratios"] == [1.0, 0.25, 1.0] and r["ratio"] == 1.0 and r["met"]
+    assert not tp.ratio_summary(default[:1], native[:1], "train")["met"]      # 0.9 < 0.95
+
+
+def test_native_build_copies_sources_not_build_outputs(tmp_path):
+    tp = _load_bench("throughput")
+    src = tmp_path / "src" / "pkg"
+    (src / "_isa" / "v3").mkdir(parents=True)
+    (src / "a.py").write_text("x = 1\n")
+    (src / "_build_info.py").write_text("MODE = 'dispatch'\n")
+    for out in ("m.cpython-311-x86_64-linux-gnu.so", "m.c", "_isa/v3/m.so"):
+        (src / out).write_text("binary")
+    dst = tmp_path / "dst"
+    tp._sync_tree(src, dst)
+    assert sorted(p.relative_to(dst).as_posix() for p in dst.rglob("*") if p.is_file()) == [
+        "pkg/a.py"]
+    copied = dst / "pkg" / "a.py"
+    mtime = copied.stat().st_mtime_ns
+    tp._sync_tree(src, dst)                     # unchanged: not copied again (no rebuild)
+    assert copied.stat().st_mtime_ns == mtime
+    (src / "a.py").write_text("x = 2\n")
+    tp._sync_tree(src, dst)
+    assert copied.read_text() == "x = 2\n"
+
+
+@pytest.mark.skipif(not BENCH.is_dir(), reason="bench/ is not shipped with this install")
+def test_native_build_refuses_the_source_tree_itself():
+    r = subprocess.run([sys.executable, str(BENCH / "throughput.py"), "--native-build",
+                        str(BENCH.parent)], capture_output=True, text=True, timeout=300,
+                       cwd=BENCH.parent)
+    assert r.returncode != 0
+    assert ("DIR must not be the source tree itself" in r.stderr
+            or "is not a default (dispatched) build" in r.stderr), r.stderr

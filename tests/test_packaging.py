@@ -70,11 +70,13 @@ def test_missing_cpu_features_counts_only_known_absences():
 def test_check_cpu_refuses_a_build_for_another_cpu(monkeypatch):
     import types
 
-    from snnfast import _config, _cpu
-    fake = types.SimpleNamespace(ISA=["avx2", "avx512f"])
+    from snnfast import _config, _cpu, _dispatch
+    fake = types.SimpleNamespace(ISA=["avx2", "avx512f"], LEVEL="native")
     monkeypatch.setattr(_config, "_build_info", lambda: fake)
+    monkeypatch.setattr(_dispatch, "install", lambda bi: None)    # keep this process's choice
     monkeypatch.setattr(_cpu, "cpu_supports", lambda name: 0 if name == "avx512f" else 1)
-    with pytest.raises(ImportError, match=r"lacks \(avx512f\).*SNNFAST_PORTABLE=1"):
+    with pytest.raises(ImportError, match=r"lacks \(avx512f\).*SNNFAST_NATIVE=1 \(-march=nat"
+                                          r"ive\) on another machine. Reinstall it without"):
         _config.check_cpu()
     monkeypatch.setattr(_cpu, "cpu_supports", lambda name: 1)
     _config.check_cpu()                 # every feature present: no error
@@ -111,3 +113,15 @@ def test_cpu_supports_agrees_with_the_kernel(name, flag):
     from snnfast._cpu import cpu_supports
     assert cpu_supports(name) == int(flag in flags)
     assert cpu_supports("no-such-feature") == -1
+
+
+def test_os_register_state_agrees_with_linux():
+    # Linux lists avx / avx512f in /proc/cpuinfo only if it saves their registers (XCR0)
+    flags = _cpuinfo_flags()
+    if flags is None or platform.machine() != "x86_64":
+        pytest.skip("needs Linux on x86-64")
+    from snnfast._cpu import os_xsave_state
+    xcr0 = os_xsave_state()             # what snnfast._dispatch asks before AVX kernels
+    assert xcr0 >= 0
+    assert ((xcr0 & 0x6) == 0x6) == ("avx" in flags)
+    assert ((xcr0 & 0xE6) == 0xE6) == ("avx512f" in flags)

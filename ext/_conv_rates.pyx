@@ -22,7 +22,8 @@
 #              (back[b, i] * scale) * (phi'(a[b, i]) - phi'(bias[c])) and of total[i]
 # (back may be 0 where the input patch is empty and total holds its full column sums: see
 # convsnn_numpy.conv_backward).
-from cython.parallel cimport parallel, prange
+from cython.parallel cimport parallel, prange, threadid
+import numpy as np
 from libc.stdlib cimport free, malloc
 
 cdef extern from "snn_conv_rates.h":
@@ -57,19 +58,11 @@ def patch_active_into(const float[:, ::1] x, unsigned char[:, ::1] out, int heig
     (a height x width plane) has a nonzero."""
     cdef Py_ssize_t b, B = x.shape[0]
     cdef snn_r_geom g = make_geom(height, width, 8, kernel, stride)
-    cdef unsigned char *col
-    cdef int failed = 0
-    col = NULL  # firstprivate in the parallel block: give it a defined value
-    with nogil, parallel(num_threads=n_threads):
-        col = <unsigned char *>snn_aligned_alloc(<size_t>width)
-        for b in prange(B, schedule='static'):
-            if col == NULL:
-                failed += 1
-                continue
-            snn_patch_active(&x[b, 0], &out[b, 0], &g, col)
-        free(col)
-    if failed:
-        raise MemoryError("conv patch map: cannot allocate thread buffers")
+    # per-thread column scratch: a row of whole cache lines each (no false sharing)
+    cdef Py_ssize_t row = (width + 63) // 64 * 64
+    cdef unsigned char[:, ::1] col = np.empty((max(n_threads, 1), row), np.uint8)
+    for b in prange(B, nogil=True, schedule='static', num_threads=n_threads):
+        snn_patch_active(&x[b, 0], &out[b, 0], &g, &col[threadid(), 0])
 
 
 def rate_backward_into(const float[:, ::1] x, const float[:, ::1] wt, const float[::1] bias,

@@ -17,9 +17,9 @@ cdef extern from "snn_convsnn_conv.h":
     ctypedef struct snn_conv_geom:
         int H, W, nc, k, s, OH, OW, npos, mt
     void *snn_aligned_alloc(size_t n) nogil
-    void snn_conv_tables(const snn_conv_geom *g, int32_t *dst, int32_t *src, uint8_t *n) nogil
+    void snn_conv_tables(const snn_conv_geom *g, uint16_t *dst, uint16_t *src, uint8_t *n) nogil
     void snn_conv_scatter(float *I, const float *wT, const uint16_t *pix, int n,
-                          const int32_t *dst, const int32_t *src, const uint8_t *cnt, int mt,
+                          const uint16_t *dst, const uint16_t *src, const uint8_t *cnt, int mt,
                           int nc) nogil
     void snn_conv_gather(float *I, const float *wT, const uint16_t *pix, int n,
                          const snn_conv_geom *g, uint32_t *rows) nogil
@@ -79,7 +79,7 @@ cdef void conv_sample(const uint8_t *img, uint64_t key, const float *wT, const f
                       const int32_t *det, int n_det, int T, float beta, float thr,
                       const int64_t *evt, uint16_t *spk_idx, int32_t *spk_cnt, int32_t *n_in,
                       int32_t *n_c, int64_t *in_count, int64_t *conv_events, uint8_t *rec,
-                      const snn_conv_geom *g, const int32_t *tdst, const int32_t *tsrc,
+                      const snn_conv_geom *g, const uint16_t *tdst, const uint16_t *tsrc,
                       const uint8_t *tn, float *v, float *I, uint16_t *nz, uint16_t *pix,
                       uint64_t *chan, uint32_t *rows, bint gather) noexcept nogil:
     cdef int t, k, n, n_nz = 0
@@ -139,8 +139,8 @@ def conv_forward_into(const uint8_t[:, ::1] images, const int64_t[::1] sample_id
     cdef snn_conv_geom g = make_geom(height, width, <int>wT.shape[1], kernel, stride)
     cdef int npix = height * width, nconv = g.nc * g.npos
     # the tap tables of these sizes, shared read-only by all threads
-    cdef int32_t[::1] tdst = np.empty(max(npix * g.mt, 1), np.int32)
-    cdef int32_t[::1] tsrc = np.empty(max(npix * g.mt, 1), np.int32)
+    cdef uint16_t[::1] tdst = np.empty(max(npix * g.mt, 1), np.uint16)
+    cdef uint16_t[::1] tsrc = np.empty(max(npix * g.mt, 1), np.uint16)
     cdef uint8_t[::1] tn = np.empty(max(npix, 1), np.uint8)
     snn_conv_tables(&g, &tdst[0], &tsrc[0], &tn[0])
     # per-thread scratch, one allocation carved into cache-line-aligned pieces (whole lines

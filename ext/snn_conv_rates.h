@@ -20,14 +20,14 @@ typedef struct { int W, nc, k, s, OH, OW, npos; } snn_r_geom;
    adder busy. nc, k and s are arguments of an always-inlined function so that the caller
    can make them compile-time constants (see snn_rate_backward). */
 SNN_R_INLINE void snn_rate_currents_n(const float *x, const float *wt, const float *bias,
-                                      float *out, const snn_r_geom *g, int nc, int k,
+                                      float *out, int W, int OH, int OW, int nc, int k,
                                       int s) {
     const snn_r8 zero = {0};
-    const int W = g->W, OW = g->OW, npos = g->npos;
+    const int npos = OH * OW;
     for (int h = 0; h < nc; h += 16) {
         const int two = h + 8 < nc;                 /* a second vector of channels */
         const snn_r8 b0 = snn_r_ld(bias + h), b1 = two ? snn_r_ld(bias + h + 8) : zero;
-        for (int y = 0; y < g->OH; y++)
+        for (int y = 0; y < OH; y++)
             for (int xo = 0; xo < OW; xo += 2) {
                 /* with an odd OW the last position has no partner: its pair's sums are
                    computed from a repeated input and discarded */
@@ -66,9 +66,9 @@ SNN_R_INLINE void snn_rate_currents_n(const float *x, const float *wt, const flo
    transposed to positions x channels (dt: npos*nc floats of scratch), so that each tap's
    16 sums stay in two registers while the positions stream past. */
 SNN_R_INLINE void snn_rate_wgrad_n(const float *x, const float *delta, float *g, float *dt,
-                                   const snn_r_geom *geo, int nc, int k, int s) {
+                                   int W, int OH, int OW, int nc, int k, int s) {
     const snn_r8 zero = {0};
-    const int W = geo->W, OW = geo->OW, npos = geo->npos;
+    const int npos = OH * OW;
     for (int c = 0; c < nc; c++)
         for (int p = 0; p < npos; p++) dt[p * nc + c] = delta[c * npos + p];
     for (int h = 0; h < nc; h += 16) {
@@ -78,7 +78,7 @@ SNN_R_INLINE void snn_rate_wgrad_n(const float *x, const float *delta, float *g,
             for (int kx = 0; kx < k; kx += 2) {
                 const int tw = kx + 1 < k;
                 snn_r8 a0 = zero, a1 = zero, c0 = zero, c1 = zero;
-                for (int y = 0; y < geo->OH; y++) {
+                for (int y = 0; y < OH; y++) {
                     const float *row = x + (s * y + ky) * W + kx;
                     for (int xo = 0; xo < OW; xo++) {
                         const snn_r8 v = zero + row[s * xo], u = zero + row[s * xo + tw];
@@ -114,21 +114,33 @@ static void snn_rate_part_sum(const float *part, int B, int npart, float *sum) {
 /* out[p] = 1 if any of the k*k inputs of position p is nonzero, else 0: where the current
    is the bias alone. Columns of k rows first (col: W bytes of scratch), then runs of k
    columns. H is not needed: the rows read are those of the valid positions. */
-static void snn_patch_active(const float *x, unsigned char *out, const snn_r_geom *g,
-                             unsigned char *col) {
-    const int W = g->W, k = g->k, s = g->s;
-    for (int y = 0; y < g->OH; y++) {
+SNN_R_INLINE void snn_patch_active_n(const float *x, unsigned char *out, unsigned char *col,
+                                     int W, int OH, int OW, int k, int s) {
+    for (int y = 0; y < OH; y++) {
         for (int c = 0; c < W; c++) {
             int any = 0;
             for (int ky = 0; ky < k; ky++) any |= x[(s * y + ky) * W + c] != 0.0f;
             col[c] = (unsigned char)any;
         }
-        for (int xo = 0; xo < g->OW; xo++) {
+        for (int xo = 0; xo < OW; xo++) {
             unsigned char any = 0;
             for (int kx = 0; kx < k; kx++) any |= col[s * xo + kx];
-            out[y * g->OW + xo] = any;
+            out[y * OW + xo] = any;
         }
     }
+}
+
+/* The default preset's conv (one 28 x 28 plane, 5 x 5 kernel, stride 2, 12 x 12 outputs)
+   as compile-time constants: the loops unroll and the indices fold (~20 % of these
+   kernels' time). Selected at run time by the sizes, which still come from the network
+   description; every other size takes the general loops (same float order). */
+#define SNN_R_TUNED(g) ((g)->W == 28 && (g)->OH == 12 && (g)->OW == 12 && (g)->k == 5 \
+                        && (g)->s == 2)
+
+static void snn_patch_active(const float *x, unsigned char *out, const snn_r_geom *g,
+                             unsigned char *col) {
+    if (SNN_R_TUNED(g)) snn_patch_active_n(x, out, col, 28, 12, 12, 5, 2);
+    else snn_patch_active_n(x, out, col, g->W, g->OH, g->OW, g->k, g->s);
 }
 
 typedef int snn_r8i __attribute__((vector_size(32)));
@@ -169,12 +181,12 @@ static float snn_r_sum_pos(const float *v, int npos) {
 SNN_R_INLINE void snn_rate_backward_n(const float *x, const float *wt, const float *bias,
                                       const float *back, float scale, float center,
                                       float slope, float half, const float *phib, float *g,
-                                      float *u, const snn_r_geom *geo, float *scr, int nc,
+                                      float *u, float *scr, int W, int OH, int OW, int nc,
                                       int k, int s) {
-    const int npos = geo->npos;
+    const int npos = OH * OW;
     float *a = scr, *delta = scr + (size_t)nc * npos, *dt = scr + 2 * (size_t)nc * npos;
     const snn_r8 zero = {0};
-    snn_rate_currents_n(x, wt, bias, a, geo, nc, k, s);
+    snn_rate_currents_n(x, wt, bias, a, W, OH, OW, nc, k, s);
     for (int c = 0; c < nc; c++) {
         snn_r8 acc = zero;
         for (int p = 0; p < npos; p += 8) {
@@ -186,22 +198,24 @@ SNN_R_INLINE void snn_rate_backward_n(const float *x, const float *wt, const flo
         }
         u[c] = snn_r_lanesum(acc);
     }
-    snn_rate_wgrad_n(x, delta, g, dt, geo, nc, k, s);
+    snn_rate_wgrad_n(x, delta, g, dt, W, OH, OW, nc, k, s);
 }
 
 static void snn_rate_backward(const float *x, const float *wt, const float *bias,
                               const float *back, float scale, float center, float slope,
                               float half, const float *phib, float *g, float *u,
                               const snn_r_geom *geo, float *scr) {
-    /* A compile-time specialisation of the default preset's conv (16 channels, 5x5,
-       stride 2: the tap loops unroll); the sizes still come from geo, and every other
-       conv takes the general loop. Same float order either way. */
-    if (geo->nc == 16 && geo->k == 5 && geo->s == 2)
-        snn_rate_backward_n(x, wt, bias, back, scale, center, slope, half, phib, g, u, geo,
-                            scr, 16, 5, 2);
+    /* the default preset's conv (16 channels, SNN_R_TUNED) as constants, then 16-channel
+       convs of any size, then the rest */
+    if (geo->nc == 16 && SNN_R_TUNED(geo))
+        snn_rate_backward_n(x, wt, bias, back, scale, center, slope, half, phib, g, u, scr,
+                            28, 12, 12, 16, 5, 2);
+    else if (geo->nc == 16)
+        snn_rate_backward_n(x, wt, bias, back, scale, center, slope, half, phib, g, u, scr,
+                            geo->W, geo->OH, geo->OW, 16, geo->k, geo->s);
     else
-        snn_rate_backward_n(x, wt, bias, back, scale, center, slope, half, phib, g, u, geo,
-                            scr, geo->nc, geo->k, geo->s);
+        snn_rate_backward_n(x, wt, bias, back, scale, center, slope, half, phib, g, u, scr,
+                            geo->W, geo->OH, geo->OW, geo->nc, geo->k, geo->s);
 }
 
 #endif /* SNN_CONV_RATES_H */

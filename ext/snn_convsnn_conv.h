@@ -33,18 +33,26 @@ static inline unsigned snn_mask8(snn_v8i m) {
    the most output positions one input pixel reaches (ceil(k/s)^2). */
 typedef struct { int H, W, nc, k, s, OH, OW, npos, mt; } snn_conv_geom;
 
-/* Per pixel p: the output positions its spike reaches and the tap it meets there, as
-   float offsets into I[pos][nc] and wT[tap][nc]: dst/src[p*mt .. p*mt + n[p]). Built per
-   call from the sizes (H*W*mt entries: microseconds). */
-static void snn_conv_tables(const snn_conv_geom *g, int32_t *dst, int32_t *src, uint8_t *n) {
+/* The first output index whose window (stride s, size k) holds input index r. */
+static inline int snn_first_out(int r, int k, int s) {
+    return r - k + 1 <= 0 ? 0 : (r - k + s) / s;
+}
+
+/* Per pixel p: the output positions its spike reaches and the tap it meets there (indices
+   into I[pos][nc] and wT[tap][nc]): dst/src[p*mt .. p*mt + n[p]). 16-bit, so that the
+   tables of a 28 x 28 input stay in L1 with the layer's state (int32 offsets cost the
+   conv ~10 %); positions and taps are < 65536 (checked by the caller). Built per call from
+   the sizes (H*W*mt entries: microseconds). */
+static void snn_conv_tables(const snn_conv_geom *g, uint16_t *dst, uint16_t *src, uint8_t *n) {
     for (int p = 0; p < g->H * g->W; p++) {
-        int r = p / g->W, c = p % g->W, m = 0;
-        for (int y = 0; y < g->OH; y++)
-            for (int x = 0; x < g->OW; x++) {
-                int ky = r - g->s * y, kx = c - g->s * x;
-                if (ky < 0 || ky >= g->k || kx < 0 || kx >= g->k) continue;
-                dst[(size_t)p * g->mt + m] = (y * g->OW + x) * g->nc;
-                src[(size_t)p * g->mt + m] = (ky * g->k + kx) * g->nc;
+        const int r = p / g->W, c = p % g->W;
+        int m = 0;
+        /* only the outputs whose window holds the pixel: y in [first, r / s], likewise x */
+        for (int y = snn_first_out(r, g->k, g->s); y < g->OH && g->s * y <= r; y++)
+            for (int x = snn_first_out(c, g->k, g->s); x < g->OW && g->s * x <= c; x++) {
+                const int ky = r - g->s * y, kx = c - g->s * x;
+                dst[(size_t)p * g->mt + m] = (uint16_t)(y * g->OW + x);
+                src[(size_t)p * g->mt + m] = (uint16_t)(ky * g->k + kx);
                 m++;
             }
         n[p] = (uint8_t)m;
@@ -56,23 +64,27 @@ static void snn_conv_tables(const snn_conv_geom *g, int32_t *dst, int32_t *src, 
    tap, as fast as the code written for 16 channels); other channel counts take the
    loop. */
 static inline __attribute__((always_inline)) void snn_conv_scatter_n(
-        float *I, const float *wT, const uint16_t *pix, int n, const int32_t *dst_t,
-        const int32_t *src_t, const uint8_t *cnt, int mt, int nc) {
+        float *I, const float *wT, const uint16_t *pix, int n, const uint16_t *dst_t,
+        const uint16_t *src_t, const uint8_t *cnt, int mt, int nc) {
     for (int k = 0; k < n; k++) {
         const int p = pix[k], m = cnt[p];
-        const int32_t *dst = dst_t + (size_t)p * mt, *src = src_t + (size_t)p * mt;
+        const uint16_t *dst = dst_t + (size_t)p * mt, *src = src_t + (size_t)p * mt;
         for (int e = 0; e < m; e++) {
-            float *d = I + dst[e];
-            const float *w = wT + src[e];
+            float *d = I + (size_t)dst[e] * nc;
+            const float *w = wT + (size_t)src[e] * nc;
             for (int h = 0; h < nc; h += 8) snn_st8(d + h, snn_ld8(d + h) + snn_ld8(w + h));
         }
     }
 }
 
 static void snn_conv_scatter(float *I, const float *wT, const uint16_t *pix, int n,
-                             const int32_t *dst, const int32_t *src, const uint8_t *cnt,
+                             const uint16_t *dst, const uint16_t *src, const uint8_t *cnt,
                              int mt, int nc) {
-    if (nc == 16) snn_conv_scatter_n(I, wT, pix, n, dst, src, cnt, mt, 16);
+    /* compile-time cases of the default preset's conv: 16 channels (two vectors per tap)
+       and, for its 5x5 stride-2 kernel, at most 9 positions per pixel; mt and nc still
+       come from the description */
+    if (nc == 16 && mt == 9) snn_conv_scatter_n(I, wT, pix, n, dst, src, cnt, 9, 16);
+    else if (nc == 16) snn_conv_scatter_n(I, wT, pix, n, dst, src, cnt, mt, 16);
     else snn_conv_scatter_n(I, wT, pix, n, dst, src, cnt, mt, nc);
 }
 
@@ -126,25 +138,38 @@ static inline __attribute__((always_inline)) int snn_conv_lif_n(
     const snn_v8f one = {1, 1, 1, 1, 1, 1, 1, 1};
     const snn_v8f vb = one * beta, vt = one * thr, zero = one - one;
     uint64_t any = 0;
-    for (int g = 0; g < npos / 8; g++) {
-        const int w = g >> 3, sh = 8 * (g & 7);
-        for (int h = 0; h < nc; h += 8) {
-            const snn_v8f bh = snn_ld8(bias + h);
-            uint64_t bits = 0;
+    /* 16 channels (two vectors) at a time, the 8 positions of a group in turn: two
+       independent vectors per position */
+    for (int h0 = 0; h0 < nc; h0 += 16) {
+        const int nh = h0 + 8 < nc ? 2 : 1;
+        const snn_v8f b0 = snn_ld8(bias + h0), b1 = nh > 1 ? snn_ld8(bias + h0 + 8) : zero;
+        for (int g = 0; g < npos / 8; g++) {
+            uint64_t lo = 0, hi = 0;
             for (int q = 0; q < 8; q++) {
-                float *pv = v + (g * 8 + q) * nc + h, *pi = I + (g * 8 + q) * nc + h;
-                snn_v8f cur = snn_ld8(pi) + bh;
-                snn_v8f vv = vb * snn_ld8(pv);
-                vv = vv + cur;
-                snn_v8i m = vv > vt;
-                vv = (snn_v8f)((snn_v8i)vv & ~m);
-                snn_st8(pv, vv);
-                snn_st8(pi, zero);
-                bits |= (uint64_t)snn_mask8(m) << (8 * q);
+                const int pos = g * 8 + q;
+                unsigned bits = 0;
+                for (int h = 0; h < nh; h++) {
+                    float *pv = v + pos * nc + h0 + h * 8, *pi = I + pos * nc + h0 + h * 8;
+                    snn_v8f cur = snn_ld8(pi) + (h ? b1 : b0);
+                    snn_v8f vv = vb * snn_ld8(pv);
+                    vv = vv + cur;
+                    snn_v8i m = vv > vt;
+                    vv = (snn_v8f)((snn_v8i)vv & ~m);
+                    snn_st8(pv, vv);
+                    snn_st8(pi, zero);
+                    bits |= snn_mask8(m) << (8 * h);
+                }
+                lo |= (uint64_t)(bits & 0xFFu) << (8 * q);
+                hi |= (uint64_t)(bits >> 8) << (8 * q);
             }
-            any |= bits;
-            bits = snn_transpose8(bits);
-            for (int c = 0; c < 8; c++) chan[(size_t)(h + c) * nw + w] |= ((bits >> (8 * c)) & 0xFFu) << sh;
+            any |= lo | hi;
+            lo = snn_transpose8(lo);
+            hi = snn_transpose8(hi);
+            const int w = g >> 3, sh = 8 * (g & 7);
+            for (int c = 0; c < 8; c++) {
+                chan[(size_t)(h0 + c) * nw + w] |= ((lo >> (8 * c)) & 0xFFu) << sh;
+                if (nh > 1) chan[(size_t)(h0 + c + 8) * nw + w] |= ((hi >> (8 * c)) & 0xFFu) << sh;
+            }
         }
     }
     int n = 0;
@@ -174,6 +199,11 @@ static inline __attribute__((always_inline)) int snn_conv_lif_n(
 
 static int snn_conv_lif(float *v, float *I, const float *bias, float beta, float thr,
                         uint16_t *out, int nc, int npos, uint64_t *chan) {
+    /* compile-time cases: the default preset's conv (16 channels at 12 x 12 positions:
+       constant loops and a constant-size chan, ~5 % of the conv step), then any 16-channel
+       conv; nc and npos still come from the description */
+    if (nc == 16 && npos == 144)
+        return snn_conv_lif_n(v, I, bias, beta, thr, out, 16, 144, chan);
     if (nc == 16) return snn_conv_lif_n(v, I, bias, beta, thr, out, 16, npos, chan);
     return snn_conv_lif_n(v, I, bias, beta, thr, out, nc, npos, chan);
 }

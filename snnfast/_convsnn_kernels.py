@@ -142,6 +142,10 @@ class Geometry:
         if self.n_pix > 2**16 or self.n_conv > 2**16:
             raise ValueError(f"geometry: at most 65536 input pixels and conv neurons (16-bit "
                              f"spike indices), got {self.n_pix} and {self.n_conv}")
+        if self.max_fanout > 255:
+            raise ValueError(f"geometry: kernel {self.kernel} with stride {self.stride} "
+                             f"reaches {self.max_fanout} positions from one pixel; the tuned "
+                             f"kernels allow 255")
 
     @property
     def out_h(self):
@@ -178,6 +182,11 @@ class Geometry:
     @property
     def n_taps(self):
         return self.kernel * self.kernel
+
+    @property
+    def max_fanout(self):
+        """The most output positions one input pixel reaches: ceil(k / s) squared."""
+        return (-(-self.kernel // self.stride)) ** 2
 
     @property
     def param_shapes(self):

@@ -332,6 +332,22 @@ class ConvSNNConfig:
     def to_dict(self):
         return dataclasses.asdict(self)
 
+    @property
+    def network(self):
+        """The network description this config runs: its preset's, with the config's
+        forward fields (encoder, both LIF layers, the read-out's normalisation)."""
+        from .network import Network
+        d = load_preset(self.preset)[0].to_dict()
+        d["encoder"].update(T=self.T, n_det=self.n_det)
+        fields = {"conv_lif": dict(decay=self.beta_c, threshold=self.thr_c, reset=self.reset_c),
+                  "hidden": dict(decay=self.beta_h, threshold=self.thr_h, reset=self.reset_h,
+                                 period=self.hidden_period, phase=self.hidden_phase,
+                                 drive=self.drive, scale=self.drive_scale),
+                  "readout": dict(norm={"T": "steps", "updates": "updates"}[self.rate_norm])}
+        for layer in d["layers"]:
+            layer.update(fields.get(layer["name"], {}))
+        return Network.from_dict(d)
+
 
 def _preset_geometry(name):
     """The :class:`Geometry` of a preset's description (checked against the tuned kernels'
@@ -809,6 +825,36 @@ class ConvSNN:
         return {"rate_input": acc["in"] / (n * g.n_pix * c.T),
                 "rate_conv": acc["c"] / (n * g.n_conv * c.T),
                 "rate_hidden": acc["h"] / (n * g.hidden * U)}
+
+    @property
+    def network(self):
+        """The network description of this model (:attr:`ConvSNNConfig.network`)."""
+        return self.config.network
+
+    @property
+    def weights(self):
+        """The parameters under the description's names (``"conv.weight"``, ...), as
+        :attr:`params` (copies)."""
+        return {_PARAM_KEYS[k]: v for k, v in self.params.items()}
+
+    def trace_network(self, images, sample_ids=None):
+        """:meth:`trace` in the record format of ``snnfast.engine`` (keys of the
+        description's layers), for the consumers that read any network: the input spikes
+        ``input`` (N, T, C, H, W), ``spikes`` per spiking layer, the exact ``counts`` per
+        synaptic layer (operations) and spiking layer (spikes), per sample and step, the
+        read-out ``rates`` and the ``dense_macs`` per sample of the layers after it."""
+        tr = self.trace(images, sample_ids)
+        c, g, cnt = self.config, self.config.geometry, tr["counters"]
+        N = len(tr["logits"])
+        norm = c.T if c.rate_norm == "T" else max(len(c.update_steps), 1)
+        rates = tr["hidden"].sum(axis=1, dtype=np.int32).astype(np.float32) / np.float32(norm)
+        return {"input": tr["input"].reshape((N, c.T, 1) + g.image_shape),
+                "spikes": {"conv_lif": tr["conv"].reshape((N, c.T) + g.conv_shape),
+                           "hidden": tr["hidden"]},
+                "counts": {"conv": cnt["conv_synaptic_events"], "fc1": cnt["fc1_row_adds"],
+                           "conv_lif": cnt["conv_spikes"], "hidden": cnt["hidden_spikes"]},
+                "rates": rates, "dense_macs": {"fc2": g.hidden * g.classes},
+                "logits": tr["logits"]}
 
     def trace(self, images, sample_ids=None):
         """Spike trains of a batch (deterministic evaluation noise).

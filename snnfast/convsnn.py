@@ -101,13 +101,16 @@ MAX_BATCH_SIZE = 4096
 MAX_EPOCHS = 10_000
 
 
-def check_params(params, max_abs=MAX_ABS_WEIGHT):
+def check_params(params, max_abs=MAX_ABS_WEIGHT, shapes=None):
     """Validate the six canonical parameter arrays; return float32 C-contiguous copies.
 
-    Raises ``ValueError`` naming the array for a missing key, a wrong shape, NaN/inf or
-    (unless ``max_abs`` is None) a magnitude above ``max_abs`` (:data:`MAX_ABS_WEIGHT`).
+    Raises ``ValueError`` naming the array for a missing key, a wrong shape (``shapes``,
+    default the presets' :data:`PARAM_SHAPES`; a model's: ``config.geometry.param_shapes``),
+    NaN/inf or (unless ``max_abs`` is None) a magnitude above ``max_abs``
+    (:data:`MAX_ABS_WEIGHT`).
     """
-    return check_named_arrays(params, PARAM_SHAPES, "parameter", max_abs)
+    return check_named_arrays(params, PARAM_SHAPES if shapes is None else shapes, "parameter",
+                              max_abs)
 
 
 def check_lif(beta, thr, name=""):

@@ -117,6 +117,19 @@ cdef void conv_sample(const uint8_t *img, uint64_t key, const float *wT, const f
             n_c[spk_idx[<size_t>t * nconv + k]] += 1
 
 
+def conv_tables(int height, int width, int nc, int kernel, int stride):
+    """The tap tables of a conv's sizes: ``(dst, src, n)``, per pixel p the output positions
+    its spike reaches ``dst[p*mt : p*mt + n[p]]`` (uint16) and the taps it meets there
+    ``src`` (mt = ceil(kernel/stride)^2). Built once per size by the caller (cached)."""
+    cdef snn_conv_geom g = make_geom(height, width, nc, kernel, stride)
+    cdef int npix = height * width
+    cdef uint16_t[::1] dst = np.empty(max(npix * g.mt, 1), np.uint16)
+    cdef uint16_t[::1] src = np.empty(max(npix * g.mt, 1), np.uint16)
+    cdef uint8_t[::1] n = np.empty(max(npix, 1), np.uint8)
+    snn_conv_tables(&g, &dst[0], &src[0], &n[0])
+    return np.asarray(dst), np.asarray(src), np.asarray(n)
+
+
 def conv_forward_into(const uint8_t[:, ::1] images, const int64_t[::1] sample_ids,
                       uint64_t seed, uint64_t epoch, const float[:, ::1] wT,
                       const float[::1] bias, const int32_t[::1] det, int n_det, float beta,
@@ -124,13 +137,15 @@ def conv_forward_into(const uint8_t[:, ::1] images, const int64_t[::1] sample_id
                       int32_t[:, ::1] spk_cnt, int32_t[:, ::1] n_in, int32_t[:, ::1] n_c,
                       int64_t[:, ::1] in_count, int64_t[:, ::1] conv_events,
                       uint8_t[:, :, ::1] rec, bint record, int n_threads, int height, int width,
-                      int kernel, int stride, bint gather=False):
+                      int kernel, int stride, const uint16_t[::1] tdst,
+                      const uint16_t[::1] tsrc, const uint8_t[::1] tn, bint gather=False):
     """Fill the preallocated outputs (see snnfast._convsnn_kernels.conv_forward).
 
     Every element of the outputs is written (they may be uninitialised), except ``spk_idx``
     past ``spk_cnt`` and ``rec``, which must be zeroed when ``record`` is set.
     The input plane is ``height x width``, the kernel ``kernel x kernel`` with ``stride``;
-    the channel count is ``wT.shape[1]`` (sizes validated by the caller).
+    the channel count is ``wT.shape[1]`` (sizes validated by the caller); ``tdst, tsrc, tn``
+    are :func:`conv_tables` of these sizes.
     ``gather`` selects the dense-gather conv instead of the event-driven scatter (same bits).
     """
     cdef Py_ssize_t B = images.shape[0]
@@ -138,11 +153,6 @@ def conv_forward_into(const uint8_t[:, ::1] images, const int64_t[::1] sample_id
     cdef Py_ssize_t b
     cdef snn_conv_geom g = make_geom(height, width, <int>wT.shape[1], kernel, stride)
     cdef int npix = height * width, nconv = g.nc * g.npos
-    # the tap tables of these sizes, shared read-only by all threads
-    cdef uint16_t[::1] tdst = np.empty(max(npix * g.mt, 1), np.uint16)
-    cdef uint16_t[::1] tsrc = np.empty(max(npix * g.mt, 1), np.uint16)
-    cdef uint8_t[::1] tn = np.empty(max(npix, 1), np.uint8)
-    snn_conv_tables(&g, &tdst[0], &tsrc[0], &tn[0])
     # per-thread scratch, one allocation carved into cache-line-aligned pieces (whole lines
     # each, so no two threads ever share a line): v, I, nz, pix, chan, rows
     cdef size_t o_i = lines(nconv * sizeof(float))

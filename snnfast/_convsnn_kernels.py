@@ -542,6 +542,16 @@ def _conv_event_table(g):
     return out
 
 
+@lru_cache(maxsize=16)
+def _conv_tables(g):
+    """The conv kernel's tap tables of a geometry (built once, read-only)."""
+    from . import _convsnn_conv
+    tables = _convsnn_conv.conv_tables(g.height, g.width, g.channels, g.kernel, g.stride)
+    for a in tables:
+        a.flags.writeable = False
+    return tables
+
+
 def uniform24(seed, epoch, sample_ids, step, pixels):
     """The kernels' counter-based uniforms ``u24`` (0 .. 2^24-1) for one step (for tests).
 
@@ -699,7 +709,7 @@ def conv_forward(images, sample_ids, seed, epoch, conv_w, conv_b, *, T=10, n_det
             images, sample_ids, np.uint64(seed), np.uint64(epoch), wT, conv_b, det, n_det,
             beta, thr, _conv_event_table(g), spk_idx, spk_cnt, n_in, n_c, in_count,
             conv_events, rec, bool(record_input), nt, g.height, g.width, g.kernel, g.stride,
-            gather)
+            *_conv_tables(g), gather)
     return ConvResult(spk_idx, spk_cnt, n_in, n_c, in_count, conv_events,
                       rec if record_input else None, T)
 

@@ -65,7 +65,10 @@ from .network import PRESET_NAMES, load_preset
 
 __all__ = ["ConvSNN", "ConvSNNConfig", "PRESETS", "FORMAT_VERSION", "check_params", "check_lif"]
 
-FORMAT_VERSION = "convsnn-1"
+# convsnn-2: convsnn-1 plus the network description (attribute "network", JSON of
+# Network.to_dict), which load checks against the config; convsnn-1 files still load
+FORMAT_VERSION = "convsnn-2"
+READ_FORMATS = ("convsnn-1", "convsnn-2")
 EVAL_EPOCH = cnp.EVAL_EPOCH
 
 # ConvSNN runs the architecture of the preset files (snnfast/network/presets/*.toml), whose
@@ -188,6 +191,21 @@ def _check_state(st):
                 or not isinstance(p.get("batch"), int) or p["batch"] < 0
                 or not isinstance(p.get("sums"), dict) or set(p["sums"]) != keys):
             raise ValueError(f"damaged mid-epoch position {p!r}")
+
+
+def _check_network(stored, network):
+    """ValueError unless a file's stored description (None: a convsnn-1 file) is the
+    ``network`` its config runs."""
+    if stored is None:
+        return
+    from .network import Network
+    try:
+        stored = Network.from_dict(stored)
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise ValueError(f"network description: {exc}") from None
+    if stored != network:
+        raise ValueError("the stored network description is not the one its config runs "
+                         "(the file was altered)")
 
 
 def _checked(fn, arg, what):
@@ -1179,8 +1197,9 @@ class ConvSNN:
         """Write an HDF5 file atomically.
 
         Always: canonical weights (group ``params``), the full config (attribute ``config``,
-        JSON), ``preset``, ``snnfast_format = "convsnn-1"``, ``metrics`` and ``history``
-        (JSON). With ``checkpoint=True`` also the optimiser state (moments in canonical
+        JSON), the network description (attribute ``network``, JSON of
+        :meth:`snnfast.network.Network.to_dict`), ``preset``, ``snnfast_format =
+        "convsnn-2"``, ``metrics`` and ``history`` (JSON). With ``checkpoint=True`` also the optimiser state (moments in canonical
         layout), step/epoch counters, the best-validation weights and a mid-epoch position,
         so that :meth:`load` + :meth:`fit` continue exactly where training stopped.
         Every array carries the SHA-256 digest of its bytes (attribute ``sha256``), which
@@ -1206,6 +1225,7 @@ class ConvSNN:
             f.attrs["kind"] = "checkpoint" if checkpoint else "model"
             f.attrs["preset"] = self.config.preset
             f.attrs["config"] = json.dumps(self.config.to_dict())
+            f.attrs["network"] = json.dumps(self.network.to_dict())
             f.attrs["metrics"] = metrics
             f.attrs["history"] = json.dumps(self.history_)
             f.attrs["epoch"] = self.epoch_
@@ -1247,7 +1267,8 @@ class ConvSNN:
         ------
         ValueError
             naming the file, if it is missing, not HDF5, truncated/corrupt, not a
-            ``convsnn-1`` file, if an array does not match its digest (files written before
+            ``convsnn-1`` or ``convsnn-2`` file, if its network description (``convsnn-2``)
+            is not the one its config runs, if an array does not match its digest (files written before
             digests existed have none and are read unchecked), or if its content is invalid
             (the configuration, a weight beyond :data:`MAX_ABS_WEIGHT`, ...).
         """
@@ -1261,10 +1282,13 @@ class ConvSNN:
         try:
             with h5py.File(path, "r") as f:
                 fmt = h5_format(f)
-                if fmt != FORMAT_VERSION:
+                if fmt not in READ_FORMATS:
                     raise _NotConvSNN(f"{path}: not an snnfast ConvSNN file "
-                                      f"(snnfast_format={fmt!r}, expected {FORMAT_VERSION!r})")
+                                      f"(snnfast_format={fmt!r}, expected one of "
+                                      f"{', '.join(READ_FORMATS)})")
                 cfg = json.loads(f.attrs["config"])
+                # convsnn-1 files predate the stored description: their config is all
+                network = json.loads(f.attrs["network"]) if fmt != "convsnn-1" else None
                 if not isinstance(cfg, dict):
                     raise ValueError(f"config is a JSON {type(cfg).__name__}, not an object")
                 verify = DIGESTS_ATTR in f.attrs
@@ -1283,6 +1307,7 @@ class ConvSNN:
         seed = cfg.pop("seed", 0)
         try:
             model = cls(preset=preset, seed=seed, n_threads=n_threads, backend=backend, **cfg)
+            _check_network(network, model.network)
             model.set_params(params)
             _check_state(state)
         except (TypeError, ValueError) as exc:

@@ -44,7 +44,7 @@ Energy: :class:`EnergyModel` presets with cited per-operation energies. The SNN 
 modelled.
 
 ``python -m snnfast.energy MODEL.h5 [--preset P] [--samples N] [--json OUT]`` prints the
-table for a Conv-SNN (``snnfast_format = "convsnn-1"``) or TTFS (``"ttfs-1"``) file, or any
+table for a Conv-SNN (``snnfast_format = "convsnn-2"`` or ``"convsnn-1"``) or TTFS (``"ttfs-1"``) file, or any
 network (``"network-1"``, :func:`from_network`; ``--input X.npz`` gives its inputs);
 ``python -m snnfast.energy GRAPH.nir --input X.npz --dt DT`` for any NIR graph, counted per
 node by :mod:`snnfast.nir.energy`.
@@ -1108,9 +1108,9 @@ def file_format(path):
             fmt = h5_format(f)
     except (OSError, ValueError) as exc:
         raise ValueError(f"{path}: not a readable HDF5 file ({exc})") from None
-    if fmt not in ("convsnn-1", "ttfs-1", "ttfs-cnn-1"):
-        raise ValueError(f"{path}: snnfast_format is {fmt!r}, expected 'convsnn-1', 'ttfs-1' "
-                         "or 'ttfs-cnn-1'")
+    if fmt not in ("convsnn-2", "convsnn-1", "ttfs-1", "ttfs-cnn-1"):
+        raise ValueError(f"{path}: snnfast_format is {fmt!r}, expected 'convsnn-2', "
+                         "'convsnn-1', 'ttfs-1' or 'ttfs-cnn-1'")
     return fmt
 
 
@@ -1137,7 +1137,7 @@ def analyse_file(path, preset="horowitz45_fp32", samples=1000, dataset="mnist", 
         from . import datasets
         images, _ = datasets.load(dataset, "test", data_dir)
     images = images[:samples]
-    if fmt == "convsnn-1":
+    if fmt.startswith("convsnn-"):
         from .convsnn import ConvSNN
         model = ConvSNN.load(path, n_threads=n_threads)
         res = from_convsnn(model, images, binary_scope=binary_scope)
@@ -1203,7 +1203,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m snnfast.energy",
                                 description="NeuroBench-style operation counts and energy estimate "
                                             "of a saved Conv-SNN or TTFS model.")
-    p.add_argument("model", help="model file (.h5, snnfast_format convsnn-1, ttfs-1 or "
+    p.add_argument("model", help="model file (.h5, snnfast_format convsnn-2/-1, ttfs-1 or "
                                  "ttfs-cnn-1 or network-1)")
     p.add_argument("--preset", default="horowitz45_fp32", choices=sorted(PRESETS),
                    help="energy preset printed first (default horowitz45_fp32)")

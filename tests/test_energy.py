@@ -568,7 +568,7 @@ def test_cli_convsnn_file(tmp_path, monkeypatch, capsys):
     out = tmp_path / "e.json"
     assert en.main([str(path), "--samples", "4", "--json", str(out), "--preset", "loihi"]) == 0
     text = capsys.readouterr().out
-    assert "convsnn-1" in text and "loihi" in text and "uJ/inference" in text
+    assert "convsnn-2" in text and "loihi" in text and "uJ/inference" in text
     assert "executed counts (kernels/simulator) == NumPy recount: True" in text
     back = json.loads(out.read_text())
     assert back["samples"] == 4 and back["energy"][0]["preset"] == "loihi"

@@ -38,11 +38,12 @@ static inline int snn_first_out(int r, int k, int s) {
     return r - k + 1 <= 0 ? 0 : (r - k + s) / s;
 }
 
-/* Per pixel p: the output positions its spike reaches and the tap it meets there (indices
-   into I[pos][nc] and wT[tap][nc]): dst/src[p*mt .. p*mt + n[p]). 16-bit, so that the
-   tables of a 28 x 28 input stay in L1 with the layer's state (int32 offsets cost the
-   conv ~10 %); positions and taps are < 65536 (checked by the caller). Built per call from
-   the sizes (H*W*mt entries: microseconds). */
+/* Per pixel p: the output positions its spike reaches and the tap it meets there, as
+   float offsets into I[pos][nc] and wT[tap][nc]: dst/src[p*mt .. p*mt + n[p]). 16-bit, so
+   that the tables of a 28 x 28 input stay in L1 with the layer's state (int32 offsets cost
+   the conv ~10 %), and pre-multiplied by nc, so that the scatter adds them as they are
+   (indices scaled in the loop cost ~8 %): the caller checks nc*npos and nc*k*k <= 65536.
+   Built once per size (H*W*mt entries). */
 static void snn_conv_tables(const snn_conv_geom *g, uint16_t *dst, uint16_t *src, uint8_t *n) {
     for (int p = 0; p < g->H * g->W; p++) {
         const int r = p / g->W, c = p % g->W;
@@ -51,8 +52,8 @@ static void snn_conv_tables(const snn_conv_geom *g, uint16_t *dst, uint16_t *src
         for (int y = snn_first_out(r, g->k, g->s); y < g->OH && g->s * y <= r; y++)
             for (int x = snn_first_out(c, g->k, g->s); x < g->OW && g->s * x <= c; x++) {
                 const int ky = r - g->s * y, kx = c - g->s * x;
-                dst[(size_t)p * g->mt + m] = (uint16_t)(y * g->OW + x);
-                src[(size_t)p * g->mt + m] = (uint16_t)(ky * g->k + kx);
+                dst[(size_t)p * g->mt + m] = (uint16_t)((y * g->OW + x) * g->nc);
+                src[(size_t)p * g->mt + m] = (uint16_t)((ky * g->k + kx) * g->nc);
                 m++;
             }
         n[p] = (uint8_t)m;
@@ -70,8 +71,8 @@ static inline __attribute__((always_inline)) void snn_conv_scatter_n(
         const int p = pix[k], m = cnt[p];
         const uint16_t *dst = dst_t + (size_t)p * mt, *src = src_t + (size_t)p * mt;
         for (int e = 0; e < m; e++) {
-            float *d = I + (size_t)dst[e] * nc;
-            const float *w = wT + (size_t)src[e] * nc;
+            float *d = I + dst[e];
+            const float *w = wT + src[e];
             for (int h = 0; h < nc; h += 8) snn_st8(d + h, snn_ld8(d + h) + snn_ld8(w + h));
         }
     }
@@ -197,7 +198,9 @@ static inline __attribute__((always_inline)) int snn_conv_lif_n(
     return n;
 }
 
-static int snn_conv_lif(float *v, float *I, const float *bias, float beta, float thr,
+/* not inlined into the step loop (as gcc chose for the code before sizes were arguments):
+   inlined, its registers crowd the scatter loop */
+static __attribute__((noinline)) int snn_conv_lif(float *v, float *I, const float *bias, float beta, float thr,
                         uint16_t *out, int nc, int npos, uint64_t *chan) {
     /* compile-time cases: the default preset's conv (16 channels at 12 x 12 positions:
        constant loops and a constant-size chan, ~5 % of the conv step), then any 16-channel

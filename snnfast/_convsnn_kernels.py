@@ -110,8 +110,9 @@ class Geometry:
         For sizes outside the kernels' family, naming the field: ``channels`` a multiple
         of 8 (the channels of a position are 8-float vectors), ``out_h * out_w`` a multiple
         of 8 (the conv LIF works on groups of 8 positions), ``hidden`` a multiple of 16
-        (the narrowest W1 block), at most 65 536 input pixels and conv neurons (16-bit
-        spike indices), a kernel no larger than the input.
+        (the narrowest W1 block), at most 65 536 input pixels, conv neurons and conv
+        weights (16-bit indices), a kernel no larger than the input that reaches at most
+        255 positions from one pixel.
     """
     height: int
     width: int
@@ -142,6 +143,9 @@ class Geometry:
         if self.n_pix > 2**16 or self.n_conv > 2**16:
             raise ValueError(f"geometry: at most 65536 input pixels and conv neurons (16-bit "
                              f"spike indices), got {self.n_pix} and {self.n_conv}")
+        if self.channels * self.n_taps > 2**16:
+            raise ValueError(f"geometry: at most 65536 conv weights (channels x kernel^2, "
+                             f"16-bit tap offsets), got {self.channels * self.n_taps}")
         if self.max_fanout > 255:
             raise ValueError(f"geometry: kernel {self.kernel} with stride {self.stride} "
                              f"reaches {self.max_fanout} positions from one pixel; the tuned "

@@ -267,6 +267,7 @@ def test_networks_outside_the_family_are_refused(net, match):
     (dict(stride=0), "stride must be an integer >= 1"),
     (dict(height=300, width=300), "at most 65536"),
     (dict(height=103, width=103, kernel=16, stride=1, channels=8), "allow 255"),
+    (dict(height=100, width=100, kernel=37, stride=9, channels=56), "65536 conv weights"),
 ])
 def test_bad_geometries_are_refused(kw, match):
     base = dict(height=28, width=28, channels=16, kernel=5, stride=2, hidden=64, classes=10)

@@ -114,7 +114,8 @@ def main(argv=None):
     cfg = config_dict()
     threads = effective_n_threads(args.threads)
     source, _, _, X, _ = bench_data(1, max(args.images, args.ref_images))
-    X = np.ascontiguousarray(X[:args.images].reshape(-1, 784))
+    X = X[:args.images]
+    X = np.ascontiguousarray(X.reshape(len(X), -1))          # (N, H*W) of the input images
     Xr = X[:args.ref_images]
     print(f"cpu: {cfg['cpu']} [{cfg['simd']}], {cfg['cpus_available']} cpus; threads {threads}; "
           f"data {source}; {len(X)} images (reference {len(Xr)}), batch {args.batch}; "

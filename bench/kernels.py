@@ -33,16 +33,18 @@ from snnfast.convsnn import hidden_forward_args, make_config  # noqa: E402
 
 # hidden_forward's arguments as the model runs them
 PRESETS = {p: hidden_forward_args(make_config(p)) for p in ("seed", "default", "nir")}
+# the sizes of the presets' network (their description files)
+G = make_config("default").geometry
 
 
 def load_images(n, synthetic, rng):
-    """``n`` uint8 images (n, 784) and a description of their origin."""
+    """``n`` uint8 images (n, H*W) and a description of their origin."""
     if not synthetic:
         try:
             from snnfast import datasets
             if datasets.cache_path("mnist").exists():
                 images, _ = datasets.load("mnist", "train", download=False)
-                return images.reshape(-1, 784)[:n].copy(), "MNIST train (snnfast cache)"
+                return images.reshape(-1, G.n_pix)[:n].copy(), "MNIST train (snnfast cache)"
         except Exception as exc:  # noqa: BLE001 - any failure means: fall back to synthetic
             print(f"# MNIST unavailable ({type(exc).__name__}: {exc}); using synthetic blobs",
                   file=sys.stderr)
@@ -51,16 +53,17 @@ def load_images(n, synthetic, rng):
 
 def synthetic_blobs(n, rng):
     """Smooth random strokes: a few Gaussian blobs per image, thresholded like a digit."""
-    yy, xx = np.mgrid[0:28, 0:28]
-    out = np.zeros((n, 784), np.uint8)
+    H, W = G.image_shape
+    yy, xx = np.mgrid[0:H, 0:W]
+    out = np.zeros((n, G.n_pix), np.uint8)
     for i in range(n):
-        img = np.zeros((28, 28))
+        img = np.zeros((H, W))
         for _ in range(rng.integers(3, 6)):
-            cy, cx = rng.uniform(7, 21, 2)
+            cy, cx = rng.uniform(H / 4, 3 * H / 4), rng.uniform(W / 4, 3 * W / 4)
             s = rng.uniform(1.5, 3.0)
             img += np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * s * s))
         img = np.clip((img - 0.35) * 400, 0, 255)
-        out[i] = img.astype(np.uint8).reshape(784)
+        out[i] = img.astype(np.uint8).reshape(G.n_pix)
     return out
 
 
@@ -113,7 +116,7 @@ def bench_batch(B, images, params, preset, bw, threads, repeats, conv_method="sc
 
     for name, fn in (("conv", conv), ("hidden", hidden), ("fc2", fc2), ("forward", whole),
                      ("dense_fc1_sgemm", dense_ref)):
-        # FC2, (B x 1024) @ (1024 x 10), is too small for threaded BLAS: one BLAS thread;
+        # FC2, (B x hidden) @ (hidden x classes), is too small for threaded BLAS: one thread;
         # the dense FC1 baseline gets as many BLAS threads as the kernels get OpenMP threads
         with threadpool_limits(threads if fn is dense_ref else 1, user_api="blas"):
             med, best = timings(fn, repeats)
@@ -123,8 +126,9 @@ def bench_batch(B, images, params, preset, bw, threads, repeats, conv_method="sc
     res["forward_img_per_s_best"] = 1e6 / res["forward_us_per_img_min"]
     res["hidden_vs_dense_sgemm"] = res["dense_fc1_sgemm_us_per_img"] / res["hidden_us_per_img"]
     rows = cr.spk_cnt[:, : max(hr.update_steps) + 1].sum()
-    res["fc1_G_adds_per_s"] = rows * 1024 / (res["hidden_us_per_img"] * 1e-6 * B) / 1e9
-    rates = {"input": float(cr.in_count.mean() / 784), "conv": float(cr.spk_cnt.mean() / 2304),
+    res["fc1_G_adds_per_s"] = rows * G.hidden / (res["hidden_us_per_img"] * 1e-6 * B) / 1e9
+    rates = {"input": float(cr.in_count.mean() / G.n_pix),
+             "conv": float(cr.spk_cnt.mean() / G.n_conv),
              "hidden": float(hr.n_h.mean() / hr.n_updates)}
     return res, rates
 
@@ -160,12 +164,13 @@ def main(argv=None):
     images, origin = load_images(max(args.batch), args.synthetic, rng)
     print(f"# images: {origin}; preset {args.preset}: {PRESETS[args.preset]}; conv "
           f"{args.conv_method}")
-    params = (rng.normal(0, np.sqrt(2 / 25), (16, 25)).astype(np.float32),
-              np.zeros(16, np.float32),
-              rng.normal(0, np.sqrt(2 / 3328), (2304, 1024)).astype(np.float32),
-              np.zeros(1024, np.float32),
-              rng.normal(0, np.sqrt(2 / 1034), (1024, 10)).astype(np.float32),
-              np.zeros(10, np.float32))
+    C, K2, N, H, O = G.channels, G.n_taps, G.n_conv, G.hidden, G.classes
+    params = (rng.normal(0, np.sqrt(2 / K2), (C, K2)).astype(np.float32),
+              np.zeros(C, np.float32),
+              rng.normal(0, np.sqrt(2 / (N + H)), (N, H)).astype(np.float32),
+              np.zeros(H, np.float32),
+              rng.normal(0, np.sqrt(2 / (H + O)), (H, O)).astype(np.float32),
+              np.zeros(O, np.float32))
     out = {"config": {k: cfg[k] for k in ("cpu", "simd", "cpus_available")},
            "clock": "thread CPU time" if args.cpu_time else "wall", "threads": args.threads, "preset": args.preset, "images": origin, "runs": []}
     print(f"# load average before: {os.getloadavg()[0]:.2f} (other processes share the cores)")

@@ -5,11 +5,11 @@
 
 The peers are not snnfast's dependencies: install them (and PyTorch) yourself, e.g.
 ``pip install torch snntorch spikingjelly norse``; a peer that does not import is reported as
-skipped. Each peer runs the same network as snnfast's default preset, written the way its
-documentation writes such a network: 1x28x28 -> conv 16@5x5 stride 2 -> LIF (beta 0.9,
-threshold 0.8, reset to 0) -> FC 2304->1024 on the conv spikes of each two-step window ->
-LIF (subtract reset) updated on every other step -> FC 1024->10 on the mean hidden spike
-count; hybrid input coding (deterministic for t < 5, Bernoulli after); T = 10. It trains
+skipped. Each peer runs the same network as snnfast's default preset (the sizes are read from
+its description file), written the way its documentation writes such a network: 1xHxW ->
+conv C@kxk stride s -> LIF (beta 0.9, threshold 0.8, reset to 0) -> FC on the conv spikes of
+each two-step window -> LIF (subtract reset) updated on every other step -> FC to the classes
+on the mean hidden spike count; hybrid input coding (deterministic for t < 5, Bernoulli after); T = 10. It trains
 the peer's way, by backpropagation through time with the peer's default surrogate
 gradient, cross-entropy and Adam, batch 64, and infers in batches of 256 without gradients.
 snnfast trains its default preset (the rate-based surrogate gradient of the README) and its
@@ -34,8 +34,11 @@ from _timing import alternate_times, bench_data  # bench/_timing.py (the script 
 from snnfast._cli import openmp_wait_defaults  # noqa: E402
 
 openmp_wait_defaults()     # as the command-line tools do, before any kernel loads OpenMP
+from snnfast.convsnn import make_config  # noqa: E402
 
 T, N_DET, BETA, THR, BATCH, EVAL_BATCH = 10, 5, 0.9, 0.8, 64, 256
+# the sizes of the default preset's network (its description file)
+G = make_config("default").geometry
 PEERS = ("snntorch", "spikingjelly", "norse")
 
 
@@ -65,15 +68,15 @@ def _snntorch_net(torch, snn):
     class Net(nn.Module):
         def __init__(self):
             super().__init__()
-            self.conv = nn.Conv2d(1, 16, 5, stride=2)
+            self.conv = nn.Conv2d(1, G.channels, G.kernel, stride=G.stride)
             # reset_delay=False: the reset in the step of the spike, as in snnfast (snnTorch's
             # default subtracts the threshold one step later)
             self.lif1 = snn.Leaky(beta=BETA, threshold=THR, reset_mechanism="zero",
                                   reset_delay=False)
-            self.fc1 = nn.Linear(2304, 1024)
+            self.fc1 = nn.Linear(G.n_conv, G.hidden)
             self.lif2 = snn.Leaky(beta=BETA, threshold=THR, reset_mechanism="subtract",
                                   reset_delay=False)
-            self.fc2 = nn.Linear(1024, 10)
+            self.fc2 = nn.Linear(G.hidden, G.classes)
 
         def forward(self, x, gen):
             return _run_steps(torch, self, x, gen, self.lif1.init_leaky(),
@@ -89,19 +92,19 @@ def _spikingjelly_net(torch, sj):
     class Net(nn.Module):
         def __init__(self):
             super().__init__()
-            self.conv = layer.Conv2d(1, 16, 5, stride=2)
+            self.conv = layer.Conv2d(1, G.channels, G.kernel, stride=G.stride)
             self.lif1 = neuron.LIFNode(tau=tau, decay_input=False, v_threshold=THR, v_reset=0.0)
-            self.fc1 = layer.Linear(2304, 1024)
+            self.fc1 = layer.Linear(G.n_conv, G.hidden)
             self.lif2 = neuron.LIFNode(tau=tau, decay_input=False, v_threshold=THR, v_reset=None)
-            self.fc2 = nn.Linear(1024, 10)
+            self.fc2 = nn.Linear(G.hidden, G.classes)
             functional.set_step_mode(self, "m")     # the multi-step mode, SpikingJelly's fast path
 
         def forward(self, x, gen):
             functional.reset_net(self)
-            s = torch.stack([_encode(torch, x, t, gen) for t in range(T)])   # (T, B, 1, 28, 28)
-            z1 = self.lif1(self.conv(s)).flatten(2)                         # (T, B, 2304)
+            s = torch.stack([_encode(torch, x, t, gen) for t in range(T)])   # (T, B, 1, H, W)
+            z1 = self.lif1(self.conv(s)).flatten(2)                         # (T, B, n_conv)
             window = z1.reshape(T // 2, 2, *z1.shape[1:]).sum(1)           # two-step windows
-            z2 = self.lif2(self.fc1(window))                                # (T/2, B, 1024)
+            z2 = self.lif2(self.fc1(window))                                # (T/2, B, hidden)
             return self.fc2(z2.mean(0))
     return Net()
 
@@ -118,11 +121,11 @@ def _norse_net(torch, norse):
     class Net(nn.Module):
         def __init__(self):
             super().__init__()
-            self.conv = nn.Conv2d(1, 16, 5, stride=2)
+            self.conv = nn.Conv2d(1, G.channels, G.kernel, stride=G.stride)
             self.lif1 = norse.torch.LIFBoxCell(conv_p, dt=1e-3)
-            self.fc1 = nn.Linear(2304, 1024)
+            self.fc1 = nn.Linear(G.n_conv, G.hidden)
             self.lif2 = norse.torch.LIFBoxCell(hid_p, dt=1e-3)
-            self.fc2 = nn.Linear(1024, 10)
+            self.fc2 = nn.Linear(G.hidden, G.classes)
 
         def forward(self, x, gen):
             return _run_steps(torch, self, x, gen, None, None)
@@ -165,8 +168,8 @@ class _PeerModel:
         self.opt = self.torch.optim.Adam(self.net.parameters(), lr=1e-3)
 
     def images(self, X):
-        """uint8 images (n, 784) as the float tensor (n, 1, 28, 28) in [0, 1]."""
-        return self.torch.from_numpy(X).float().div(255).reshape(-1, 1, 28, 28)
+        """uint8 images (n, H*W) as the float tensor (n, 1, H, W) in [0, 1]."""
+        return self.torch.from_numpy(X).float().div(255).reshape((-1, 1) + G.image_shape)
 
     def step(self, x, y):
         """One BPTT training step on a batch; returns its loss."""

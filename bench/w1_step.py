@@ -23,7 +23,7 @@ from snnfast._cli import openmp_wait_defaults
 
 openmp_wait_defaults()     # as the command-line tools do, before the imports below load OpenMP
 
-from kernels import load_images  # noqa: E402
+from kernels import G, load_images  # noqa: E402
 
 from snnfast import _convsnn_kernels as K  # noqa: E402
 from snnfast import convsnn_numpy as cnp  # noqa: E402
@@ -36,11 +36,12 @@ def operands(B, rng):
     conv positions whose input patch has a nonzero pixel (where training needs the back
     product; it uses the pixels that spiked, a subset of these)."""
     images, origin = load_images(B, False, rng)
-    conv_w = rng.normal(0, np.sqrt(2 / 25), (16, 25)).astype(np.float32)
-    conv = K.conv_forward(images, np.arange(B), 0, 0, conv_w, np.zeros(16, np.float32))
+    C, K2 = G.channels, G.n_taps
+    conv_w = rng.normal(0, np.sqrt(2 / K2), (C, K2)).astype(np.float32)
+    conv = K.conv_forward(images, np.arange(B), 0, 0, conv_w, np.zeros(C, np.float32))
     c = (conv.drive_counts(2, 1, "window") / np.float32(5)).astype(np.float32)
-    d = rng.normal(0, 1e-3, (B, 1024)).astype(np.float32)
-    W1 = rng.normal(0, 1 / 48, (2304, 1024)).astype(np.float32)
+    d = rng.normal(0, 1e-3, (B, G.hidden)).astype(np.float32)
+    W1 = rng.normal(0, 1 / np.sqrt(G.n_conv), (G.n_conv, G.hidden)).astype(np.float32)
     active = K.conv_patch_active((images > 0).astype(np.float32))
     return c, d, W1, active, origin
 

@@ -9,7 +9,7 @@
 # added and subtracted: a conv neuron that fires in two consecutive windows, as most active
 # ones do, costs nothing; on MNIST that is a third fewer rows. Either way the float32 sums
 # are the oracle's, bit for bit, for any thread count.
-# Then W1, stored in blocks of bw columns ([1024/bw][2304][bw]), is swept: OpenMP runs over
+# Then W1, stored in blocks of bw columns ([nhid/bw][nconv][bw]), is swept: OpenMP runs over
 # (block, group of 4 samples) items, one whole block per hand-out, so a thread runs all
 # samples through a block while it stays in its L2 cache. Per sample the bw-wide accumulator
 # lives in vector registers while the plan's rows are added. Four samples run in lockstep:
@@ -31,11 +31,13 @@ cdef extern from "snn_convsnn_fc.h":
     void snn_hid_group(int bw, const float *W, const float *bias, const int32_t *upd_t, int U,
                        float beta, float thr, float scale, int reset, int ns,
                        const uint16_t *lists, const int64_t *off, const int32_t *ops,
-                       int32_t *nh, float *ih, int32_t *part, uint8_t *rec, int T) nogil
+                       int32_t *nh, float *ih, int32_t *part, uint8_t *rec, int T,
+                       int nhid) nogil
     void snn_hid_plan(const uint16_t *idx, const int32_t *cnt, const int32_t *upd_t, int U,
                       int mode, uint16_t *out, int32_t *ops, uint64_t *bits, uint16_t *ad,
-                      uint16_t *sb) nogil
-    int64_t snn_count_bad(const uint16_t *idx, const int32_t *cnt, int T) nogil
+                      uint16_t *sb, int nconv) nogil
+    int64_t snn_count_bad(const uint16_t *idx, const int32_t *cnt, int T, int nconv) nogil
+    int snn_nwords(int nconv) nogil
     int snn_all_finite(const float *w, size_t n) nogil
     int SNN_VW
 
@@ -57,12 +59,16 @@ def hidden_forward_into(const uint16_t[:, :, ::1] spk_idx, const int32_t[:, ::1]
     ``mode``: 0 cumulative drive, 1 window, 2 window with incremental updates.
     ``part`` (zeroed, one count per block, sample and step) is scratch; ``n_h``, ``ih_sum``,
     ``hid_count`` and ``fc1_adds`` are written in full (they may be uninitialised).
-    Returns ``(n_bad, n_nonfinite_blocks)``: ``n_bad`` counts spike indices >= 2304 and
-    spike counts outside [0, 2304]; if it is nonzero nothing is computed. With non-finite
+    The sizes are the arrays': ``nconv = spk_idx.shape[2]`` conv neurons (the rows of W1b),
+    ``nhid = n_h.shape[1]`` hidden neurons (``W1b.shape[0] * W1b.shape[2]``; checked by the
+    caller).
+    Returns ``(n_bad, n_nonfinite_blocks)``: ``n_bad`` counts spike indices >= nconv and
+    spike counts outside [0, nconv]; if it is nonzero nothing is computed. With non-finite
     blocks of W1b the outputs are garbage and must be discarded.
     """
     cdef Py_ssize_t B = spk_cnt.shape[0], T = spk_cnt.shape[1]
     cdef Py_ssize_t nblk = W1b.shape[0], bw = W1b.shape[2]
+    cdef int nconv = <int>spk_idx.shape[2], nhid = <int>n_h.shape[1]
     cdef Py_ssize_t ngroup = (B + 3) // 4
     cdef Py_ssize_t p, k, b
     cdef int last = -1, t, u, U = 0, nthr = max(n_threads, 1)
@@ -77,31 +83,32 @@ def hidden_forward_into(const uint16_t[:, :, ::1] spk_idx, const int32_t[:, ::1]
         return 0, 0
     # Each sample's plan: the rows every update adds (and, incrementally, subtracts), packed
     # one sample after the other: at most its spikes up to the last update (counts clamped
-    # to [0, 2304] here: out-of-range ones are caught below, before anything is computed)
+    # to [0, nconv] here: out-of-range ones are caught below, before anything is computed)
     cdef int32_t[::1] upd_t = np.flatnonzero(np.asarray(is_update)).astype(np.int32)
     cdef int64_t[::1] off = np.zeros(B + 1, np.int64)
     for b in range(B):
         n = 0
         for t in range(last + 1):
-            n += min(max(spk_cnt[b, t], 0), 2304)
+            n += min(max(spk_cnt[b, t], 0), nconv)
         off[b + 1] = off[b] + n
         cap = max(cap, n)
     cdef uint16_t[::1] lists = np.empty(off[B] + 1, np.uint16)   # + 1: &lists[off[B]] stays inside
     cdef int32_t[:, :, ::1] ops = np.empty((B, U, 3), np.int32)
     # per-thread scratch: the spike bitsets of the steps and the addition and subtraction lists
-    cdef uint64_t[:, ::1] bits = np.empty((nthr, (last + 1) * 36 if mode == 2 else 1), np.uint64)
+    cdef uint64_t[:, ::1] bits = np.empty((nthr, (last + 1) * snn_nwords(nconv) if mode == 2
+                                           else 1), np.uint64)
     cdef uint16_t[:, ::1] lbuf = np.empty((nthr, 2 * (cap + 1)), np.uint16)
     cdef int64_t nb
     with nogil:
         for b in prange(B, schedule='static', num_threads=n_threads):
             # cheap guard (one pass over the sample's lists, which the plan then finds in
             # cache) so that the plan and the hot loop can index unchecked
-            nb = snn_count_bad(&spk_idx[b, 0, 0], &spk_cnt[b, 0], <int>T)
+            nb = snn_count_bad(&spk_idx[b, 0, 0], &spk_cnt[b, 0], <int>T, nconv)
             bad += nb
             if nb == 0:
                 snn_hid_plan(&spk_idx[b, 0, 0], &spk_cnt[b, 0], &upd_t[0], U, mode,
                              &lists[off[b]], &ops[b, 0, 0], &bits[threadid(), 0],
-                             &lbuf[threadid(), 0], &lbuf[threadid(), cap + 1])
+                             &lbuf[threadid(), 0], &lbuf[threadid(), cap + 1], nconv)
     if bad:
         return bad, 0
     with nogil:
@@ -115,14 +122,14 @@ def hidden_forward_into(const uint16_t[:, :, ::1] spk_idx, const int32_t[:, ::1]
             if b == 0:
                 # each block's first item is run by exactly one thread: every block is checked
                 # once, and the check streams the block into this core's cache before use
-                nonfinite += 1 - snn_all_finite(&W1b[k, 0, 0], 2304 * bw)
+                nonfinite += 1 - snn_all_finite(&W1b[k, 0, 0], nconv * bw)
             rec_p = &rec[b, 0, k * bw] if record else NULL
             snn_hid_group(<int>bw, &W1b[k, 0, 0], &b1[k * bw], &upd_t[0], U, beta, thr, scale,
                           reset, 4 if b + 4 <= B else <int>(B - b), &lists[0], &off[b],
                           &ops[b, 0, 0], &n_h[b, k * bw], &ih_sum[b, k * bw], &part[k, b, 0],
-                          rec_p, <int>T)
+                          rec_p, <int>T, nhid)
     # per-step totals: hidden spikes summed over the blocks; FC1 row operations (the rows
-    # the plan adds and subtracts, x 1024) at the update that does them
+    # the plan adds and subtracts, x nhid) at the update that does them
     for b in range(B):
         for t in range(T):
             total = 0
@@ -131,5 +138,5 @@ def hidden_forward_into(const uint16_t[:, :, ::1] spk_idx, const int32_t[:, ::1]
             hid_count[b, t] = total
             fc1_adds[b, t] = 0
         for u in range(U):
-            fc1_adds[b, upd_t[u]] = (<int64_t>ops[b, u, 1] + ops[b, u, 2]) * 1024
+            fc1_adds[b, upd_t[u]] = (<int64_t>ops[b, u, 1] + ops[b, u, 2]) * nhid
     return 0, nonfinite

@@ -19,13 +19,17 @@ static inline snn_vf snn_sel(snn_vi m, snn_vf a, snn_vf b) {  /* m ? a : b */
     return (snn_vf)(((snn_vi)a & m) | ((snn_vi)b & ~m));
 }
 
+/* The sizes come from the arrays (the network description): nconv conv neurons (rows of
+   W1, stride of a step's spike list), nhid hidden neurons (columns of W1, stride of the
+   hidden outputs) in blocks of bw columns. */
 typedef struct {
-    const float *W;          /* this block of W1: 2304 x bw */
+    const float *W;          /* this block of W1: nconv x bw */
     const float *bias;       /* b1 + block offset */
     const int32_t *upd_t;    /* U: the update steps */
     int U;
     float beta, thr, scale;
     int reset;               /* 0 halve, 1 subtract, 2 zero */
+    int nhid;                /* hidden neurons: the row stride of nh, ih and rec */
 } snn_hid_cfg;
 
 typedef struct {
@@ -34,7 +38,7 @@ typedef struct {
     int32_t *nh;             /* n_h row + block offset */
     float *ih;               /* ih_sum row + block offset */
     int32_t *part;           /* T hidden-spike counts of this (block, sample) */
-    uint8_t *rec;            /* NULL, or spikes row + block offset (stride 1024 per step) */
+    uint8_t *rec;            /* NULL, or spikes row + block offset (stride nhid per step) */
 } snn_hid_smp;
 
 /* The hidden LIF update of one sample's tile (always inlined so the tile arrays, indexed
@@ -59,7 +63,7 @@ static inline __attribute__((always_inline)) void snn_hid_update(
         else vv = snn_sel(m, zero, vv);
         v[i] = vv;
         if (s->rec) {
-            uint8_t *r = s->rec + (size_t)t * 1024 + i * SNN_VW;
+            uint8_t *r = s->rec + (size_t)t * c->nhid + i * SNN_VW;
             for (int l = 0; l < SNN_VW; l++) r[l] = (uint8_t)(m[l] & 1);
         }
     }
@@ -197,13 +201,14 @@ SNN_DEF_HID4(64)
 static void snn_hid_group(int bw, const float *W, const float *bias, const int32_t *upd_t,
                           int U, float beta, float thr, float scale, int reset, int ns,
                           const uint16_t *lists, const int64_t *off, const int32_t *ops,
-                          int32_t *nh, float *ih, int32_t *part, uint8_t *rec, int T) {
-    const snn_hid_cfg c = {W, bias, upd_t, U, beta, thr, scale, reset};
+                          int32_t *nh, float *ih, int32_t *part, uint8_t *rec, int T,
+                          int nhid) {
+    const snn_hid_cfg c = {W, bias, upd_t, U, beta, thr, scale, reset, nhid};
     snn_hid_smp s[4];
     for (int q = 0; q < ns; q++) {
         snn_hid_smp e = {lists + off[q], ops + (size_t)q * U * 3,
-                         nh + (size_t)q * 1024, ih + (size_t)q * 1024, part + (size_t)q * T,
-                         rec ? rec + (size_t)q * T * 1024 : NULL};
+                         nh + (size_t)q * nhid, ih + (size_t)q * nhid, part + (size_t)q * T,
+                         rec ? rec + (size_t)q * T * nhid : NULL};
         s[q] = e;
     }
     if (ns == 4 && bw <= 4 * SNN_VW && bw <= 64) {
@@ -225,15 +230,17 @@ static void snn_hid_group(int bw, const float *W, const float *bias, const int32
     }
 }
 
-enum { SNN_NW = 2304 / 64 };          /* 64-bit words of a step's spike bitset */
+/* 64-bit words of a step's spike bitset over nconv conv neurons */
+static inline int snn_nwords(int nconv) { return (nconv + 63) / 64; }
 
-/* bits[t] = the spikes of step t as a bitset, for t = 0..last. */
-static void snn_bitsets(const uint16_t *idx, const int32_t *cnt, int last, uint64_t *bits) {
-    memset(bits, 0, (size_t)(last + 1) * SNN_NW * sizeof *bits);
+/* bits[t] = the spikes of step t as a bitset (nw words), for t = 0..last. */
+static void snn_bitsets(const uint16_t *idx, const int32_t *cnt, int last, uint64_t *bits,
+                        int nconv, int nw) {
+    memset(bits, 0, (size_t)(last + 1) * nw * sizeof *bits);
     for (int t = 0; t <= last; t++) {
         const int n = cnt[t];
-        const uint16_t *row = idx + (size_t)t * 2304;
-        uint64_t *bt = bits + (size_t)t * SNN_NW;
+        const uint16_t *row = idx + (size_t)t * nconv;
+        uint64_t *bt = bits + (size_t)t * nw;
         /* the word is built in a register (the list is ascending) and stored every time:
            a read-modify-write per spike would chain through memory */
         uint64_t w = 0;
@@ -265,12 +272,12 @@ static inline int32_t snn_emit(uint64_t w, uint64_t w2, int wi, uint16_t *list, 
    (-2..2); ad gets the neurons with d > 0 (twice for d = 2), sb those with d < 0, each
    j ascending. ad and sb need one spare slot. */
 static void snn_window_diff(const uint64_t *bits, int t0, int t1, int p0, int p1,
-                            uint16_t *ad, int32_t *na, uint16_t *sb, int32_t *ns) {
-    const uint64_t *a = bits + (size_t)t0 * SNN_NW, *c = bits + (size_t)p0 * SNN_NW;
-    const uint64_t *b = t1 > t0 ? bits + (size_t)t1 * SNN_NW : NULL;
-    const uint64_t *e = p1 > p0 ? bits + (size_t)p1 * SNN_NW : NULL;
+                            uint16_t *ad, int32_t *na, uint16_t *sb, int32_t *ns, int nw) {
+    const uint64_t *a = bits + (size_t)t0 * nw, *c = bits + (size_t)p0 * nw;
+    const uint64_t *b = t1 > t0 ? bits + (size_t)t1 * nw : NULL;
+    const uint64_t *e = p1 > p0 ? bits + (size_t)p1 * nw : NULL;
     int32_t nad = 0, nsb = 0;
-    for (int w = 0; w < SNN_NW; w++) {
+    for (int w = 0; w < nw; w++) {
         const uint64_t x = a[w], y = b ? b[w] : 0, u = c[w], v = e ? e[w] : 0;
         const uint64_t cur = x | y, cur2 = x & y, prev = u | v, prev2 = u & v;
         const uint64_t cur1 = x ^ y, prev1 = u ^ v;
@@ -290,12 +297,13 @@ static void snn_window_diff(const uint64_t *bits, int t0, int t1, int p0, int p1
    (the window's spikes, step and j ascending; never cleared); 1: window (the same, on a
    cleared accumulator); 2: window, incremental where both this window and the previous
    one span at most two steps and that takes fewer rows (snn_window_diff): additions,
-   then subtractions. bits: (last + 1) x SNN_NW words of scratch; ad, sb: cap + 1 each,
-   cap >= the sample's spikes up to the last update. */
+   then subtractions. bits: (last + 1) x snn_nwords(nconv) words of scratch; ad, sb:
+   cap + 1 each, cap >= the sample's spikes up to the last update. */
 static void snn_hid_plan(const uint16_t *idx, const int32_t *cnt, const int32_t *upd_t,
                          int U, int mode, uint16_t *out, int32_t *ops, uint64_t *bits,
-                         uint16_t *ad, uint16_t *sb) {
-    if (mode == 2) snn_bitsets(idx, cnt, upd_t[U - 1], bits);
+                         uint16_t *ad, uint16_t *sb, int nconv) {
+    const int nw = snn_nwords(nconv);
+    if (mode == 2) snn_bitsets(idx, cnt, upd_t[U - 1], bits, nconv, nw);
     int t0 = 0, p0 = 0, p1 = -1;          /* this window [t0, t1], the previous [p0, p1] */
     for (int u = 0; u < U; u++) {
         const int t1 = upd_t[u];
@@ -305,7 +313,7 @@ static void snn_hid_plan(const uint16_t *idx, const int32_t *cnt, const int32_t 
         int planned = 0;
         if (mode == 2 && u > 0 && t1 - t0 <= 1 && p1 - p0 <= 1) {
             int32_t na, ns;
-            snn_window_diff(bits, t0, t1, p0, p1, ad, &na, sb, &ns);
+            snn_window_diff(bits, t0, t1, p0, p1, ad, &na, sb, &ns, nw);
             if (na + ns < nwin) {
                 memcpy(out, ad, (size_t)na * sizeof *out);
                 memcpy(out + na, sb, (size_t)ns * sizeof *out);
@@ -316,7 +324,7 @@ static void snn_hid_plan(const uint16_t *idx, const int32_t *cnt, const int32_t 
         }
         if (!planned) {
             for (int t = t0; t <= t1; t++) {
-                memcpy(out, idx + (size_t)t * 2304, (size_t)cnt[t] * sizeof *out);
+                memcpy(out, idx + (size_t)t * nconv, (size_t)cnt[t] * sizeof *out);
                 out += cnt[t];
             }
             op[0] = mode != 0; op[1] = nwin; op[2] = 0;
@@ -338,13 +346,13 @@ static int snn_all_finite(const float *w, size_t n) {
     return tail == 0.0f;
 }
 
-/* Number of spike indices >= 2304 in one sample's valid lists, plus one for every
-   count outside [0, 2304] (whose list is then not read). */
-static int64_t snn_count_bad(const uint16_t *idx, const int32_t *cnt, int T) {
+/* Number of spike indices >= nconv in one sample's valid lists, plus one for every
+   count outside [0, nconv] (whose list is then not read). */
+static int64_t snn_count_bad(const uint16_t *idx, const int32_t *cnt, int T, int nconv) {
     int64_t bad = 0;
     for (int t = 0; t < T; t++) {
-        if (cnt[t] < 0 || cnt[t] > 2304) { bad++; continue; }
-        for (int k = 0; k < cnt[t]; k++) bad += idx[(size_t)t * 2304 + k] >= 2304;
+        if (cnt[t] < 0 || cnt[t] > nconv) { bad++; continue; }
+        for (int k = 0; k < cnt[t]; k++) bad += idx[(size_t)t * nconv + k] >= nconv;
     }
     return bad;
 }

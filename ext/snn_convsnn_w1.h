@@ -2,17 +2,28 @@
 #ifndef SNN_CONVSNN_W1_H
 #define SNN_CONVSNN_W1_H
 #include "snn_adam8.h"   /* snn_adam8: the one Adam formula */
+#include "snn_alloc.h"   /* snn_aligned_alloc: per-thread scratch */
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 typedef float snn_w8 __attribute__((vector_size(32)));
 typedef int32_t snn_w8i __attribute__((vector_size(32)));
-/* SNN_W1_LD: row stride of the gathered W1 rows and of d in the back product. Rows
-   exactly 4 KiB apart put the six streams of its inner loop in one L1 set; 64 bytes
-   more took it from ~60 % to ~90 % of peak (measured on the AVX2 EPYC). */
-enum { SNN_W1_ROWS = 16, SNN_NCONV = 2304, SNN_NHID = 1024, SNN_W1_LD = 1040,
-       SNN_NPOS = 144 };
+/* Rows of W1 per tile of the step with the back product. */
+enum { SNN_W1_ROWS = 16 };
+
+/* The sizes, from the arrays (the network description): nconv conv neurons (rows of W1;
+   a multiple of SNN_W1_ROWS), nhid hidden neurons (columns; a multiple of 16), npos conv
+   positions per channel (j = channel*npos + position; even, so a row pair is one
+   channel's), ld the row stride of the gathered W1 rows and of d in the back product
+   (snn_w1_ld). */
+typedef struct { int nconv, nhid, npos, ld; } snn_w1_geom;
+
+/* Row stride for nhid columns: whole vectors, then 64 bytes more. Rows a multiple of
+   4 KiB apart (a hidden width that is a multiple of 4 KiB / 4 bytes) put the six streams
+   of the back product's inner loop in one L1 set; 64 bytes more took it from ~60 % to
+   ~90 % of peak (measured on the AVX2 EPYC). */
+static inline int snn_w1_ld(int nhid) { return (nhid + 15) / 16 * 16 + 16; }
 /* Cache lines of Adam's m (and of v) prefetched per 4-sample group of the back product */
 enum { SNN_W1_PFQ = 8 };
 
@@ -33,26 +44,35 @@ typedef struct {
 } snn_w1_opt;
 
 /* Per-thread scratch: the nonzero inputs (sample, value) of each row of a tile, the
-   tile's rows of W1 gathered into rows of SNN_W1_LD floats, and a row pair's list of
-   rows of dc for the back product with its two results per entry. NULL on allocation
-   failure. */
-typedef struct { int32_t *nzb; float *nzc; float *rows; int32_t *idx; float *out; }
-    snn_w1_scratch;
+   tile's rows of W1 gathered into rows of ld floats, a row pair's list of rows of dc for
+   the back product with its two results per entry, and the tile's list of prefetch
+   addresses (npf entries). NULL on allocation failure. Each piece is its own allocation
+   of whole cache lines: no two threads share a line. */
+typedef struct { int32_t *nzb; float *nzc; float *rows; int32_t *idx; float *out;
+                 const char **pfl; int npf; } snn_w1_scratch;
 
 static void snn_w1_scratch_free(snn_w1_scratch *s) {
-    if (s) { free(s->nzb); free(s->nzc); free(s->rows); free(s->idx); free(s->out); free(s); }
+    if (s) {
+        free(s->nzb); free(s->nzc); free(s->rows); free(s->idx); free(s->out);
+        free((void *)s->pfl); free(s);
+    }
 }
 
-static snn_w1_scratch *snn_w1_scratch_new(int B) {
+/* bw: the block width (the prefetch list holds 2 pointers per SNN_W1_PFQ lines of the
+   tile's run of m and of v in each of the nhid / bw blocks). */
+static snn_w1_scratch *snn_w1_scratch_new(int B, const snn_w1_geom *g, int bw) {
     snn_w1_scratch *s = calloc(1, sizeof *s);
     if (!s) return NULL;
     size_t n = (size_t)SNN_W1_ROWS * (B > 0 ? B : 1);
-    s->nzb = malloc(n * sizeof(int32_t));
-    s->nzc = malloc(n * sizeof(float));
-    s->rows = malloc((size_t)SNN_W1_ROWS * SNN_W1_LD * sizeof(float));
-    s->idx = malloc(((size_t)B + 8) * sizeof(int32_t));
-    s->out = malloc(2 * ((size_t)B + 8) * sizeof(float));
-    if (!s->nzb || !s->nzc || !s->rows || !s->idx || !s->out) {
+    const size_t chunk = 64 * SNN_W1_PFQ, tb = (size_t)SNN_W1_ROWS * bw * sizeof(float);
+    s->npf = (int)(2 * (size_t)(g->nhid / bw) * ((tb + chunk - 1) / chunk));
+    s->nzb = snn_aligned_alloc(n * sizeof(int32_t));
+    s->nzc = snn_aligned_alloc(n * sizeof(float));
+    s->rows = snn_aligned_alloc((size_t)SNN_W1_ROWS * g->ld * sizeof(float));
+    s->idx = snn_aligned_alloc(((size_t)B + 8) * sizeof(int32_t));
+    s->out = snn_aligned_alloc(2 * ((size_t)B + 8) * sizeof(float));
+    s->pfl = snn_aligned_alloc(((size_t)s->npf + 2) * sizeof(const char *));
+    if (!s->nzb || !s->nzc || !s->rows || !s->idx || !s->out || !s->pfl) {
         snn_w1_scratch_free(s); return NULL;
     }
     return s;
@@ -67,25 +87,26 @@ static inline float snn_w1_hsum(snn_w8 a) {
 /* Gather rows i0 .. i0+SNN_W1_ROWS-1 of W1 from their blocks into canonical rows. Per
    block the tile's rows are one contiguous run (2 KiB at bw = 32), which the hardware
    prefetcher streams; in W1b the blocks of one row are a multiple of 4 KiB apart. */
-static void snn_w1_gather(const float *W, int nblk, int bw, float *rows) {
-    const size_t bstride = (size_t)SNN_NCONV * bw;
+static void snn_w1_gather(const float *W, int nblk, int bw, float *rows,
+                          const snn_w1_geom *g) {
+    const size_t bstride = (size_t)g->nconv * bw;
     for (int k = 0; k < nblk; k++) {
         const float *src = W + k * bstride;
         for (int r = 0; r < SNN_W1_ROWS; r++)
             for (int j = 0; j < bw; j += 8)
-                snn_w_st(rows + (size_t)r * SNN_W1_LD + (size_t)k * bw + j,
+                snn_w_st(rows + (size_t)r * g->ld + (size_t)k * bw + j,
                          snn_w_ld(src + (size_t)r * bw + j));
     }
 }
 
 /* The back product of two gathered rows w0, w1 with the rows idx[0 .. n) of dc (rows of
-   SNN_W1_LD floats; n a multiple of 4): out[2k] = dc[idx[k]] . w0, out[2k+1] =
-   dc[idx[k]] . w1. Four rows of dc at a time keep their 2 x 4 lane sums in registers
-   over all 1024 columns: each loaded vector serves four products. The npf pairs of
-   prefetch addresses pf[0 .. 2 npf) (SNN_W1_PFQ lines each) are spread over the groups. */
-static void snn_w1_back_pair(const float *w0, const float *w1, const float *dc,
-                             const int32_t *idx, int n, float *out,
-                             const char *const *pf, int npf) {
+   ld floats; n a multiple of 4): out[2k] = dc[idx[k]] . w0, out[2k+1] = dc[idx[k]] . w1,
+   over nhid columns. Four rows of dc at a time keep their 2 x 4 lane sums in registers
+   over all columns: each loaded vector serves four products. The npf pairs of prefetch
+   addresses pf[0 .. 2 npf) (SNN_W1_PFQ lines each) are spread over the groups. */
+static inline __attribute__((always_inline)) void snn_w1_back_pair_n(
+        const float *w0, const float *w1, const float *dc, const int32_t *idx, int n,
+        float *out, const char *const *pf, int npf, int nhid, int ld) {
     const snn_w8 zero = {0};
     const int ng = n / 4;
     for (int g = 0; g < ng; g++) {
@@ -96,11 +117,11 @@ static void snn_w1_back_pair(const float *w0, const float *w1, const float *dc,
             }
         snn_w8 a00 = zero, a01 = zero, a02 = zero, a03 = zero;
         snn_w8 a10 = zero, a11 = zero, a12 = zero, a13 = zero;
-        const float *p0 = dc + (size_t)idx[4 * g] * SNN_W1_LD;
-        const float *p1 = dc + (size_t)idx[4 * g + 1] * SNN_W1_LD;
-        const float *p2 = dc + (size_t)idx[4 * g + 2] * SNN_W1_LD;
-        const float *p3 = dc + (size_t)idx[4 * g + 3] * SNN_W1_LD;
-        for (int j = 0; j < SNN_NHID; j += 8) {
+        const float *p0 = dc + (size_t)idx[4 * g] * ld;
+        const float *p1 = dc + (size_t)idx[4 * g + 1] * ld;
+        const float *p2 = dc + (size_t)idx[4 * g + 2] * ld;
+        const float *p3 = dc + (size_t)idx[4 * g + 3] * ld;
+        for (int j = 0; j < nhid; j += 8) {
             snn_w8 u = snn_w_ld(w0 + j), v = snn_w_ld(w1 + j);
             snn_w8 x0 = snn_w_ld(p0 + j), x1 = snn_w_ld(p1 + j);
             snn_w8 x2 = snn_w_ld(p2 + j), x3 = snn_w_ld(p3 + j);
@@ -117,30 +138,48 @@ static void snn_w1_back_pair(const float *w0, const float *w1, const float *dc,
     }
 }
 
+/* The default preset's hidden width as a compile-time case of the back product, selected
+   at run time by the size argument (which still comes from the network description): the
+   constant trip count and row stride make the back product ~5 % faster (thread CPU time,
+   measured against the code written for that width); other widths take the loop. */
+enum { SNN_W1_TUNED_NHID = 1024 };
+
+static void snn_w1_back_pair(const float *w0, const float *w1, const float *dc,
+                             const int32_t *idx, int n, float *out,
+                             const char *const *pf, int npf, int nhid, int ld) {
+    if (nhid == SNN_W1_TUNED_NHID && ld == snn_w1_ld(SNN_W1_TUNED_NHID))
+        snn_w1_back_pair_n(w0, w1, dc, idx, n, out, pf, npf, SNN_W1_TUNED_NHID,
+                           snn_w1_ld(SNN_W1_TUNED_NHID));
+    else
+        snn_w1_back_pair_n(w0, w1, dc, idx, n, out, pf, npf, nhid, ld);
+}
+
 /* back[., i], back[., i+1] and total[i], total[i+1] for the gathered rows w0, w1 of
    conv neurons i, i+1 (i even: positions p, p+1 of one channel). dc has B rows of d,
    then their sum D (row B) and a row of zeros (row B+1), which pads the list. */
 static void snn_w1_back_rows(const float *w0, const float *w1, const float *dc, int B,
                              const uint8_t *act, int i, float *back, float *total,
-                             snn_w1_scratch *s, const char *const *pf, int npf) {
-    const int p = i % SNN_NPOS;
+                             snn_w1_scratch *s, const char *const *pf, int npf,
+                             const snn_w1_geom *g) {
+    const int p = i % g->npos, npos = g->npos;
+    const size_t nconv = (size_t)g->nconv;
     int n = 0;
     for (int b = 0; b < B; b++) {
         /* branch-free as in snn_w1_nonzeros; also clears the row pair's entries */
         s->idx[n] = b;
-        n += (act[(size_t)b * SNN_NPOS + p] | act[(size_t)b * SNN_NPOS + p + 1]) != 0;
-        back[(size_t)b * SNN_NCONV + i] = 0.0f;
-        back[(size_t)b * SNN_NCONV + i + 1] = 0.0f;
+        n += (act[(size_t)b * npos + p] | act[(size_t)b * npos + p + 1]) != 0;
+        back[(size_t)b * nconv + i] = 0.0f;
+        back[(size_t)b * nconv + i + 1] = 0.0f;
     }
     const int nb = n;
     s->idx[n++] = B;
     while (n % 4) s->idx[n++] = B + 1;
-    snn_w1_back_pair(w0, w1, dc, s->idx, n, s->out, pf, npf);
+    snn_w1_back_pair(w0, w1, dc, s->idx, n, s->out, pf, npf, g->nhid, g->ld);
     for (int k = 0; k < nb; k++) {
         const int b = s->idx[k];
-        if (act[(size_t)b * SNN_NPOS + p]) back[(size_t)b * SNN_NCONV + i] = s->out[2 * k];
-        if (act[(size_t)b * SNN_NPOS + p + 1])
-            back[(size_t)b * SNN_NCONV + i + 1] = s->out[2 * k + 1];
+        if (act[(size_t)b * npos + p]) back[(size_t)b * nconv + i] = s->out[2 * k];
+        if (act[(size_t)b * npos + p + 1])
+            back[(size_t)b * nconv + i + 1] = s->out[2 * k + 1];
     }
     total[i] = s->out[2 * nb];
     total[i + 1] = s->out[2 * nb + 1];
@@ -217,7 +256,7 @@ static int64_t snn_w1_count_bad(snn_w8i bad) {
 /* The nonzero inputs of rows i0 .. i0+nr-1 of c^T: for row i0+r, the samples
    nzb[r*B .. r*B+nn[r]) (ascending) and their values nzc. */
 static void snn_w1_nonzeros(const float *c, int B, int i0, int nr, int32_t *nzb,
-                            float *nzc, int *nn) {
+                            float *nzc, int *nn, int nconv) {
     for (int r = 0; r < nr; r++) {
         /* branch-free: ~20 % of c is nonzero, in no pattern a predictor could learn; the
            write at n when x is zero is harmless (n <= b < B: inside the row's B slots,
@@ -226,7 +265,7 @@ static void snn_w1_nonzeros(const float *c, int B, int i0, int nr, int32_t *nzb,
         float *rc = nzc + (size_t)r * B;
         int n = 0;
         for (int b = 0; b < B; b++) {
-            const float x = c[(size_t)b * SNN_NCONV + i0 + r];
+            const float x = c[(size_t)b * nconv + i0 + r];
             rb[n] = b;
             rc[n] = x;
             n += x != 0.0f;
@@ -241,13 +280,13 @@ static void snn_w1_nonzeros(const float *c, int B, int i0, int nr, int32_t *nzb,
    all of these rows, which stream through in memory order. */
 static snn_w8i snn_w1_rows(float *W, float *M, float *V, int bw, int k, int i0, int i1,
                            const float *d, int B, const int32_t *nzb, const float *nzc,
-                           const int *nn, const snn_w1_opt *o) {
+                           const int *nn, const snn_w1_opt *o, int nconv) {
     const snn_w8 zero = {0};
     snn_w8i bad = (snn_w8i)zero;
     const int sub = bw % 32 == 0 ? 32 : 16;
     for (int r = 0; r < i1 - i0; r += 2)
         for (int j = 0; j < bw; j += sub)
-            bad |= snn_w1_pair(W, M, V, ((size_t)k * SNN_NCONV + i0 + r) * bw + j, bw, sub,
+            bad |= snn_w1_pair(W, M, V, ((size_t)k * nconv + i0 + r) * bw + j, bw, sub,
                                d + (size_t)k * B * bw + j, B, nzb + (size_t)r * B,
                                nzc + (size_t)r * B, nn + r, o);
     return bad;
@@ -257,8 +296,9 @@ static snn_w8i snn_w1_rows(float *W, float *M, float *V, int bw, int k, int i0, 
    non-finite gradient lanes. */
 static int64_t snn_w1_block(float *W, float *M, float *V, int bw, int k, int i0, int i1,
                             const float *d, int B, const int32_t *nzb, const float *nzc,
-                            const int *nn, const snn_w1_opt *o) {
-    return snn_w1_count_bad(snn_w1_rows(W, M, V, bw, k, i0, i1, d, B, nzb, nzc, nn, o));
+                            const int *nn, const snn_w1_opt *o, int nconv) {
+    return snn_w1_count_bad(snn_w1_rows(W, M, V, bw, k, i0, i1, d, B, nzb, nzc, nn, o,
+                                        nconv));
 }
 
 /* Rows i0 .. i0+SNN_W1_ROWS-1 of W1 across all blocks, for the step with the back
@@ -268,20 +308,20 @@ static int64_t snn_w1_block(float *W, float *M, float *V, int bw, int k, int i0,
 static int64_t snn_w1_tile(float *W, float *M, float *V, int nblk, int bw, int i0,
                            const float *c, const float *d, const float *dc, int B,
                            const uint8_t *act, float *back, float *total,
-                           snn_w1_scratch *s, const snn_w1_opt *o) {
+                           snn_w1_scratch *s, const snn_w1_opt *o, const snn_w1_geom *g) {
     int nn[SNN_W1_ROWS];
-    snn_w1_nonzeros(c, B, i0, SNN_W1_ROWS, s->nzb, s->nzc, nn);
-    snn_w1_gather(W + (size_t)i0 * bw, nblk, bw, s->rows);
+    snn_w1_nonzeros(c, B, i0, SNN_W1_ROWS, s->nzb, s->nzc, nn, g->nconv);
+    snn_w1_gather(W + (size_t)i0 * bw, nblk, bw, s->rows, g);
     /* Adam's phase below streams the tile's m and v from memory while the back product
        is bound by arithmetic: prefetching them during the back product overlaps the two
        (~5 % of this kernel on 2 threads). The list: per block, the tile's run of m and of
        v (SNN_W1_ROWS * bw floats each) in chunks of SNN_W1_PFQ lines, handed to the
        back product one pair of chunks per 4-sample group. */
-    const char *pfl[2 * SNN_NHID / 8];  /* 2 x nblk x (SNN_W1_ROWS * bw * 4 / 512) */
+    const char **pfl = s->pfl;          /* s->npf entries: 2 x nblk x chunks of the run */
     int npl = 0;
     const size_t tb = (size_t)SNN_W1_ROWS * bw * sizeof(float);
     for (int k = 0; k < nblk; k++) {
-        const size_t base = ((size_t)k * SNN_NCONV + i0) * bw;
+        const size_t base = ((size_t)k * g->nconv + i0) * bw;
         for (size_t o = 0; o < tb; o += 64 * SNN_W1_PFQ) {
             pfl[npl++] = (const char *)(M + base) + o;
             pfl[npl++] = (const char *)(V + base) + o;
@@ -291,16 +331,16 @@ static int64_t snn_w1_tile(float *W, float *M, float *V, int nblk, int bw, int i
     const int nslot = npl / 2;
     for (int r = 0; r < SNN_W1_ROWS; r += 2) {
         const int take = (nslot - used) / ((SNN_W1_ROWS - r) / 2);
-        snn_w1_back_rows(s->rows + (size_t)r * SNN_W1_LD,
-                         s->rows + (size_t)(r + 1) * SNN_W1_LD, dc, B, act, i0 + r, back,
-                         total, s, pfl + 2 * used, take);
+        snn_w1_back_rows(s->rows + (size_t)r * g->ld,
+                         s->rows + (size_t)(r + 1) * g->ld, dc, B, act, i0 + r, back,
+                         total, s, pfl + 2 * used, take, g);
         used += take;
     }
     const snn_w8 zero = {0};
     snn_w8i bad = (snn_w8i)zero;
     for (int k = 0; k < nblk; k++)
         bad |= snn_w1_rows(W, M, V, bw, k, i0, i0 + SNN_W1_ROWS, d, B, s->nzb, s->nzc, nn,
-                           o);
+                           o, g->nconv);
     return snn_w1_count_bad(bad);
 }
 

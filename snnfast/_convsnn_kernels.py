@@ -1,18 +1,29 @@
 """Validating Python API over the Conv-SNN compute kernels (the only entry point the model uses).
 
-The semantics are those of the documentation page "Neuron and network semantics": a 16x5x5 stride-2
-convolution driven by rate-coded input spikes, a LIF conv layer, a spike-driven FC1 into a
-LIF hidden layer, all in float32 with an exact order of additions so that the compiled
-kernels reproduce the NumPy oracle (``tests/_convsnn_oracle.py``) bit for bit.
+The semantics are those of the documentation page "Neuron and network semantics": a
+convolution (one input plane, ``C`` channels, ``k x k`` kernel, stride ``s``) driven by
+rate-coded input spikes, a LIF conv layer, a spike-driven FC1 into a LIF hidden layer, all in
+float32 with an exact order of additions so that the compiled kernels reproduce the NumPy
+oracle (``tests/_convsnn_oracle.py``) bit for bit.
+
+Sizes
+-----
+The kernels take their sizes as arguments: a :class:`Geometry` read from a network
+description (:meth:`Geometry.from_network`) that has the pattern they implement, conv ->
+LIF -> flatten -> linear -> LIF -> rate read-out -> linear, within their family (checked
+there, with a one-line error naming the layer and field otherwise). The functions'
+``geometry`` argument defaults to the default preset's (:data:`DEFAULT_GEOMETRY`, read from
+``snnfast/network/presets/default.toml``); where the arrays carry a size (``W1b``, the spike
+lists) it is read from them.
 
 Layouts
 -------
-- images: ``uint8 (B, 784)``, row-major 28x28.
-- conv neuron index ``j = c*144 + y*12 + x`` (C order of ``(16, 12, 12)``).
-- ``W1`` canonical ``(2304, 1024)``; the kernels use a private *blocked* copy
-  ``W1b = to_blocked(W1)`` of shape ``(1024 // bw, 2304, bw)`` (``W1b[k, j, i] == W1[j, k*bw+i]``)
-  so that one block of columns stays in the L2 cache while every sample's spikes are added.
-  The block width ``bw`` is read back from ``W1b.shape[2]``.
+- images: ``uint8 (B, H*W)``, row-major ``H x W``.
+- conv neuron index ``j = c*npos + y*OW + x`` (C order of ``(C, OH, OW)``, ``npos = OH*OW``).
+- ``W1`` canonical ``(n_conv, n_hid)``; the kernels use a private *blocked* copy
+  ``W1b = to_blocked(W1)`` of shape ``(n_hid // bw, n_conv, bw)`` (``W1b[k, j, i] ==
+  W1[j, k*bw+i]``) so that one block of columns stays in the L2 cache while every sample's
+  spikes are added. The block width ``bw`` is read back from ``W1b.shape[2]``.
 
 Threads
 -------
@@ -30,8 +41,10 @@ input spikes in any batch position or composition, for any thread count.
 
 Example
 -------
+>>> geo = Geometry.from_network(load_preset("default")[0])   # the preset's sizes
 >>> W1b = to_blocked(W1)                                   # once, after every W1 change
->>> conv = conv_forward(images, ids, seed, epoch, conv_w, conv_b, T=10, n_det=5)
+>>> conv = conv_forward(images, ids, seed, epoch, conv_w, conv_b, T=10, n_det=5,
+...                     geometry=geo)
 >>> hid = hidden_forward(conv, W1b, b1, reset="subtract", period=2, phase=1,
 ...                      drive="window", scale=1.0)
 >>> r_h = hid.n_h / np.float32(hid.n_updates)              # then logits = r_h @ W2 + b2
@@ -54,26 +67,193 @@ from ._config import effective_n_threads
 from ._utils import adam_step_size, check_array, check_disjoint
 
 __all__ = [
-    "N_PIX", "N_CONV", "N_HID", "SUPPORTED_BLOCK_WIDTHS", "BLOCK_WIDTH", "EVAL_EPOCH",
+    "Geometry", "DEFAULT_GEOMETRY", "PATTERN", "N_PIX", "N_CONV", "N_HID",
+    "SUPPORTED_BLOCK_WIDTHS", "BLOCK_WIDTH", "choose_block_width", "EVAL_EPOCH",
     "ConvResult", "HiddenResult", "det_table", "update_steps", "conv_event_table",
     "uniform24", "to_blocked", "from_blocked", "conv_forward", "hidden_forward", "adam_step",
     "adam_step_many", "w1_adam_step", "w1_sgd_step", "conv_rate_backward",
     "conv_patch_active", "ema_step",
 ]
 
-N_PIX = 784
-N_CONV = 2304
-N_HID = 1024
-N_CH = 16
-N_POS = 144
-N_TAPS = 25
 EVAL_EPOCH = 2**32 - 1
 """Epoch key used for evaluation so that evaluation noise is fixed."""
 SUPPORTED_BLOCK_WIDTHS = (16, 32, 64, 128, 256)
 _U64 = 2**64
+KiB, MiB = 2**10, 2**20
 _RESETS_C = {"zero": 0}
 _RESETS_H = {"halve": 0, "subtract": 1, "zero": 2}
 _DRIVES = {"cumulative": 0, "window": 1}
+
+
+# --------------------------------------------------------------------------- sizes
+# The tuned kernels' pattern: these layer types in this order (conv -> LIF -> flatten ->
+# linear -> LIF -> rate read-out -> linear); general networks run through snnfast.engine.
+PATTERN = ("Conv2d", "LIF", "Flatten", "Linear", "LIF", "RateReadout", "Linear")
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """The sizes of the network the tuned kernels run, read from its description.
+
+    Parameters
+    ----------
+    height, width : int
+        The input plane (one channel).
+    channels, kernel, stride : int
+        Conv output channels, square kernel size and stride (no padding).
+    hidden, classes : int
+        Hidden LIF neurons (FC1's outputs) and read-out classes (FC2's outputs).
+
+    Raises
+    ------
+    ValueError
+        For sizes outside the kernels' family, naming the field: ``channels`` a multiple
+        of 8 (the channels of a position are 8-float vectors), ``out_h * out_w`` a multiple
+        of 8 (the conv LIF works on groups of 8 positions), ``hidden`` a multiple of 16
+        (the narrowest W1 block), at most 65 536 input pixels, conv neurons and conv
+        weights (16-bit indices), a kernel no larger than the input that reaches at most
+        255 positions from one pixel.
+    """
+    height: int
+    width: int
+    channels: int
+    kernel: int
+    stride: int
+    hidden: int
+    classes: int
+
+    def __post_init__(self):
+        for name in ("height", "width", "channels", "kernel", "stride", "hidden", "classes"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"geometry: {name} must be an integer >= 1, got {v!r}")
+        if self.kernel > min(self.height, self.width):
+            raise ValueError(f"geometry: kernel {self.kernel} is larger than the input "
+                             f"{self.height}x{self.width}")
+        if self.channels % 8:
+            raise ValueError(f"geometry: channels must be a multiple of 8 for the tuned "
+                             f"kernels, got {self.channels}")
+        if self.n_pos % 8:
+            raise ValueError(f"geometry: the conv output ({self.out_h}x{self.out_w}) must have "
+                             f"a multiple of 8 positions for the tuned kernels")
+        if self.hidden % SUPPORTED_BLOCK_WIDTHS[0]:
+            raise ValueError(f"geometry: hidden must be a multiple of "
+                             f"{SUPPORTED_BLOCK_WIDTHS[0]} for the tuned kernels, got "
+                             f"{self.hidden}")
+        if self.n_pix > 2**16 or self.n_conv > 2**16:
+            raise ValueError(f"geometry: at most 65536 input pixels and conv neurons (16-bit "
+                             f"spike indices), got {self.n_pix} and {self.n_conv}")
+        if self.channels * self.n_taps > 2**16:
+            raise ValueError(f"geometry: at most 65536 conv weights (channels x kernel^2, "
+                             f"16-bit tap offsets), got {self.channels * self.n_taps}")
+        if self.max_fanout > 255:
+            raise ValueError(f"geometry: kernel {self.kernel} with stride {self.stride} "
+                             f"reaches {self.max_fanout} positions from one pixel; the tuned "
+                             f"kernels allow 255")
+
+    @property
+    def out_h(self):
+        return (self.height - self.kernel) // self.stride + 1
+
+    @property
+    def out_w(self):
+        return (self.width - self.kernel) // self.stride + 1
+
+    @property
+    def image_shape(self):
+        """``(height, width)`` of one input image."""
+        return (self.height, self.width)
+
+    @property
+    def conv_shape(self):
+        """``(channels, out_h, out_w)`` of the conv layer's neurons."""
+        return (self.channels, self.out_h, self.out_w)
+
+    @property
+    def n_pix(self):
+        return self.height * self.width
+
+    @property
+    def n_pos(self):
+        """Conv output positions per channel."""
+        return self.out_h * self.out_w
+
+    @property
+    def n_conv(self):
+        """Conv neurons (FC1's inputs)."""
+        return self.channels * self.n_pos
+
+    @property
+    def n_taps(self):
+        return self.kernel * self.kernel
+
+    @property
+    def max_fanout(self):
+        """The most output positions one input pixel reaches: ceil(k / s) squared."""
+        return (-(-self.kernel // self.stride)) ** 2
+
+    @property
+    def param_shapes(self):
+        """The six canonical arrays' shapes (``conv_w`` is ``(C, 1, k, k)``)."""
+        k = self.kernel
+        return {"conv_w": (self.channels, 1, k, k), "conv_b": (self.channels,),
+                "W1": (self.n_conv, self.hidden), "b1": (self.hidden,),
+                "W2": (self.hidden, self.classes), "b2": (self.classes,)}
+
+    @classmethod
+    def from_network(cls, net):
+        """The geometry of a :class:`snnfast.network.Network` that has the tuned kernels'
+        pattern (:data:`PATTERN`: one input channel, a conv without padding with a square
+        kernel and stride, biases everywhere); ValueError naming the layer and field
+        otherwise."""
+        types = tuple(type(ly).__name__ for ly in net)
+        if types != PATTERN:
+            raise ValueError(f"network {net.name or ''}: the tuned kernels run only "
+                             f"{' -> '.join(PATTERN)}, got {' -> '.join(types)} (general "
+                             f"networks run through snnfast.engine)")
+        conv, fc1, fc2 = net.layers[0], net.layers[3], net.layers[6]
+        where = f"layer {conv.name!r} (Conv2d)"
+        if net.input_shape[0] != 1:
+            raise ValueError(f"{where}: the tuned kernels take one input channel, got "
+                             f"{net.input_shape[0]}")
+        for field, ok in (("kernel_size", conv.kernel_size[0] == conv.kernel_size[1]),
+                          ("stride", conv.stride[0] == conv.stride[1]),
+                          ("padding", conv.padding == (0, 0))):
+            if not ok:
+                raise ValueError(f"{where}: {field} {getattr(conv, field)} is not supported "
+                                 f"by the tuned kernels (square kernel and stride, no padding)")
+        for ly in (conv, fc1, fc2):
+            if not ly.bias:
+                raise ValueError(f"layer {ly.name!r} ({type(ly).__name__}): bias must be true "
+                                 f"for the tuned kernels")
+        try:
+            return cls(height=net.input_shape[1], width=net.input_shape[2],
+                       channels=conv.out_channels, kernel=conv.kernel_size[0],
+                       stride=conv.stride[0], hidden=fc1.out_features,
+                       classes=fc2.out_features)
+        except ValueError as exc:
+            raise ValueError(f"network {net.name or ''}: {exc}") from None
+
+
+def _preset_geometry():
+    from .network import load_preset
+    return Geometry.from_network(load_preset("default")[0])
+
+
+DEFAULT_GEOMETRY = _preset_geometry()
+"""The default preset's sizes (its file is their one source)."""
+# Back-compatible names of the default preset's sizes (read from its description)
+N_PIX, N_CONV, N_HID = DEFAULT_GEOMETRY.n_pix, DEFAULT_GEOMETRY.n_conv, DEFAULT_GEOMETRY.hidden
+N_POS = DEFAULT_GEOMETRY.n_pos
+
+
+def _geo(geometry):
+    """The geometry argument of a kernel function (None: the default preset's)."""
+    if geometry is None:
+        return DEFAULT_GEOMETRY
+    if not isinstance(geometry, Geometry):
+        raise TypeError(f"geometry must be a Geometry, got {type(geometry).__name__}")
+    return geometry
 
 
 def _l2_bytes():
@@ -83,7 +263,7 @@ def _l2_bytes():
             raw = fh.read().strip().upper()
     except OSError:
         return None
-    mult = {"K": 1024, "M": 1024**2}.get(raw[-1:], 1)
+    mult = {"K": KiB, "M": MiB}.get(raw[-1:], 1)
     try:
         return int(raw.rstrip("KM")) * mult
     except ValueError:
@@ -99,10 +279,12 @@ def _vector_width():
         return 8
 
 
-def _choose_block_width():
-    """Widest supported block that fits both the L2 cache and the register file.
+@lru_cache(maxsize=16)
+def choose_block_width(n_conv, n_hid):
+    """Widest supported block (dividing ``n_hid``) that fits both the L2 cache and the
+    register file, for a W1 of ``n_conv`` rows and ``n_hid`` columns.
 
-    L2: the W1 slice of one block (2304 x bw float32) must fit in ~3/4 of the per-core L2,
+    L2: the W1 slice of one block (n_conv x bw float32) must fit in ~3/4 of the per-core L2,
     so it stays hot while all samples stream through it. Registers: the kernel keeps the
     bw-wide accumulator tiles of 4 samples (bw <= 4 vectors) or 2 samples in vector
     registers, at most 16 of them: bw <= 8 vectors (64 columns with AVX2, 128 with AVX-512).
@@ -115,21 +297,26 @@ def _choose_block_width():
         bw = int(raw)
         if bw not in SUPPORTED_BLOCK_WIDTHS:
             raise ValueError(f"SNNFAST_BLOCK_WIDTH={bw} not in {SUPPORTED_BLOCK_WIDTHS}")
+        if n_hid % bw:
+            raise ValueError(f"SNNFAST_BLOCK_WIDTH={bw} does not divide the hidden width "
+                             f"{n_hid}")
         return bw
+    fits = [bw for bw in SUPPORTED_BLOCK_WIDTHS if n_hid % bw == 0]
     l2 = _l2_bytes()
     if l2 is None:
-        return 32
+        return 32 if 32 in fits else fits[0]
     cap = 8 * _vector_width()
-    best = SUPPORTED_BLOCK_WIDTHS[0]
-    for bw in SUPPORTED_BLOCK_WIDTHS:
+    best = fits[0]
+    for bw in fits:
         # leave room for the spike lists, the tile state and the other hyper-thread
-        if N_CONV * bw * 4 <= 0.75 * l2 and bw <= cap:
+        if n_conv * bw * 4 <= 0.75 * l2 and bw <= cap:
             best = bw
     return best
 
 
-BLOCK_WIDTH = _choose_block_width()
-"""Default hidden columns per W1 block (from the L2 size; env ``SNNFAST_BLOCK_WIDTH``)."""
+BLOCK_WIDTH = choose_block_width(N_CONV, N_HID)
+"""Default hidden columns per W1 block of the default preset (from the L2 size; env
+``SNNFAST_BLOCK_WIDTH``)."""
 
 
 # --------------------------------------------------------------------------- results
@@ -139,20 +326,20 @@ class ConvResult:
 
     Attributes
     ----------
-    spk_idx : uint16 (B, T, 2304)
+    spk_idx : uint16 (B, T, n_conv)
         Conv spike indices per sample and step; only ``spk_idx[b, t, :spk_cnt[b, t]]`` is
         valid (ascending ``j``); the rest is uninitialised memory.
     spk_cnt : int32 (B, T)
         Number of conv spikes per sample and step.
-    n_in : int32 (B, 784)
+    n_in : int32 (B, n_pix)
         Input spikes per pixel (summed over steps).
-    n_c : int32 (B, 2304)
+    n_c : int32 (B, n_conv)
         Conv spikes per neuron (summed over steps).
     in_count : int64 (B, T)
         Input spikes per sample and step.
     conv_events : int64 (B, T)
-        Conv synaptic events: sum over input spikes of (valid output positions) x 16.
-    input_spikes : uint8 (B, T, 784) or None
+        Conv synaptic events: sum over input spikes of (valid output positions) x channels.
+    input_spikes : uint8 (B, T, n_pix) or None
         The input spikes, if ``record_input=True``.
     T : int
         Number of time steps.
@@ -170,18 +357,23 @@ class ConvResult:
     def batch_size(self):
         return self.spk_cnt.shape[0]
 
+    @property
+    def n_conv(self):
+        """Conv neurons (the length of a step's spike list)."""
+        return self.spk_idx.shape[2]
+
     def conv_spikes(self, n_threads=None):
-        """Dense conv spikes ``uint8 (B, T, 2304)`` rebuilt from the index lists."""
+        """Dense conv spikes ``uint8 (B, T, n_conv)`` rebuilt from the index lists."""
         from . import _convsnn_conv
         self._check_lists()
         B, T = self.spk_cnt.shape
-        out = np.zeros((B, T, N_CONV), np.uint8)
+        out = np.zeros((B, T, self.n_conv), np.uint8)
         if _convsnn_conv.dense_spikes_into(self.spk_idx, self.spk_cnt, out, _threads(n_threads)):
-            raise ValueError("spk_idx holds indices >= 2304 in its valid part")
+            raise ValueError(f"spk_idx holds indices >= {self.n_conv} in its valid part")
         return out
 
     def weighted_counts(self, weights, n_threads=None):
-        """``int32 (B, 2304)``: sum over steps of ``weights[t]`` x (neuron j spiked at t).
+        """``int32 (B, n_conv)``: sum over steps of ``weights[t]`` x (neuron j spiked at t).
 
         ``weights`` is an int32 ``(T,)`` array (exact integer arithmetic).
         """
@@ -189,14 +381,14 @@ class ConvResult:
         self._check_lists()
         B, T = self.spk_cnt.shape
         check_array(weights, "weights", np.int32, shape=(T,))
-        out = np.zeros((B, N_CONV), np.int32)
+        out = np.zeros((B, self.n_conv), np.int32)
         if _convsnn_conv.weighted_counts_into(self.spk_idx, self.spk_cnt, weights, out,
                                              _threads(n_threads)):
-            raise ValueError("spk_idx holds indices >= 2304 in its valid part")
+            raise ValueError(f"spk_idx holds indices >= {self.n_conv} in its valid part")
         return out
 
     def drive_counts(self, period, phase, drive, n_threads=None):
-        """``int32 (B, 2304)``: how often each conv neuron's W1 row is in the drive accumulator,
+        """``int32 (B, n_conv)``: how often each conv neuron's W1 row is in the drive accumulator,
         summed over the hidden updates, so ``sum_u acc_u = drive_counts @ W1`` (the FC1 part of
         the summed hidden drive, what a gradient w.r.t. W1 needs).
 
@@ -213,10 +405,10 @@ class ConvResult:
 
     def _check_lists(self):
         B, T = self.spk_cnt.shape
-        check_array(self.spk_idx, "spk_idx", np.uint16, shape=(B, T, N_CONV))
+        check_array(self.spk_idx, "spk_idx", np.uint16, shape=(B, T, None))
         check_array(self.spk_cnt, "spk_cnt", np.int32, shape=(B, T))
-        if B and (self.spk_cnt.min() < 0 or self.spk_cnt.max() > N_CONV):
-            raise ValueError("spk_cnt out of range [0, 2304]")
+        if B and (self.spk_cnt.min() < 0 or self.spk_cnt.max() > self.n_conv):
+            raise ValueError(f"spk_cnt out of range [0, {self.n_conv}]")
 
     def step_counters(self):
         """Per-step totals over the batch: dict of int64 (T,) arrays."""
@@ -237,20 +429,20 @@ class HiddenResult:
 
     Attributes
     ----------
-    n_h : int32 (B, 1024)
+    n_h : int32 (B, n_hid)
         Hidden spikes per neuron (summed over hidden updates).
-    ih_sum : float32 (B, 1024)
+    ih_sum : float32 (B, n_hid)
         Sum over hidden updates (in step order, from 0.0) of the drive
         ``I_h = (acc + b1) * scale`` (what a rate surrogate gradient needs).
     hid_count : int64 (B, T)
         Hidden spikes per sample and step (0 on steps without a hidden update).
     fc1_adds : int64 (B, T)
-        FC1 row operations per sample at each update step, x 1024: the rows the kernel added
+        FC1 row operations per sample at each update step, x n_hid: the rows the kernel added
         (one per conv spike since the previous update) or, for an incremental update, added
         and subtracted; counted at the update step that does them.
     update_steps : tuple of int
         The steps with a hidden update (``t % period == phase``).
-    spikes : uint8 (B, T, 1024) or None
+    spikes : uint8 (B, T, n_hid) or None
         Hidden spikes, if ``record=True`` (all zero on non-update steps).
     """
     n_h: np.ndarray
@@ -335,22 +527,33 @@ def update_steps(T, period, phase):
     return tuple(t for t in range(T) if t % period == phase)
 
 
-def conv_event_table():
-    """int64 (784,): conv synaptic events caused by one input spike at each pixel.
+def conv_event_table(geometry=None):
+    """int64 (n_pix,): conv synaptic events caused by one input spike at each pixel.
 
-    Number of valid output positions the 5x5 stride-2 kernel places over the pixel, x 16.
+    Number of valid output positions the kernel places over the pixel, x channels.
     """
-    return _conv_event_table().copy()
+    return _conv_event_table(_geo(geometry)).copy()
 
 
-@lru_cache(maxsize=1)
-def _conv_event_table():
-    def n_out(r):  # outputs y with 2y <= r <= 2y+4, 0 <= y <= 11
-        return sum(1 for y in range(12) if 0 <= r - 2 * y <= 4)
-    per_row = np.array([n_out(r) for r in range(28)], np.int64)
-    out = (per_row[:, None] * per_row[None, :] * N_CH).reshape(N_PIX)
+@lru_cache(maxsize=16)
+def _conv_event_table(g):
+    def n_out(r, n):  # outputs y with s*y <= r <= s*y + k - 1, 0 <= y < n
+        return sum(1 for y in range(n) if 0 <= r - g.stride * y < g.kernel)
+    rows = np.array([n_out(r, g.out_h) for r in range(g.height)], np.int64)
+    cols = np.array([n_out(c, g.out_w) for c in range(g.width)], np.int64)
+    out = (rows[:, None] * cols[None, :] * g.channels).reshape(g.n_pix)
     out.flags.writeable = False
     return out
+
+
+@lru_cache(maxsize=16)
+def _conv_tables(g):
+    """The conv kernel's tap tables of a geometry (built once, read-only)."""
+    from . import _convsnn_conv
+    tables = _convsnn_conv.conv_tables(g.height, g.width, g.channels, g.kernel, g.stride)
+    for a in tables:
+        a.flags.writeable = False
+    return tables
 
 
 def uniform24(seed, epoch, sample_ids, step, pixels):
@@ -381,24 +584,32 @@ def uniform24(seed, epoch, sample_ids, step, pixels):
 
 
 def to_blocked(W1, block_width=None):
-    """Canonical ``W1 (2304, 1024)`` -> blocked ``(1024//bw, 2304, bw)`` float32 (page aligned).
+    """Canonical ``W1 (n_conv, n_hid)`` -> blocked ``(n_hid//bw, n_conv, bw)`` float32 (page
+    aligned).
 
-    ``W1b[k, j, i] == W1[j, k*bw + i]``. ``block_width`` defaults to :data:`BLOCK_WIDTH`.
+    ``W1b[k, j, i] == W1[j, k*bw + i]``. ``block_width`` defaults to
+    :func:`choose_block_width` of W1's shape (:data:`BLOCK_WIDTH` for the default preset).
     """
-    bw = BLOCK_WIDTH if block_width is None else _check_int(block_width, "block_width", 1, N_HID)
-    if bw not in SUPPORTED_BLOCK_WIDTHS:
-        raise ValueError(f"block_width={bw} not in {SUPPORTED_BLOCK_WIDTHS}")
-    check_array(W1, "W1", np.float32, shape=(N_CONV, N_HID), contiguous=False)
+    check_array(W1, "W1", np.float32, ndim=2, contiguous=False)
+    n_conv, n_hid = W1.shape
+    if block_width is None:
+        bw = choose_block_width(n_conv, n_hid)
+    else:
+        bw = _check_int(block_width, "block_width", 1, max(n_hid, 1))
+    if bw not in SUPPORTED_BLOCK_WIDTHS or n_hid % bw:
+        raise ValueError(f"block_width={bw} must be in {SUPPORTED_BLOCK_WIDTHS} and divide "
+                         f"W1's {n_hid} columns")
     # page-aligned: every row starts a cache line and line pairs never straddle two rows
-    out = _aligned_empty((N_HID // bw, N_CONV, bw), align=4096)
-    out[...] = W1.reshape(N_CONV, N_HID // bw, bw).transpose(1, 0, 2)
+    out = _aligned_empty((n_hid // bw, n_conv, bw), align=4096)
+    out[...] = W1.reshape(n_conv, n_hid // bw, bw).transpose(1, 0, 2)
     return out
 
 
 def from_blocked(W1b):
-    """Blocked ``(1024//bw, 2304, bw)`` -> canonical ``W1 (2304, 1024)`` (a new array)."""
+    """Blocked ``(n_hid//bw, n_conv, bw)`` -> canonical ``W1 (n_conv, n_hid)`` (a new array)."""
     _check_blocked(W1b, "W1b", contiguous=False)
-    return np.ascontiguousarray(W1b.transpose(1, 0, 2).reshape(N_CONV, N_HID))
+    nblk, n_conv, bw = W1b.shape
+    return np.ascontiguousarray(W1b.transpose(1, 0, 2).reshape(n_conv, nblk * bw))
 
 
 def _aligned_empty(shape, dtype=np.float32, align=64):
@@ -410,11 +621,14 @@ def _aligned_empty(shape, dtype=np.float32, align=64):
     return raw[off:off + n].view(dtype).reshape(shape)
 
 
-def _check_blocked(W1b, name, contiguous=True, finite=False):
+def _check_blocked(W1b, name, contiguous=True, finite=False, n_conv=None):
+    """Validate a blocked W1 (of ``n_conv`` rows if given); return its block width."""
     check_array(W1b, name, np.float32, ndim=3, contiguous=contiguous, finite=finite)
     nblk, rows, bw = W1b.shape
-    if bw not in SUPPORTED_BLOCK_WIDTHS or rows != N_CONV or nblk * bw != N_HID:
-        raise ValueError(f"{name} must have shape (1024//bw, 2304, bw) with bw in "
+    if (bw not in SUPPORTED_BLOCK_WIDTHS or nblk < 1 or rows < 1
+            or (n_conv is not None and rows != n_conv)):
+        want = "n_conv" if n_conv is None else n_conv
+        raise ValueError(f"{name} must have shape (n_hid//bw, {want}, bw) with bw in "
                          f"{SUPPORTED_BLOCK_WIDTHS}, got {W1b.shape}")
     return bw
 
@@ -422,18 +636,18 @@ def _check_blocked(W1b, name, contiguous=True, finite=False):
 # --------------------------------------------------------------------------- kernels
 def conv_forward(images, sample_ids, seed, epoch, conv_w, conv_b, *, T=10, n_det=5,
                  beta=0.9, thr=0.8, reset="zero", n_threads=None, record_input=False,
-                 conv_method="scatter"):
-    """Input encoding + conv (16x5x5, stride 2) + conv LIF for all T steps.
+                 conv_method="scatter", geometry=None):
+    """Input encoding + conv (C x k x k, stride s) + conv LIF for all T steps.
 
     Parameters
     ----------
-    images : uint8 (B, 784), C-contiguous
+    images : uint8 (B, n_pix), C-contiguous
     sample_ids : int64 (B,)
         Index of each image in its data set (keys the input noise), >= 0.
     seed, epoch : int in [0, 2^64)
         Noise keys (evaluation: ``epoch=EVAL_EPOCH``).
-    conv_w : float32 (16, 25) or (16, 1, 5, 5), C-contiguous, finite
-    conv_b : float32 (16,), finite
+    conv_w : float32 (C, k*k) or (C, 1, k, k), C-contiguous, finite
+    conv_b : float32 (C,), finite
     T : int
         Number of steps.
     n_det : int
@@ -448,14 +662,18 @@ def conv_forward(images, sample_ids, seed, epoch, conv_w, conv_b, *, T=10, n_det
         Also return the dense input spikes.
     conv_method : {'scatter', 'gather'}
         Event-driven scatter of each input spike's taps (default, measured faster) or a
-        dense gather over output positions; both give identical bits.
+        dense gather over output positions (inputs at most 32 pixels wide, kernels of at
+        most 32 taps); both give identical bits.
+    geometry : Geometry or None
+        The sizes (None: :data:`DEFAULT_GEOMETRY`).
 
     Returns
     -------
     ConvResult
     """
     from . import _convsnn_conv
-    check_array(images, "images", np.uint8, shape=(None, N_PIX))
+    g = _geo(geometry)
+    check_array(images, "images", np.uint8, shape=(None, g.n_pix))
     B = images.shape[0]
     check_array(sample_ids, "sample_ids", np.int64, shape=(B,))
     if B and sample_ids.min() < 0:
@@ -463,33 +681,39 @@ def conv_forward(images, sample_ids, seed, epoch, conv_w, conv_b, *, T=10, n_det
     seed = _check_int(seed, "seed", 0, _U64 - 1)
     epoch = _check_int(epoch, "epoch", 0, _U64 - 1)
     check_array(conv_w, "conv_w", np.float32, finite=True)
-    if conv_w.shape not in ((N_CH, N_TAPS), (N_CH, 1, 5, 5)):
-        raise ValueError(f"conv_w must have shape (16, 25) or (16, 1, 5, 5), got {conv_w.shape}")
-    check_array(conv_b, "conv_b", np.float32, shape=(N_CH,), finite=True)
+    shapes = ((g.channels, g.n_taps), g.param_shapes["conv_w"])
+    if conv_w.shape not in shapes:
+        raise ValueError(f"conv_w must have shape {shapes[0]} or {shapes[1]}, got "
+                         f"{conv_w.shape}")
+    check_array(conv_b, "conv_b", np.float32, shape=(g.channels,), finite=True)
     T = _check_int(T, "T", 1, 10_000)
     n_det = _check_int(n_det, "n_det", 0, 10_000)
     beta = _check_float(beta, "beta")
     thr = _check_float(thr, "thr")
     _check_choice(reset, "reset", _RESETS_C)
     gather = _check_choice(conv_method, "conv_method", {"scatter": False, "gather": True})
+    if gather and (g.width > 32 or g.n_taps > 32):
+        raise ValueError("conv_method='gather' needs inputs at most 32 pixels wide and "
+                         "kernels of at most 32 taps")
     nt = _threads(n_threads)
 
     det = _det_table(T, n_det)  # cached, read-only use
     # every element of these is written by the kernel (by the thread that owns its sample)
-    spk_idx = np.empty((B, T, N_CONV), np.uint16)
+    spk_idx = np.empty((B, T, g.n_conv), np.uint16)
     spk_cnt = np.empty((B, T), np.int32)
-    n_in = np.empty((B, N_PIX), np.int32)
-    n_c = np.empty((B, N_CONV), np.int32)
+    n_in = np.empty((B, g.n_pix), np.int32)
+    n_c = np.empty((B, g.n_conv), np.int32)
     in_count = np.empty((B, T), np.int64)
     conv_events = np.empty((B, T), np.int64)
-    rec = np.zeros((B, T, N_PIX) if record_input else (0, 0, 0), np.uint8)
+    rec = np.zeros((B, T, g.n_pix) if record_input else (0, 0, 0), np.uint8)
     if B:
-        # taps transposed to (25, 16): one input spike adds a 16-channel vector per position
-        wT = np.ascontiguousarray(conv_w.reshape(N_CH, N_TAPS).T)
+        # taps transposed to (k*k, C): one input spike adds a C-channel vector per position
+        wT = np.ascontiguousarray(conv_w.reshape(g.channels, g.n_taps).T)
         _convsnn_conv.conv_forward_into(
             images, sample_ids, np.uint64(seed), np.uint64(epoch), wT, conv_b, det, n_det,
-            beta, thr, _conv_event_table(), spk_idx, spk_cnt, n_in, n_c, in_count, conv_events,
-            rec, bool(record_input), nt, gather)
+            beta, thr, _conv_event_table(g), spk_idx, spk_cnt, n_in, n_c, in_count,
+            conv_events, rec, bool(record_input), nt, g.height, g.width, g.kernel, g.stride,
+            *_conv_tables(g), gather)
     return ConvResult(spk_idx, spk_cnt, n_in, n_c, in_count, conv_events,
                       rec if record_input else None, T)
 
@@ -518,9 +742,9 @@ def hidden_forward(conv, W1b, b1, *, beta=0.9, thr=0.8, reset="subtract", period
     Parameters
     ----------
     conv : ConvResult
-    W1b : float32 (1024//bw, 2304, bw), C-contiguous, finite (from :func:`to_blocked`);
+    W1b : float32 (n_hid//bw, n_conv, bw), C-contiguous, finite (from :func:`to_blocked`);
         non-finite values raise ValueError (detected inside the kernel at no extra pass)
-    b1 : float32 (1024,), finite
+    b1 : float32 (n_hid,), finite
     beta, thr, scale : float
     reset : {'halve', 'subtract', 'zero'}
     period, phase : int
@@ -530,7 +754,7 @@ def hidden_forward(conv, W1b, b1, *, beta=0.9, thr=0.8, reset="subtract", period
         Incremental window updates (see above); requires ``drive='window'``.
     n_threads : int or None
     record : bool
-        Also return the dense hidden spikes (B, T, 1024).
+        Also return the dense hidden spikes (B, T, n_hid).
 
     Returns
     -------
@@ -540,10 +764,13 @@ def hidden_forward(conv, W1b, b1, *, beta=0.9, thr=0.8, reset="subtract", period
     if not isinstance(conv, ConvResult):
         raise TypeError(f"conv must be a ConvResult, got {type(conv).__name__}")
     B, T = conv.spk_cnt.shape
-    check_array(conv.spk_idx, "conv.spk_idx", np.uint16, shape=(B, T, N_CONV))
+    check_array(conv.spk_idx, "conv.spk_idx", np.uint16, shape=(B, T, None))
     check_array(conv.spk_cnt, "conv.spk_cnt", np.int32, shape=(B, T))  # range: in the kernel
-    bw = _check_blocked(W1b, "W1b")  # finiteness: checked by the kernel, see below
-    check_array(b1, "b1", np.float32, shape=(N_HID,), finite=True)
+    n_conv = conv.n_conv
+    # finiteness: checked by the kernel, see below
+    bw = _check_blocked(W1b, "W1b", n_conv=n_conv)
+    n_hid = W1b.shape[0] * bw
+    check_array(b1, "b1", np.float32, shape=(n_hid,), finite=True)
     beta = _check_float(beta, "beta")
     thr = _check_float(thr, "thr")
     scale = _check_float(scale, "scale")
@@ -558,13 +785,13 @@ def hidden_forward(conv, W1b, b1, *, beta=0.9, thr=0.8, reset="subtract", period
 
     run = bool(B and steps)
     alloc = np.empty if run else np.zeros     # the kernel writes these in full
-    n_h = alloc((B, N_HID), np.int32)
-    ih_sum = alloc((B, N_HID), np.float32)
+    n_h = alloc((B, n_hid), np.int32)
+    ih_sum = alloc((B, n_hid), np.float32)
     hid_count = alloc((B, T), np.int64)
     fc1_adds = alloc((B, T), np.int64)
-    rec = np.zeros((B, T, N_HID) if record else (0, 0, 0), np.uint8)
+    rec = np.zeros((B, T, n_hid) if record else (0, 0, 0), np.uint8)
     if run:
-        part = np.zeros((N_HID // bw, B, T), np.int32)
+        part = np.zeros((n_hid // bw, B, T), np.int32)
         is_update = np.zeros(T, np.uint8)
         is_update[list(steps)] = 1
         n_bad, n_nonfinite = _convsnn_fc.hidden_forward_into(
@@ -573,8 +800,8 @@ def hidden_forward(conv, W1b, b1, *, beta=0.9, thr=0.8, reset="subtract", period
             bool(record), nt)
         if n_bad:
             # checked by the kernel before any W1 row is read through an index
-            raise ValueError(f"conv.spk_cnt out of range [0, 2304] or conv.spk_idx holding "
-                             f"indices >= 2304 in its valid part ({n_bad} found)")
+            raise ValueError(f"conv.spk_cnt out of range [0, {n_conv}] or conv.spk_idx "
+                             f"holding indices >= {n_conv} in its valid part ({n_bad} found)")
         if n_nonfinite:
             # checked inside the kernel (fused with its first pass over each block: a
             # separate np.isfinite pass over 9 MB would cost ~0.5 ms per call)
@@ -648,11 +875,12 @@ def _adam_constants(lr, beta1, beta2, eps, step):
 def _check_w1_grad_inputs(W1b, c, d, check_finite):
     """Validate the operands of the fused W1 steps; return d in W1's block layout."""
     bw = _check_blocked(W1b, "W1b")
-    check_array(c, "c", np.float32, shape=(None, N_CONV), finite=check_finite)
-    check_array(d, "d", np.float32, shape=(c.shape[0], N_HID), finite=check_finite)
+    nblk, n_conv = W1b.shape[:2]
+    check_array(c, "c", np.float32, shape=(None, n_conv), finite=check_finite)
+    check_array(d, "d", np.float32, shape=(c.shape[0], nblk * bw), finite=check_finite)
     if c.shape[0] == 0:
         raise ValueError("c and d must have at least one row (sample)")
-    return np.ascontiguousarray(d.reshape(len(d), N_HID // bw, bw).transpose(1, 0, 2))
+    return np.ascontiguousarray(d.reshape(len(d), nblk, bw).transpose(1, 0, 2))
 
 
 def _raise_if_nonfinite_grad(n_bad, adam):
@@ -663,7 +891,7 @@ def _raise_if_nonfinite_grad(n_bad, adam):
 
 
 def w1_adam_step(W1b, m, v, c, d, *, lr, beta1=0.9, beta2=0.999, eps=1e-8, step,
-                 active=None, n_threads=None, check_finite=True):
+                 active=None, n_threads=None, check_finite=True, geometry=None):
     """Gradient of W1, back product and Adam step in one pass over the blocked weights.
 
     With ``g = c.T @ d`` (in W1's blocked layout) this computes ``back = d @ W1.T`` with
@@ -673,13 +901,13 @@ def w1_adam_step(W1b, m, v, c, d, *, lr, beta1=0.9, beta2=0.999, eps=1e-8, step,
 
     Parameters
     ----------
-    W1b, m, v : float32 (1024//bw, 2304, bw), C-contiguous, distinct; updated in place.
-    c : float32 (B, 2304), C-contiguous, finite (e.g. conv spikes per hidden update).
-    d : float32 (B, 1024), C-contiguous, finite (dL/d hidden current, times the drive scale).
+    W1b, m, v : float32 (n_hid//bw, n_conv, bw), C-contiguous, distinct; updated in place.
+    c : float32 (B, n_conv), C-contiguous, finite (e.g. conv spikes per hidden update).
+    d : float32 (B, n_hid), C-contiguous, finite (dL/d hidden current, times the drive scale).
     lr, beta1, beta2, eps, step : as in :func:`adam_step`.
-    active : bool or uint8 (B, 144), optional
+    active : bool or uint8 (B, n_pos), optional
         Positions whose back product is wanted (e.g. :func:`conv_patch_active`): entry
-        ``back[b, ch*144 + p]`` is computed only where ``active[b, p]``, and is 0 elsewhere.
+        ``back[b, ch*n_pos + p]`` is computed only where ``active[b, p]``, and is 0 elsewhere.
         The surrogate gradient needs only those, and skipping the rest saves about a third
         of the back product on MNIST. Default: all.
     n_threads : int or None
@@ -688,34 +916,38 @@ def w1_adam_step(W1b, m, v, c, d, *, lr, beta1=0.9, beta2=0.999, eps=1e-8, step,
         raises before anything changes. ``False`` skips the scans, for callers whose
         operands are finite by construction: a non-finite value then still raises, after
         the step, through the gradient's own check (W1, m and v are then non-finite).
+    geometry : Geometry or None
+        The sizes (None: :data:`DEFAULT_GEOMETRY`); W1b must have its ``n_conv`` rows.
 
     Returns
     -------
-    back : float32 (B, 2304)
+    back : float32 (B, n_conv)
         ``d @ W1.T`` where ``active``, else 0; per element the sum of 8 interleaved
         partial sums (see ``ext/``).
-    total : float32 (2304,)
+    total : float32 (n_conv,)
         ``back``'s column sums over all samples, active or not: ``D @ W1.T`` with ``D`` the
         sum of the rows of ``d`` (added in sample order), in the same lane order.
     """
     from . import _convsnn_w1
+    g = _geo(geometry)
+    _check_blocked(W1b, "W1b", n_conv=g.n_conv)
     d_blocks = _check_w1_grad_inputs(W1b, c, d, check_finite)
     for a, name in ((m, "m"), (v, "v")):
         check_array(a, name, np.float32, shape=W1b.shape)
     consts = _adam_constants(lr, beta1, beta2, eps, step)
-    B = len(c)
+    B, n_hid = d.shape
     if active is None:
-        act = np.ones((B, N_POS), np.uint8)
+        act = np.ones((B, g.n_pos), np.uint8)
     else:
         if isinstance(active, np.ndarray) and active.dtype == np.bool_:
             active = active.view(np.uint8)
-        act = check_array(active, "active", np.uint8, shape=(B, N_POS))
+        act = check_array(active, "active", np.uint8, shape=(B, g.n_pos))
     # d_blocks may be a view of d (one sample or one block): checking d covers it
     check_disjoint({"W1b": W1b, "m": m, "v": v}, {"c": c, "d": d, "active": act})
-    back = np.empty((B, N_CONV), np.float32)
-    total = np.empty(N_CONV, np.float32)
-    d_rows = np.zeros((B + 2, _convsnn_w1.row_stride()), np.float32)
-    d_rows[:B, :N_HID] = d
+    back = np.empty((B, g.n_conv), np.float32)
+    total = np.empty(g.n_conv, np.float32)
+    d_rows = np.zeros((B + 2, _convsnn_w1.row_stride(n_hid)), np.float32)
+    d_rows[:B, :n_hid] = d
     n_bad = _convsnn_w1.w1_adam_into(W1b, m, v, c, d_blocks, d_rows, act, back, total,
                                      *consts, _threads(n_threads))
     _raise_if_nonfinite_grad(n_bad, adam=True)
@@ -739,65 +971,71 @@ def w1_sgd_step(W1b, c, d, *, rate, decay=1.0, n_threads=None, check_finite=True
                                                       _threads(n_threads)), adam=False)
 
 
-def _check_rates(x, conv_w, check_finite=True):
-    check_array(x, "x", np.float32, shape=(None, N_PIX), finite=check_finite)
+def _check_rates(x, conv_w, g, check_finite=True):
+    check_array(x, "x", np.float32, shape=(None, g.n_pix), finite=check_finite)
     check_array(conv_w, "conv_w", np.float32, contiguous=False, finite=True)
-    if conv_w.size != N_CH * N_TAPS:
-        raise ValueError(f"conv_w must have 400 elements (16, 1, 5, 5), got {conv_w.shape}")
-    # taps x channels: the 16 channels of one tap are contiguous (two vectors)
-    return np.ascontiguousarray(conv_w.reshape(N_CH, N_TAPS).T)
+    if conv_w.size != g.channels * g.n_taps:
+        raise ValueError(f"conv_w must have {g.channels * g.n_taps} elements "
+                         f"{g.param_shapes['conv_w']}, got {conv_w.shape}")
+    # taps x channels: the channels of one tap are contiguous (vectors of 8)
+    return np.ascontiguousarray(conv_w.reshape(g.channels, g.n_taps).T)
 
 
 def conv_rate_backward(x, conv_w, conv_b, back, total, *, scale, center, slope,
-                       n_threads=None, check_finite=True):
-    """Gradients ``(conv_w (16, 1, 5, 5), conv_b (16,))`` of the surrogate conv layer.
+                       n_threads=None, check_finite=True, geometry=None):
+    """Gradients ``(conv_w (C, 1, k, k), conv_b (C,))`` of the surrogate conv layer.
 
-    The layer is ``r = phi(a)``, ``a = conv(x) + conv_b`` (the 25 taps added in (ky, kx)
+    The layer is ``r = phi(a)``, ``a = conv(x) + conv_b`` (the k*k taps added in (ky, kx)
     order, each product rounded first, then the bias), with ``phi'`` as
     :func:`snnfast.convsnn_numpy.surrogate`, and ``dL/dr = scale * back``.
-    ``back`` may be zero where a position's 5x5 input patch is all zero (see
+    ``back`` may be zero where a position's k x k input patch is all zero (see
     :func:`w1_adam_step`'s ``active``), as long as ``total`` holds its full column sums:
     there ``a = conv_b``, which lets ``dL/dconv_b`` be formed from ``total`` (see ``ext/``
     for the order of every sum).
 
     Parameters
     ----------
-    x : float32 (B, 784), finite (input spike rates).
-    conv_w : float32, 400 elements in the order of (16, 1, 5, 5); conv_b : float32 (16,).
-    back : float32 (B, 2304); total : float32 (2304,); both finite.
+    x : float32 (B, n_pix), finite (input spike rates).
+    conv_w : float32, C*k*k elements in the order of (C, 1, k, k); conv_b : float32 (C,).
+    back : float32 (B, n_conv); total : float32 (n_conv,); both finite.
     scale, center, slope : float
     n_threads : int or None
     check_finite : bool
         Scan ``x``, ``back`` and ``total`` for NaN and infinities (default). ``False`` skips
         these scans, for callers whose arrays are finite by construction or whose gradients
         are checked afterwards: non-finite input then gives non-finite gradients.
+    geometry : Geometry or None
+        The sizes (None: :data:`DEFAULT_GEOMETRY`).
     """
     from . import _conv_rates
-    wt = _check_rates(x, conv_w, check_finite)
-    check_array(conv_b, "conv_b", np.float32, shape=(N_CH,), finite=True)
-    check_array(back, "back", np.float32, shape=(len(x), N_CONV), finite=check_finite)
-    check_array(total, "total", np.float32, shape=(N_CONV,), finite=check_finite)
+    g = _geo(geometry)
+    wt = _check_rates(x, conv_w, g, check_finite)
+    check_array(conv_b, "conv_b", np.float32, shape=(g.channels,), finite=True)
+    check_array(back, "back", np.float32, shape=(len(x), g.n_conv), finite=check_finite)
+    check_array(total, "total", np.float32, shape=(g.n_conv,), finite=check_finite)
     scale = _check_float(scale, "scale")
     center = _check_float(center, "center")
     slope = _check_float(slope, "slope", 0.0)
-    gw = np.empty((N_TAPS, N_CH), np.float32)
-    gb = np.empty(N_CH, np.float32)
+    gw = np.empty((g.n_taps, g.channels), np.float32)
+    gb = np.empty(g.channels, np.float32)
     _conv_rates.rate_backward_into(x, wt, conv_b, back, total, scale, center, slope, gw, gb,
-                                   _threads(n_threads))
-    return np.ascontiguousarray(gw.T).reshape(N_CH, 1, 5, 5), gb
+                                   g.height, g.width, g.kernel, g.stride, _threads(n_threads))
+    return np.ascontiguousarray(gw.T).reshape(g.param_shapes["conv_w"]), gb
 
 
-def conv_patch_active(x, *, n_threads=None, check_finite=True):
-    """uint8 ``(B, 144)``: 1 where the 5x5 input patch of a conv position has a nonzero.
+def conv_patch_active(x, *, n_threads=None, check_finite=True, geometry=None):
+    """uint8 ``(B, n_pos)``: 1 where the k x k input patch of a conv position has a nonzero.
 
     Elsewhere every channel's current at that position is its bias alone. ``x`` is float32
-    ``(B, 784)``, finite (``check_finite=False`` skips that scan; NaN then counts as
-    nonzero).
+    ``(B, n_pix)``, finite (``check_finite=False`` skips that scan; NaN then counts as
+    nonzero). ``geometry``: the sizes (None: :data:`DEFAULT_GEOMETRY`).
     """
     from . import _conv_rates
-    check_array(x, "x", np.float32, shape=(None, N_PIX), finite=check_finite)
-    out = np.empty((len(x), N_POS), np.uint8)
-    _conv_rates.patch_active_into(x, out, _threads(n_threads))
+    g = _geo(geometry)
+    check_array(x, "x", np.float32, shape=(None, g.n_pix), finite=check_finite)
+    out = np.empty((len(x), g.n_pos), np.uint8)
+    _conv_rates.patch_active_into(x, out, g.height, g.width, g.kernel, g.stride,
+                                  _threads(n_threads))
     return out
 
 

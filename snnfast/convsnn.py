@@ -1,9 +1,10 @@
 """The Conv-SNN model: presets, training (reference rule and rate surrogate gradient), HDF5 I/O.
 
-Architecture (the documentation page "Neuron and network semantics" states it exactly)::
+Architecture (the documentation page "Neuron and network semantics" states it exactly; the
+sizes are the preset description's, ``snnfast/network/presets/<name>.toml``)::
 
-    uint8 image (28x28) -> rate/latency input spikes (T = 10 steps)
-    -> conv 16x5x5 stride 2 -> LIF (2304)  -> FC1 2304x1024 -> LIF (1024) -> FC2 1024x10 (rates)
+    uint8 image (H x W) -> rate/latency input spikes (T steps)
+    -> conv C x k x k stride s -> LIF (C x OH x OW) -> FC1 -> LIF (hidden) -> FC2 (rates)
 
 Presets
 -------
@@ -39,7 +40,8 @@ read them.
       that is validated, tested and saved (training uses the raw weights);
     * fresh Bernoulli input noise for every (epoch, sample); random shifts of +-2 px (zero
       fill) per (seed, epoch, sample);
-    * init: conv N(0, sqrt(2/25)), W1 N(0, 1/sqrt(2304)), W2 N(0, 1/sqrt(1024)), biases 0;
+    * init: conv N(0, sqrt(2/fan_in)) (fan_in = k*k taps), W1 N(0, 1/sqrt(conv neurons)),
+      W2 N(0, 1/sqrt(hidden neurons)), biases 0;
     * model selection on a validation split of 5 000 images held out of the 60 000
       (the best-validation weights are kept); the test set is only reported; 15 epochs.
 ``nir``
@@ -56,28 +58,35 @@ import numpy as np
 
 from . import convsnn_numpy as cnp
 from ._config import effective_n_threads
+from ._convsnn_kernels import Geometry
 from ._utils import (_json_default, array_digest, atomic_h5, check_named_arrays, h5_format,
                      is_real_number)
 from .network import PRESET_NAMES, load_preset
 
 __all__ = ["ConvSNN", "ConvSNNConfig", "PRESETS", "FORMAT_VERSION", "check_params", "check_lif"]
 
-FORMAT_VERSION = "convsnn-1"
+# convsnn-2: convsnn-1 plus the network description (attribute "network", JSON of
+# Network.to_dict), which load checks against the config; convsnn-1 files still load
+FORMAT_VERSION = "convsnn-2"
+READ_FORMATS = ("convsnn-1", "convsnn-2")
 EVAL_EPOCH = cnp.EVAL_EPOCH
 
-# ConvSNN runs the one architecture of the preset files (snnfast/network/presets/*.toml), whose
-# layers it knows by these names; its sizes below are read from the default preset's description.
+# ConvSNN runs the architecture of the preset files (snnfast/network/presets/*.toml), whose
+# layers it knows by these names; its sizes are read from the description (Geometry, which
+# also checks that the tuned kernels implement it); the module-level sizes below are the
+# default preset's, which all presets share.
 _LAYERS = (("conv", "Conv2d"), ("conv_lif", "LIF"), ("flatten", "Flatten"), ("fc1", "Linear"),
            ("hidden", "LIF"), ("readout", "RateReadout"), ("fc2", "Linear"))
 # canonical parameter name -> the description's "<layer>.<array>"
 _PARAM_KEYS = {"conv_w": "conv.weight", "conv_b": "conv.bias", "W1": "fc1.weight",
                "b1": "fc1.bias", "W2": "fc2.weight", "b2": "fc2.bias"}
 _NET = load_preset("default")[0]
+GEOMETRY = Geometry.from_network(_NET)
 PARAM_SHAPES = {k: _NET.param_shapes()[v] for k, v in _PARAM_KEYS.items()}
-_IMAGE = _NET.input_shape[1:]                                   # (28, 28)
-N_IN = math.prod(_NET.input_shape)                              # input pixels
-N_CONV = math.prod(_NET.shapes[_NET.index("conv_lif")])         # conv neurons
-N_HID, N_OUT = PARAM_SHAPES["W2"]                               # hidden neurons, classes
+_IMAGE = GEOMETRY.image_shape                                   # (H, W)
+N_IN = GEOMETRY.n_pix                                           # input pixels
+N_CONV = GEOMETRY.n_conv                                        # conv neurons
+N_HID, N_OUT = GEOMETRY.hidden, GEOMETRY.classes                # hidden neurons, classes
 _CHOICES = {"reset_c": ("zero",), "reset_h": ("halve", "subtract", "zero"),
             "drive": ("cumulative", "window"), "rate_norm": ("T", "updates"),
             "trainer": ("reference", "surrogate"), "lr_schedule": ("step", "onecycle", "constant"),
@@ -95,13 +104,16 @@ MAX_BATCH_SIZE = 4096
 MAX_EPOCHS = 10_000
 
 
-def check_params(params, max_abs=MAX_ABS_WEIGHT):
+def check_params(params, max_abs=MAX_ABS_WEIGHT, shapes=None):
     """Validate the six canonical parameter arrays; return float32 C-contiguous copies.
 
-    Raises ``ValueError`` naming the array for a missing key, a wrong shape, NaN/inf or
-    (unless ``max_abs`` is None) a magnitude above ``max_abs`` (:data:`MAX_ABS_WEIGHT`).
+    Raises ``ValueError`` naming the array for a missing key, a wrong shape (``shapes``,
+    default the presets' :data:`PARAM_SHAPES`; a model's: ``config.geometry.param_shapes``),
+    NaN/inf or (unless ``max_abs`` is None) a magnitude above ``max_abs``
+    (:data:`MAX_ABS_WEIGHT`).
     """
-    return check_named_arrays(params, PARAM_SHAPES, "parameter", max_abs)
+    return check_named_arrays(params, PARAM_SHAPES if shapes is None else shapes, "parameter",
+                              max_abs)
 
 
 def check_lif(beta, thr, name=""):
@@ -179,6 +191,21 @@ def _check_state(st):
                 or not isinstance(p.get("batch"), int) or p["batch"] < 0
                 or not isinstance(p.get("sums"), dict) or set(p["sums"]) != keys):
             raise ValueError(f"damaged mid-epoch position {p!r}")
+
+
+def _check_network(stored, network):
+    """ValueError unless a file's stored description (None: a convsnn-1 file) is the
+    ``network`` its config runs."""
+    if stored is None:
+        return
+    from .network import Network
+    try:
+        stored = Network.from_dict(stored)
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise ValueError(f"network description: {exc}") from None
+    if stored != network:
+        raise ValueError("the stored network description is not the one its config runs "
+                         "(the file was altered)")
 
 
 def _checked(fn, arg, what):
@@ -318,8 +345,35 @@ class ConvSNNConfig:
     def update_steps(self):
         return tuple(t for t in range(self.T) if t % self.hidden_period == self.hidden_phase)
 
+    @property
+    def geometry(self):
+        """The sizes of the preset's network description (a :class:`Geometry`)."""
+        return _preset_geometry(self.preset)
+
     def to_dict(self):
         return dataclasses.asdict(self)
+
+    @property
+    def network(self):
+        """The network description this config runs: its preset's, with the config's
+        forward fields (encoder, both LIF layers, the read-out's normalisation)."""
+        from .network import Network
+        d = load_preset(self.preset)[0].to_dict()
+        d["encoder"].update(T=self.T, n_det=self.n_det)
+        fields = {"conv_lif": dict(decay=self.beta_c, threshold=self.thr_c, reset=self.reset_c),
+                  "hidden": dict(decay=self.beta_h, threshold=self.thr_h, reset=self.reset_h,
+                                 period=self.hidden_period, phase=self.hidden_phase,
+                                 drive=self.drive, scale=self.drive_scale),
+                  "readout": dict(norm={"T": "steps", "updates": "updates"}[self.rate_norm])}
+        for layer in d["layers"]:
+            layer.update(fields.get(layer["name"], {}))
+        return Network.from_dict(d)
+
+
+def _preset_geometry(name):
+    """The :class:`Geometry` of a preset's description (checked against the tuned kernels'
+    pattern: ValueError naming the layer otherwise)."""
+    return _PRESET_GEOMETRY[name]
 
 
 def _preset_fields(name):
@@ -328,10 +382,14 @@ def _preset_fields(name):
     description, the others from its ``[training]`` table."""
     net, training = load_preset(name)
     where = f"preset file {name}.toml"
+    try:
+        geometry = Geometry.from_network(net)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
     if tuple((ly.name, type(ly).__name__) for ly in net) != _LAYERS or \
-            net.param_shapes() != _NET.param_shapes() or net.input_shape != _NET.input_shape \
-            or type(net.encoder).__name__ != "Hybrid":
+            geometry != GEOMETRY or type(net.encoder).__name__ != "Hybrid":
         raise ValueError(f"{where}: ConvSNN runs only the architecture of the default preset")
+    _PRESET_GEOMETRY[name] = geometry
     conv, hid = net["conv_lif"], net["hidden"]
     if (conv.period, conv.phase, conv.drive, conv.scale) != (1, 0, "window", 1.0):
         raise ValueError(f"{where}: ConvSNN updates the conv LIF every step from that step's "
@@ -353,7 +411,8 @@ def _preset_fields(name):
     return fields
 
 
-# every field of each preset, from the preset files (their one source)
+# every field of each preset, from the preset files (their one source), and their sizes
+_PRESET_GEOMETRY = {}
 PRESETS = {name: _preset_fields(name) for name in PRESET_NAMES}
 
 
@@ -391,7 +450,7 @@ def _kernels_module():
 
 
 def _as_images(X, name="X"):
-    """Validate uint8 images (N, 28, 28) or (N, 784); return a C-contiguous (N, 784) view.
+    """Validate uint8 images (N, H, W) or (N, H*W); return a C-contiguous (N, H*W) view.
 
     (The sizes are the preset description's: ``_IMAGE`` and ``N_IN``.)
     """
@@ -430,28 +489,30 @@ def _as_ids(ids, n, name="sample_ids"):
     return np.ascontiguousarray(ids, dtype=np.int64)
 
 
-def shift_images(X, dy, dx):
-    """Shift uint8 images (N, 784) by integer (dy, dx) per image, zero fill (no wrap):
-    ``out[y, x] = X[y - dy, x - dx]`` (shifts of up to 27 pixels)."""
+def shift_images(X, dy, dx, image_shape=_IMAGE):
+    """Shift uint8 images (N, H*W) of ``image_shape`` (H, W) (default: the preset
+    description's) by integer (dy, dx) per image, zero fill (no wrap):
+    ``out[y, x] = X[y - dy, x - dx]`` (shifts of less than H rows and W columns)."""
+    H, W = image_shape
     X = np.ascontiguousarray(X, np.uint8)
     dy = np.ascontiguousarray(dy, np.int64)
     dx = np.ascontiguousarray(dx, np.int64)
-    if X.ndim != 2 or X.shape[1] != 784 or dy.shape != (len(X),) or dx.shape != (len(X),):
-        raise ValueError("shift_images needs X (N, 784) and dy, dx of shape (N,)")
-    if len(X) and max(np.abs(dy).max(), np.abs(dx).max()) > 27:
-        raise ValueError("shifts must be at most 27 pixels")
+    if X.ndim != 2 or X.shape[1] != H * W or dy.shape != (len(X),) or dx.shape != (len(X),):
+        raise ValueError(f"shift_images needs X (N, {H * W}) and dy, dx of shape (N,)")
+    if len(X) and (np.abs(dy).max() >= H or np.abs(dx).max() >= W):
+        raise ValueError(f"shifts must be less than {H} rows and {W} columns")
     out = np.zeros_like(X)
     try:
         from ._convsnn_conv import shift_images_into
     except ImportError:                  # kernels not built: the NumPy backend still trains
-        img, pad = X.reshape(-1, 28, 28), np.zeros((len(X), 84, 84), np.uint8)
-        pad[:, 28:56, 28:56] = img
-        rows = (28 - dy)[:, None] + np.arange(28)[None, :]
-        cols = (28 - dx)[:, None] + np.arange(28)[None, :]
+        img, pad = X.reshape(-1, H, W), np.zeros((len(X), 3 * H, 3 * W), np.uint8)
+        pad[:, H:2 * H, W:2 * W] = img
+        rows = (H - dy)[:, None] + np.arange(H)[None, :]
+        cols = (W - dx)[:, None] + np.arange(W)[None, :]
         out[:] = pad[np.arange(len(X))[:, None, None], rows[:, :, None],
-                     cols[:, None, :]].reshape(len(X), 784)
+                     cols[:, None, :]].reshape(len(X), H * W)
         return out
-    shift_images_into(X, dy, dx, out)
+    shift_images_into(X, dy, dx, out, H, W)
     return out
 
 
@@ -510,7 +571,8 @@ class _Par:
 
 # ----------------------------------------------------------------------------- the model
 class ConvSNN:
-    """Convolutional spiking network (16x5x5/2 conv -> 1024 LIF -> 10), trained on rates.
+    """Convolutional spiking network (conv -> LIF -> FC -> LIF -> FC, the sizes of its preset's
+    description), trained on rates.
 
     Parameters
     ----------
@@ -557,8 +619,8 @@ class ConvSNN:
     def _init_params(self):
         c = self.config
         rng = np.random.default_rng((c.seed, 0x5EED))
-        S = PARAM_SHAPES
-        conv_fan_in = math.prod(S["conv_w"][1:])                   # 25 taps
+        S = c.geometry.param_shapes
+        conv_fan_in = math.prod(S["conv_w"][1:])                   # k*k taps
         if c.init == "reference":
             # the reference's He-style sqrt(2 / (fan_in + fan_out)) of the FC layers
             conv_std = math.sqrt(2 / conv_fan_in)
@@ -595,7 +657,8 @@ class ConvSNN:
 
     @property
     def params(self):
-        """Canonical float32 parameters: conv_w (16,1,5,5), conv_b, W1 (2304,1024), b1, W2, b2.
+        """Canonical float32 parameters: conv_w (C,1,k,k), conv_b, W1 (conv neurons, hidden),
+        b1, W2, b2 (shapes: ``config.geometry.param_shapes``).
 
         A new dict of copies (training updates the model's own arrays in place); use
         :meth:`set_params` to change the model.
@@ -652,7 +715,7 @@ class ConvSNN:
         return self._pool
 
     def _forward(self, X, ids, epoch, record=False, record_input=False, p=None, train=False):
-        """Forward of validated (B,784) uint8 images; a dict like convsnn_numpy.forward's.
+        """Forward of validated (B, H*W) uint8 images; a dict like convsnn_numpy.forward's.
 
         With ``train`` the dict also holds what the backward pass needs (``r_in``, ``r_c``,
         ``a_h``); the NumPy backend always returns them.
@@ -675,7 +738,8 @@ class ConvSNN:
             seed, epoch, key_ids = 42, 0, np.arange(len(X), dtype=np.int64)
         conv = K.conv_forward(X, key_ids, seed, int(epoch), p["conv_w"], p["conv_b"],
                               T=c.T, n_det=c.n_det, beta=c.beta_c, thr=c.thr_c, reset=c.reset_c,
-                              n_threads=self.n_threads, record_input=record_input or record)
+                              n_threads=self.n_threads, record_input=record_input or record,
+                              geometry=c.geometry)
         hid = K.hidden_forward(conv, p["W1b"], p["b1"], n_threads=self.n_threads,
                                record=record, **hidden_forward_args(c))
         U = hid.n_updates
@@ -700,7 +764,7 @@ class ConvSNN:
         return fw
 
     def _c_h(self, fw):
-        """Conv spikes that reached the hidden layer, per update (B, 2304) float32."""
+        """Conv spikes that reached the hidden layer, per update (B, conv neurons) float32."""
         if "c_h" in fw:
             return fw["c_h"]
         c = self.config
@@ -708,7 +772,7 @@ class ConvSNN:
         U = max(len(steps), 1)
         if c.drive == "window" and steps and steps[-1] == c.T - 1:
             return fw["n_c"].astype(np.float32) / np.float32(U)     # every conv spike arrives
-        z = fw["conv"].conv_spikes().astype(np.float32)               # (B, T, 2304)
+        z = fw["conv"].conv_spikes().astype(np.float32)               # (B, T, conv neurons)
         cs = np.cumsum(z, axis=1)
         if c.drive == "window":
             return cs[:, steps[-1]] / np.float32(U) if steps else cs[:, 0] * 0
@@ -720,7 +784,7 @@ class ConvSNN:
         self.counters_["n_samples"] += len(counts["input_spikes"])
 
     def forward_logits(self, images, sample_ids, epoch_key=EVAL_EPOCH):
-        """Logits (B, 10) float32 of uint8 images with the given noise keys."""
+        """Logits (B, classes) float32 of uint8 images with the given noise keys."""
         X = _as_images(images, "images")
         ids = _as_ids(sample_ids, len(X))
         epoch_key = int(epoch_key)
@@ -777,19 +841,50 @@ class ConvSNN:
         acc["h"] += float(cnt["hidden_spikes"].sum())
 
     def _rates(self, acc, n):
-        c = self.config
+        c, g = self.config, self.config.geometry
         U = max(len(c.update_steps), 1)
-        return {"rate_input": acc["in"] / (n * N_IN * c.T),
-                "rate_conv": acc["c"] / (n * N_CONV * c.T),
-                "rate_hidden": acc["h"] / (n * N_HID * U)}
+        return {"rate_input": acc["in"] / (n * g.n_pix * c.T),
+                "rate_conv": acc["c"] / (n * g.n_conv * c.T),
+                "rate_hidden": acc["h"] / (n * g.hidden * U)}
+
+    @property
+    def network(self):
+        """The network description of this model (:attr:`ConvSNNConfig.network`)."""
+        return self.config.network
+
+    @property
+    def weights(self):
+        """The parameters under the description's names (``"conv.weight"``, ...), as
+        :attr:`params` (copies)."""
+        return {_PARAM_KEYS[k]: v for k, v in self.params.items()}
+
+    def trace_network(self, images, sample_ids=None):
+        """:meth:`trace` in the record format of ``snnfast.engine`` (keys of the
+        description's layers), for the consumers that read any network: the input spikes
+        ``input`` (N, T, C, H, W), ``spikes`` per spiking layer, the exact ``counts`` per
+        synaptic layer (operations) and spiking layer (spikes), per sample and step, the
+        read-out ``rates`` and the ``dense_macs`` per sample of the layers after it."""
+        tr = self.trace(images, sample_ids)
+        c, g, cnt = self.config, self.config.geometry, tr["counters"]
+        N = len(tr["logits"])
+        norm = c.T if c.rate_norm == "T" else max(len(c.update_steps), 1)
+        rates = tr["hidden"].sum(axis=1, dtype=np.int32).astype(np.float32) / np.float32(norm)
+        return {"input": tr["input"].reshape((N, c.T, 1) + g.image_shape),
+                "spikes": {"conv_lif": tr["conv"].reshape((N, c.T) + g.conv_shape),
+                           "hidden": tr["hidden"]},
+                "counts": {"conv": cnt["conv_synaptic_events"], "fc1": cnt["fc1_row_adds"],
+                           "conv_lif": cnt["conv_spikes"], "hidden": cnt["hidden_spikes"]},
+                "rates": rates, "dense_macs": {"fc2": g.hidden * g.classes},
+                "logits": tr["logits"]}
 
     def trace(self, images, sample_ids=None):
         """Spike trains of a batch (deterministic evaluation noise).
 
         Returns
         -------
-        dict with uint8 'input' (N,T,784), 'conv' (N,T,2304), 'hidden' (N,T,1024) (zero on
-        non-update steps), bool 'hidden_update' (T,), float32 'logits' (N,10) and 'counters'
+        dict with uint8 'input' (N,T,H*W), 'conv' (N,T,conv neurons), 'hidden' (N,T,hidden)
+        (zero on non-update steps), bool 'hidden_update' (T,), float32 'logits' (N,classes)
+        and 'counters'
         (per-sample-per-step int64 (N,T) arrays of the kernels' exact counters).
         """
         X = _as_images(images, "images")
@@ -850,11 +945,13 @@ class ConvSNN:
 
         def step(c_h, d):
             o = self._opt_state()
-            active = K.conv_patch_active(r_in, n_threads=self.n_threads, check_finite=False)
+            active = K.conv_patch_active(r_in, n_threads=self.n_threads, check_finite=False,
+                                         geometry=c.geometry)
             back, total = K.w1_adam_step(W1b, o["m"]["W1b"], o["v"]["W1b"], c_h, d, lr=lr,
                                          beta1=c.beta1, beta2=c.beta2, eps=c.eps,
                                          step=o["t"] + 1, active=active,
-                                         n_threads=self.n_threads, check_finite=False)
+                                         n_threads=self.n_threads, check_finite=False,
+                                         geometry=c.geometry)
             return None, back, total
         return outer, step
 
@@ -862,10 +959,10 @@ class ConvSNN:
         """The kernels' :func:`convsnn_numpy.conv_backward`, or None for the NumPy backend."""
         if self._K is None:
             return None
-        K, nt = self._K, self.n_threads
+        K, nt, geo = self._K, self.n_threads, self.config.geometry
         return (lambda x, w, b, back, total, scale, center, slope: K.conv_rate_backward(
             x, w, b, back, total, scale=scale, center=center, slope=slope, n_threads=nt,
-            check_finite=False))
+            check_finite=False, geometry=geo))
 
     def _train_step(self, X, y, ids, epoch, lr):
         """One optimisation step on a batch; returns (mean loss, #correct, forward dict)."""
@@ -941,7 +1038,7 @@ class ConvSNN:
 
         Parameters
         ----------
-        X : uint8 (N, 28, 28) or (N, 784); y : int (N,)
+        X : uint8 (N, H, W) or (N, H*W) (the description's input); y : int (N,)
         X_val, y_val : optional validation set (model selection: best validation accuracy)
         epochs : int, total epochs (default ``config.epochs``); training continues from
             ``self.epoch_`` (so a loaded checkpoint resumes where it stopped)
@@ -1036,7 +1133,8 @@ class ConvSNN:
                 idx = perm[pos]
                 xb = X[idx]
                 if c.augment_shift:
-                    xb = shift_images(xb, shifts[0, pos], shifts[1, pos])
+                    xb = shift_images(xb, shifts[0, pos], shifts[1, pos],
+                                      self.config.geometry.image_shape)
                 lr = lr_at(c, epoch, (epoch * n_batches + b) / total)
                 try:
                     # the inputs were validated before the loop: a ValueError here is a
@@ -1099,8 +1197,9 @@ class ConvSNN:
         """Write an HDF5 file atomically.
 
         Always: canonical weights (group ``params``), the full config (attribute ``config``,
-        JSON), ``preset``, ``snnfast_format = "convsnn-1"``, ``metrics`` and ``history``
-        (JSON). With ``checkpoint=True`` also the optimiser state (moments in canonical
+        JSON), the network description (attribute ``network``, JSON of
+        :meth:`snnfast.network.Network.to_dict`), ``preset``, ``snnfast_format =
+        "convsnn-2"``, ``metrics`` and ``history`` (JSON). With ``checkpoint=True`` also the optimiser state (moments in canonical
         layout), step/epoch counters, the best-validation weights and a mid-epoch position,
         so that :meth:`load` + :meth:`fit` continue exactly where training stopped.
         Every array carries the SHA-256 digest of its bytes (attribute ``sha256``), which
@@ -1126,6 +1225,7 @@ class ConvSNN:
             f.attrs["kind"] = "checkpoint" if checkpoint else "model"
             f.attrs["preset"] = self.config.preset
             f.attrs["config"] = json.dumps(self.config.to_dict())
+            f.attrs["network"] = json.dumps(self.network.to_dict())
             f.attrs["metrics"] = metrics
             f.attrs["history"] = json.dumps(self.history_)
             f.attrs["epoch"] = self.epoch_
@@ -1167,7 +1267,8 @@ class ConvSNN:
         ------
         ValueError
             naming the file, if it is missing, not HDF5, truncated/corrupt, not a
-            ``convsnn-1`` file, if an array does not match its digest (files written before
+            ``convsnn-1`` or ``convsnn-2`` file, if its network description (``convsnn-2``)
+            is not the one its config runs, if an array does not match its digest (files written before
             digests existed have none and are read unchecked), or if its content is invalid
             (the configuration, a weight beyond :data:`MAX_ABS_WEIGHT`, ...).
         """
@@ -1181,10 +1282,13 @@ class ConvSNN:
         try:
             with h5py.File(path, "r") as f:
                 fmt = h5_format(f)
-                if fmt != FORMAT_VERSION:
+                if fmt not in READ_FORMATS:
                     raise _NotConvSNN(f"{path}: not an snnfast ConvSNN file "
-                                      f"(snnfast_format={fmt!r}, expected {FORMAT_VERSION!r})")
+                                      f"(snnfast_format={fmt!r}, expected one of "
+                                      f"{', '.join(READ_FORMATS)})")
                 cfg = json.loads(f.attrs["config"])
+                # convsnn-1 files predate the stored description: their config is all
+                network = json.loads(f.attrs["network"]) if fmt != "convsnn-1" else None
                 if not isinstance(cfg, dict):
                     raise ValueError(f"config is a JSON {type(cfg).__name__}, not an object")
                 verify = DIGESTS_ATTR in f.attrs
@@ -1203,6 +1307,7 @@ class ConvSNN:
         seed = cfg.pop("seed", 0)
         try:
             model = cls(preset=preset, seed=seed, n_threads=n_threads, backend=backend, **cfg)
+            _check_network(network, model.network)
             model.set_params(params)
             _check_state(state)
         except (TypeError, ValueError) as exc:

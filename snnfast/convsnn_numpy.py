@@ -15,11 +15,17 @@ from the compiled kernels in the last bit. ``exact=True`` adds the rows of ``W1`
 kernels' order (step ascending, neuron ascending, or incrementally: see
 :func:`fc1_incremental`) with a sequential float32 ``cumsum``; it is slow and meant for tests
 that require bit-identical spikes.
+
+The sizes (input plane, conv channels/kernel/stride, hidden width, classes) are a
+:class:`snnfast._convsnn_kernels.Geometry` read from the network description: a config's
+``geometry`` (its preset's), or the ``geometry`` argument (default: the default preset's).
 """
+from functools import lru_cache
+
 import numpy as np
 
 # pure-Python parts of the kernel API (the compiled modules load lazily there)
-from ._convsnn_kernels import EVAL_EPOCH, N_POS, det_table
+from ._convsnn_kernels import DEFAULT_GEOMETRY, EVAL_EPOCH, det_table
 from ._utils import adam_step_size
 
 __all__ = ["mix64", "sample_keys", "input_spikes", "conv_patch_index",
@@ -57,7 +63,7 @@ def sample_keys(seed, epoch, sample_ids):
 
 
 def input_spikes(images, sample_ids, seed, epoch, T=10, n_det=5):
-    """Binary input spikes (B, T, 784) uint8 of uint8 images (B, 784)."""
+    """Binary input spikes (B, T, P) uint8 of uint8 images (B, P) (P pixels)."""
     images = np.ascontiguousarray(images, dtype=np.uint8).reshape(len(images), -1)
     B, P = images.shape
     s = np.zeros((B, T, P), dtype=np.uint8)
@@ -76,46 +82,63 @@ def input_spikes(images, sample_ids, seed, epoch, T=10, n_det=5):
 
 
 # ----------------------------------------------------------------------------- conv
-def conv_patch_index(H=28, K=5, stride=2):
-    """(144, 25) pixel indices of each 5x5 stride-2 patch (raster order of taps)."""
-    out = (H - K) // stride + 1
-    ys, xs = np.meshgrid(np.arange(out), np.arange(out), indexing="ij")
-    ky, kx = np.meshgrid(np.arange(K), np.arange(K), indexing="ij")
-    rows = (stride * ys.reshape(-1, 1) + ky.reshape(1, -1))
-    cols = (stride * xs.reshape(-1, 1) + kx.reshape(1, -1))
-    return (rows * H + cols).astype(np.intp)
+def _geo(geometry):
+    return DEFAULT_GEOMETRY if geometry is None else geometry
 
 
-_IDX = conv_patch_index()
+def config_geometry(cfg):
+    """The sizes of a config's network: its ``geometry`` (a :class:`ConvSNNConfig`'s is its
+    preset description's), else the default preset's."""
+    return _geo(getattr(cfg, "geometry", None))
 
 
-def conv_event_table():
-    """int64 (784,): conv synaptic events of one input spike (valid output positions x 16)."""
-    hits = np.zeros(784, dtype=np.int64)
-    np.add.at(hits, _IDX.reshape(-1), 1)
-    return hits * 16
+def conv_patch_index(geometry=None):
+    """(n_pos, k*k) pixel indices of each conv patch (raster order of taps)."""
+    return _patch_index(_geo(geometry)).copy()
 
 
-def conv_currents(x, conv_w, conv_b, exact=False):
-    """Conv currents (..., 2304) of inputs x (..., 784): sum of taps then + bias, float32.
+@lru_cache(maxsize=16)
+def _patch_index(g):
+    ys, xs = np.meshgrid(np.arange(g.out_h), np.arange(g.out_w), indexing="ij")
+    ky, kx = np.meshgrid(np.arange(g.kernel), np.arange(g.kernel), indexing="ij")
+    rows = (g.stride * ys.reshape(-1, 1) + ky.reshape(1, -1))
+    cols = (g.stride * xs.reshape(-1, 1) + kx.reshape(1, -1))
+    out = (rows * g.width + cols).astype(np.intp)
+    out.flags.writeable = False
+    return out
+
+
+def conv_event_table(geometry=None):
+    """int64 (n_pix,): conv synaptic events of one input spike (valid output positions x
+    channels)."""
+    g = _geo(geometry)
+    hits = np.zeros(g.n_pix, dtype=np.int64)
+    np.add.at(hits, _patch_index(g).reshape(-1), 1)
+    return hits * g.channels
+
+
+def conv_currents(x, conv_w, conv_b, exact=False, geometry=None):
+    """Conv currents (..., n_conv) of inputs x (..., n_pix): sum of taps then + bias, float32.
 
     For binary x, ``exact=True`` adds the taps one at a time in raster order (the contract's
     float32 order). ``exact=False`` uses one sgemm (also right for real-valued rates).
     """
+    g = _geo(geometry)
+    C, K, P = g.channels, g.n_taps, g.n_pos
     lead = x.shape[:-1]
     dt = np.float64 if conv_w.dtype == np.float64 else np.float32   # float64: gradient checks
-    w = conv_w.reshape(16, 25).astype(dt, copy=False)
-    patches = x.reshape(-1, 784)[:, _IDX]                     # (N, 144, 25)
+    w = conv_w.reshape(C, K).astype(dt, copy=False)
+    patches = x.reshape(-1, g.n_pix)[:, _patch_index(g)]           # (N, n_pos, k*k)
     if exact:
-        acc = np.zeros((patches.shape[0], 16, 144), dtype=np.float32)
-        for k in range(25):
+        acc = np.zeros((patches.shape[0], C, P), dtype=np.float32)
+        for k in range(K):
             tap = patches[:, None, :, k].astype(bool)
             acc += np.where(tap, w[None, :, k, None], np.float32(0.0))
     else:
-        acc = np.matmul(patches.astype(dt, copy=False), w.T)   # (N, 144, 16)
+        acc = np.matmul(patches.astype(dt, copy=False), w.T)   # (N, n_pos, C)
         acc = acc.transpose(0, 2, 1)
     acc = acc + conv_b.astype(dt)[None, :, None]
-    return np.ascontiguousarray(acc.reshape(lead + (2304,)), dtype=dt)
+    return np.ascontiguousarray(acc.reshape(lead + (g.n_conv,)), dtype=dt)
 
 
 def _reset_(v, zf, mode, thr):
@@ -168,7 +191,7 @@ def _fc1_exact(zc, W1, update_steps, cumulative, incremental=False):
 def fc1_rows(windows, update_steps, incremental):
     """Rows of W1 the compiled FC1 adds or subtracts per (sample, update): int64 (B, U).
 
-    ``windows`` (B, U, 2304): each neuron's conv spikes in each update's window. Directly,
+    ``windows`` (B, U, n_conv): each neuron's conv spikes in each update's window. Directly,
     one row per spike; with ``incremental`` (see :func:`_fc1_exact`) an update whose window
     and the previous one span at most two steps takes ``sum_j |window_u - window_{u-1}|``
     rows instead, if that is fewer.
@@ -206,27 +229,31 @@ def forward(params, images, sample_ids, epoch, cfg, exact=False, record=False, m
     Parameters
     ----------
     params : dict of float32 arrays (canonical layouts)
-    images : uint8 (B, 784)
+    images : uint8 (B, n_pix)
     sample_ids : int (B,)
     epoch : int, the noise key's epoch (``EVAL_EPOCH`` for evaluation)
-    cfg : ConvSNNConfig (or any object with the semantics fields)
+    cfg : ConvSNNConfig (or any object with the semantics fields; the sizes are its
+        ``geometry``, see :func:`config_geometry`)
     exact : bool, contract-order float32 sums (slow; tests)
     record : bool, also return the spike trains
     matmul : callable(A, W1) -> A @ W1 for the FC1 drive (default ``np.matmul``)
 
     Returns
     -------
-    dict with logits (B,10), r_in (B,784), r_c (B,2304), r_h (B,1024), n_in, n_c, n_h (int32),
-    a_h (B,1024) mean hidden current per update, c_h (B,2304) conv spikes reaching the hidden
-    layer per update, and with ``record`` s_in, z_c, z_h (uint8, (B,T,...)).
+    dict with logits (B, classes), r_in (B, n_pix), r_c (B, n_conv), r_h (B, hidden), n_in,
+    n_c, n_h (int32), a_h (B, hidden) mean hidden current per update, c_h (B, n_conv) conv
+    spikes reaching the hidden layer per update, and with ``record`` s_in, z_c, z_h (uint8,
+    (B,T,...)).
     """
     T = cfg.T
+    g = config_geometry(cfg)
+    N = g.n_conv
     seed = 42 if cfg.reseeded_noise else cfg.seed
     if cfg.reseeded_noise:
         epoch, sample_ids = 0, np.arange(len(images))
     s_in = input_spikes(images, sample_ids, seed, epoch, T, cfg.n_det)
     B = s_in.shape[0]
-    Ic = conv_currents(s_in, params["conv_w"], params["conv_b"], exact=exact)   # (B,T,2304)
+    Ic = conv_currents(s_in, params["conv_w"], params["conv_b"], exact=exact, geometry=g)
     steps = update_steps(cfg)
     U = len(steps)
     is_update = np.zeros(T, bool)
@@ -234,13 +261,13 @@ def forward(params, images, sample_ids, epoch, cfg, exact=False, record=False, m
     cumulative = cfg.drive == "cumulative"
     keep_z = exact or record
     beta_c, thr_c = np.float32(cfg.beta_c), np.float32(cfg.thr_c)
-    v = np.zeros((B, 2304), dtype=np.float32)
-    z = np.empty((B, 2304), dtype=bool)
-    zf = np.empty((B, 2304), dtype=np.float32)
-    n_c = np.zeros((B, 2304), dtype=np.float32)
-    win = np.zeros((B, 2304), dtype=np.float32)
-    counts = np.zeros((B, U, 2304), dtype=np.float32)    # conv spikes the accumulator adds
-    zc = np.zeros((B, T, 2304), dtype=np.uint8) if keep_z else None
+    v = np.zeros((B, N), dtype=np.float32)
+    z = np.empty((B, N), dtype=bool)
+    zf = np.empty((B, N), dtype=np.float32)
+    n_c = np.zeros((B, N), dtype=np.float32)
+    win = np.zeros((B, N), dtype=np.float32)
+    counts = np.zeros((B, U, N), dtype=np.float32)    # conv spikes the accumulator adds
+    zc = np.zeros((B, T, N), dtype=np.uint8) if keep_z else None
     conv_count = np.zeros((B, T), dtype=np.int64)
     fc1_adds = np.zeros((B, T), dtype=np.int64)
     u = 0
@@ -262,13 +289,13 @@ def forward(params, images, sample_ids, epoch, cfg, exact=False, record=False, m
                 u += 1
     windows = np.diff(counts, axis=1, prepend=0) if cumulative else counts
     incremental = fc1_incremental(cfg.drive, cfg.hidden_period)
-    fc1_adds[:, steps] = fc1_rows(windows, steps, incremental) * 1024
     W1, b1 = params["W1"], params["b1"]
     H = W1.shape[1]
+    fc1_adds[:, steps] = fc1_rows(windows, steps, incremental) * H
     if exact:
         acc = _fc1_exact(zc, W1, steps, cumulative, incremental)
     else:
-        acc = (matmul or np.matmul)(counts.reshape(B * U, 2304), W1).reshape(B, U, H)
+        acc = (matmul or np.matmul)(counts.reshape(B * U, N), W1).reshape(B, U, H)
     scale = np.float32(cfg.drive_scale)
     Ih = (acc + b1) * scale
     beta_h, thr_h = np.float32(cfg.beta_h), np.float32(cfg.thr_h)
@@ -297,7 +324,7 @@ def forward(params, images, sample_ids, epoch, cfg, exact=False, record=False, m
                c_h=counts.sum(axis=1) / np.float32(max(U, 1)), n_updates=U)
     in_count = s_in.sum(axis=2, dtype=np.int64)
     out["counts"] = dict(input_spikes=in_count, conv_spikes=conv_count, hidden_spikes=hid_count,
-                         conv_synaptic_events=(s_in.astype(np.int64) @ conv_event_table()),
+                         conv_synaptic_events=(s_in.astype(np.int64) @ conv_event_table(g)),
                          fc1_row_adds=fc1_adds)
     if record:
         out.update(s_in=s_in, z_c=zc, z_h=zh)
@@ -342,35 +369,36 @@ def _serial_blas():
     return _CONTROLLER[0].limit(limits=1, user_api="blas")
 
 
-def _conv_input_grad(r_in, delta_ac):
-    """Gradients of conv_w (16,1,5,5) and conv_b (16,) given dL/da_c (B, 2304)."""
-    B = r_in.shape[0]
-    patches = r_in[:, _IDX].reshape(B * 144, 25)                # (B*144, 25)
-    d = delta_ac.reshape(B, 16, 144).transpose(0, 2, 1).reshape(B * 144, 16)
+def _conv_input_grad(r_in, delta_ac, g):
+    """Gradients of conv_w (C,1,k,k) and conv_b (C,) given dL/da_c (B, n_conv)."""
+    B, C, P = r_in.shape[0], g.channels, g.n_pos
+    patches = r_in[:, _patch_index(g)].reshape(B * P, g.n_taps)     # (B*n_pos, k*k)
+    d = delta_ac.reshape(B, C, P).transpose(0, 2, 1).reshape(B * P, C)
     with _serial_blas():     # a long reduction: threaded BLAS would split it by thread count
-        gw = (d.T @ patches).reshape(16, 1, 5, 5)
-    return gw, delta_ac.reshape(B, 16, 144).sum(axis=(0, 2))
+        gw = (d.T @ patches).reshape(g.param_shapes["conv_w"])
+    return gw, delta_ac.reshape(B, C, P).sum(axis=(0, 2))
 
 
-def conv_backward(r_in, conv_w, conv_b, back, total, scale, center, slope):
+def conv_backward(r_in, conv_w, conv_b, back, total, scale, center, slope, geometry=None):
     """Gradients (conv_w, conv_b) of the surrogate conv layer r_c = phi(a_c), given
-    dL/dr_c = scale * back.
+    dL/dr_c = scale * back (sizes: ``geometry``, default the default preset's).
 
     With ``total`` None, ``back`` is dense. Otherwise ``back`` may be 0 where a conv
-    neuron's 5x5 input patch is all zero, and ``total`` holds its full column sums: there
+    neuron's k x k input patch is all zero, and ``total`` holds its full column sums: there
     a_c = b_c, so those entries add nothing to dL/dw_c, and
     dL/db_c = scale sum back (phi'(a_c) - phi'(b_c)) + scale phi'(b_c) sum back, whose first
     sum has no terms at them and whose second is ``total``'s. This lets the back product
     skip them (:func:`snnfast._convsnn_kernels.w1_adam_step`).
     """
+    g = _geo(geometry)
     delta_rc = back * scale
-    phi = surrogate(conv_currents(r_in, conv_w, conv_b), center, slope)
-    gw, gb = _conv_input_grad(r_in, delta_rc * phi)
+    phi = surrogate(conv_currents(r_in, conv_w, conv_b, geometry=g), center, slope)
+    gw, gb = _conv_input_grad(r_in, delta_rc * phi, g)
     if total is not None:
         phi_b = surrogate(conv_b, center, slope)
-        phi -= np.repeat(phi_b, N_POS)
-        gb = ((delta_rc * phi).reshape(len(back), len(phi_b), N_POS).sum(axis=(0, 2))
-              + scale * phi_b * total.reshape(len(phi_b), N_POS).sum(axis=1))
+        phi -= np.repeat(phi_b, g.n_pos)
+        gb = ((delta_rc * phi).reshape(len(back), len(phi_b), g.n_pos).sum(axis=(0, 2))
+              + scale * phi_b * total.reshape(len(phi_b), g.n_pos).sum(axis=1))
     return gw, gb
 
 
@@ -388,7 +416,11 @@ def surrogate_backward(params, fw, dlogits, cfg, w1_step=None, conv_grad=None):
     and ``total`` are as in :func:`conv_backward`, which ``conv_grad`` (same signature; the
     kernels' version) may replace.
     """
-    conv_grad = conv_grad or conv_backward
+    if conv_grad is None:
+        geometry = config_geometry(cfg)
+
+        def conv_grad(*args):
+            return conv_backward(*args, geometry=geometry)
     if w1_step is None:
         def w1_step(c, d):
             return c.T @ d, d @ params["W1"].T, None
@@ -416,7 +448,7 @@ def smooth_forward(params, r_in, cfg):
     Returns a dict shaped like :func:`forward`'s so :func:`surrogate_backward` applies to it.
     """
     U = len(update_steps(cfg))
-    a_c = conv_currents(r_in, params["conv_w"], params["conv_b"])
+    a_c = conv_currents(r_in, params["conv_w"], params["conv_b"], geometry=config_geometry(cfg))
     r_c = surrogate(a_c, cfg.surr_center_c, cfg.surr_slope_c, deriv=False)
     c_h = r_c * (cfg.T / U)
     a_h = (c_h @ params["W1"] + params["b1"]) * cfg.drive_scale

@@ -317,7 +317,7 @@ def _http_get(url, dest, md5, verbose):
         total = int(total) if total and total.isdigit() else None
         h = hashlib.md5(usedforsecurity=False)
         got = 0
-        with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name,
+        with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=_KIB, desc=dest.name,
                   leave=False, disable=None if verbose is None else not verbose) as bar:
             while True:
                 try:
@@ -638,11 +638,14 @@ def train_val_split(n, n_val, seed):
 
 # ---------------------------------------------------------------- command line
 
+_KIB = 2**10       # bytes per KiB
+
+
 def _human(nbytes):
     for unit in ("B", "KiB", "MiB", "GiB"):
-        if nbytes < 1024 or unit == "GiB":
+        if nbytes < _KIB or unit == "GiB":
             return f"{nbytes:.1f} {unit}" if unit != "B" else f"{nbytes} B"
-        nbytes /= 1024
+        nbytes /= _KIB
 
 
 def main(argv=None):

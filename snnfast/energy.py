@@ -44,7 +44,7 @@ Energy: :class:`EnergyModel` presets with cited per-operation energies. The SNN 
 modelled.
 
 ``python -m snnfast.energy MODEL.h5 [--preset P] [--samples N] [--json OUT]`` prints the
-table for a Conv-SNN (``snnfast_format = "convsnn-1"``) or TTFS (``"ttfs-1"``) file, or any
+table for a Conv-SNN (``snnfast_format = "convsnn-2"`` or ``"convsnn-1"``) or TTFS (``"ttfs-1"``) file, or any
 network (``"network-1"``, :func:`from_network`; ``--input X.npz`` gives its inputs);
 ``python -m snnfast.energy GRAPH.nir --input X.npz --dt DT`` for any NIR graph, counted per
 node by :mod:`snnfast.nir.energy`.
@@ -57,7 +57,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import convsnn_numpy as cnp
 from ._cli import (check_output_arg, exits_cleanly_on_interrupt, openmp_wait_defaults,
                    positive_float)
 from ._utils import h5_format, write_json
@@ -649,44 +648,7 @@ def _energy_lines(e):
 
 
 
-# ----------------------------------------------------------------------------- Conv-SNN adapter
-
-CONVSNN_NOTES = (
-    "conv layer input = binary input spikes at every step (ACs); a call = one time step",
-    "FC1 input per hidden update: cumulative conv spike counts (seed preset, drive='cumulative') "
-    "or the conv spikes since the previous update (drive='window'); a call counts ACs only if "
-    "every value is 0 or 1 (per NeuroBench; a conv neuron that spiked twice in a window, or any "
-    "cumulative count > 1, makes the call MACs)",
-    "FC2 input = hidden spike rates (one call per sample, non-binary unless all rates are 0/1)",
-    "activation layers = conv LIF (every step) and hidden LIF (update steps only); the logits "
-    "are not an activation layer",
-    "MembraneUpdates replayed in NumPy float32 from the traced spikes (membrane changed "
-    "between before and after each call, reset included; all neurons on the first call)",
-    "executed = snnfast kernels' exact counters: conv synaptic events (input spike x valid "
-    "output positions x 16 filters, zero weights included), FC1 rows x 1024 (each conv "
-    "spike's row added once, also with the cumulative drive; where the windowed drive of a "
-    "layer updated every other step is formed incrementally, the rows added and subtracted, "
-    "about a third fewer), FC2 dense sgemm (10 240 MACs)",
-    "Footprint = canonical parameters + per-layer decay and threshold (float32); the kernels' "
-    "private blocked copy of W1 is not counted",
-)
-
-
-def _cfg(cfg, name, default=None):
-    if isinstance(cfg, dict):
-        return cfg.get(name, default)
-    return getattr(cfg, name, default)
-
-
-def _conv_currents(s_in, conv_w, conv_b):
-    """Conv currents float32 (N, T, 2304) of binary input spikes (N, T, 784), C order c,y,x."""
-    n, t = s_in.shape[:2]
-    x = s_in.reshape(n * t, 28, 28).astype(np.float32)
-    win = np.lib.stride_tricks.sliding_window_view(x, (5, 5), axis=(1, 2))[:, ::2, ::2]  # (NT,12,12,5,5)
-    cur = np.einsum("nyxij,cij->ncyx", win, conv_w[:, 0].astype(np.float32), optimize=True)
-    cur = cur + conv_b.astype(np.float32)[None, :, None, None]
-    return cur.reshape(n, t, 2304).astype(np.float32, copy=False)
-
+# ----------------------------------------------------------------------------- membrane replay
 
 def _reset(v, z, mode, thr):
     if mode == "zero":
@@ -720,172 +682,54 @@ def _replay_lif(currents, spikes, beta, thr, reset):
     return updates, mismatches
 
 
-def convsnn_layers(params, cfg):
-    """:class:`LayerSpec` list and LIF buffers of a Conv-SNN (canonical parameter layouts)."""
-    layers = [
-        LayerSpec("conv", "conv2d", params["conv_w"], params["conv_b"], stride=2, padding=0,
-                  in_shape=(1, 28, 28)),
-        LayerSpec("fc1", "linear", params["W1"], params["b1"]),
-        LayerSpec("fc2", "linear", params["W2"], params["b2"]),
-    ]
-    buffers = [np.float32(_cfg(cfg, k)) for k in ("beta_c", "thr_c", "beta_h", "thr_h")]
-    return layers, buffers
 
-
-def fc1_inputs(z_c, update_steps, drive):
-    """FC1 input at each hidden update, int32 (N, U, 2304), from conv spikes (N, T, 2304)."""
-    csum = np.cumsum(z_c, axis=1, dtype=np.int32)
-    at = csum[:, list(update_steps)]
-    if drive == "cumulative":
-        return at
-    if drive != "window":
-        raise ValueError(f"unknown drive {drive!r}")
-    return np.diff(at, axis=1, prepend=np.zeros_like(at[:, :1]))
-
-
-def account_convsnn_batch(acc, params, cfg, s_in, z_c, z_h, hidden_update, counters=None):
-    """Add one traced batch of a Conv-SNN to an :class:`OpAccountant`.
-
-    Parameters
-    ----------
-    acc : OpAccountant built from :func:`convsnn_layers`
-    params : dict of canonical float32 arrays
-    cfg : config object or dict with T, beta_c, thr_c, reset_c, beta_h, thr_h, reset_h,
-        drive, drive_scale, rate_norm ("T" or the number of updates)
-    s_in, z_c, z_h : uint8 (N, T, 784), (N, T, 2304), (N, T, 1024) spikes
-    hidden_update : bool (T,)
-    counters : dict, optional
-        The kernels' counters for this batch (``conv_synaptic_events``, ``fc1_row_adds``,
-        totals or arrays); added as executed counts.
-
-    Returns
-    -------
-    dict
-        Independent NumPy recount of the executed events and replay diagnostics.
-    """
-    n, T = s_in.shape[:2]
-    steps = [t for t in range(T) if hidden_update[t]]
-    drive = _cfg(cfg, "drive")
-    x1 = fc1_inputs(z_c, steps, drive)
-    n_h = z_h.sum(axis=1, dtype=np.int32)
-    norm = T if _cfg(cfg, "rate_norm", "T") == "T" else len(steps)
-    r_h = (n_h.astype(np.float32) / np.float32(max(norm, 1)))[:, None, :]
-
-    acc.add_synaptic("conv", s_in)
-    acc.add_synaptic("fc1", x1)
-    acc.add_synaptic("fc2", r_h)
-    # membranes: conv every step, hidden on update steps
-    mem_c, mis_c = _replay_lif(_conv_currents(s_in, params["conv_w"], params["conv_b"]), z_c,
-                               _cfg(cfg, "beta_c"), _cfg(cfg, "thr_c"), _cfg(cfg, "reset_c"))
-    scale = np.float32(_cfg(cfg, "drive_scale", 1.0))
-    drv = np.matmul(x1.reshape(-1, 2304).astype(np.float32), params["W1"]).reshape(n, len(steps), -1)
-    i_h = (drv + params["b1"].astype(np.float32)) * scale
-    zh_u = z_h[:, steps]
-    mem_h, mis_h = _replay_lif(i_h, zh_u, _cfg(cfg, "beta_h"), _cfg(cfg, "thr_h"), _cfg(cfg, "reset_h"))
-    acc.add_activation("conv", z_c, membrane_updates=mem_c)
-    acc.add_activation("hidden", zh_u, membrane_updates=mem_h)
-    acc.add_samples(n)
-
-    # what the kernels execute: each input spike once with its full fan-out (conv); for FC1
-    # the rows of W1 they add (each conv spike's once) or, where the windowed drive is
-    # formed incrementally, add and subtract (see convsnn_numpy.fc1_rows)
-    incremental = cnp.fc1_incremental(drive, _cfg(cfg, "hidden_period", 1))
-    windows = x1 if drive == "window" else fc1_inputs(z_c, steps, "window")
-    fc1_rows = cnp.fc1_rows(windows, steps, incremental)
-    recount = {
-        "conv_synaptic_events": event_driven_ops(acc.layers["conv"], s_in),
-        "fc1_row_adds": int(fc1_rows.sum()) * int(params["W1"].shape[1]),
-        "fc2_dense_macs": n * int(params["W2"].size),
-    }
-    if counters is not None:
-        acc.add_executed("conv", _total(counters, "conv_synaptic_events"), "AC")
-        acc.add_executed("fc1", _total(counters, "fc1_row_adds"), "AC")
-        acc.add_executed("fc2", n * int(params["W2"].size), "MAC")
-    return {"recount": recount, "replay_spike_mismatches": {"conv": mis_c, "hidden": mis_h}}
-
-
-def _total(counters, key):
-    for k, v in counters.items():
-        if k == key:
-            return int(np.asarray(v, dtype=np.int64).sum())
-    for v in counters.values():       # nested per-step / per-sample dicts
-        if isinstance(v, dict) and key in v:
-            return int(np.asarray(v[key], dtype=np.int64).sum())
-    raise KeyError(f"kernel counters have no {key!r} (keys: {list(counters)})")
-
-
-def _images_2d(images):
-    if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
-        raise ValueError("images must be a uint8 numpy array (N, 28, 28) or (N, 784)")
-    if images.ndim not in (2, 3) or images[0].size != 784:
-        raise ValueError(f"images must be (N, 28, 28) or (N, 784), got {images.shape}")
-    return np.ascontiguousarray(images.reshape(len(images), 784))
-
+# ----------------------------------------------------------------------------- Conv-SNN models
 
 def from_convsnn(model, images, sample_ids=None, batch_size=250, binary_scope="sample"):
     """NeuroBench metrics and executed counts of a :class:`snnfast.ConvSNN` on ``images``.
 
-    Runs ``model.trace`` batch by batch (evaluation noise key, so the result is
-    reproducible) and counts every layer's input at every call exactly.
+    :func:`from_network` of the model's description (``model.network``) and weights, counted
+    from the model's own forward pass (its kernels or NumPy backend, evaluation noise key)
+    and its exact counters (``model.trace_network``): the same rules and result keys as any
+    network's, under the description's layer names.
 
     Parameters
     ----------
     model : snnfast.ConvSNN
-    images : uint8 (N, 28, 28) or (N, 784)
+    images : uint8 (N, H, W) or (N, H*W), the model's input size
     sample_ids : int array (N,), optional
         Noise keys of the images (default ``arange(N)``).
     batch_size : int
     binary_scope : {"sample", "batch"}
-
-    Returns
-    -------
-    dict
-        :meth:`OpAccountant.result` plus ``"checks"``: the NumPy recount of the executed
-        events next to the kernel counters (``"match"``) and the replay's spike mismatches,
-        and ``"notes"`` (the counting choices).
     """
-    images = _images_2d(images)
-    n = len(images)
-    if n == 0:
-        raise ValueError("images is empty")
-    ids = np.arange(n, dtype=np.int64) if sample_ids is None else np.asarray(sample_ids, dtype=np.int64)
-    if ids.shape != (n,):
-        raise ValueError(f"sample_ids must have shape ({n},), got {ids.shape}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    params, cfg = model.params, model.config
-    layers, buffers = convsnn_layers(params, cfg)
-    acc = OpAccountant(layers, ["conv", "hidden"], buffers=buffers, binary_scope=binary_scope)
-    recount = {"conv_synaptic_events": 0, "fc1_row_adds": 0, "fc2_dense_macs": 0}
-    mism = {"conv": 0, "hidden": 0}
-    spikes = {"conv": 0, "hidden": 0}
-    have_counters = True
-    for lo in range(0, n, batch_size):
-        tr = model.trace(images[lo:lo + batch_size], sample_ids=ids[lo:lo + batch_size])
-        counters = tr.get("counters")
-        have_counters &= counters is not None
-        d = account_convsnn_batch(acc, params, cfg, tr["input"], tr["conv"], tr["hidden"],
-                                  np.asarray(tr["hidden_update"], dtype=bool), counters)
-        for k, v in d["recount"].items():
-            recount[k] += v
-        for k, v in d["replay_spike_mismatches"].items():
-            mism[k] += v
-        upd = np.asarray(tr["hidden_update"], dtype=bool)
-        spikes["conv"] += int(np.count_nonzero(tr["conv"]))
-        spikes["hidden"] += int(np.count_nonzero(tr["hidden"][:, upd]))
-    res = acc.result()
-    kernel = None
-    if have_counters:
-        kernel = {"conv_synaptic_events": acc.executed["conv"], "fc1_row_adds": acc.executed["fc1"]}
-    res["checks"] = {
-        "executed_recount_numpy": recount,
-        "executed_kernel_counters": kernel,
-        "match": None if kernel is None else all(kernel[k] == recount[k] for k in kernel),
-        "replay_spike_mismatches": mism,
-        "traced_spikes": spikes,
-    }
-    res["model"] = {"type": "convsnn", "preset": _cfg(cfg, "preset", None), "T": _cfg(cfg, "T")}
-    res["notes"] = list(CONVSNN_NOTES)
+    from . import convsnn_numpy as cnp
+    images = np.asarray(images)
+    net, weights, T = model.network, model.weights, model.config.T
+    conv_spec = _network_specs(net, weights)[0][0]
+    hid = net["hidden"]
+    steps = hid.update_steps(T)
+    incremental = cnp.fc1_incremental(hid.drive, hid.period)
+    # the kernels' counters next to an independent recount of the events from the spikes:
+    # each input spike's valid fan-out (conv), each FC1 row the drive adds or subtracts
+    kernel = {"conv": 0, "fc1": 0}
+    recount = dict(kernel)
+
+    def runner(x, sample_ids):
+        out = model.trace_network(x, sample_ids=sample_ids)
+        B = len(out["rates"])
+        z = out["spikes"]["conv_lif"].reshape(B, T, -1).astype(np.int64)
+        recount["conv"] += event_driven_ops(conv_spec, out["input"].reshape(B, T, -1))
+        recount["fc1"] += (int(cnp.fc1_rows(_drives(z, steps, False), steps, incremental).sum())
+                           * hid_width)
+        for k in kernel:
+            kernel[k] += int(out["counts"][k].sum())
+        return out
+    hid_width = weights["fc1.weight"].shape[1]
+    res = from_network(net, weights, images, sample_ids, batch_size, binary_scope,
+                       runner=runner)
+    res["checks"].update(executed_kernel_counters=kernel, executed_recount_numpy=recount,
+                         match=kernel == recount)
+    res["model"] = {"type": "convsnn", "preset": model.config.preset, "T": T}
     return res
 
 
@@ -1014,7 +858,7 @@ def account_network_batch(acc, net, weights, out, binary_input):
 
 
 def from_network(network, weights, X, sample_ids=None, batch_size=250, binary_scope="sample",
-                 n_threads=None):
+                 n_threads=None, runner=None):
     """NeuroBench metrics and executed counts of any :class:`snnfast.network.Network`.
 
     Runs :class:`snnfast.engine.CompiledNetwork` batch by batch (evaluation noise key, so the
@@ -1033,6 +877,11 @@ def from_network(network, weights, X, sample_ids=None, batch_size=250, binary_sc
     batch_size : int
     binary_scope : {"sample", "batch"}
     n_threads : int, optional
+    runner : callable, optional
+        ``runner(X_batch, sample_ids=ids_batch)`` returning the record of
+        :meth:`snnfast.engine.CompiledNetwork.forward` (``record=True``) for the same network
+        and weights, e.g. ``ConvSNN.trace_network`` (see :func:`from_convsnn`); default: the
+        engine.
 
     Returns
     -------
@@ -1060,9 +909,11 @@ def from_network(network, weights, X, sample_ids=None, batch_size=250, binary_sc
     mism, spikes = dict.fromkeys(spiking, 0), dict.fromkeys(spiking, 0)
     from .network import Direct
     binary = not isinstance(network.encoder, Direct) or bool(np.isin(X, (0, 1)).all())
+    if runner is None:
+        def runner(x, sample_ids):
+            return model.forward(x, sample_ids=sample_ids, n_threads=n_threads, record=True)
     for lo in range(0, n, batch_size):
-        out = model.forward(X[lo:lo + batch_size], sample_ids=ids[lo:lo + batch_size],
-                            n_threads=n_threads, record=True)
+        out = runner(X[lo:lo + batch_size], sample_ids=ids[lo:lo + batch_size])
         for k, v in account_network_batch(acc, network, model.weights, out, binary).items():
             mism[k] += v
         for k in spiking:
@@ -1284,9 +1135,9 @@ def file_format(path):
             fmt = h5_format(f)
     except (OSError, ValueError) as exc:
         raise ValueError(f"{path}: not a readable HDF5 file ({exc})") from None
-    if fmt not in ("convsnn-1", "ttfs-1", "ttfs-cnn-1"):
-        raise ValueError(f"{path}: snnfast_format is {fmt!r}, expected 'convsnn-1', 'ttfs-1' "
-                         "or 'ttfs-cnn-1'")
+    if fmt not in ("convsnn-2", "convsnn-1", "ttfs-1", "ttfs-cnn-1"):
+        raise ValueError(f"{path}: snnfast_format is {fmt!r}, expected 'convsnn-2', "
+                         "'convsnn-1', 'ttfs-1' or 'ttfs-cnn-1'")
     return fmt
 
 
@@ -1313,7 +1164,7 @@ def analyse_file(path, preset="horowitz45_fp32", samples=1000, dataset="mnist", 
         from . import datasets
         images, _ = datasets.load(dataset, "test", data_dir)
     images = images[:samples]
-    if fmt == "convsnn-1":
+    if fmt.startswith("convsnn-"):
         from .convsnn import ConvSNN
         model = ConvSNN.load(path, n_threads=n_threads)
         res = from_convsnn(model, images, binary_scope=binary_scope)
@@ -1379,7 +1230,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m snnfast.energy",
                                 description="NeuroBench-style operation counts and energy estimate "
                                             "of a saved Conv-SNN or TTFS model.")
-    p.add_argument("model", help="model file (.h5, snnfast_format convsnn-1, ttfs-1 or "
+    p.add_argument("model", help="model file (.h5, snnfast_format convsnn-2/-1, ttfs-1 or "
                                  "ttfs-cnn-1 or network-1)")
     p.add_argument("--preset", default="horowitz45_fp32", choices=sorted(PRESETS),
                    help="energy preset printed first (default horowitz45_fp32)")

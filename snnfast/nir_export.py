@@ -1,16 +1,18 @@
 """Export and import of snnfast Conv-SNNs as NIR graphs (Neuromorphic Intermediate Representation).
 
-The graph written by :func:`to_nir` is::
+The graph written by :func:`to_nir` is (sizes: the model's network description, e.g. the
+presets' 28 x 28 input, 16 channels of 5 x 5 with stride 2 and 1 Ki hidden neurons)::
 
-    input  Input   [1, 28, 28]            (input SPIKES; the encoder is not part of the graph)
-    conv   Conv2d  weight (16,1,5,5), bias (16,), stride 2, padding 0, input_shape (28, 28)
-    conv_lif LIF   [16, 12, 12]
-    flatten Flatten start_dim=0, input_type [16, 12, 12]  -> [2304] (C-order = snnfast's j = c*144+y*12+x)
-    fc1    Affine  weight (1024, 2304) = W1.T, bias b1
-    hidden_lif LIF [1024]
-    fc2    Affine  weight (10, 1024) = W2.T, bias b2
-    readout I      [10], r = 1 / (T * dt)
-    output Output  [10]
+    input  Input   [1, H, W]              (input SPIKES; the encoder is not part of the graph)
+    conv   Conv2d  weight (C,1,k,k), bias (C,), stride s, padding 0, input_shape (H, W)
+    conv_lif LIF   [C, OH, OW]
+    flatten Flatten start_dim=0, input_type [C, OH, OW]  -> [C*OH*OW] (C-order = snnfast's
+                   j = c*OH*OW + y*OW + x)
+    fc1    Affine  weight (hidden, C*OH*OW) = W1.T, bias b1
+    hidden_lif LIF [hidden]
+    fc2    Affine  weight (classes, hidden) = W2.T, bias b2
+    readout I      [classes], r = 1 / (T * dt)
+    output Output  [classes]
 
 Discretisation (forward Euler with step ``dt``, the convention of snnTorch's NIR exporter):
 a NIR ``LIF`` with ``tau, r, v_leak = 0`` steps as ``v[t] = beta * v[t-1] + g * I[t]`` with
@@ -56,11 +58,6 @@ __all__ = [
 FORMAT = "snnfast-nir-1"
 GAIN_RTOL = 1e-6
 
-_IN_SHAPE = (1, 28, 28)
-_CONV_SHAPE = (16, 12, 12)
-_N_CONV = 16 * 12 * 12
-_N_HID = 1024
-_N_OUT = 10
 _DEFAULT_DT = 1e-4          # snnTorch's NIR convention; NIR itself carries no dt
 _NODE_ORDER = ["input", "conv", "conv_lif", "flatten", "fc1", "hidden_lif", "fc2", "readout", "output"]
 
@@ -80,6 +77,14 @@ def _cfg(model_or_config):
     if isinstance(cfg, dict):
         return dict(cfg)
     raise TypeError(f"expected a ConvSNN, its config dataclass or a dict, got {type(cfg).__name__}")
+
+
+def _geometry(model_or_config):
+    """The sizes (:class:`snnfast._convsnn_kernels.Geometry`) of a ConvSNN or its config:
+    its network description's; for a plain dict, the presets' (ConvSNN's ``GEOMETRY``)."""
+    from .convsnn import GEOMETRY
+    cfg = getattr(model_or_config, "config", model_or_config)
+    return getattr(cfg, "geometry", None) or GEOMETRY
 
 
 def _req(cfg, key):
@@ -230,7 +235,7 @@ def _scaled(a, s):
     return np.ascontiguousarray((a.astype(np.float64) * s).astype(np.float32))
 
 
-def _graph_metadata(cfg, dt, fold_gain, lost, approx):
+def _graph_metadata(cfg, dt, fold_gain, lost, approx, geo):
     T, n_det = int(_req(cfg, "T")), int(cfg.get("n_det", 0))
     period, phase = int(cfg["hidden_period"]), int(cfg["hidden_phase"])
     coding = {
@@ -262,7 +267,8 @@ def _graph_metadata(cfg, dt, fold_gain, lost, approx):
         "readout": "rate: logits = state of node 'readout' (I, r = 1/(T*dt)) after the last of T steps "
                    "= mean over steps of fc2(hidden spikes)",
         "input_coding": coding,
-        "not_in_graph": {"input_encoder": "the graph takes input SPIKES [1,28,28] per step; the "
+        "not_in_graph": {"input_encoder": f"the graph takes input SPIKES "
+                                          f"[1,{geo.height},{geo.width}] per step; the "
                                           "image-to-spike encoder (input_coding) is not part of it"},
         "exact": not lost and not approx,         # bit for bit, given the input spikes
         "expressible": not lost,                  # same dynamics in real arithmetic
@@ -318,11 +324,12 @@ def convsnn_to_nir(model, path=None, dt=_DEFAULT_DT, fold_gain=False, peers=Fals
     """
     import nir
     fold_gain = bool(fold_gain or peers)
+    geo = _geometry(model)
     cfg = _cfg(model)
     check_dt(dt, cfg)
     dt = float(dt)
     from .convsnn import check_params
-    params = check_params(getattr(model, "params", None) or {})
+    params = check_params(getattr(model, "params", None) or {}, shapes=geo.param_shapes)
     T = int(_req(cfg, "T"))
     if T < 1:
         raise ValueError(f"T must be >= 1, got {T}")
@@ -334,27 +341,28 @@ def convsnn_to_nir(model, path=None, dt=_DEFAULT_DT, fold_gain=False, peers=Fals
     g_h *= float(cfg.get("drive_scale", 1.0))
 
     nodes = {
-        "input": nir.Input(input_type={"input": np.array(_IN_SHAPE)}),
-        "conv": nir.Conv2d(input_shape=(28, 28), weight=_scaled(params["conv_w"], g_c), stride=2,
-                           padding=0, dilation=1, groups=1, bias=_scaled(params["conv_b"], g_c)),
-        "conv_lif": _lif(_CONV_SHAPE, beta_c, cfg["thr_c"], dt, fold_gain,
+        "input": nir.Input(input_type={"input": np.array((1,) + geo.image_shape)}),
+        "conv": nir.Conv2d(input_shape=geo.image_shape, weight=_scaled(params["conv_w"], g_c),
+                           stride=geo.stride, padding=0, dilation=1, groups=1,
+                           bias=_scaled(params["conv_b"], g_c)),
+        "conv_lif": _lif(geo.conv_shape, beta_c, cfg["thr_c"], dt, fold_gain,
                          {"beta": beta_c, "reset": str(cfg["reset_c"])}),
         # torch importers pass start_dim to torch.nn.Flatten, which counts a batch axis too
-        "flatten": nir.Flatten(input_type={"input": np.array(_CONV_SHAPE)},
-                               start_dim=-len(_CONV_SHAPE) if peers else 0, end_dim=-1),
+        "flatten": nir.Flatten(input_type={"input": np.array(geo.conv_shape)},
+                               start_dim=-len(geo.conv_shape) if peers else 0, end_dim=-1),
         "fc1": nir.Affine(weight=np.ascontiguousarray(_scaled(params["W1"], g_h).T),
                           bias=_scaled(params["b1"], g_h)),
-        "hidden_lif": _lif((_N_HID,), beta_h, cfg["thr_h"], dt, fold_gain,
+        "hidden_lif": _lif((geo.hidden,), beta_h, cfg["thr_h"], dt, fold_gain,
                            {"beta": beta_h, "reset": str(cfg["reset_h"]),
                             "update_period": int(cfg["hidden_period"]),
                             "update_phase": int(cfg["hidden_phase"])}),
         "fc2": nir.Affine(weight=np.ascontiguousarray(params["W2"].T), bias=params["b2"].copy()),
-        "readout": nir.I(r=np.full((_N_OUT,), 1.0 / (T * dt)),
+        "readout": nir.I(r=np.full((geo.classes,), 1.0 / (T * dt)),
                          metadata={"meaning": "mean over T steps of fc2 output = logits"}),
-        "output": nir.Output(output_type={"output": np.array([_N_OUT])}),
+        "output": nir.Output(output_type={"output": np.array([geo.classes])}),
     }
     order = _NODE_ORDER
-    meta = _graph_metadata(cfg, dt, fold_gain, lost, approx)
+    meta = _graph_metadata(cfg, dt, fold_gain, lost, approx, geo)
     if peers:
         order = [k for k in _NODE_ORDER if k != "readout"]
         del nodes["readout"]
@@ -846,26 +854,32 @@ def graph_to_spec(path_or_graph, dt=None, T=None):
                   "output"], [net.nodes[k].source for k in order]))
     names = dict(zip(n, order))
 
+    # the sizes of the model it becomes: the nir preset's description
+    from .convsnn import _preset_geometry
+    geo = _preset_geometry("nir")
+    in_want, conv_shape = (1,) + geo.image_shape, geo.conv_shape
     in_shape = net.nodes[names["input"]].out_shape
-    if in_shape != _IN_SHAPE:
-        raise ValueError(f"Input node {names['input']!r}: shape {in_shape}, expected {_IN_SHAPE}")
+    if in_shape != in_want:
+        raise ValueError(f"Input node {names['input']!r}: shape {in_shape}, expected {in_want}")
     conv = n["conv"]
-    w = _shape_of(conv, names["conv"], "weight", (16, 1, 5, 5))
-    b = _shape_of(conv, names["conv"], "bias", (16,))
+    w = _shape_of(conv, names["conv"], "weight", geo.param_shapes["conv_w"])
+    b = _shape_of(conv, names["conv"], "bias", geo.param_shapes["conv_b"])
     pad = conv.padding
     pad_ok = (isinstance(pad, str) and pad == "valid") or (
         not isinstance(pad, str) and np.all(np.asarray(pad) == 0))
-    for what, val, ok in (("stride", conv.stride, np.all(np.asarray(conv.stride) == 2)),
+    for what, val, ok in (("stride", conv.stride, np.all(np.asarray(conv.stride) == geo.stride)),
                           ("padding", pad, pad_ok),
                           ("dilation", conv.dilation, np.all(np.asarray(conv.dilation) == 1)),
                           ("groups", conv.groups, np.all(np.asarray(conv.groups) == 1))):
         if not ok:
             raise ValueError(f"Conv2d node {names['conv']!r}: {what} = {val!r} is not supported "
-                             "(ConvSNN: stride 2, padding 0, dilation 1, groups 1)")
-    if conv.input_shape is not None and tuple(np.asarray(conv.input_shape).ravel()) != (28, 28):
-        raise ValueError(f"Conv2d node {names['conv']!r}: input_shape {conv.input_shape}, expected (28, 28)")
+                             f"(ConvSNN: stride {geo.stride}, padding 0, dilation 1, groups 1)")
+    if (conv.input_shape is not None
+            and tuple(np.asarray(conv.input_shape).ravel()) != geo.image_shape):
+        raise ValueError(f"Conv2d node {names['conv']!r}: input_shape {conv.input_shape}, "
+                         f"expected {geo.image_shape}")
 
-    beta_c, thr_c, g_c = _lif_params(n["conv_lif"], names["conv_lif"], _CONV_SHAPE, dt)
+    beta_c, thr_c, g_c = _lif_params(n["conv_lif"], names["conv_lif"], conv_shape, dt)
     g_c = _unit_or(g_c)
     if not np.all(g_c == g_c[:, :1, :1]):
         raise ValueError(f"node {names['conv_lif']!r}: input gain r*dt/tau varies within a channel; "
@@ -873,9 +887,9 @@ def graph_to_spec(path_or_graph, dt=None, T=None):
     g_c = g_c[:, 0, 0]
 
     fl = net.nodes[names["flatten"]]
-    if (fl.in_shape, fl.out_shape) != (_CONV_SHAPE, (_N_CONV,)):
-        raise ValueError(f"Flatten node {names['flatten']!r}: expected (16, 12, 12) -> (2304,), "
-                         f"got {fl.in_shape} -> {fl.out_shape}")
+    if (fl.in_shape, fl.out_shape) != (conv_shape, (geo.n_conv,)):
+        raise ValueError(f"Flatten node {names['flatten']!r}: expected {conv_shape} -> "
+                         f"({geo.n_conv},), got {fl.in_shape} -> {fl.out_shape}")
 
     def affine(key, shape):
         node = n[key]
@@ -886,12 +900,12 @@ def graph_to_spec(path_or_graph, dt=None, T=None):
             bias = np.zeros(shape[0], dtype=np.float32)
         return W, bias
 
-    W1t, b1 = affine("fc1", (_N_HID, _N_CONV))
-    beta_h, thr_h, g_h = _lif_params(n["hidden_lif"], names["hidden_lif"], (_N_HID,), dt)
+    W1t, b1 = affine("fc1", (geo.hidden, geo.n_conv))
+    beta_h, thr_h, g_h = _lif_params(n["hidden_lif"], names["hidden_lif"], (geo.hidden,), dt)
     g_h = _unit_or(g_h)
-    W2t, b2 = affine("fc2", (_N_OUT, _N_HID))
+    W2t, b2 = affine("fc2", (geo.classes, geo.hidden))
 
-    r_out = _shape_of(n["readout"], names["readout"], "r", (_N_OUT,))
+    r_out = _shape_of(n["readout"], names["readout"], "r", (geo.classes,))
     r_out = _uniform(r_out, names["readout"], "r")
     if r_out <= 0:
         raise ValueError(f"readout node {names['readout']!r}: r must be > 0, got {r_out!r}")
@@ -911,11 +925,12 @@ def graph_to_spec(path_or_graph, dt=None, T=None):
         raise ValueError(f"T must be >= 1, got {T}")
     g_out = float(_unit_or(r_out * dt * T))
     out_shape = net.nodes[names["output"]].out_shape
-    if out_shape != (_N_OUT,):
-        raise ValueError(f"Output node {names['output']!r}: shape {out_shape}, expected ({_N_OUT},)")
+    if out_shape != (geo.classes,):
+        raise ValueError(f"Output node {names['output']!r}: shape {out_shape}, expected "
+                         f"({geo.classes},)")
 
     params = {
-        "conv_w": _fold(w, g_c.reshape(16, 1, 1, 1), "conv_w", dt),
+        "conv_w": _fold(w, g_c.reshape(-1, 1, 1, 1), "conv_w", dt),
         "conv_b": _fold(b, g_c, "conv_b", dt),
         "W1": _fold(np.asarray(W1t).T, g_h.reshape(1, -1), "W1", dt),
         "b1": _fold(b1, g_h, "b1", dt),

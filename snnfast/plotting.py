@@ -11,7 +11,22 @@ from ._utils import atomic_path
 __all__ = ["learning_curves", "spike_rasters", "rate_histograms", "training_report",
            "node_rasters"]
 
-LAYERS = (("input", "input (28x28)"), ("conv", "conv LIF (16x12x12)"), ("hidden", "hidden LIF (1024)"))
+
+
+def _layers(record, network):
+    """(title, spikes (N, T, units), steps a neuron can spike on) of the input and of every
+    spiking layer of ``network``, from a record in the engine's format (``input``,
+    ``spikes`` per spiking layer): the layers and their sizes are the description's."""
+    T = network.T
+    x = record["input"]
+    out = [(f"input ({'x'.join(map(str, network.input_shape))})",
+            x.reshape(x.shape[0], x.shape[1], -1), T)]
+    for name in network.spiking_layers():
+        ly, shape = network[name], network.shapes[network.index(name)]
+        s = record["spikes"][name]
+        out.append((f"{name} {type(ly).__name__} ({'x'.join(map(str, shape))})",
+                    s.reshape(s.shape[0], s.shape[1], -1), len(ly.update_steps(T))))
+    return out
 
 
 def _pyplot():
@@ -59,20 +74,24 @@ def learning_curves(metrics, path):
     return _save(fig, path)
 
 
-def spike_rasters(trace, images, labels, path, n_digits=4):
-    """For a few digits: the image beside a spike raster (neuron x step) of each layer."""
+def spike_rasters(record, network, images, labels, path, n_digits=4):
+    """For a few digits: the image beside a spike raster (neuron x step) of the input and of
+    each spiking layer of ``network`` (a record in the engine's format with ``logits``, e.g.
+    ``ConvSNN.trace_network``)."""
     plt = _pyplot()
+    layers = _layers(record, network)
     n = min(n_digits, len(images))
-    T = trace["input"].shape[1]
-    fig, axes = plt.subplots(n, 4, figsize=(13, 2.6 * n), squeeze=False,
-                             gridspec_kw={"width_ratios": [1, 2, 2, 2]})
-    pred = np.argmax(trace["logits"], axis=1)
+    T = network.T
+    fig, axes = plt.subplots(n, 1 + len(layers), figsize=(1 + 4 * len(layers), 2.6 * n),
+                             squeeze=False, gridspec_kw={"width_ratios": [1] + [2] * len(layers)})
+    pred = np.argmax(record["logits"], axis=1)
+    C, H, W = network.input_shape
     for i in range(n):
-        axes[i, 0].imshow(images[i].reshape(28, 28), cmap="gray_r")
+        axes[i, 0].imshow(np.asarray(images[i]).reshape(C, H, W)[0], cmap="gray_r")
         axes[i, 0].set_title(f"label {labels[i]}, predicted {pred[i]}", fontsize=9)
         axes[i, 0].axis("off")
-        for k, (key, title) in enumerate(LAYERS, start=1):
-            s = trace[key][i]
+        for k, (title, spikes, _) in enumerate(layers, start=1):
+            s = spikes[i]
             t_idx, n_idx = np.nonzero(s)
             ax = axes[i, k]
             ax.scatter(t_idx, n_idx, s=1.0, marker="|", color="k")
@@ -115,18 +134,17 @@ def node_rasters(series, path, sample=0, max_units=2048):
     return _save(fig, path)
 
 
-def rate_histograms(trace, path):
-    """Histogram of per-neuron firing rates (spikes per step, or per update) for each layer."""
+def rate_histograms(record, network, path):
+    """Histogram of per-neuron firing rates (spikes per step, or per update of a layer
+    updated less often) of the input and of each spiking layer of ``network``."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
-    upd = np.asarray(trace.get("hidden_update", np.ones(trace["hidden"].shape[1], bool)))
-    for ax, (key, title) in zip(axes, LAYERS):
-        s = trace[key]
-        steps = int(upd.sum()) if key == "hidden" else s.shape[1]
+    layers = _layers(record, network)
+    fig, axes = plt.subplots(1, len(layers), figsize=(4 * len(layers), 3.5), squeeze=False)
+    for ax, (title, s, steps) in zip(axes[0], layers):
         rates = s.sum(axis=1).astype(np.float64).ravel() / max(steps, 1)
         ax.hist(rates, bins=np.linspace(0, 1, 21), color="C0")
         ax.set_yscale("log")
-        per = "update" if key == "hidden" else "step"
+        per = "step" if steps == network.T else "update"
         ax.set(title=f"{title}\nmean {rates.mean():.3f} spikes/{per}",
                xlabel=f"firing rate (spikes per {per})", ylabel="neurons x digits")
     fig.tight_layout()
@@ -146,9 +164,8 @@ def training_report(run_dir, model, metrics, X_test, y_test, n_digits=4):
     if n:
         # The raster digits are the first test images; the histogram uses a larger sample.
         m = min(256, len(X_test))
-        trace = model.trace(X_test[:m], sample_ids=np.arange(m))
-        small = {k: (v[:n] if isinstance(v, np.ndarray) and v.ndim and v.shape[0] == m else v)
-                 for k, v in trace.items()}
-        out.append(spike_rasters(small, X_test[:n], y_test[:n], run_dir / "spike_rasters.png", n))
-        out.append(rate_histograms(trace, run_dir / "rate_histograms.png"))
+        record, net = model.trace_network(X_test[:m], sample_ids=np.arange(m)), model.network
+        out.append(spike_rasters(record, net, X_test[:n], y_test[:n],
+                                 run_dir / "spike_rasters.png", n))
+        out.append(rate_histograms(record, net, run_dir / "rate_histograms.png"))
     return out

@@ -1,4 +1,6 @@
 """Tests of snnfast.ConvSNN: reference preset, surrogate gradient, backends, threads, I/O."""
+import json
+
 import h5py
 import numpy as np
 import pytest
@@ -6,6 +8,7 @@ import pytest
 from snnfast import convsnn_numpy as cnp
 from snnfast.convsnn import (PARAM_SHAPES, ConvSNN, TrainingError, make_config,
                              shift_images)
+from snnfast.network import Network
 
 HAVE_KERNELS = __import__("snnfast.convsnn", fromlist=["x"])._kernels_module() is not None
 needs_kernels = pytest.mark.skipif(not HAVE_KERNELS, reason="compiled kernels not built")
@@ -455,7 +458,45 @@ def test_save_load_roundtrip(tmp_path):
                                   m.forward_logits(X, np.arange(16)))
     assert m2.metrics_ == {"note": "x"} and m2.history_ == m.history_
     with h5py.File(path, "r") as f:
-        assert f.attrs["snnfast_format"] == "convsnn-1" and f.attrs["preset"] == "nir"
+        assert f.attrs["snnfast_format"] == "convsnn-2" and f.attrs["preset"] == "nir"
+        assert Network.from_dict(json.loads(f.attrs["network"])) == m.network
+
+
+def _as_convsnn_1(path):
+    """Turn a saved file into the convsnn-1 layout: the same, without the description."""
+    with h5py.File(path, "r+") as f:
+        f.attrs["snnfast_format"] = "convsnn-1"
+        del f.attrs["network"]
+
+
+def test_convsnn_1_files_still_load(tmp_path):
+    m = ConvSNN("seed", seed=4, backend="numpy", thr_h=0.7)
+    path = tmp_path / "old.h5"
+    m.save(path, checkpoint=True)
+    _as_convsnn_1(path)
+    m2 = ConvSNN.load(path, backend="numpy")
+    assert m2.config == m.config and m2.network == m.network
+    for k in PARAM_SHAPES:
+        np.testing.assert_array_equal(m2.params[k], m.params[k])
+    m2.save(path)                                   # saving again writes the new format
+    with h5py.File(path, "r") as f:
+        assert f.attrs["snnfast_format"] == "convsnn-2"
+
+
+def test_load_refuses_a_description_that_is_not_the_configs(tmp_path):
+    m = ConvSNN("default", backend="numpy")
+    path = tmp_path / "m.h5"
+    m.save(path)
+    with h5py.File(path, "r+") as f:
+        d = json.loads(f.attrs["network"])
+        d["layers"][4]["threshold"] = 0.5            # the hidden LIF, not what config says
+        f.attrs["network"] = json.dumps(d)
+    with pytest.raises(ValueError, match="m.h5.*not the one its config runs"):
+        ConvSNN.load(path)
+    with h5py.File(path, "r+") as f:
+        f.attrs["network"] = '{"layers": 3}'
+    with pytest.raises(ValueError, match="m.h5.*network description"):
+        ConvSNN.load(path)
 
 
 def test_load_rejects_bad_files(tmp_path):

@@ -343,37 +343,45 @@ def _ref_fc1_rows(z_c, steps, incremental):
     return total
 
 
+def _convsnn_model(preset, params, backend):
+    convsnn = pytest.importorskip("snnfast.convsnn")
+    with _no_check():
+        model = convsnn.ConvSNN(preset=preset, seed=3, backend=backend)
+    if model.backend != backend:
+        pytest.skip(f"{backend} backend not built")
+    model.set_params(params)
+    return model
+
+
 @pytest.mark.parametrize("preset", ["seed", "default"])
-def test_convsnn_batch_equals_recount(preset):
-    from snnfast import convsnn_numpy as cn
-    cfg = _cfg(preset)
+def test_convsnn_counts_equal_recount(preset):
+    """from_convsnn (the network accounting over the model's own trace) against a recount
+    by loops of its spikes; the NumPy backend."""
     params = _convsnn_params(1)
-    rng = np.random.default_rng(2)
-    imgs = _images(rng, 3)
-    fw = cn.forward(params, imgs, np.arange(3), cn.EVAL_EPOCH, cfg, exact=True, record=True)
+    model = _convsnn_model(preset, params, "numpy")
+    cfg = model.config
+    imgs = _images(np.random.default_rng(2), 3)
+    res = en.from_convsnn(model, imgs, batch_size=2)
+    tr = model.trace(imgs)
     steps = [t for t in range(cfg.T) if t % cfg.hidden_period == cfg.hidden_phase]
-    hu = np.zeros(cfg.T, dtype=bool)
-    hu[steps] = True
-    layers, buffers = en.convsnn_layers(params, cfg)
-    acc = en.OpAccountant(layers, ["conv", "hidden"], buffers=buffers)
-    d = en.account_convsnn_batch(acc, params, cfg, fw["s_in"], fw["z_c"], fw["z_h"], hu)
-    res = acc.result()
     n = 3
-    x1 = _ref_fc1_inputs(fw["z_c"], steps, preset == "seed")
+    x1 = _ref_fc1_inputs(tr["conv"], steps, preset == "seed")
     norm = cfg.T if preset == "seed" else len(steps)
-    r_h = (fw["z_h"].sum(axis=1) / norm)[:, None, :]
+    r_h = (tr["hidden"].sum(axis=1) / norm)[:, None, :]
     for name, kind, w, x, kw in [
-            ("conv", "conv", params["conv_w"], fw["s_in"].reshape(n, cfg.T, 1, 28, 28), dict(stride=(2, 2))),
+            ("conv", "conv", params["conv_w"], tr["input"].reshape(n, cfg.T, 1, 28, 28), dict(stride=(2, 2))),
             ("fc1", "linear", params["W1"], x1, {}), ("fc2", "linear", params["W2"], r_h, {})]:
         macs, acs, dense = ref_layer_counts(kind, w, x, **kw)
         lay = res["layers"][name]
-        assert (lay["Effective_MACs"] * n, lay["Effective_ACs"] * n, lay["Dense"] * n) == (macs, acs, dense), name
-    assert d["recount"]["conv_synaptic_events"] == _ref_conv_events(fw["s_in"])
-    assert d["recount"]["fc1_row_adds"] == _ref_fc1_rows(fw["z_c"], steps, preset != "seed") * 1024
+        assert (lay["Effective_MACs"] * n, lay["Effective_ACs"] * n, lay["Dense"] * n) == \
+            pytest.approx((macs, acs, dense), rel=0, abs=1e-6), name
+    assert res["layers"]["conv"]["executed"] * n == _ref_conv_events(tr["input"])
+    assert res["layers"]["fc1"]["executed"] * n == \
+        _ref_fc1_rows(tr["conv"], steps, preset != "seed") * 1024
     # the replay reproduces the model's spikes, so its membranes are the model's
-    assert d["replay_spike_mismatches"] == {"conv": 0, "hidden": 0}
+    assert res["checks"]["replay_spike_mismatches"] == {"conv_lif": 0, "hidden": 0}
     # spike counts and sparsity per activation layer
-    nz = int(fw["z_c"].sum()) + int(fw["z_h"][:, steps].sum())
+    nz = int(tr["conv"].sum()) + int(tr["hidden"][:, steps].sum())
     assert res["ActivationSparsity"] == pytest.approx(1 - nz / (n * (cfg.T * 2304 + len(steps) * 1024)))
     assert res["Footprint"] == sum(a.nbytes for a in params.values()) + 16
     assert res["Dense_single_pass"] == 57_600 + 2_359_296 + 10_240
@@ -382,35 +390,23 @@ def test_convsnn_batch_equals_recount(preset):
 
 
 def test_convsnn_kernel_counters_equal_recount():
-    """The compiled kernels' counters equal the NumPy recount of executed events."""
-    kern = pytest.importorskip("snnfast._convsnn_kernels")
-    pytest.importorskip("snnfast._convsnn_fc")
-    from snnfast import convsnn_numpy as cn
-    from snnfast.convsnn import hidden_forward_args
+    """The compiled kernels' counters, which from_convsnn reports as executed, equal the
+    recount of executed events from the traced spikes."""
     for preset in ("seed", "default"):
-        cfg = _cfg(preset)
-        params = _convsnn_params(4)
+        model = _convsnn_model(preset, _convsnn_params(4), "kernels")
         imgs = _images(np.random.default_rng(5), 6)
-        ids = np.arange(6, dtype=np.int64)
-        conv = kern.conv_forward(imgs, ids, cfg.seed, cn.EVAL_EPOCH, params["conv_w"], params["conv_b"],
-                                 T=cfg.T, n_det=cfg.n_det, beta=cfg.beta_c, thr=cfg.thr_c,
-                                 reset=cfg.reset_c, record_input=True, n_threads=2)
-        hid = kern.hidden_forward(conv, kern.to_blocked(params["W1"]), params["b1"], record=True,
-                                  n_threads=2, **hidden_forward_args(cfg))
-        hu = np.zeros(cfg.T, dtype=bool)
-        hu[list(hid.update_steps)] = True
-        counters = {**conv.sample_counters(), **hid.sample_counters()}
-        layers, buffers = en.convsnn_layers(params, cfg)
-        acc = en.OpAccountant(layers, ["conv", "hidden"], buffers=buffers)
-        d = en.account_convsnn_batch(acc, params, cfg, conv.input_spikes, conv.conv_spikes(),
-                                     hid.spikes, hu, counters)
-        assert acc.executed["conv"] == d["recount"]["conv_synaptic_events"]
-        assert acc.executed["fc1"] == d["recount"]["fc1_row_adds"]
-        spikes = int(conv.spk_cnt[:, :hid.update_steps[-1] + 1].sum())
-        if preset == "default":        # incremental updates: fewer rows than spikes
-            assert acc.executed["fc1"] < spikes * 1024
+        res = en.from_convsnn(model, imgs)
+        tr = model.trace(imgs)
+        steps = [t for t in range(model.config.T) if tr["hidden_update"][t]]
+        incremental = preset == "default"
+        assert res["layers"]["conv"]["executed"] * 6 == _ref_conv_events(tr["input"])
+        fc1 = res["layers"]["fc1"]["executed"] * 6
+        assert fc1 == _ref_fc1_rows(tr["conv"], steps, incremental) * 1024
+        spikes = int(tr["conv"][:, :steps[-1] + 1].sum())
+        if incremental:              # incremental updates: fewer rows than spikes
+            assert fc1 < spikes * 1024
         else:
-            assert acc.executed["fc1"] == spikes * 1024
+            assert fc1 == spikes * 1024
 
 
 # ----------------------------------------------------------------------------- MLP / TTFS
@@ -514,7 +510,7 @@ def test_from_convsnn_equals_recount_from_trace(preset, backend):
     incremental = cfg.drive == "window" and cfg.hidden_period > 1
     assert res["layers"]["fc1"]["executed"] * n == _ref_fc1_rows(tr["conv"], steps, incremental) * 1024
     assert res["checks"]["match"] is True
-    assert res["checks"]["replay_spike_mismatches"] == {"conv": 0, "hidden": 0}
+    assert res["checks"]["replay_spike_mismatches"] == {"conv_lif": 0, "hidden": 0}
 
 
 class _no_check:
@@ -572,14 +568,14 @@ def test_cli_convsnn_file(tmp_path, monkeypatch, capsys):
     out = tmp_path / "e.json"
     assert en.main([str(path), "--samples", "4", "--json", str(out), "--preset", "loihi"]) == 0
     text = capsys.readouterr().out
-    assert "convsnn-1" in text and "loihi" in text and "uJ/inference" in text
+    assert "convsnn-2" in text and "loihi" in text and "uJ/inference" in text
     assert "executed counts (kernels/simulator) == NumPy recount: True" in text
     back = json.loads(out.read_text())
     assert back["samples"] == 4 and back["energy"][0]["preset"] == "loihi"
     assert back["result"]["SynapticOperations"]["Dense"] == 10 * 57_600 + 5 * 2_359_296 + 10_240
     # the replay's disagreements are printed beside the number of spikes they are out of
     n = back["result"]["checks"]["traced_spikes"]
-    assert n["conv"] > 0 and f"of {n['conv']:,d} conv spikes" in text
+    assert n["conv_lif"] > 0 and f"of {n['conv_lif']:,d} conv_lif spikes" in text
 
 
 def test_cli_ttfs_file(tmp_path, monkeypatch, capsys):

@@ -735,7 +735,7 @@ def test_energy_of_an_exported_convsnn_matches_its_own_accounting():
         for q in ("Effective_ACs", "Effective_MACs", "Dense", "calls_per_sample"):
             assert res["layers"][k][q] == ref["layers"][k][q], (k, q)
     assert res["layers"]["fc1"]["Effective_ACs"] > 0
-    for ours, theirs in (("conv_lif", "conv"), ("hidden_lif", "hidden")):
+    for ours, theirs in (("conv_lif", "conv_lif"), ("hidden_lif", "hidden")):
         assert res["activation_layers"][ours] == ref["activation_layers"][theirs]
 
 

@@ -79,7 +79,7 @@ def test_end_to_end_subprocess(tmp_path):
     assert metrics["complete"] and metrics["epochs_done"] == 2 and len(metrics["history"]) == 2
     assert 0.0 <= metrics["final"]["test_acc_best_val_model"] <= 1.0
     with h5py.File(run / "model.h5", "r") as f:
-        assert f.attrs["snnfast_format"] == "convsnn-1"
+        assert f.attrs["snnfast_format"] == "convsnn-2"
         assert f.attrs["kind"] == "model"
     with h5py.File(run / "checkpoint.h5", "r") as f:
         assert f.attrs["kind"] == "checkpoint" and "optimizer" in f

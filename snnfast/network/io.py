@@ -2,7 +2,7 @@
 
 Layout of a file:
 
-* attribute ``snnfast_format = "network-1"`` (files of the ConvSNN class are ``convsnn-1``,
+* attribute ``snnfast_format = "network-1"`` (files of the ConvSNN class are ``convsnn-2``,
   read by :meth:`snnfast.convsnn.ConvSNN.load`), ``snnfast_version``;
 * attribute ``network``: the description as JSON text (:meth:`Network.to_dict`);
 * attribute ``metadata``: a JSON object of the caller's (accuracies, provenance, ...);
@@ -111,7 +111,7 @@ def load(path):
     ------
     ValueError
         One line starting with ``path`` for a missing file, one that is not HDF5, truncated or
-        corrupt, of another format (``convsnn-1`` files name :meth:`ConvSNN.load`), an array
+        corrupt, of another format (``convsnn-*`` files name :meth:`ConvSNN.load`), an array
         that does not match its SHA-256 digest (a flipped byte), a missing or extra array, or
         an invalid description.
     """
@@ -144,7 +144,8 @@ def _read(f):
     import h5py
     fmt = h5_format(f)
     if fmt != FORMAT:
-        hint = " (a ConvSNN file: use snnfast.convsnn.ConvSNN.load)" if fmt == "convsnn-1" else ""
+        hint = (" (a ConvSNN file: use snnfast.convsnn.ConvSNN.load)"
+                if str(fmt).startswith("convsnn-") else "")
         raise _Refused(f"not an snnfast network file (snnfast_format={fmt!r}, expected "
                        f"{FORMAT!r}){hint}")
     for key in ("network", "metadata"):

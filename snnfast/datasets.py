@@ -43,6 +43,7 @@ import json
 import os
 import pickle
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -62,7 +63,8 @@ from ._safe_pickle import safe_loads
 from ._utils import atomic_path, file_lock
 
 __all__ = ["DATASETS", "SPLITS", "MIRRORS", "DatasetError", "CacheWarning", "load", "fetch",
-           "info", "cache_dir", "cache_path", "train_val_split", "main"]
+           "info", "cache_dir", "cache_path", "train_val_split", "load_arrays", "ARRAY_KEYS",
+           "main"]
 
 DATASETS = ("mnist", "fashion-mnist")
 SPLITS = ("train", "test")
@@ -605,6 +607,189 @@ def info(data_dir=None):
                 row["status"] = f"damaged: {exc}"
         rows.append(row)
     return rows
+
+
+# ---------------------------------------------------------------- a user's own arrays
+
+#: The arrays :func:`load_arrays` reads, in the order it returns them.
+ARRAY_KEYS = ("X_train", "y_train", "X_test", "y_test")
+_ARRAY_SUFFIXES = {".npz": "npz", ".h5": "h5", ".hdf5": "h5"}
+
+
+def load_arrays(path):
+    """A user's own data set from an ``.npz`` or HDF5 file, checked once.
+
+    The file holds four arrays (other arrays are ignored): ``X_train``, ``y_train``,
+    ``X_test``, ``y_test`` -- in an ``.npz`` file (``numpy.savez``), or as datasets at the
+    root of an ``.h5``/``.hdf5`` file. ``X`` is either
+
+    * **images**, ``(N, H, W)`` or ``(N, C, H, W)``: uint8 pixels (any integer dtype with
+      values in 0..255 is accepted) or floats in [0, 1] (rounded to ``round(255 x)``), the
+      input of the ``Hybrid`` encoder; or
+    * **event frames**, ``(N, T, C, H, W)``: non-negative finite numbers (spikes or event
+      counts per frame; bool, integer or float), the input of the ``Direct`` encoder.
+
+    ``y`` holds ``N`` non-negative integer labels (an integer dtype; floats are refused
+    rather than truncated). Train and test samples must have the same shape.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file; its suffix (``.npz``, ``.h5`` or ``.hdf5``) gives the format.
+
+    Returns
+    -------
+    X_train, y_train, X_test, y_test : numpy.ndarray
+        C-contiguous. Images as uint8 ``(N, C, H, W)`` (``C = 1`` added to ``(N, H, W)``),
+        frames as float32 ``(N, T, C, H, W)``; labels as int64 ``(N,)``.
+
+    Raises
+    ------
+    DatasetError
+        A ``ValueError`` with one line naming the file and, where it applies, the array and
+        its problem: not a regular file, unknown suffix, truncated or corrupt file, missing
+        array, wrong number of dimensions or dtype, sample counts that differ, NaN or
+        infinite values, pixels or frames out of range, labels that are not non-negative
+        integers, train and test shapes that differ.
+    """
+    path = Path(path)
+    kind = _ARRAY_SUFFIXES.get(path.suffix.lower())
+    if kind is None:
+        raise DatasetError(f"{path}: unknown data file type {path.suffix!r}; expected .npz, "
+                           f".h5 or .hdf5 holding {', '.join(ARRAY_KEYS)}")
+    _check_regular_file(path)
+    raw = (_read_npz if kind == "npz" else _read_h5)(path)
+    try:
+        return _check_arrays(raw)
+    except DatasetError as exc:
+        raise DatasetError(f"{path}: {exc}") from None
+
+
+def _check_regular_file(path):
+    """DatasetError unless ``path`` (links followed) is an existing regular file."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot open ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(mode):
+        what = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+        raise DatasetError(f"{path}: is {what}; give the .npz/.h5 file itself")
+
+
+def _read_npz(path):
+    """The four arrays of an ``.npz`` file (DatasetError for a damaged file or missing key)."""
+    try:
+        f = np.load(path, allow_pickle=False)
+        if not hasattr(f, "files"):     # a .npy file under an .npz name
+            raise DatasetError(f"{path}: holds a single array, not the arrays "
+                               f"{', '.join(ARRAY_KEYS)} of an .npz file")
+        with f:
+            _check_keys(path, f.files)
+            return {k: f[k] for k in ARRAY_KEYS}
+    except DatasetError:
+        raise
+    except Exception as exc:   # zipfile, zlib, EOFError, pickle refusal, bad headers: many types
+        raise DatasetError(f"{path}: truncated or corrupt .npz file "
+                           f"({type(exc).__name__}: {exc})") from None
+
+
+def _read_h5(path):
+    """The four root datasets of an HDF5 file (DatasetError for a damaged file)."""
+    import h5py
+    try:
+        with h5py.File(path, "r") as f:
+            _check_keys(path, list(f.keys()))
+            out = {}
+            for k in ARRAY_KEYS:
+                if not isinstance(f[k], h5py.Dataset):
+                    raise DatasetError(f"{path}: {k} is an HDF5 group, not an array")
+                out[k] = f[k][()]
+            return out
+    except DatasetError:
+        raise
+    except Exception as exc:   # h5py reports damage as OSError, KeyError, ValueError, ...
+        raise DatasetError(f"{path}: truncated or corrupt HDF5 file "
+                           f"({type(exc).__name__}: {exc})") from None
+
+
+def _check_keys(path, present):
+    missing = [k for k in ARRAY_KEYS if k not in present]
+    if missing:
+        raise DatasetError(f"{path}: missing array {', '.join(missing)} (found: "
+                           f"{', '.join(sorted(present)) or 'none'}); needs "
+                           f"{', '.join(ARRAY_KEYS)}")
+
+
+def _check_arrays(raw):
+    """Validate and convert ``raw`` (the four arrays by name); messages name the array."""
+    out = {}
+    for split in SPLITS:
+        xk, yk = f"X_{split}", f"y_{split}"
+        X, y = np.asarray(raw[xk]), np.asarray(raw[yk])
+        if X.ndim not in (3, 4, 5):
+            raise DatasetError(f"{xk}: must be images (N, H, W) or (N, C, H, W), or event "
+                               f"frames (N, T, C, H, W); got shape {X.shape}")
+        if len(X) == 0:
+            raise DatasetError(f"{xk}: has no samples")
+        if y.ndim != 1 or len(y) != len(X):
+            raise DatasetError(f"{yk}: must hold one label per sample of {xk}, shape "
+                               f"({len(X)},); got shape {y.shape}")
+        out[xk] = _frames(X, xk) if X.ndim == 5 else _images(X, xk)
+        out[yk] = _labels(y, yk)
+    if out["X_train"].shape[1:] != out["X_test"].shape[1:]:
+        raise DatasetError(f"X_test: samples of shape {out['X_test'].shape[1:]} differ from "
+                           f"X_train's {out['X_train'].shape[1:]}")
+    return tuple(out[k] for k in ARRAY_KEYS)
+
+
+def _finite(X, key):
+    if X.dtype.kind == "f" and not np.isfinite(X).all():
+        raise DatasetError(f"{key}: contains NaN or infinite values")
+
+
+def _images(X, key):
+    """uint8 (N, C, H, W) images from uint8/integer pixels or floats in [0, 1]."""
+    if X.dtype.kind == "f":
+        _finite(X, key)
+        if X.min() < 0 or X.max() > 1:
+            raise DatasetError(f"{key}: float images must lie in [0, 1], got values in "
+                               f"[{X.min():g}, {X.max():g}] (store uint8 pixels, or divide "
+                               f"by 255)")
+        X = np.rint(X.astype(np.float64) * 255.0).astype(np.uint8)
+    elif X.dtype.kind in "iu":
+        if X.min() < 0 or X.max() > 255:
+            raise DatasetError(f"{key}: integer pixels must lie in 0..255, got values in "
+                               f"[{X.min()}, {X.max()}]")
+    else:
+        raise DatasetError(f"{key}: images must be uint8 pixels or floats in [0, 1], got "
+                           f"dtype {X.dtype}")
+    if X.ndim == 3:
+        X = X[:, None]
+    return np.ascontiguousarray(X, dtype=np.uint8)
+
+
+def _frames(X, key):
+    """float32 (N, T, C, H, W) frames from non-negative finite spikes or counts."""
+    if X.dtype.kind not in "biuf":
+        raise DatasetError(f"{key}: event frames must be numbers (spikes or counts), got "
+                           f"dtype {X.dtype}")
+    _finite(X, key)
+    if X.dtype.kind != "b" and X.min() < 0:
+        raise DatasetError(f"{key}: event frames must be non-negative (spikes or event "
+                           f"counts), got a minimum of {X.min():g}")
+    if X.dtype.kind != "b" and X.max() > np.finfo(np.float32).max:   # inf once in float32
+        raise DatasetError(f"{key}: values beyond float32's range "
+                           f"({np.finfo(np.float32).max:.3g}), got {X.max():g}")
+    return np.ascontiguousarray(X, dtype=np.float32)
+
+
+def _labels(y, key):
+    """int64 labels from a non-negative integer array."""
+    if y.dtype.kind not in "iu":
+        raise DatasetError(f"{key}: labels must be integers, got dtype {y.dtype}")
+    if y.min() < 0:
+        raise DatasetError(f"{key}: labels must be >= 0, got {y.min()}")
+    return np.ascontiguousarray(y, dtype=np.int64)
 
 
 # ---------------------------------------------------------------- splits

@@ -33,6 +33,10 @@ Command line::
 
     python -m snnfast.datasets fetch mnist [--data-dir D] [--idx-dir D] [--offline]
     python -m snnfast.datasets info [--data-dir D]
+    python -m snnfast.datasets synthetic-frames OUT.npz [--n-train N] [--n-test N] [--T T]
+
+:func:`load_arrays` reads a user's own data set (images or event frames) from an ``.npz`` or
+HDF5 file; :func:`synthetic_frames` makes a small learnable event-frame data set.
 """
 import argparse
 import contextlib
@@ -60,11 +64,11 @@ import numpy as np
 
 from ._idx import DatasetError, read_idx_pair
 from ._safe_pickle import safe_loads
-from ._utils import atomic_path, file_lock
+from ._utils import atomic_path, check_positive_int, file_lock
 
 __all__ = ["DATASETS", "SPLITS", "MIRRORS", "DatasetError", "CacheWarning", "load", "fetch",
            "info", "cache_dir", "cache_path", "train_val_split", "load_arrays", "ARRAY_KEYS",
-           "main"]
+           "synthetic_frames", "main"]
 
 DATASETS = ("mnist", "fashion-mnist")
 SPLITS = ("train", "test")
@@ -792,6 +796,75 @@ def _labels(y, key):
     return np.ascontiguousarray(y, dtype=np.int64)
 
 
+# ---------------------------------------------------------------- synthetic event frames
+
+_SACCADE = ((1, 1),) * 2 + ((1, -1),) * 2 + ((-1, 0),) * 4   # (dy, dx) per frame: a triangle
+_TEMPLATE = 24              # side of the class templates (pixels)
+_TEMPLATE_SEED = 20_261_206  # the templates do not depend on ``seed``: one class, one shape
+
+
+def _class_templates(n_classes):
+    """(n_classes, 24, 24) bool shapes, three thick random strokes each."""
+    rng = np.random.default_rng(_TEMPLATE_SEED)
+    out = np.zeros((n_classes, _TEMPLATE, _TEMPLATE), bool)
+    s = np.linspace(0.0, 1.0, 64)
+    for k in range(n_classes):
+        for _ in range(3):
+            (y0, x0), (y1, x1) = rng.uniform(2, _TEMPLATE - 3, size=(2, 2))
+            ys = np.rint(y0 + s * (y1 - y0)).astype(int)
+            xs = np.rint(x0 + s * (x1 - x0)).astype(int)
+            for dy in (0, 1):
+                for dx in (0, 1):
+                    out[k, ys + dy, xs + dx] = True
+    return out
+
+
+def synthetic_frames(n_train, n_test, T=8, n_classes=10, size=34, seed=0):
+    """A small learnable stand-in for N-MNIST: event frames of class shapes seen by a moving
+    sensor (not a download; for tests, examples and benchmarks).
+
+    Each class is a fixed random shape of three thick strokes (the same for every ``seed``).
+    A sample is that shape at a random position, moved by one pixel per frame along a
+    triangular saccade (from a random point of it); frame ``t`` holds the brightness changes
+    between positions ``t`` and ``t + 1``: channel 0 the pixels that turned on, channel 1 the
+    pixels that turned off. 20 % of the events are dropped at random and 0.2 % of the pixels
+    get a noise event, per channel and frame.
+
+    Returns
+    -------
+    X_train, y_train, X_test, y_test : numpy.ndarray
+        As :func:`load_arrays` returns frames: float32 ``(N, T, 2, size, size)`` holding 0 or
+        1, and int64 labels in ``0..n_classes - 1``.
+    """
+    for arg, val in (("n_train", n_train), ("n_test", n_test), ("T", T),
+                     ("n_classes", n_classes)):
+        check_positive_int(val, arg)
+    if size < _TEMPLATE + 6:
+        raise ValueError(f"size must be >= {_TEMPLATE + 6}, got {size}")
+    templates = _class_templates(n_classes)
+    rng = np.random.default_rng(seed)
+    n = n_train + n_test
+    y = rng.integers(0, n_classes, size=n)
+    X = np.zeros((n, T, 2, size, size), np.float32)
+    canvas = np.zeros((T + 1, size, size), np.float32)
+    for i in range(n):
+        # the saccade from ``base`` spans rows base..base+4 and columns base..base+2
+        base = rng.integers(1, [size - _TEMPLATE - 4, size - _TEMPLATE - 2])
+        start = rng.integers(len(_SACCADE))
+        pos = base + np.sum(_SACCADE[:start], axis=0, dtype=int)
+        canvas[:] = 0
+        for t in range(T + 1):
+            canvas[t, pos[0]:pos[0] + _TEMPLATE, pos[1]:pos[1] + _TEMPLATE] = templates[y[i]]
+            pos = pos + _SACCADE[(start + t) % len(_SACCADE)]
+        change = canvas[1:] - canvas[:-1]
+        X[i, :, 0] = change > 0
+        X[i, :, 1] = change < 0
+    X *= rng.random(X.shape, dtype=np.float32) >= 0.2
+    X[rng.random(X.shape, dtype=np.float32) < 0.002] = 1.0
+    y = y.astype(np.int64)
+    return X[:n_train], y[:n_train], X[n_train:], y[n_train:]
+
+
 # ---------------------------------------------------------------- splits
 
 def train_val_split(n, n_val, seed):
@@ -830,10 +903,28 @@ def _human(nbytes):
         nbytes /= 1024
 
 
+def _write_synthetic_frames(parser, args):
+    from ._cli import check_output_arg
+    check_output_arg(parser, "out", args.out)
+    if not str(args.out).endswith(".npz"):
+        parser.error(f"out: {args.out} must end in .npz")
+    try:
+        arrays = synthetic_frames(args.n_train, args.n_test, T=args.T, seed=args.seed)
+    except ValueError as exc:
+        parser.error(str(exc))
+    with atomic_path(args.out, suffix=".npz.tmp") as tmp:
+        with open(tmp, "wb") as fh:        # a file object: savez would append .npz to a name
+            np.savez_compressed(fh, **dict(zip(ARRAY_KEYS, arrays)))
+    print(f"{args.out}: {args.n_train} training and {args.n_test} test samples of "
+          f"{arrays[0].shape[1:]} event frames, 10 classes")
+    return 0
+
+
 def main(argv=None):
-    """``python -m snnfast.datasets {fetch,info}``; returns the exit code."""
+    """``python -m snnfast.datasets {fetch,info,synthetic-frames}``; returns the exit code."""
     parser = argparse.ArgumentParser(prog="python -m snnfast.datasets",
-                                     description="Fetch and check the MNIST / Fashion-MNIST cache.")
+                                     description="Fetch and check the MNIST / Fashion-MNIST cache; "
+                                     "write synthetic event frames.")
     sub = parser.add_subparsers(dest="command", required=True)
     p_fetch = sub.add_parser("fetch", help="build the verified cache file of a data set")
     p_fetch.add_argument("name", choices=DATASETS)
@@ -844,8 +935,18 @@ def main(argv=None):
     p_fetch.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p_info = sub.add_parser("info", help="show what is cached and whether its checksums hold")
     p_info.add_argument("--data-dir", help="cache directory (default $SNNFAST_DATA or ~/.cache/snnfast)")
+    p_syn = sub.add_parser("synthetic-frames",
+                           help="write a small synthetic event-frame data set (an N-MNIST-like "
+                                "stand-in, 2 x 34 x 34) as .npz, for --data")
+    p_syn.add_argument("out", help="output .npz file")
+    p_syn.add_argument("--n-train", type=int, default=2000)
+    p_syn.add_argument("--n-test", type=int, default=500)
+    p_syn.add_argument("--T", type=int, default=8, help="frames per sample")
+    p_syn.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
+    if args.command == "synthetic-frames":
+        return _write_synthetic_frames(parser, args)
     if args.command == "fetch":
         missing = [d for d in args.idx_dir or () if not Path(d).expanduser().is_dir()]
         if missing:

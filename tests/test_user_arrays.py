@@ -5,7 +5,8 @@ import h5py
 import numpy as np
 import pytest
 
-from snnfast.datasets import ARRAY_KEYS, DatasetError, load_arrays
+from snnfast.datasets import ARRAY_KEYS, DatasetError, load_arrays, synthetic_frames
+from snnfast.datasets import main as ds_main
 
 
 def arrays(x_shape=(6, 5, 4), n_test=3, dtype=np.uint8, seed=0):
@@ -230,3 +231,43 @@ def test_unknown_suffix(tmp_path):
     path = tmp_path / "d.csv"
     path.write_text("1,2\n")
     _refused(path, r"unknown data file type '\.csv'; expected \.npz, \.h5 or \.hdf5")
+
+
+# ---------------------------------------------------------------- synthetic event frames
+
+def test_synthetic_frames_format_and_determinism():
+    X, y, Xt, yt = synthetic_frames(40, 10, T=5, seed=3)
+    assert X.shape == (40, 5, 2, 34, 34) and Xt.shape == (10, 5, 2, 34, 34)
+    assert X.dtype == np.float32 and X.flags.c_contiguous and y.dtype == np.int64
+    assert set(np.unique(X)) <= {0.0, 1.0} and 0 <= y.min() and y.max() < 10
+    again = synthetic_frames(40, 10, T=5, seed=3)
+    for a, b in zip((X, y, Xt, yt), again):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(X, synthetic_frames(40, 10, T=5, seed=4)[0])
+
+
+def test_synthetic_frames_are_moving_class_shapes():
+    X, y, Xt, yt = synthetic_frames(300, 100, T=8, seed=0)
+    # every frame has events in both channels (the shape moves every frame) ...
+    per_frame = X.sum(axis=(3, 4))
+    assert (per_frame > 0).all()
+    # ... and the class shows: nearest class mean of the summed frames is far above chance
+    F, Ft = X.sum(1).reshape(len(X), -1), Xt.sum(1).reshape(len(Xt), -1)
+    means = np.stack([F[y == k].mean(0) for k in range(10)])
+    pred = np.argmin(((Ft[:, None, :] - means[None]) ** 2).sum(-1), axis=1)
+    assert (pred == yt).mean() > 0.5
+
+
+def test_synthetic_frames_cli_round_trip(tmp_path, capsys):
+    out = tmp_path / "frames.npz"
+    assert ds_main(["synthetic-frames", str(out), "--n-train", "12", "--n-test", "4",
+                    "--T", "3", "--seed", "1"]) == 0
+    assert "12 training and 4 test samples" in capsys.readouterr().out
+    for a, b in zip(load_arrays(out), synthetic_frames(12, 4, T=3, seed=1)):
+        np.testing.assert_array_equal(a, b)
+    assert not [p for p in tmp_path.iterdir() if p.name != "frames.npz"]   # no temp left
+    with pytest.raises(SystemExit):
+        ds_main(["synthetic-frames", str(tmp_path / "f.txt")])
+    with pytest.raises(SystemExit):
+        ds_main(["synthetic-frames", str(out), "--n-train", "0"])
+    assert "n_train must be a positive integer" in capsys.readouterr().err

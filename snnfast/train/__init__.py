@@ -623,11 +623,13 @@ def _resume_snn(parser, args, ckpt_path, model_path):
     wanted = _new_snn(parser, args)
     if wanted.network != model.network:
         parser.error(f"--resume: {ckpt_path} holds another network than {args.config}")
-    if wanted.config != model.config:
-        diff = [k for k, v in wanted.config.to_dict().items()
-                if model.config.to_dict()[k] != v]
-        parser.error(f"--resume: {ckpt_path} was trained with other options ({', '.join(diff)}"
-                     f"); a resumed run keeps its settings (or start a new run)")
+    # the rest of a resumed run must be the run that was interrupted: an option given now
+    # must be the one it ran with (--epochs too: the schedule spans the run's epochs)
+    saved = model.config.to_dict()
+    for k, v in _training_overrides(parser, args).items():
+        if saved[k] != v:
+            parser.error(f"--resume: {ckpt_path} was trained with {k}={saved[k]!r}; a resumed "
+                         f"run keeps its settings (drop {k}={v!r}, or start a new run)")
     dataset = (getattr(model, "metadata_", None) or {}).get("dataset")
     if dataset is not None and dataset != _data_name(args):
         parser.error(f"--resume: {ckpt_path} was trained on {dataset}; pass the same "

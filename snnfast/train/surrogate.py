@@ -295,7 +295,7 @@ def stage_input(st, src):
     # pools and Flatten commute with the sum over the steps, which is done first then
     while pre and type(pre[0][0]).__name__ in ("MaxPool2d", "Flatten"):
         x = _pool_fwd(pre.pop(0)[0], x)
-    x = st.weights_t @ x.reshape(B, T, -1).astype(np.float32)          # exact for counts
+    x = _weighted_steps(x.reshape(B, T, -1), st.weights_t)
     x = x.reshape((B,) + (st.syn_in if not pre else _shape_before(st, pre)))
     for ly, _ in pre:
         x = _pool_fwd(ly, x)
@@ -382,10 +382,24 @@ def _train_forward(network, stages, weights, record, rows):
     return fw
 
 
+def _weighted_steps(x, w):
+    """``sum_t w[t] x[:, t]`` (B, P) float32 of (B, T, P) spikes or frames, without a float
+    copy of ``x`` (spike counts are summed as integers: exact)."""
+    B, T, P = x.shape
+    if x.dtype == np.uint8 and np.all(w == w[0]):
+        n = np.add.reduce(x, axis=1, dtype=np.uint16 if T < 256 else np.int64)
+        return n.astype(np.float32) * np.float32(w[0])
+    out = np.zeros((B, P), np.float32)
+    for t in range(T):
+        if w[t]:
+            out += x[:, t] * np.float32(w[t])
+    return out
+
+
 def _counts(spikes):
     """Spike counts over the steps of (B, T, *shape) uint8 spikes, float32 (B, *shape)."""
     B, T = spikes.shape[:2]
-    c = np.ones(T, np.float32) @ spikes.reshape(B, T, -1).astype(np.float32)
+    c = _weighted_steps(spikes.reshape(B, T, -1), np.ones(T, np.float32))
     return c.reshape((B,) + spikes.shape[2:])
 
 

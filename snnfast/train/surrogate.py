@@ -34,7 +34,7 @@ import numpy as np
 
 from ..convsnn_numpy import _serial_blas
 from ..convsnn_numpy import surrogate as phi
-from ..network.layers import Conv2d, Linear
+from ..network.layers import Linear
 
 __all__ = ["Stage", "plan", "stage_input", "stage_current", "train_forward", "smooth_forward",
            "backward", "cross_entropy_grad", "DEFAULT_CENTER", "DEFAULT_SLOPE"]
@@ -389,17 +389,22 @@ def _train_forward(network, stages, weights, record, rows):
     fw = {"e": [], "a": [], "cache": [], "r": []}
     src = record["input"]
     for st in stages:
-        e = stage_input(st, src)
-        a, post = stage_current(st, weights, e, rows)
         spikes = record["spikes"][st.neuron.name]
-        fw["e"].append(e)
-        fw["a"].append(a)
-        fw["cache"].append(post)
-        fw["r"].append(_counts(spikes) * np.float32(1.0 / st.n_updates))
+        _add_stage(fw, st, weights, stage_input(st, src), rows,
+                   _counts(spikes) * np.float32(1.0 / st.n_updates))
         src = spikes
     fw["rates"] = record["rates"]
     fw["output"], fw["head"] = _head(network, weights, record["rates"])
     return fw
+
+
+def _add_stage(fw, st, weights, e, rows, r):
+    """Append a stage's drive, current, cache and output rate (``r``; None: the smooth
+    network's ``phi(a)``) to ``fw``."""
+    a, cache = stage_current(st, weights, e, rows)
+    for key, v in (("e", e), ("a", a), ("cache", cache),
+                   ("r", phi(a, st.center, st.slope, deriv=False) if r is None else r)):
+        fw[key].append(v)
 
 
 def _weighted_steps(x, w):
@@ -439,11 +444,7 @@ def _smooth_forward(network, stages, weights, e0, rows):
             for ly, _ in st.pre:
                 x = _pool_fwd(ly, x)
             e = x.reshape(len(x), -1) * x.dtype.type(st.kappa)
-        a, post = stage_current(st, weights, e, rows)
-        fw["e"].append(e)
-        fw["a"].append(a)
-        fw["cache"].append(post)
-        fw["r"].append(phi(a, st.center, st.slope, deriv=False))
+        _add_stage(fw, st, weights, e, rows, None)
     last = fw["r"][-1]
     fw["rates"] = last.reshape(len(last), -1) * last.dtype.type(
         _readout_factor(network, stages))

@@ -276,11 +276,12 @@ class SNN:
     def __init__(self, network, weights=None, *, seed=None, n_threads=None, **options):
         table = {}
         if isinstance(network, (str, Path)):
-            d = read_description(network)
+            path = network
+            d = read_description(path)
             network = Network.from_dict(d.get("network", d))
             table = d.get("training", {})
             if not isinstance(table, dict):
-                raise ValueError(f"{d}: [training] must be a table")
+                raise ValueError(f"{path}: [training] must be a table, got {table!r}")
         if not isinstance(network, Network):
             raise TypeError(f"network must be a snnfast.network.Network or a description file, "
                             f"got {type(network).__name__}")

@@ -33,6 +33,10 @@ Command line::
 
     python -m snnfast.datasets fetch mnist [--data-dir D] [--idx-dir D] [--offline]
     python -m snnfast.datasets info [--data-dir D]
+    python -m snnfast.datasets synthetic-frames OUT.npz [--n-train N] [--n-test N] [--T T]
+
+:func:`load_arrays` reads a user's own data set (images or event frames) from an ``.npz`` or
+HDF5 file; :func:`synthetic_frames` makes a small learnable event-frame data set.
 """
 import argparse
 import contextlib
@@ -43,6 +47,7 @@ import json
 import os
 import pickle
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -59,10 +64,11 @@ import numpy as np
 
 from ._idx import DatasetError, read_idx_pair
 from ._safe_pickle import safe_loads
-from ._utils import atomic_path, file_lock
+from ._utils import atomic_path, check_positive_int, file_lock
 
 __all__ = ["DATASETS", "SPLITS", "MIRRORS", "DatasetError", "CacheWarning", "load", "fetch",
-           "info", "cache_dir", "cache_path", "train_val_split", "main"]
+           "info", "cache_dir", "cache_path", "train_val_split", "load_arrays", "ARRAY_KEYS",
+           "synthetic_frames", "main"]
 
 DATASETS = ("mnist", "fashion-mnist")
 SPLITS = ("train", "test")
@@ -607,6 +613,258 @@ def info(data_dir=None):
     return rows
 
 
+# ---------------------------------------------------------------- a user's own arrays
+
+#: The arrays :func:`load_arrays` reads, in the order it returns them.
+ARRAY_KEYS = ("X_train", "y_train", "X_test", "y_test")
+_ARRAY_SUFFIXES = {".npz": "npz", ".h5": "h5", ".hdf5": "h5"}
+
+
+def load_arrays(path):
+    """A user's own data set from an ``.npz`` or HDF5 file, checked once.
+
+    The file holds four arrays (other arrays are ignored): ``X_train``, ``y_train``,
+    ``X_test``, ``y_test`` -- in an ``.npz`` file (``numpy.savez``), or as datasets at the
+    root of an ``.h5``/``.hdf5`` file. ``X`` is either
+
+    * **images**, ``(N, H, W)`` or ``(N, C, H, W)``: uint8 pixels (any integer dtype with
+      values in 0..255 is accepted) or floats in [0, 1] (rounded to ``round(255 x)``), the
+      input of the ``Hybrid`` encoder; or
+    * **event frames**, ``(N, T, C, H, W)``: non-negative finite numbers (spikes or event
+      counts per frame; bool, integer or float), the input of the ``Direct`` encoder.
+
+    ``y`` holds ``N`` non-negative integer labels (an integer dtype; floats are refused
+    rather than truncated). Train and test samples must have the same shape.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file; its suffix (``.npz``, ``.h5`` or ``.hdf5``) gives the format.
+
+    Returns
+    -------
+    X_train, y_train, X_test, y_test : numpy.ndarray
+        C-contiguous. Images as uint8 ``(N, C, H, W)`` (``C = 1`` added to ``(N, H, W)``),
+        frames as float32 ``(N, T, C, H, W)``; labels as int64 ``(N,)``.
+
+    Raises
+    ------
+    DatasetError
+        A ``ValueError`` with one line naming the file and, where it applies, the array and
+        its problem: not a regular file, unknown suffix, truncated or corrupt file, missing
+        array, wrong number of dimensions or dtype, sample counts that differ, NaN or
+        infinite values, pixels or frames out of range, labels that are not non-negative
+        integers, train and test shapes that differ.
+    """
+    path = Path(path)
+    kind = _ARRAY_SUFFIXES.get(path.suffix.lower())
+    if kind is None:
+        raise DatasetError(f"{path}: unknown data file type {path.suffix!r}; expected .npz, "
+                           f".h5 or .hdf5 holding {', '.join(ARRAY_KEYS)}")
+    _check_regular_file(path)
+    raw = (_read_npz if kind == "npz" else _read_h5)(path)
+    try:
+        return _check_arrays(raw)
+    except DatasetError as exc:
+        raise DatasetError(f"{path}: {exc}") from None
+
+
+def _check_regular_file(path):
+    """DatasetError unless ``path`` (links followed) is an existing regular file."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot open ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(mode):
+        what = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+        raise DatasetError(f"{path}: is {what}; give the .npz/.h5 file itself")
+
+
+def _read_npz(path):
+    """The four arrays of an ``.npz`` file (DatasetError for a damaged file or missing key)."""
+    try:
+        f = np.load(path, allow_pickle=False)
+        if not hasattr(f, "files"):     # a .npy file under an .npz name
+            raise DatasetError(f"{path}: holds a single array, not the arrays "
+                               f"{', '.join(ARRAY_KEYS)} of an .npz file")
+        with f:
+            _check_keys(path, f.files)
+            return {k: f[k] for k in ARRAY_KEYS}
+    except DatasetError:
+        raise
+    except Exception as exc:   # zipfile, zlib, EOFError, pickle refusal, bad headers: many types
+        raise DatasetError(f"{path}: truncated or corrupt .npz file "
+                           f"({type(exc).__name__}: {exc})") from None
+
+
+def _read_h5(path):
+    """The four root datasets of an HDF5 file (DatasetError for a damaged file)."""
+    import h5py
+    try:
+        with h5py.File(path, "r") as f:
+            _check_keys(path, list(f.keys()))
+            out = {}
+            for k in ARRAY_KEYS:
+                if not isinstance(f[k], h5py.Dataset):
+                    raise DatasetError(f"{path}: {k} is an HDF5 group, not an array")
+                out[k] = f[k][()]
+            return out
+    except DatasetError:
+        raise
+    except Exception as exc:   # h5py reports damage as OSError, KeyError, ValueError, ...
+        raise DatasetError(f"{path}: truncated or corrupt HDF5 file "
+                           f"({type(exc).__name__}: {exc})") from None
+
+
+def _check_keys(path, present):
+    missing = [k for k in ARRAY_KEYS if k not in present]
+    if missing:
+        raise DatasetError(f"{path}: missing array {', '.join(missing)} (found: "
+                           f"{', '.join(sorted(present)) or 'none'}); needs "
+                           f"{', '.join(ARRAY_KEYS)}")
+
+
+def _check_arrays(raw):
+    """Validate and convert ``raw`` (the four arrays by name); messages name the array."""
+    out = {}
+    for split in SPLITS:
+        xk, yk = f"X_{split}", f"y_{split}"
+        X, y = np.asarray(raw[xk]), np.asarray(raw[yk])
+        if X.ndim not in (3, 4, 5):
+            raise DatasetError(f"{xk}: must be images (N, H, W) or (N, C, H, W), or event "
+                               f"frames (N, T, C, H, W); got shape {X.shape}")
+        if len(X) == 0:
+            raise DatasetError(f"{xk}: has no samples")
+        if y.ndim != 1 or len(y) != len(X):
+            raise DatasetError(f"{yk}: must hold one label per sample of {xk}, shape "
+                               f"({len(X)},); got shape {y.shape}")
+        out[xk] = _frames(X, xk) if X.ndim == 5 else _images(X, xk)
+        out[yk] = _labels(y, yk)
+    if out["X_train"].shape[1:] != out["X_test"].shape[1:]:
+        raise DatasetError(f"X_test: samples of shape {out['X_test'].shape[1:]} differ from "
+                           f"X_train's {out['X_train'].shape[1:]}")
+    return tuple(out[k] for k in ARRAY_KEYS)
+
+
+def _finite(X, key):
+    if X.dtype.kind == "f" and not np.isfinite(X).all():
+        raise DatasetError(f"{key}: contains NaN or infinite values")
+
+
+def _images(X, key):
+    """uint8 (N, C, H, W) images from uint8/integer pixels or floats in [0, 1]."""
+    if X.dtype.kind == "f":
+        _finite(X, key)
+        if X.min() < 0 or X.max() > 1:
+            raise DatasetError(f"{key}: float images must lie in [0, 1], got values in "
+                               f"[{X.min():g}, {X.max():g}] (store uint8 pixels, or divide "
+                               f"by 255)")
+        X = np.rint(X.astype(np.float64) * 255.0).astype(np.uint8)
+    elif X.dtype.kind in "iu":
+        if X.min() < 0 or X.max() > 255:
+            raise DatasetError(f"{key}: integer pixels must lie in 0..255, got values in "
+                               f"[{X.min()}, {X.max()}]")
+    else:
+        raise DatasetError(f"{key}: images must be uint8 pixels or floats in [0, 1], got "
+                           f"dtype {X.dtype}")
+    if X.ndim == 3:
+        X = X[:, None]
+    return np.ascontiguousarray(X, dtype=np.uint8)
+
+
+def _frames(X, key):
+    """float32 (N, T, C, H, W) frames from non-negative finite spikes or counts."""
+    if X.dtype.kind not in "biuf":
+        raise DatasetError(f"{key}: event frames must be numbers (spikes or counts), got "
+                           f"dtype {X.dtype}")
+    _finite(X, key)
+    if X.dtype.kind != "b" and X.min() < 0:
+        raise DatasetError(f"{key}: event frames must be non-negative (spikes or event "
+                           f"counts), got a minimum of {X.min():g}")
+    if X.dtype.kind != "b" and X.max() > np.finfo(np.float32).max:   # inf once in float32
+        raise DatasetError(f"{key}: values beyond float32's range "
+                           f"({np.finfo(np.float32).max:.3g}), got {X.max():g}")
+    return np.ascontiguousarray(X, dtype=np.float32)
+
+
+def _labels(y, key):
+    """int64 labels from a non-negative integer array."""
+    if y.dtype.kind not in "iu":
+        raise DatasetError(f"{key}: labels must be integers, got dtype {y.dtype}")
+    if y.min() < 0:
+        raise DatasetError(f"{key}: labels must be >= 0, got {y.min()}")
+    return np.ascontiguousarray(y, dtype=np.int64)
+
+
+# ---------------------------------------------------------------- synthetic event frames
+
+_SACCADE = ((1, 1),) * 2 + ((1, -1),) * 2 + ((-1, 0),) * 4   # (dy, dx) per frame: a triangle
+_TEMPLATE = 24              # side of the class templates (pixels)
+_TEMPLATE_SEED = 20_261_206  # the templates do not depend on ``seed``: one class, one shape
+
+
+def _class_templates(n_classes):
+    """(n_classes, 24, 24) bool shapes, three thick random strokes each."""
+    rng = np.random.default_rng(_TEMPLATE_SEED)
+    out = np.zeros((n_classes, _TEMPLATE, _TEMPLATE), bool)
+    s = np.linspace(0.0, 1.0, 64)
+    for k in range(n_classes):
+        for _ in range(3):
+            (y0, x0), (y1, x1) = rng.uniform(2, _TEMPLATE - 3, size=(2, 2))
+            ys = np.rint(y0 + s * (y1 - y0)).astype(int)
+            xs = np.rint(x0 + s * (x1 - x0)).astype(int)
+            for dy in (0, 1):
+                for dx in (0, 1):
+                    out[k, ys + dy, xs + dx] = True
+    return out
+
+
+def synthetic_frames(n_train, n_test, T=8, n_classes=10, size=34, seed=0):
+    """A small learnable stand-in for N-MNIST: event frames of class shapes seen by a moving
+    sensor (not a download; for tests, examples and benchmarks).
+
+    Each class is a fixed random shape of three thick strokes (the same for every ``seed``).
+    A sample is that shape at a random position, moved by one pixel per frame along a
+    triangular saccade (from a random point of it); frame ``t`` holds the brightness changes
+    between positions ``t`` and ``t + 1``: channel 0 the pixels that turned on, channel 1 the
+    pixels that turned off. 20 % of the events are dropped at random and 0.2 % of the pixels
+    get a noise event, per channel and frame.
+
+    Returns
+    -------
+    X_train, y_train, X_test, y_test : numpy.ndarray
+        As :func:`load_arrays` returns frames: float32 ``(N, T, 2, size, size)`` holding 0 or
+        1, and int64 labels in ``0..n_classes - 1``.
+    """
+    for arg, val in (("n_train", n_train), ("n_test", n_test), ("T", T),
+                     ("n_classes", n_classes)):
+        check_positive_int(val, arg)
+    if size < _TEMPLATE + 6:
+        raise ValueError(f"size must be >= {_TEMPLATE + 6}, got {size}")
+    templates = _class_templates(n_classes)
+    rng = np.random.default_rng(seed)
+    n = n_train + n_test
+    y = rng.integers(0, n_classes, size=n)
+    X = np.zeros((n, T, 2, size, size), np.float32)
+    canvas = np.zeros((T + 1, size, size), np.float32)
+    for i in range(n):
+        # the saccade from ``base`` spans rows base..base+4 and columns base..base+2
+        base = rng.integers(1, [size - _TEMPLATE - 4, size - _TEMPLATE - 2])
+        start = rng.integers(len(_SACCADE))
+        pos = base + np.sum(_SACCADE[:start], axis=0, dtype=int)
+        canvas[:] = 0
+        for t in range(T + 1):
+            canvas[t, pos[0]:pos[0] + _TEMPLATE, pos[1]:pos[1] + _TEMPLATE] = templates[y[i]]
+            pos = pos + _SACCADE[(start + t) % len(_SACCADE)]
+        change = canvas[1:] - canvas[:-1]
+        X[i, :, 0] = change > 0
+        X[i, :, 1] = change < 0
+    X *= rng.random(X.shape, dtype=np.float32) >= 0.2
+    X[rng.random(X.shape, dtype=np.float32) < 0.002] = 1.0
+    y = y.astype(np.int64)
+    return X[:n_train], y[:n_train], X[n_train:], y[n_train:]
+
+
 # ---------------------------------------------------------------- splits
 
 def train_val_split(n, n_val, seed):
@@ -648,10 +906,28 @@ def _human(nbytes):
         nbytes /= _KIB
 
 
+def _write_synthetic_frames(parser, args):
+    from ._cli import check_output_arg
+    check_output_arg(parser, "out", args.out)
+    if not str(args.out).endswith(".npz"):
+        parser.error(f"out: {args.out} must end in .npz")
+    try:
+        arrays = synthetic_frames(args.n_train, args.n_test, T=args.T, seed=args.seed)
+    except ValueError as exc:
+        parser.error(str(exc))
+    with atomic_path(args.out, suffix=".npz.tmp") as tmp:
+        with open(tmp, "wb") as fh:        # a file object: savez would append .npz to a name
+            np.savez_compressed(fh, **dict(zip(ARRAY_KEYS, arrays)))
+    print(f"{args.out}: {args.n_train} training and {args.n_test} test samples of "
+          f"{arrays[0].shape[1:]} event frames, 10 classes")
+    return 0
+
+
 def main(argv=None):
-    """``python -m snnfast.datasets {fetch,info}``; returns the exit code."""
+    """``python -m snnfast.datasets {fetch,info,synthetic-frames}``; returns the exit code."""
     parser = argparse.ArgumentParser(prog="python -m snnfast.datasets",
-                                     description="Fetch and check the MNIST / Fashion-MNIST cache.")
+                                     description="Fetch and check the MNIST / Fashion-MNIST cache; "
+                                     "write synthetic event frames.")
     sub = parser.add_subparsers(dest="command", required=True)
     p_fetch = sub.add_parser("fetch", help="build the verified cache file of a data set")
     p_fetch.add_argument("name", choices=DATASETS)
@@ -662,8 +938,18 @@ def main(argv=None):
     p_fetch.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p_info = sub.add_parser("info", help="show what is cached and whether its checksums hold")
     p_info.add_argument("--data-dir", help="cache directory (default $SNNFAST_DATA or ~/.cache/snnfast)")
+    p_syn = sub.add_parser("synthetic-frames",
+                           help="write a small synthetic event-frame data set (an N-MNIST-like "
+                                "stand-in, 2 x 34 x 34) as .npz, for --data")
+    p_syn.add_argument("out", help="output .npz file")
+    p_syn.add_argument("--n-train", type=int, default=2000)
+    p_syn.add_argument("--n-test", type=int, default=500)
+    p_syn.add_argument("--T", type=int, default=8, help="frames per sample")
+    p_syn.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
+    if args.command == "synthetic-frames":
+        return _write_synthetic_frames(parser, args)
     if args.command == "fetch":
         missing = [d for d in args.idx_dir or () if not Path(d).expanduser().is_dir()]
         if missing:

@@ -177,3 +177,54 @@ def test_nir_runtime_script_times_or_skips_the_peers(tmp_path):
         assert len(d["batches"]["2"]["blas/snntorch"]) == 1 and "vs snntorch" in r.stdout
     else:
         assert "snntorch: skipped" in r.stdout
+
+
+def _dyadic_weights(net, seed):
+    """Weights that are multiples of 1/16: every sum of them and of integer inputs is exact in
+    float32 in any order, so the comparison below does not depend on a summation order."""
+    rng = np.random.default_rng(seed)
+    return {k: (rng.integers(-5, 7, s) / 16).astype(np.float32)
+            for k, s in net.param_shapes().items()}
+
+
+@pytest.mark.skipif(not BENCH.is_dir(), reason="bench/ is not shipped with this install")
+@pytest.mark.parametrize("encoder", ["hybrid", "direct"])
+def test_snntorch_network_of_a_description_is_snnfasts(encoder):
+    # bench/peers.py --config compares snnfast with snnTorch on the same network: with the
+    # same weights, snnTorch's network must give the engine's outputs exactly
+    pytest.importorskip("torch")
+    pytest.importorskip("snntorch")
+    import snntorch
+    import torch
+    from snnfast import engine
+    from snnfast.network import (IF, LIF, AvgPool2d, Conv2d, Direct, Flatten, Hybrid, Linear,
+                                 MaxPool2d, Network, RateReadout, SumPool2d)
+    peers = _load_bench("peers")
+    T = 6
+    enc = Hybrid(T=T, n_det=T) if encoder == "hybrid" else Direct(T=T)   # no random coding
+    net = Network((2, 10, 9), [
+        Conv2d(out_channels=4, kernel_size=3, padding=1), LIF(), SumPool2d(2),
+        Conv2d(out_channels=5, kernel_size=2), IF(period=2, phase=1), MaxPool2d(2),
+        AvgPool2d(1), Flatten(), Linear(out_features=12, bias=False),
+        LIF(decay=0.5, threshold=0.5, reset="subtract", drive="cumulative", period=2,
+            phase=1, scale=0.5),
+        RateReadout(norm="steps"), Linear(out_features=3)], encoder=enc)
+    w = _dyadic_weights(net, 2)
+    rng = np.random.default_rng(2)
+    if encoder == "hybrid":
+        X = rng.integers(0, 256, (16, 2, 10, 9)).astype(np.uint8)
+    else:
+        X = rng.integers(0, 2, (16, T, 2, 10, 9)).astype(np.float32)
+    want = engine.forward(net, w, X, n_threads=1)
+    assert all(c.sum() > 0 for k, c in want["counts"].items() if k in net.spiking_layers())
+    torch.manual_seed(0)
+    model = peers.snntorch_net(torch, snntorch, net)
+    peers.set_snntorch_weights(model, net, w)
+    x = torch.from_numpy(X).float()
+    # im2col + matrix product convolutions (oneDNN or NNPACK may pick Winograd's algorithm,
+    # whose transforms round)
+    with torch.no_grad(), torch.backends.mkldnn.flags(enabled=False), \
+            torch.backends.nnpack.flags(enabled=False):
+        got = model(x / 255 if encoder == "hybrid" else x, None).numpy()
+    assert len(set(want["output"][:, 0].tolist())) > 3       # the outputs depend on the input
+    np.testing.assert_array_equal(got, want["output"])

@@ -6,7 +6,8 @@ from ._config import check_cpu as _check_cpu, effective_n_threads, openmp_enable
 # here with a clear ImportError, not later with an illegal instruction.
 _check_cpu()
 
-__all__ = ["__version__", "effective_n_threads", "openmp_enabled", "show_config", "ConvSNN"]
+__all__ = ["__version__", "effective_n_threads", "openmp_enabled", "show_config", "ConvSNN",
+           "SNN"]
 
 
 def __getattr__(name):
@@ -14,4 +15,7 @@ def __getattr__(name):
     if name == "ConvSNN":
         from .convsnn import ConvSNN
         return ConvSNN
+    if name == "SNN":
+        from .train.trainer import SNN
+        return SNN
     raise AttributeError(f"module 'snnfast' has no attribute {name!r}")

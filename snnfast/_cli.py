@@ -18,7 +18,7 @@ __all__ = ["int_at_least", "positive_int", "nonneg_int", "positive_float",
            "same_file", "make_out_dir",
            "remove_if_empty", "interrupt_exit_code", "ignore_interrupts",
            "exits_cleanly_on_interrupt", "terminate_as_interrupt", "run_program",
-           "openmp_wait_defaults"]
+           "openmp_wait_defaults", "install_stop_handlers", "restore_handlers"]
 
 
 def int_at_least(low):
@@ -240,3 +240,32 @@ def openmp_wait_defaults():
     if "OMP_WAIT_POLICY" not in os.environ:
         os.environ.setdefault("GOMP_SPINCOUNT", "100000")
         os.environ.setdefault("KMP_BLOCKTIME", "3")
+
+
+def install_stop_handlers(owner):
+    """Turn Ctrl-C and SIGTERM into a request that a training loop honours between batches
+    (its state stays consistent): the first signal sets ``owner._stop`` and
+    ``owner.stop_signal_``, a second raises KeyboardInterrupt at once. Returns the previous
+    handlers for :func:`restore_handlers` (None outside the main thread, where there are no
+    signal handlers)."""
+    owner._stop = False
+    owner.stop_signal_ = None
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum, frame):
+        if owner._stop:            # a second signal: stop at once
+            raise KeyboardInterrupt
+        owner._stop = True
+        owner.stop_signal_ = signum
+    for s in old:
+        signal.signal(s, handler)
+    return old
+
+
+def restore_handlers(old):
+    """Put back the handlers :func:`install_stop_handlers` returned (None: nothing)."""
+    if old is not None:
+        for sig, h in old.items():
+            signal.signal(sig, signal.SIG_DFL if h is None else h)

@@ -55,10 +55,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import convsnn_numpy as cnp
+from ._cli import install_stop_handlers, restore_handlers
 from ._config import effective_n_threads
 from ._utils import (_json_default, array_digest, atomic_h5, check_named_arrays, h5_format,
                      is_real_number)
 from .network import PRESET_NAMES, load_preset
+from .train.schedule import ema_factor, lr_at  # noqa: F401 (lr_at: also this module's name)
 
 __all__ = ["ConvSNN", "ConvSNNConfig", "PRESETS", "FORMAT_VERSION", "check_params", "check_lif"]
 
@@ -455,21 +457,6 @@ def shift_images(X, dy, dx):
     return out
 
 
-def lr_at(cfg, epoch, frac_in_run):
-    """Learning rate of a step: ``epoch`` (0-based), ``frac_in_run`` in [0, 1) of all steps."""
-    if cfg.lr_schedule == "step":
-        # reference: after epoch e > 0 with e % 5 == 0, lr *= 0.95 (so epochs 0-5 use lr)
-        return cfg.lr * 0.95 ** max(0, (epoch - 1) // 5)
-    if cfg.lr_schedule == "constant":
-        return cfg.lr
-    w = cfg.warmup_frac
-    if frac_in_run < w:
-        return cfg.lr * (frac_in_run + 1e-12) / w
-    x = (frac_in_run - w) / max(1e-12, 1.0 - w)
-    lo = cfg.final_lr_frac
-    return cfg.lr * (lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * min(1.0, x))))
-
-
 def _empty_counters(T):
     keys = ("input_spikes", "conv_spikes", "hidden_spikes", "conv_synaptic_events",
             "fc1_row_adds")
@@ -619,8 +606,7 @@ class ConvSNN:
         if self._ema is None:
             self._ema = {k: v.copy() for k, v in self._p.items()}
             return
-        # early on the average would be dominated by the initial weights: shorter memory
-        d = min(c.ema_decay, (1.0 + self.step_) / (c.ema_ramp + self.step_)) ** c.ema_every
+        d = ema_factor(c, self.step_)   # early on: a shorter memory
         for k, v in self._ema.items():
             if self._K is not None:
                 # the model's own weights, finite after every step the optimiser checked
@@ -918,22 +904,7 @@ class ConvSNN:
     def _install_stop_handlers(self):
         """Turn Ctrl-C and SIGTERM into a request honoured between batches (state stays
         consistent); returns the previous handlers (None outside the main thread)."""
-        import signal
-        import threading
-        self._stop = False
-        self.stop_signal_ = None
-        if threading.current_thread() is not threading.main_thread():
-            return None
-        old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-
-        def handler(signum, frame):
-            if self._stop:            # a second signal: stop at once
-                raise KeyboardInterrupt
-            self._stop = True
-            self.stop_signal_ = signum
-        for s in old:
-            signal.signal(s, handler)
-        return old
+        return install_stop_handlers(self)
 
     def fit(self, X, y, X_val=None, y_val=None, epochs=None, callback=None, sample_ids=None,
             val_ids=None, verbose=False, restore_best=True):
@@ -997,10 +968,7 @@ class ConvSNN:
                         if extra:
                             m.update(extra)
         finally:
-            if old_handlers is not None:
-                import signal
-                for sig, h in old_handlers.items():
-                    signal.signal(sig, signal.SIG_DFL if h is None else h)
+            restore_handlers(old_handlers)
         if restore_best and have_val and self._best is not None:
             self.set_params(self._best["params"])
         return self

@@ -1,4 +1,5 @@
-"""HDF5 files of any :class:`~snnfast.network.Network` with its weights (format ``network-1``).
+"""HDF5 files of any :class:`~snnfast.network.Network` with its weights (format ``network-1``;
+``network-2`` when a training state is stored too).
 
 Layout of a file:
 
@@ -9,6 +10,12 @@ Layout of a file:
 * group ``weights``: one float32 dataset per array of :meth:`Network.param_shapes`
   (``"conv.weight"``, ...), each with the attribute ``sha256``
   (:func:`snnfast._utils.array_digest` of its dtype, shape and bytes), checked by :func:`load`.
+
+A ``network-2`` file (a training checkpoint, :class:`snnfast.train.SNN`) is a ``network-1``
+file plus the attribute ``training`` (JSON: options, counters, history) and the group
+``training`` of arrays (optimiser moments, raw weights, best-validation weights), each with its
+digest; :func:`load` reads both formats (ignoring the state), :func:`load_checkpoint` also
+returns the state.
 
 The file is written atomically (:func:`snnfast._utils.atomic_h5`): a reader sees the old
 file or the complete new one.
@@ -22,9 +29,11 @@ from .._utils import _json_default, array_digest, atomic_h5, check_named_arrays,
 from .graph import Network
 from .layers import ConfigError
 
-__all__ = ["save", "load", "FORMAT", "is_network_file"]
+__all__ = ["save", "load", "load_checkpoint", "FORMAT", "FORMAT_STATE", "is_network_file"]
 
 FORMAT = "network-1"
+FORMAT_STATE = "network-2"
+_FORMATS = (FORMAT, FORMAT_STATE)
 _DIGEST = "sha256"
 
 
@@ -43,7 +52,7 @@ def _check_weights(network, weights):
     return check_named_arrays(weights, shapes, "weight")
 
 
-def save(path, network, weights, metadata=None):
+def save(path, network, weights, metadata=None, state=None):
     """Write ``network`` and its ``weights`` to the HDF5 file ``path`` (format ``network-1``).
 
     Parameters
@@ -55,6 +64,9 @@ def save(path, network, weights, metadata=None):
         :meth:`Network.param_shapes` lists them (stored as float32).
     metadata : dict, optional
         Anything JSON can hold (NumPy scalars and arrays allowed), returned by :func:`load`.
+    state : dict, optional
+        A training state ``{"attrs": JSON-able dict, "arrays": {name: array}}`` (names of
+        letters, digits, ``_``, ``.`` and ``:``); the file is then of format ``network-2``.
 
     Raises
     ------
@@ -77,29 +89,39 @@ def save(path, network, weights, metadata=None):
         raise ValueError(f"metadata cannot be written as JSON: {exc}") from None
     if Path(path).is_dir():
         raise ValueError(f"{path} is a directory, not a file name")
+    if state is not None:
+        state_attrs = json.dumps(state["attrs"], default=_json_default)
     from .. import __version__
     with atomic_h5(path) as f:
-        f.attrs["snnfast_format"] = FORMAT
+        f.attrs["snnfast_format"] = FORMAT if state is None else FORMAT_STATE
         f.attrs["snnfast_version"] = __version__
         f.attrs["network"] = json.dumps(network.to_dict())
         f.attrs["metadata"] = meta
         g = f.create_group("weights")
         for k, a in w.items():
             g.create_dataset(k, data=a).attrs[_DIGEST] = array_digest(a)
+        if state is not None:
+            f.attrs["training"] = state_attrs
+            g = f.create_group("training")
+            for k, a in state["arrays"].items():
+                a = np.ascontiguousarray(a)
+                g.create_dataset(k, data=a).attrs[_DIGEST] = array_digest(a)
 
 
 def is_network_file(path):
-    """True if ``path`` is a readable HDF5 file of format ``network-1`` (no other check)."""
+    """True if ``path`` is a readable HDF5 file of format ``network-1`` or ``network-2`` (no
+    other check)."""
     import h5py
     try:
         with h5py.File(path, "r") as f:
-            return h5_format(f) == FORMAT
+            return h5_format(f) in _FORMATS
     except Exception:              # not HDF5, missing, unreadable: not one
         return False
 
 
 def load(path):
-    """Read a file written by :func:`save`.
+    """Read a file written by :func:`save` (``network-1`` or ``network-2``; a training state
+    is checked but not returned: see :func:`load_checkpoint`).
 
     Returns
     -------
@@ -115,6 +137,13 @@ def load(path):
         that does not match its SHA-256 digest (a flipped byte), a missing or extra array, or
         an invalid description.
     """
+    return load_checkpoint(path)[:3]
+
+
+def load_checkpoint(path):
+    """As :func:`load`, plus the training state: ``(network, weights, metadata, state)``
+    with ``state`` ``{"attrs": dict, "arrays": {name: array}}`` (arrays checked against their
+    digests) or None for a file without one."""
     import h5py
     path = Path(path)
     if not path.is_file():
@@ -122,6 +151,7 @@ def load(path):
     try:
         with h5py.File(path, "r") as f:
             net_text, meta_text, arrays = _read(f)
+            state = _read_state(f)
     except _Refused as exc:
         raise ValueError(f"{path}: {exc}") from None
     except Exception as exc:        # h5py raises OSError/KeyError/... for damaged files
@@ -134,16 +164,20 @@ def load(path):
         if not isinstance(metadata, dict):
             raise ValueError(f"metadata is a JSON {type(metadata).__name__}, not an object")
         weights = _check_weights(network, arrays)
+        if state is not None:
+            state["attrs"] = json.loads(state["attrs"])
+            if not isinstance(state["attrs"], dict):
+                raise ValueError("the training state is not a JSON object")
     except (ConfigError, TypeError, ValueError) as exc:
         raise ValueError(f"{path}: invalid network file content ({exc})") from None
-    return network, weights, metadata
+    return network, weights, metadata, state
 
 
 def _read(f):
     """(description JSON, metadata JSON, {name: verified array}) of an open file."""
     import h5py
     fmt = h5_format(f)
-    if fmt != FORMAT:
+    if fmt not in _FORMATS:
         hint = " (a ConvSNN file: use snnfast.convsnn.ConvSNN.load)" if fmt == "convsnn-1" else ""
         raise _Refused(f"not an snnfast network file (snnfast_format={fmt!r}, expected "
                        f"{FORMAT!r}){hint}")
@@ -152,8 +186,13 @@ def _read(f):
             raise _Refused(f"the file has no {key!r} attribute")
     if not isinstance(f.get("weights"), h5py.Group):
         raise _Refused("the file has no 'weights' group")
+    return _text(f.attrs["network"]), _text(f.attrs["metadata"]), _arrays(f["weights"])
+
+
+def _arrays(group):
+    """{name: array} of a group's datasets, each checked against its digest."""
     arrays = {}
-    for k, dset in f["weights"].items():
+    for k, dset in group.items():
         a = np.array(dset)
         want = dset.attrs.get(_DIGEST)
         want = want.decode() if isinstance(want, bytes) else want
@@ -163,7 +202,17 @@ def _read(f):
             raise _Refused(f"array {k!r} does not match its SHA-256 digest: the file is "
                            f"damaged (e.g. a flipped byte); it is not used")
         arrays[k] = a
-    return _text(f.attrs["network"]), _text(f.attrs["metadata"]), arrays
+    return arrays
+
+
+def _read_state(f):
+    """The training state of a ``network-2`` file (None for ``network-1``)."""
+    if h5_format(f) != FORMAT_STATE:
+        return None
+    import h5py
+    if "training" not in f.attrs or not isinstance(f.get("training"), h5py.Group):
+        raise _Refused("a network-2 file without its training state")
+    return {"attrs": _text(f.attrs["training"]), "arrays": _arrays(f["training"])}
 
 
 def _text(v):

@@ -27,13 +27,23 @@ from pathlib import Path
 
 import numpy as np
 
-from ._cli import (ignore_interrupts, interrupt_exit_code, make_out_dir, nonneg_int,
+from .._cli import (ignore_interrupts, interrupt_exit_code, make_out_dir, nonneg_int,
                    openmp_wait_defaults, positive_float, positive_int, remove_if_empty,
                    terminate_as_interrupt)
-from ._utils import file_lock, special_file_kind, write_json
-from .network import PRESET_NAMES
+from .._utils import file_lock, special_file_kind, write_json
+from ..network import PRESET_NAMES
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "SNN", "Trainer", "TrainingConfig"]
+
+
+def __getattr__(name):
+    # the training API (snnfast.train.trainer) loads on first use: snnfast.convsnn imports
+    # snnfast.train.schedule, so this package must not import the trainer (which imports
+    # snnfast.convsnn) when it loads
+    if name in ("SNN", "Trainer", "TrainingConfig", "training_config"):
+        from . import trainer
+        return getattr(trainer, name)
+    raise AttributeError(f"module 'snnfast.train' has no attribute {name!r}")
 
 
 def build_parser():
@@ -109,7 +119,7 @@ def _config_overrides(parser, args):
 def _load_data(args):
     if args.synthetic:
         return synthetic_digits(args.synthetic, max(1, args.synthetic // 5), seed=12345)
-    from . import datasets
+    from .. import datasets
     Xtr, ytr = datasets.load(args.dataset, "train", args.data_dir)
     Xte, yte = datasets.load(args.dataset, "test", args.data_dir)
     return Xtr, ytr, Xte, yte
@@ -198,7 +208,7 @@ def main(argv=None):
 
 def _new_model(parser, args):
     """A fresh model for the command's options (parser.error for an invalid combination)."""
-    from .convsnn import ConvSNN
+    from ..convsnn import ConvSNN
     overrides = _config_overrides(parser, args)
     try:
         return ConvSNN(args.preset, seed=args.seed, n_threads=args.threads,
@@ -209,8 +219,8 @@ def _new_model(parser, args):
 
 def _locked_main(parser, args, run_dir, model):
     """The training, with the run directory locked for this process."""
-    from .convsnn import TrainingError
-    from .datasets import train_val_split
+    from ..convsnn import TrainingError
+    from ..datasets import train_val_split
     ckpt_path, model_path = run_dir / "checkpoint.h5", run_dir / "model.h5"
     metrics_path = run_dir / "metrics.json"
     for name in (ckpt_path, model_path, metrics_path, run_dir / "energy.json"):
@@ -290,7 +300,7 @@ def _locked_main(parser, args, run_dir, model):
     if args.no_plots:
         return 0
     try:
-        from . import plotting
+        from .. import plotting
         plotting.training_report(run_dir, model, summary, Xte, yte)
     except ImportError:
         pass
@@ -342,7 +352,7 @@ def _report_write_error(exc, ckpt_path):
 def _resume(parser, args, ckpt_path, model_path):
     """The model of ``ckpt_path``, after checking that the command asks for the same run and
     that the run is not finished."""
-    from .convsnn import ConvSNN
+    from ..convsnn import ConvSNN
     if not ckpt_path.is_file():
         parser.error(f"--resume: no checkpoint at {ckpt_path}")
     try:
@@ -382,7 +392,7 @@ def _resume(parser, args, ckpt_path, model_path):
 def _energy_report(run_dir, model_path, images, n_threads):
     """Print and save (energy.json) the same figures as ``python -m snnfast.energy``."""
     try:
-        from . import energy
+        from .. import energy
         out, line = energy.summarize(model_path, images, n_threads=n_threads)
     except Exception as exc:  # the report must never lose a finished training
         print(f"warning: energy report failed: {exc}", file=sys.stderr)
@@ -398,8 +408,3 @@ def _metrics(model, epochs, args, done):
             "backend": model.backend, "config": model.config.to_dict(),
             "best_epoch": best[0] if best else None, "best_val_acc": best[1] if best else None,
             "history": model.history_}
-
-
-if __name__ == "__main__":
-    from ._cli import run_program
-    sys.exit(run_program(main))

@@ -1,0 +1,781 @@
+"""Training any network description: the :class:`SNN` estimator and its :class:`Trainer`.
+
+>>> import snnfast
+>>> from snnfast.network import Network
+>>> net = Network.from_file("examples/fmnist-cnn.toml")
+>>> model = snnfast.SNN(net, seed=0, epochs=10)               # or SNN("fmnist-cnn.toml")
+>>> model.fit(X_train, y_train, X_val, y_val, verbose=True)
+>>> model.evaluate(X_test, y_test)["accuracy"]
+>>> model.save("cnn.h5")                                       # snnfast.network.load reads it
+
+:class:`SNN` is the network with its weights (``fit``, ``predict``, ``evaluate``,
+``save``/``load``, ``weights``); the :class:`Trainer` it creates holds everything that only
+training needs (options, Adam's moments, the weight average, the best-validation weights, the
+history, the position in the run) and runs the loop: a forward pass through the compiled
+engine (:mod:`snnfast.engine`, recording every layer's spikes), the rate surrogate gradient
+(:mod:`snnfast.train.surrogate`), Adam, a warm-up + cosine schedule and an exponential moving
+average of the weights, which is the model that is validated, selected and saved.
+"""
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .._cli import install_stop_handlers, restore_handlers
+from .._config import effective_n_threads
+from .._utils import is_real_number
+from ..convsnn import TrainingError
+from ..network import ConfigError, Network, read_description
+from ..network.layers import Conv2d, Direct, Linear
+from . import surrogate as sg
+from .schedule import ema_factor, lr_at
+
+__all__ = ["SNN", "Trainer", "TrainingConfig", "TrainingError", "training_config"]
+
+EVAL_EPOCH = 2 ** 32 - 1          # the noise key's epoch of evaluation (snnfast.engine's)
+MAX_BATCH_SIZE = 4096
+MAX_EPOCHS = 10_000
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """The options of a training run (the ``[training]`` table of a description file).
+
+    Attributes
+    ----------
+    seed : int
+        Initialisation, shuffling, augmentation and the input noise.
+    epochs, batch_size : int
+    lr : float
+        Peak learning rate of Adam.
+    lr_schedule : {"onecycle", "constant", "step"}
+        "onecycle": linear warm-up over ``warmup_frac`` of the steps, cosine decay to
+        ``final_lr_frac * lr`` (:func:`snnfast.train.schedule.lr_at`).
+    warmup_frac, final_lr_frac : float in [0, 1]
+    beta1, beta2, eps : float
+        Adam's.
+    surr_center, surr_slope : float
+        phi of every spiking layer (fast sigmoid, peak at ``center``, slope ``k``).
+    surrogate : dict
+        Per-layer overrides ``{layer name: {"center": c, "slope": k}}``.
+    init_gain : float
+        Weights start N(0, gain^2 2/fan_in) (Conv2d) or N(0, gain^2/fan_in) (Linear); biases 0.
+    augment_shift : int
+        Random shifts of up to this many pixels (zero fill), per (seed, epoch, sample).
+    augment_flip : bool
+        Random horizontal flips, per (seed, epoch, sample).
+    ema_decay, ema_every, ema_ramp
+        The weight average (``ema_decay = 0``: none; see
+        :func:`snnfast.train.schedule.ema_factor`).
+    val_size : int
+        Images held out of the training set for model selection (command line).
+    eval_batch_size : int
+    """
+    seed: int = 0
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1.5e-3
+    lr_schedule: str = "onecycle"
+    warmup_frac: float = 0.03
+    final_lr_frac: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    surr_center: float = sg.DEFAULT_CENTER
+    surr_slope: float = sg.DEFAULT_SLOPE
+    surrogate: dict = field(default_factory=dict)
+    init_gain: float = 1.0
+    augment_shift: int = 2
+    augment_flip: bool = False
+    ema_decay: float = 0.998
+    ema_every: int = 4
+    ema_ramp: float = 10.0
+    val_size: int = 5000
+    eval_batch_size: int = 256
+
+    def __post_init__(self):
+        for name, lo, hi in (("seed", 0, 2 ** 64 - 1), ("epochs", 0, MAX_EPOCHS),
+                             ("batch_size", 1, MAX_BATCH_SIZE), ("augment_shift", 0, 8),
+                             ("ema_every", 1, 10 ** 6), ("val_size", 0, 10 ** 9),
+                             ("eval_batch_size", 1, MAX_BATCH_SIZE)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not lo <= v <= hi:
+                raise ValueError(f"training: {name} must be an integer in [{lo}, {hi}], "
+                                 f"got {v!r}")
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.type in (float, "float") and (not is_real_number(v) or not math.isfinite(v)):
+                raise ValueError(f"training: {f.name} must be a finite number, got {v!r}")
+        checks = (("lr", self.lr > 0, "> 0"), ("eps", self.eps > 0, "> 0"),
+                  ("surr_slope", self.surr_slope > 0, "> 0"),
+                  ("init_gain", self.init_gain > 0, "> 0"),
+                  ("warmup_frac", 0 <= self.warmup_frac <= 1, "in [0, 1]"),
+                  ("final_lr_frac", 0 <= self.final_lr_frac <= 1, "in [0, 1]"),
+                  ("beta1", 0 <= self.beta1 < 1, "in [0, 1)"),
+                  ("beta2", 0 <= self.beta2 < 1, "in [0, 1)"),
+                  ("ema_decay", 0 <= self.ema_decay < 1, "in [0, 1)"),
+                  ("ema_ramp", self.ema_ramp >= 1, ">= 1"))
+        for name, ok, want in checks:
+            if not ok:
+                raise ValueError(f"training: {name} must be {want}, got {getattr(self, name)!r}")
+        if self.lr_schedule not in ("onecycle", "constant", "step"):
+            raise ValueError(f"training: lr_schedule must be 'onecycle', 'constant' or 'step', "
+                             f"got {self.lr_schedule!r}")
+        if not isinstance(self.augment_flip, (bool, np.bool_)):
+            raise ValueError(f"training: augment_flip must be true or false, got "
+                             f"{self.augment_flip!r}")
+        _check_surrogate(self.surrogate)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    def check_network(self, network):
+        """ValueError unless every layer of ``surrogate`` is a spiking layer of ``network``."""
+        names = network.spiking_layers()
+        for k in self.surrogate:
+            if k not in names:
+                raise ValueError(f"training: surrogate names {k!r}, not a LIF/IF layer of the "
+                                 f"network (those are {', '.join(names)})")
+
+    def surrogates(self):
+        """The per-layer surrogate table of :func:`snnfast.train.surrogate.plan`."""
+        return _Surrogates(self)
+
+
+class _Surrogates(dict):
+    """``{name: {"center", "slope"}}`` that answers the global defaults for other layers."""
+
+    def __init__(self, cfg):
+        super().__init__({k: {"center": v.get("center", cfg.surr_center),
+                              "slope": v.get("slope", cfg.surr_slope)}
+                          for k, v in cfg.surrogate.items()})
+        self.default = {"center": cfg.surr_center, "slope": cfg.surr_slope}
+
+    def get(self, key, default=None):
+        return super().get(key, self.default)
+
+
+def _check_surrogate(table):
+    if not isinstance(table, dict):
+        raise ValueError(f"training: surrogate must be a table {{layer = {{center, slope}}}}, "
+                         f"got {table!r}")
+    for k, v in table.items():
+        if not isinstance(v, dict) or set(v) - {"center", "slope"}:
+            raise ValueError(f"training: surrogate.{k} must be a table with center and/or "
+                             f"slope, got {v!r}")
+        for f, x in v.items():
+            if not is_real_number(x) or not math.isfinite(x) or (f == "slope" and x <= 0):
+                raise ValueError(f"training: surrogate.{k}.{f} must be a finite number"
+                                 f"{' > 0' if f == 'slope' else ''}, got {x!r}")
+
+
+TRAINING_FIELDS = tuple(f.name for f in dataclasses.fields(TrainingConfig))
+
+
+def training_config(table=None, **overrides):
+    """A :class:`TrainingConfig` from a ``[training]`` table and overrides; ValueError (one
+    line, naming the option) for an unknown or invalid one."""
+    d = dict(table or {})
+    d.update(overrides)
+    bad = sorted(set(d) - set(TRAINING_FIELDS))
+    if bad:
+        raise ValueError(f"training: unknown option(s) {', '.join(map(repr, bad))} (options: "
+                         f"{', '.join(TRAINING_FIELDS)})")
+    return TrainingConfig(**d)
+
+
+# ----------------------------------------------------------------------------- inputs
+def _check_inputs(network, X, name="X"):
+    """Validated C-contiguous inputs: uint8 images (N, C, H, W) for the Hybrid encoder,
+    float32 frames (N, T, C, H, W) for Direct."""
+    if not isinstance(X, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(X).__name__}")
+    shape = network.input_shape
+    if isinstance(network.encoder, Direct):
+        want = (network.T,) + shape
+        if X.ndim != 5 or X.shape[1:] != want:
+            raise ValueError(f"{name} must have shape (N, {', '.join(map(str, want))}) "
+                             f"(event frames for the Direct encoder), got {X.shape}")
+        if X.dtype.kind not in "biuf" or not np.isfinite(X).all():
+            raise ValueError(f"{name} must hold finite real numbers")
+        return np.ascontiguousarray(X, dtype=np.float32)
+    if X.dtype != np.uint8:
+        raise ValueError(f"{name} must be uint8 images (pixels 0..255) for the Hybrid encoder, "
+                         f"got dtype {X.dtype}")
+    P = int(np.prod(shape))
+    if X.ndim == 2 and X.shape[1] == P or shape[0] == 1 and X.shape[1:] == shape[1:]:
+        X = X.reshape((len(X),) + shape)
+    if X.shape[1:] != shape:
+        raise ValueError(f"{name} must have shape (N, {', '.join(map(str, shape))}) or "
+                         f"(N, {P}), got {X.shape}")
+    return np.ascontiguousarray(X)
+
+
+def _check_labels(y, n, n_classes, name="y"):
+    if not isinstance(y, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(y).__name__}")
+    if y.dtype.kind not in "iu":
+        raise ValueError(f"{name} must hold integer class labels, got dtype {y.dtype}")
+    if y.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},), got {y.shape}")
+    if n and (y.min() < 0 or y.max() >= n_classes):
+        raise ValueError(f"{name} must hold labels 0..{n_classes - 1} (the network has "
+                         f"{n_classes} outputs), got {y.min()}..{y.max()}")
+    return y.astype(np.int64)
+
+
+def _check_ids(ids, n, name="sample_ids"):
+    if ids is None:
+        return np.arange(n, dtype=np.int64)
+    ids = np.asarray(ids)
+    if ids.dtype.kind not in "iu" or ids.shape != (n,) or (n and ids.min() < 0):
+        raise ValueError(f"{name} must be {n} integers >= 0, got {ids.dtype} {ids.shape}")
+    return np.ascontiguousarray(ids, dtype=np.int64)
+
+
+def shift(X, dy, dx):
+    """Shift each sample's last two axes (rows, columns) by integer ``(dy[i], dx[i])``, zero
+    fill: ``out[i, ..., y, x] = X[i, ..., y - dy[i], x - dx[i]]``."""
+    out = np.zeros_like(X)
+    H, W = X.shape[-2:]
+    for i, (a, b) in enumerate(zip(dy, dx)):
+        a, b = int(a), int(b)
+        if abs(a) < H and abs(b) < W:
+            out[i, ..., max(a, 0):H + min(a, 0), max(b, 0):W + min(b, 0)] = \
+                X[i, ..., max(-a, 0):H - max(a, 0), max(-b, 0):W - max(b, 0)]
+    return out
+
+
+# ----------------------------------------------------------------------------- the model
+class SNN:
+    """A spiking network description with its weights: train, predict, evaluate, save.
+
+    Parameters
+    ----------
+    network : Network, or a path to a ``.toml``/``.json`` description
+        A file's ``[training]`` table gives the default training options.
+    weights : dict, optional
+        ``{"<layer>.weight": array, ...}`` as :meth:`Network.param_shapes` lists (default:
+        random, from ``seed``; see :class:`TrainingConfig`'s ``init_gain``).
+    seed : int, optional
+        Overrides the training options' ``seed``.
+    n_threads : int, optional
+        Threads of the kernels and of the backward pass (rule:
+        :func:`snnfast.effective_n_threads`); no result depends on it.
+    **options
+        Any :class:`TrainingConfig` field (``epochs=10, lr=1e-3, ...``).
+
+    Attributes
+    ----------
+    network : Network
+    config : TrainingConfig
+    weights : dict of float32 arrays (a copy: the weight average once training has made one)
+    trainer : Trainer or None (after :meth:`fit`, or loaded from a checkpoint)
+    history_ : list of per-epoch metrics dicts (the trainer's)
+
+    Raises
+    ------
+    ConfigError, ValueError
+        A description or an option that cannot run, naming the layer or option.
+    """
+
+    def __init__(self, network, weights=None, *, seed=None, n_threads=None, **options):
+        table = {}
+        if isinstance(network, (str, Path)):
+            d = read_description(network)
+            network = Network.from_dict(d.get("network", d))
+            table = d.get("training", {})
+            if not isinstance(table, dict):
+                raise ValueError(f"{d}: [training] must be a table")
+        if not isinstance(network, Network):
+            raise TypeError(f"network must be a snnfast.network.Network or a description file, "
+                            f"got {type(network).__name__}")
+        if len(network.output_shape) != 1:
+            raise ConfigError(f"network: the output must be a vector of class scores, got "
+                              f"shape {network.output_shape}")
+        if seed is not None:
+            options["seed"] = seed
+        self.network = network
+        self.config = training_config(table, **options)
+        self.config.check_network(network)
+        effective_n_threads(n_threads)                 # validate early
+        self.n_threads = n_threads
+        self._w = self._init_weights() if weights is None else _checked_weights(network, weights)
+        self._avg = None                               # the weight average, once made
+        self.trainer = None
+        self._compiled, self._version = (None, None), 0
+
+    @property
+    def n_classes(self):
+        return int(self.network.output_shape[0])
+
+    def _init_weights(self):
+        rng = np.random.default_rng((self.config.seed, 0x5EED))
+        g, out = self.config.init_gain, {}
+        net = self.network
+        for i, layer in enumerate(net):
+            for k, shape in layer.param_shapes(net.input_shape_of(i)).items():
+                if k == "bias":
+                    out[f"{layer.name}.{k}"] = np.zeros(shape, np.float32)
+                    continue
+                fan_in = int(np.prod(shape[1:])) if isinstance(layer, Conv2d) else shape[0]
+                std = g * math.sqrt((2.0 if isinstance(layer, Conv2d) else 1.0) / fan_in)
+                out[f"{layer.name}.{k}"] = (rng.standard_normal(shape) * std).astype(np.float32)
+        return out
+
+    # ------------------------------------------------------------------ weights
+    @property
+    def weights(self):
+        """The weights used for inference (the weight average once it exists), as copies."""
+        return {k: v.copy() for k, v in self._infer_w().items()}
+
+    def set_weights(self, weights):
+        """Replace the weights (checked against the network); restarts the weight average."""
+        self._w = _checked_weights(self.network, weights)
+        self._avg = None
+        self._changed()
+
+    def _infer_w(self):
+        return self._avg if self._avg is not None else self._w
+
+    def _engine(self, raw=False):
+        """The compiled engine (:class:`snnfast.engine.CompiledNetwork`) of the inference
+        weights, or of the raw training weights with ``raw``; rebuilt after every change
+        (:meth:`_changed`), since it lays the weights out once."""
+        from ..engine import CompiledNetwork
+        key = (raw, self._version)
+        if self._compiled[0] != key:
+            self._compiled = (key, CompiledNetwork(self.network,
+                                                   self._w if raw else self._infer_w()))
+        return self._compiled[1]
+
+    def _changed(self):
+        """Note that the weights changed (training updates them in place)."""
+        self._version += 1
+
+    # ------------------------------------------------------------------ inference
+    def forward(self, X, sample_ids=None, *, record=False):
+        """The engine's forward pass (:func:`snnfast.engine.forward`) of ``X`` with the
+        inference weights and the evaluation noise key."""
+        X = _check_inputs(self.network, X)
+        ids = _check_ids(sample_ids, len(X))
+        return self._engine().forward(X, seed=self.config.seed, epoch=EVAL_EPOCH,
+                                      sample_ids=ids, n_threads=self.n_threads, record=record)
+
+    def _batches(self, X, ids):
+        bs = self.config.eval_batch_size
+        eng = self._engine()
+        for i in range(0, len(X), bs):
+            yield i, eng.forward(X[i:i + bs], seed=self.config.seed, epoch=EVAL_EPOCH,
+                                 sample_ids=ids[i:i + bs], n_threads=self.n_threads)
+
+    def predict_scores(self, X, sample_ids=None):
+        """Class scores (N, n_classes) float32 (the network's output)."""
+        X = _check_inputs(self.network, X)
+        ids = _check_ids(sample_ids, len(X))
+        out = np.empty((len(X), self.n_classes), np.float32)
+        for i, fw in self._batches(X, ids):
+            out[i:i + len(fw["output"])] = fw["output"]
+        return out
+
+    def predict(self, X, sample_ids=None):
+        """Predicted classes (N,) int64."""
+        return self.predict_scores(X, sample_ids).argmax(axis=1)
+
+    def evaluate(self, X, y, sample_ids=None):
+        """``{"accuracy", "loss" (mean cross-entropy), "n", "rate_<layer>"}`` on (X, y); a
+        rate is the layer's spikes per neuron per update."""
+        from ..convsnn_numpy import softmax_xent
+        X = _check_inputs(self.network, X)
+        y = _check_labels(y, len(X), self.n_classes)
+        ids = _check_ids(sample_ids, len(X))
+        acc = {"correct": 0, "loss": 0.0, "spikes": {}}
+        for i, fw in self._batches(X, ids):
+            yb = y[i:i + len(fw["output"])]
+            loss, _ = softmax_xent(fw["output"], yb)
+            acc["correct"] += int((fw["output"].argmax(axis=1) == yb).sum())
+            acc["loss"] += loss * len(yb)
+            _add_spikes(acc["spikes"], fw)
+        n = max(len(X), 1)
+        return {"accuracy": acc["correct"] / n, "loss": acc["loss"] / n, "n": len(X),
+                **_rates(self.network, acc["spikes"], n)}
+
+    # ------------------------------------------------------------------ training
+    def fit(self, X, y, X_val=None, y_val=None, *, epochs=None, sample_ids=None, val_ids=None,
+            callback=None, verbose=False, restore_best=True):
+        """Train (or continue training) up to ``epochs`` epochs in total.
+
+        Parameters
+        ----------
+        X : uint8 images (N, C, H, W) (or (N, H, W) for C = 1, or (N, C*H*W)) for the Hybrid
+            encoder; float32 frames (N, T, C, H, W) for Direct.
+        y : int (N,), labels 0..n_classes-1
+        X_val, y_val : optional validation set (model selection: the best validation accuracy)
+        epochs : int, default ``config.epochs``
+        sample_ids, val_ids : each sample's index in its data set (keys its input noise;
+            default ``arange``)
+        callback : callable(model, metrics) -> dict or None, after every epoch
+        verbose : bool, a tqdm bar per epoch
+        restore_best : bool, end with the best-validation weights (if a validation set)
+
+        Ctrl-C or SIGTERM stops at the next batch boundary with a consistent state
+        (``trainer.clean_stop_``, ``trainer.stop_signal_``) and raises KeyboardInterrupt;
+        :meth:`save` with ``checkpoint=True`` then allows an exact resume (:meth:`load` +
+        :meth:`fit`). Raises :class:`snnfast.convsnn.TrainingError` if training diverges.
+        """
+        if self.trainer is None:
+            self.trainer = Trainer(self)
+        self.trainer.fit(X, y, X_val, y_val, epochs=epochs, sample_ids=sample_ids,
+                         val_ids=val_ids, callback=callback, verbose=verbose,
+                         restore_best=restore_best)
+        return self
+
+    @property
+    def history_(self):
+        return [] if self.trainer is None else self.trainer.history
+
+    @property
+    def epoch_(self):
+        return 0 if self.trainer is None else self.trainer.epoch
+
+    @property
+    def best_epoch_(self):
+        """(epoch, validation accuracy) of the best-validation weights, or None."""
+        return None if self.trainer is None else self.trainer.best_epoch
+
+    # ------------------------------------------------------------------ files
+    def save(self, path, metadata=None, checkpoint=False):
+        """Write the network and its inference weights (:func:`snnfast.network.save`, format
+        ``network-1``; ``metadata`` gets the training options under ``"training"``). With
+        ``checkpoint=True`` also the trainer's state (format ``network-2``), from which
+        :meth:`load` + :meth:`fit` continue exactly as an uninterrupted run."""
+        from ..network import save
+        meta = dict(metadata or {})
+        meta.setdefault("training", self.config.to_dict())
+        meta.setdefault("history", self.history_)
+        state = None
+        if checkpoint:
+            state = (self.trainer or Trainer(self)).state()
+        save(path, self.network, self._infer_w(), metadata=meta, state=state)
+
+    @classmethod
+    def load(cls, path, n_threads=None):
+        """A model from a file of :meth:`save` (or any ``network-1`` file, whose metadata's
+        ``"training"`` options are used if present); a checkpoint's trainer is restored."""
+        from ..network import load_checkpoint
+        net, weights, meta, state = load_checkpoint(path)
+        opts = meta.get("training", {}) if isinstance(meta.get("training"), dict) else {}
+        try:
+            model = cls(net, weights, n_threads=n_threads, **opts)
+            if state is not None:
+                model.trainer = Trainer(model)
+                model.trainer.restore(state)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: invalid model content ({exc})") from None
+        model.metadata_ = meta
+        return model
+
+    def __repr__(self):
+        return (f"SNN({self.network.name or 'network'!r}, {self.network.n_params()} weights, "
+                f"seed={self.config.seed}, epochs_trained={self.epoch_})")
+
+
+def _checked_weights(network, weights):
+    from ..reference.forward import _check_weights
+    return _check_weights(network, weights)
+
+
+def _add_spikes(acc, fw):
+    for k, v in fw["counts"].items():
+        acc[k] = acc.get(k, 0) + int(v.sum())
+
+
+def _rates(network, spikes, n):
+    out = {"rate_input": spikes.get("input", 0) / (n * int(np.prod(network.input_shape))
+                                                   * network.T)}
+    for i, ly in enumerate(network):
+        if ly.kind == "neuron":
+            size = int(np.prod(network.shapes[i])) * len(ly.update_steps(network.T))
+            out[f"rate_{ly.name}"] = spikes.get(ly.name, 0) / (n * size)
+    return out
+
+
+# ----------------------------------------------------------------------------- the trainer
+DIVERGED_FACTOR = 10
+"""An epoch's mean cross-entropy above ten times chance level means the weights diverged."""
+
+
+class Trainer:
+    """The training of an :class:`SNN`: its loop and everything only training needs.
+
+    Parameters
+    ----------
+    model : SNN
+        Trained in place (its raw weights and weight average).
+
+    Attributes
+    ----------
+    config : TrainingConfig (the model's)
+    epoch, step : int, epochs completed and optimiser steps taken
+    history : list of per-epoch metrics dicts
+    best_epoch : (epoch, validation accuracy) of the kept best weights, or None
+    clean_stop_, stop_signal_ : after a Ctrl-C/SIGTERM (see :meth:`SNN.fit`)
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self.config = model.config
+        self.stages = sg.plan(model.network, self.config.surrogates())
+        self.epoch, self.step = 0, 0
+        self.history = []
+        self._opt = None          # {"m": {...}, "v": {...}, "t": int}
+        self._best = None         # {"val_acc", "epoch", "weights"}
+        self._partial = None      # mid-epoch position {"epoch", "batch", "sums"}
+        self._rows = None
+        self.clean_stop_, self.stop_signal_, self._stop = False, None, False
+
+    @property
+    def best_epoch(self):
+        return None if self._best is None else (self._best["epoch"], self._best["val_acc"])
+
+    # ------------------------------------------------------------------ one step
+    def _kernels(self):
+        from .. import _convsnn_kernels as K
+        return K
+
+    def train_step(self, X, y, ids, epoch, lr):
+        """One optimisation step on a batch; returns (mean loss, #correct, spike counts)."""
+        m, c = self.model, self.config
+        if self._rows is None:
+            self._rows = sg._Rows(m.n_threads)
+        rec = m._engine(raw=True).forward(X, seed=c.seed, epoch=epoch, sample_ids=ids,
+                                      n_threads=m.n_threads, record=True)
+        fw = sg.train_forward(m.network, self.stages, m._w, rec, self._rows)
+        loss, correct, dout = sg.cross_entropy_grad(rec["output"], y)
+        if not math.isfinite(loss):
+            return loss, correct, rec
+        grads = sg.backward(m.network, self.stages, m._w, fw, dout, self._rows)
+        self._adam(grads, lr)
+        self.step += 1
+        self._update_average()
+        m._changed()
+        return loss, correct, rec
+
+    def _adam(self, grads, lr):
+        c, w = self.config, self.model._w
+        if self._opt is None:
+            self._opt = {"m": {k: np.zeros_like(v) for k, v in w.items()},
+                         "v": {k: np.zeros_like(v) for k, v in w.items()}, "t": 0}
+        o = self._opt
+        keys = list(w)
+        # check_finite: a non-finite gradient (divergence) raises before any weight changes
+        self._kernels().adam_step_many([w[k] for k in keys],
+                                       [np.ascontiguousarray(grads[k], np.float32) for k in keys],
+                                       [o["m"][k] for k in keys], [o["v"][k] for k in keys],
+                                       lr=lr, beta1=c.beta1, beta2=c.beta2, eps=c.eps,
+                                       step=o["t"] + 1, n_threads=self.model.n_threads,
+                                       check_finite=True)
+        o["t"] += 1
+
+    def _update_average(self):
+        c, m = self.config, self.model
+        if c.ema_decay <= 0 or self.step % c.ema_every:
+            return
+        if m._avg is None:
+            m._avg = {k: v.copy() for k, v in m._w.items()}
+            return
+        d = ema_factor(c, self.step)
+        for k, v in m._avg.items():
+            self._kernels().ema_step(v, m._w[k], decay=d, check_finite=False,
+                                     n_threads=m.n_threads if v.size >= 65536 else 1)
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self, X, y, X_val=None, y_val=None, *, epochs=None, sample_ids=None, val_ids=None,
+            callback=None, verbose=False, restore_best=True):
+        """See :meth:`SNN.fit`."""
+        m, c = self.model, self.config
+        X = _check_inputs(m.network, X)
+        y = _check_labels(y, len(X), m.n_classes)
+        ids = _check_ids(sample_ids, len(X))
+        if (X_val is None) != (y_val is None):
+            raise ValueError("give X_val and y_val together (or neither)")
+        val = None
+        if X_val is not None:
+            Xv = _check_inputs(m.network, X_val, "X_val")
+            val = (Xv, _check_labels(y_val, len(Xv), m.n_classes, "y_val"),
+                   _check_ids(val_ids, len(Xv), "val_ids"))
+        if epochs is None:
+            epochs = c.epochs
+        elif isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
+            raise ValueError(f"epochs must be an integer >= 0, got {epochs!r}")
+        if len(X) == 0:
+            raise ValueError("X is empty")
+        n_batches = -(-len(X) // c.batch_size)
+        total = max(1, epochs * n_batches)
+        self.clean_stop_ = False
+        old = install_stop_handlers(self)
+        try:
+            for epoch in range(self.epoch, epochs):
+                sums, lr = self._fit_epoch(X, y, ids, epoch, n_batches, total, verbose)
+                metrics = self._end_epoch(epoch, sums, lr, val)
+                if callback is not None:
+                    extra = callback(m, metrics)
+                    if extra is not None and not isinstance(extra, dict):
+                        raise TypeError(f"callback must return a dict or None, got "
+                                        f"{type(extra).__name__}")
+                    metrics.update(extra or {})
+        finally:
+            restore_handlers(old)
+        if restore_best and val is not None and self._best is not None:
+            m.set_weights(self._best["weights"])
+        return m
+
+    def _epoch_plan(self, epoch, N):
+        """(permutation, shifts (2, N) or None, flips (N,) bool or None) of an epoch: functions
+        of (seed, epoch) only, so that a resumed run draws the same."""
+        c = self.config
+        perm = np.random.default_rng((c.seed, epoch)).permutation(N)
+        shifts = flips = None
+        if c.augment_shift:
+            s = c.augment_shift
+            shifts = np.random.default_rng((c.seed, epoch, 1)).integers(-s, s + 1, size=(2, N))
+        if c.augment_flip:
+            flips = np.random.default_rng((c.seed, epoch, 2)).random(N) < 0.5
+        return perm, shifts, flips
+
+    def _batch(self, X, pos, perm, shifts, flips):
+        idx = perm[pos]
+        xb = X[idx]
+        if shifts is not None:
+            xb = shift(xb, shifts[0, pos], shifts[1, pos])
+        if flips is not None:
+            f = flips[pos]
+            xb[f] = xb[f][..., ::-1]
+        return idx, np.ascontiguousarray(xb)
+
+    def _fit_epoch(self, X, y, ids, epoch, n_batches, total, verbose):
+        c, N, bs = self.config, len(X), self.config.batch_size
+        perm, shifts, flips = self._epoch_plan(epoch, N)
+        p = self._partial if (self._partial and self._partial["epoch"] == epoch) else None
+        start = p["batch"] if p else 0
+        sums = dict(p["sums"]) if p else {"loss": 0.0, "correct": 0, "n": 0, "time": 0.0,
+                                            "spikes": {}}
+        bar = None
+        if verbose:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=n_batches, initial=start, desc=f"epoch {epoch + 1}", leave=False,
+                       unit="batch", dynamic_ncols=True)
+        lr = c.lr
+        try:
+            for b in range(start, n_batches):
+                if self._stop:
+                    self._partial = {"epoch": epoch, "batch": b, "sums": sums}
+                    self.clean_stop_ = True          # state consistent: safe to checkpoint
+                    raise KeyboardInterrupt
+                t0 = time.perf_counter()
+                pos = slice(b * bs, (b + 1) * bs)
+                idx, xb = self._batch(X, pos, perm, shifts, flips)
+                lr = lr_at(c, epoch, (epoch * n_batches + b) / total)
+                where = f"epoch {epoch + 1}, batch {b + 1} of {n_batches}"
+                try:
+                    loss, correct, rec = self.train_step(xb, y[idx], ids[idx], epoch, lr)
+                except ValueError as exc:       # a non-finite gradient met by Adam's check
+                    raise TrainingError(f"training failed at {where}: {exc}") from exc
+                if not math.isfinite(loss):
+                    raise TrainingError(f"training diverged at {where}: the loss is {loss}")
+                sums["time"] += time.perf_counter() - t0
+                sums["loss"] += loss * len(idx)
+                sums["correct"] += correct
+                sums["n"] += len(idx)
+                _add_spikes(sums["spikes"], rec)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{sums['loss'] / sums['n']:.4f}",
+                                    acc=f"{sums['correct'] / sums['n']:.4f}",
+                                    img_s=f"{sums['n'] / max(sums['time'], 1e-9):.0f}")
+        finally:
+            if bar is not None:
+                bar.close()
+        mean_loss = sums["loss"] / max(sums["n"], 1)
+        limit = DIVERGED_FACTOR * math.log(self.model.n_classes)
+        if mean_loss > limit:
+            raise TrainingError(f"training diverged in epoch {epoch + 1}: the mean training "
+                                f"loss {mean_loss:.1f} is over ten times that of chance "
+                                f"(ln {self.model.n_classes} = "
+                                f"{math.log(self.model.n_classes):.2f})")
+        self._partial = None
+        return sums, lr
+
+    def _end_epoch(self, epoch, sums, lr, val):
+        m = self.model
+        n = max(sums["n"], 1)
+        out = {"epoch": epoch + 1, "lr": lr, "train_loss": sums["loss"] / n,
+               "train_acc": sums["correct"] / n,
+               "train_img_s": sums["n"] / max(sums["time"], 1e-9), "train_time_s": sums["time"]}
+        out.update({"train_" + k: v for k, v in _rates(m.network, sums["spikes"], n).items()})
+        if val is not None:
+            t0 = time.perf_counter()
+            ev = m.evaluate(*val)
+            out.update(val_acc=ev["accuracy"], val_loss=ev["loss"],
+                       eval_img_s=len(val[0]) / max(time.perf_counter() - t0, 1e-9))
+            if self._best is None or ev["accuracy"] > self._best["val_acc"]:
+                self._best = {"val_acc": ev["accuracy"], "epoch": epoch + 1,
+                              "weights": m.weights}
+        self.epoch = epoch + 1
+        self.history.append(out)
+        return out
+
+    # ------------------------------------------------------------------ checkpoints
+    def state(self):
+        """The training state for :func:`snnfast.network.save` (``{"attrs", "arrays"}``)."""
+        m = self.model
+        arrays = {}
+        if m._avg is not None:                 # the file's weights are the average
+            arrays.update({f"raw:{k}": v for k, v in m._w.items()})
+        if self._opt is not None:
+            for which in ("m", "v"):
+                arrays.update({f"{which}:{k}": v for k, v in self._opt[which].items()})
+        if self._best is not None:
+            arrays.update({f"best:{k}": v for k, v in self._best["weights"].items()})
+        attrs = {"config": self.config.to_dict(), "epoch": self.epoch, "step": self.step,
+                 "history": self.history, "partial": self._partial,
+                 "adam_t": None if self._opt is None else self._opt["t"],
+                 "average": m._avg is not None,
+                 "best": None if self._best is None else
+                 {"val_acc": self._best["val_acc"], "epoch": self._best["epoch"]}}
+        return {"attrs": attrs, "arrays": arrays}
+
+    def restore(self, state):
+        """Continue from :meth:`state` (read back by :func:`snnfast.network.load_checkpoint`)."""
+        m, a, arr = self.model, state["attrs"], state["arrays"]
+        if a.get("config") != self.config.to_dict():
+            raise ValueError("the checkpoint's training options differ from the model's")
+
+        def group(prefix, what):
+            d = {k.split(":", 1)[1]: v for k, v in arr.items() if k.startswith(prefix + ":")}
+            return _checked(m.network, d, what) if d or prefix != "raw" else None
+        for key in ("epoch", "step"):
+            if not isinstance(a.get(key), int) or a[key] < 0:
+                raise ValueError(f"the checkpoint's {key} is {a.get(key)!r}")
+        self.epoch, self.step = a["epoch"], a["step"]
+        self.history = list(a.get("history") or [])
+        self._partial = a.get("partial")
+        if a.get("average"):
+            m._avg, m._w = m._w, group("raw", "raw weights")
+        if a.get("adam_t") is not None:
+            self._opt = {"m": group("m", "Adam m"), "v": group("v", "Adam v"),
+                         "t": int(a["adam_t"])}
+        if a.get("best") is not None:
+            self._best = dict(a["best"], weights=group("best", "best-validation weights"))
+        m._changed()
+
+
+def _checked(network, arrays, what):
+    try:
+        return _checked_weights(network, arrays)
+    except ValueError as exc:
+        raise ValueError(f"{what}: {exc}") from None

@@ -395,6 +395,26 @@ def set_snntorch_weights(model, net, weights):
                 mod.bias.copy_(torch.from_numpy(np.asarray(weights[f"{name}.bias"], np.float32)))
 
 
+def snnfast_config_runs(config, threads, data, runs):
+    """(train, infer, losses) of snnfast on the description file ``config``: :class:`snnfast.SNN`
+    with the file's training options (batch 64 as snnTorch's, a schedule over ``runs``
+    epochs), one epoch per training run; inference through the engine on the weights it
+    trained (the weight average), in batches of 256."""
+    from snnfast import SNN
+    m = SNN(config, n_threads=threads, batch_size=BATCH, eval_batch_size=EVAL_BATCH,
+            epochs=runs)
+    Xtr, ytr, Xte, _ = data
+    losses = []
+
+    def train():
+        m.fit(Xtr, ytr, epochs=m.epoch_ + 1)
+        losses.append(m.history_[-1]["train_loss"])
+
+    def infer():
+        m.predict(Xte)
+    return train, infer, losses
+
+
 def _deviations(net):
     """What of description ``net`` the snnTorch network cannot express (printed)."""
     out = []
@@ -613,7 +633,8 @@ def config_main(p, args, threads):
                          f"T = {net.T}")
     for d in _deviations(net):
         print(f"snnTorch deviation: {d}")
-    tools = {"snnfast": snnfast_config_runs(args.config, net, threads, data)}
+    # every tool trains repeats + 1 epochs (a warm-up run, then the timed ones)
+    tools = {"snnfast": snnfast_config_runs(args.config, threads, data, args.repeats + 1)}
     versions = {}
     try:
         versions["snntorch"] = _peer("snntorch", threads)[2]

@@ -228,3 +228,48 @@ def test_snntorch_network_of_a_description_is_snnfasts(encoder):
         got = model(x / 255 if encoder == "hybrid" else x, None).numpy()
     assert len(set(want["output"][:, 0].tolist())) > 3       # the outputs depend on the input
     np.testing.assert_array_equal(got, want["output"])
+
+
+@pytest.mark.skipif(not BENCH.is_dir(), reason="bench/ is not shipped with this install")
+def test_peers_script_config_mode(tmp_path):
+    # --config: snnfast (and snnTorch where installed) on a description's network
+    out = tmp_path / "peers.json"
+    example = BENCH.parent / "examples" / "event-frames.toml"
+    r = subprocess.run([sys.executable, str(BENCH / "peers.py"), "--config", str(example),
+                        "--train-images", "64", "--test-images", "16", "--repeats", "1",
+                        "--threads", "2", "--json", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(out.read_text())
+    there = _importable("torch") and _importable("snntorch")
+    assert ("snntorch: skipped" in r.stdout) != there
+    assert set(d["tools"]) == ({"snnfast", "snntorch"} if there else {"snnfast"})
+    assert d["data"] == "synthetic event frames" and d["threads"] == 2
+    assert d["network"]["input"] == [2, 34, 34]
+    for kind in ("training", "inference"):
+        assert f"{kind:9s} snnfast" in r.stdout
+        assert d["tools"]["snnfast"][kind]["snnfast_over_this"] == 1.0
+    assert math.isfinite(d["tools"]["snnfast"]["last_train_loss"])
+    assert "chance: ln 10 = 2.30" in r.stdout and "threads 2" in r.stdout
+
+
+@pytest.mark.skipif(not BENCH.is_dir(), reason="bench/ is not shipped with this install")
+def test_peers_script_config_mode_usage_errors(tmp_path):
+    odd = tmp_path / "odd.toml"
+    odd.write_text((BENCH.parent / "examples" / "event-frames.toml").read_text()
+                   .replace("input = [2, 34, 34]", "input = [3, 34, 34]"))
+    frames = tmp_path / "f.npz"
+    np.savez(frames, X_train=np.zeros((70, 8, 2, 34, 34), np.uint8), y_train=np.zeros(70, int),
+             X_test=np.zeros((5, 8, 2, 34, 34), np.uint8), y_test=np.full(5, 12))
+    for args, msg in (([str(odd)], "no built-in data for a Direct input of shape [3, 34, 34]"),
+                      ([str(odd), "--data", str(frames)], "samples of shape (8, 2, 34, 34), "
+                                                          "the network takes (8, 3, 34, 34)"),
+                      ([str(tmp_path / "absent.toml")], "--config:"),
+                      ([str(odd), "--accuracy"], "--accuracy is for the presets")):
+        r = subprocess.run([sys.executable, str(BENCH / "peers.py"), "--config", *args],
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 2 and msg in r.stderr, (args, r.stderr)
+    example = BENCH.parent / "examples" / "event-frames.toml"
+    r = subprocess.run([sys.executable, str(BENCH / "peers.py"), "--config", str(example),
+                        "--data", str(frames)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and "labels up to 12, the network has 10 outputs" in r.stderr

@@ -229,7 +229,11 @@ class _PeerModel:
 def peer_runs(name, threads, data):
     """(train, infer, losses) of a peer on ``data`` = (Xtr, ytr, Xte, yte): two callables
     and the list to which each training run appends its mean loss."""
-    pm = _PeerModel(name, threads)
+    return _model_runs(_PeerModel(name, threads), data)
+
+
+def _model_runs(pm, data):
+    """(train, infer, losses) of a peer model ``pm`` (a :class:`_PeerModel`) on ``data``."""
     Xtr, Xte = pm.images(data[0]), pm.images(data[2])
     ytr = pm.torch.from_numpy(data[1]).long()
     losses = []
@@ -444,19 +448,7 @@ class _ConfigPeer(_PeerModel):
 
 def snntorch_config_runs(net, threads, data):
     """(train, infer, losses) of snnTorch on description ``net`` (as :func:`peer_runs`)."""
-    pm = _ConfigPeer(net, threads)
-    Xtr, Xte = pm.images(data[0]), pm.images(data[2])
-    ytr = pm.torch.from_numpy(data[1]).long()
-    losses = []
-
-    def train():
-        total = sum(pm.step(Xtr[i:i + BATCH], ytr[i:i + BATCH])
-                    for i in range(0, len(Xtr) - BATCH + 1, BATCH))
-        losses.append(total / (len(Xtr) // BATCH))
-
-    def infer():
-        pm.predict(Xte)
-    return train, infer, losses
+    return _model_runs(_ConfigPeer(net, threads), data)
 
 
 def _summary(times, ref_times, n):

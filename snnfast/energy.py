@@ -1318,7 +1318,12 @@ def summarize(path, images, preset="horowitz45_fp32", n_threads=None):
     (dict, str)
         The :func:`analyse_file` result and a line naming the preset and its assumptions.
     """
-    out = analyse_file(path, preset, samples=len(images), images=images, n_threads=n_threads)
+    from .network import is_network_file
+    if is_network_file(path):
+        out = analyse_network_file(path, images, preset, n_threads=n_threads)
+    else:
+        out = analyse_file(path, preset, samples=len(images), images=images,
+                           n_threads=n_threads)
     e = out["energy"][0]
     so = out["result"]["SynapticOperations"]
     line = (f"energy on {out['samples']} test images ({e['preset']}: MAC {e['e_mac_pJ']} pJ, "
@@ -1440,23 +1445,36 @@ def _network_inputs(args, network):
         raise ValueError(f"cannot read inputs from {args.input}: {msg}") from None
 
 
+def analyse_network_file(path, inputs, preset="horowitz45_fp32", n_threads=None,
+                         binary_scope=None, source=None):
+    """:func:`from_network` of a ``network-1`` file on ``inputs`` (an array, or a function
+    of the network giving one) with the energy of every preset (``preset`` first), as the
+    dict ``python -m snnfast.energy --json`` writes."""
+    from .network import load as load_network
+    net, weights, _ = load_network(path)
+    X = inputs(net) if callable(inputs) else inputs
+    kw = {} if binary_scope is None else {"binary_scope": binary_scope}
+    res = from_network(net, weights, X, n_threads=n_threads, **kw)
+    order = [preset] + [p for p in PRESETS if p != preset]
+    energies = [energy_estimate(res["SynapticOperations"], p, res["Dense_single_pass"],
+                                res["executed"]) for p in order]
+    return {"file": str(path), "format": "network-1", "samples": res["samples"],
+            "inputs": source or f"{len(X)} inputs", "result": res, "energy": energies}
+
+
 def _main_network(args):
     """The ``network-1`` branch of :func:`main` (arguments already checked)."""
     from .network import load as load_network
+    source = args.input or f"{args.dataset} test images"
     try:
-        net, weights, _ = load_network(args.model)
-        X = _network_inputs(args, net)
-        res = from_network(net, weights, X, n_threads=args.threads,
-                           binary_scope=args.binary_scope)
+        net = load_network(args.model)[0]
+        out = analyse_network_file(args.model, lambda net: _network_inputs(args, net),
+                                   args.preset, n_threads=args.threads,
+                                   binary_scope=args.binary_scope, source=source)
     except (ValueError, TypeError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    order = [args.preset] + [p for p in PRESETS if p != args.preset]
-    energies = [energy_estimate(res["SynapticOperations"], p, res["Dense_single_pass"],
-                                res["executed"]) for p in order]
-    source = args.input or f"{args.dataset} test images"
-    out = {"file": str(args.model), "format": "network-1", "samples": res["samples"],
-           "inputs": source, "result": res, "energy": energies}
+    res, energies = out["result"], out["energy"]
     title = (f"{args.model}: network-1 ({net.name or 'unnamed'}), {res['samples']} samples of "
              f"{source}")
     print(format_report(res, energies if args.all_presets else energies[:1], title=title,

@@ -95,17 +95,19 @@ def _read_test_arrays(path):
     return X, y
 
 
-def evaluate_network(network, weights, X, y, batch_size=256, n_threads=None):
+def evaluate_network(network, weights, X, y, batch_size=256, n_threads=None, seed=0,
+                     sample_ids=None):
     """Accuracy, mean cross-entropy of the outputs as logits and spike rates (spikes per neuron
-    per update, per spiking layer) of a network on (X, y), run by :mod:`snnfast.engine`."""
+    per update, per spiking layer) of a network on (X, y), run by :mod:`snnfast.engine`
+    (``seed`` and ``sample_ids``, default ``arange(N)``: the keys of the input noise)."""
     import numpy as np
     from .engine import CompiledNetwork
     model = CompiledNetwork(network, weights)
+    ids = np.arange(len(X)) if sample_ids is None else sample_ids
     correct, loss, spikes = 0, 0.0, dict.fromkeys(network.spiking_layers(), 0)
     for lo in range(0, len(X), batch_size):
-        out = model.forward(np.ascontiguousarray(X[lo:lo + batch_size]),
-                            sample_ids=np.arange(lo, lo + len(X[lo:lo + batch_size])),
-                            n_threads=n_threads)
+        out = model.forward(np.ascontiguousarray(X[lo:lo + batch_size]), seed=seed,
+                            sample_ids=ids[lo:lo + batch_size], n_threads=n_threads)
         z = out["output"].reshape(len(out["output"]), -1).astype(np.float64)
         yb = y[lo:lo + batch_size]
         if yb.min() < 0 or yb.max() >= z.shape[1]:

@@ -1,11 +1,20 @@
-"""Train a Conv-SNN on MNIST / Fashion-MNIST from the command line.
+"""Train a spiking network from the command line: a preset Conv-SNN, or any description.
 
-    python -m snnfast.train [--preset seed|default|nir] [--epochs N] [--batch-size B] [--lr LR]
-                            [--threads N] [--seed S] [--dataset mnist|fashion-mnist]
+    python -m snnfast.train [--preset seed|default|nir | --config NET.toml|NET.json]
+                            [--epochs N] [--batch-size B] [--lr LR] [--threads N] [--seed S]
+                            [--dataset mnist|fashion-mnist | --data FILE.npz|FILE.h5]
                             [--data-dir D] [--val-size N] [--out RUN_DIR] [--resume]
                             [--reseeded-noise] [--set FIELD=VALUE ...]
 
-Writes into the run directory (default ``runs/<preset>[-reseeded]-<dataset>-<seed>``):
+The presets train through :class:`snnfast.ConvSNN` (unchanged); ``--config`` trains any
+network description (:class:`snnfast.SNN`, the rate surrogate gradient of
+:mod:`snnfast.train.surrogate`), its ``[training]`` table giving the defaults that the flags
+and ``--set`` (any :class:`snnfast.train.TrainingConfig` option) override. ``--data`` reads a
+user's own arrays (:func:`snnfast.datasets.load_arrays`). The training API itself:
+:class:`snnfast.SNN`, :class:`snnfast.train.Trainer` (``snnfast/train/trainer.py``).
+
+Writes into the run directory (default ``runs/<preset>[-reseeded]-<dataset>-<seed>``, or
+``runs/<config file stem>-<dataset>-<seed>``):
 ``model.h5`` (best-validation weights + metrics), ``checkpoint.h5`` (after every epoch and
 on Ctrl-C or SIGTERM) and ``metrics.json``. ``--resume`` continues from ``checkpoint.h5`` and
 reaches the same weights as an uninterrupted run (shuffles, augmentation and noise are
@@ -49,8 +58,11 @@ def __getattr__(name):
 def build_parser():
     p = argparse.ArgumentParser(prog="python -m snnfast.train",
                                 description="Train a convolutional spiking network (snnfast).")
-    p.add_argument("--preset", choices=PRESET_NAMES, default="default",
-                   help="model/training preset (default: %(default)s)")
+    p.add_argument("--preset", choices=PRESET_NAMES, default=None,
+                   help="model/training preset (default: default)")
+    p.add_argument("--config", default=None, metavar="NET.toml|NET.json",
+                   help="train this network description instead of a preset (its [training] "
+                        "table gives the defaults)")
     p.add_argument("--epochs", type=positive_int, default=None,
                    help="epochs (default: the preset's, 15 for default/nir, 30 for seed)")
     p.add_argument("--batch-size", type=positive_int, default=None,
@@ -60,8 +72,12 @@ def build_parser():
     p.add_argument("--threads", type=positive_int, default=None,
                    help="threads for kernels and BLAS (default: SNNFAST_NUM_THREADS, "
                         "OMP_NUM_THREADS or all cores)")
-    p.add_argument("--seed", type=nonneg_int, default=0, help="random seed (default: 0)")
-    p.add_argument("--dataset", choices=("mnist", "fashion-mnist"), default="mnist")
+    p.add_argument("--seed", type=nonneg_int, default=None,
+                   help="random seed (default: 0, or the config's)")
+    p.add_argument("--dataset", choices=("mnist", "fashion-mnist"), default=None,
+                   help="built-in data set (default: mnist)")
+    p.add_argument("--data", default=None, metavar="FILE.npz|FILE.h5",
+                   help="your own arrays X_train, y_train, X_test, y_test instead of --dataset")
     p.add_argument("--data-dir", default=None, help="data cache directory")
     p.add_argument("--val-size", type=nonneg_int, default=None,
                    help="validation images held out of the training set (default: 5000)")
@@ -74,7 +90,8 @@ def build_parser():
                         "forward pass, so every batch position sees the same noise")
     p.add_argument("--set", dest="overrides", metavar="FIELD=VALUE", type=config_override,
                    action="append", default=[],
-                   help="set any ConvSNNConfig field, e.g. --set thr_h=0.7 --set T=8 "
+                   help="set any ConvSNNConfig field (--preset), e.g. --set thr_h=0.7 --set T=8, "
+                        "or TrainingConfig option (--config), e.g. --set augment_flip=true "
                         "(repeatable; used by python -m snnfast.sweep)")
     p.add_argument("--backend", choices=("kernels", "numpy"), default="kernels",
                    help=argparse.SUPPRESS)
@@ -120,6 +137,12 @@ def _load_data(args):
     if args.synthetic:
         return synthetic_digits(args.synthetic, max(1, args.synthetic // 5), seed=12345)
     from .. import datasets
+    if args.data is not None:
+        Xtr, ytr, Xte, yte = datasets.load_arrays(args.data)
+        if args.config is None and Xtr.ndim == 4 and Xtr.shape[1] == 1:
+            # the presets' ConvSNN takes (N, H, W) images
+            Xtr, Xte = Xtr[:, 0], Xte[:, 0]
+        return Xtr, ytr, Xte, yte
     Xtr, ytr = datasets.load(args.dataset, "train", args.data_dir)
     Xte, yte = datasets.load(args.dataset, "test", args.data_dir)
     return Xtr, ytr, Xte, yte
@@ -174,11 +197,16 @@ def main(argv=None):
     openmp_wait_defaults()      # before the first kernel loads the OpenMP runtime
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.reseeded_noise and args.preset != "seed":
-        parser.error("--reseeded-noise applies to --preset seed only")
-    tag = f"{args.preset}-reseeded" if args.reseeded_noise else args.preset
-    run_dir = Path(args.out or f"runs/{tag}-{args.dataset}-{args.seed}")
-    model = None if args.resume else _new_model(parser, args)   # refused before any mkdir
+    _check_args(parser, args)
+    if args.config is not None:
+        tag = Path(args.config).stem
+        new, locked = _new_snn, _locked_main_config
+    else:
+        tag = f"{args.preset}-reseeded" if args.reseeded_noise else args.preset
+        new, locked = _new_model, _locked_main
+    model = None if args.resume else new(parser, args)   # refused before any mkdir
+    seed = args.seed if args.seed is not None or model is None else model.config.seed
+    run_dir = Path(args.out or f"runs/{tag}-{_data_name(args)}-{0 if seed is None else seed}")
     try:
         created = make_out_dir(run_dir)
     except ValueError as exc:
@@ -194,7 +222,7 @@ def main(argv=None):
         try:
             with terminate_as_interrupt() as got:
                 try:
-                    return _locked_main(parser, args, run_dir, model)
+                    return locked(parser, args, run_dir, model)
                 except KeyboardInterrupt:   # outside the training loop (loading the data)
                     ignore_interrupts()
                     print("\ninterrupted", file=sys.stderr)
@@ -204,6 +232,33 @@ def main(argv=None):
                 # a refused or failed command leaves no empty run directory behind (the
                 # lock file is removed while still held, and only from a directory made here)
                 remove_if_empty(created, files=[lock] if created else [])
+
+
+def _check_args(parser, args):
+    """Refuse conflicting flags; fill in the preset defaults."""
+    if args.config is not None and args.preset is not None:
+        parser.error("give --preset or --config, not both")
+    if args.data is not None and args.dataset is not None:
+        parser.error("give --dataset or --data, not both")
+    if args.config is not None and (args.reseeded_noise or args.backend != "kernels"):
+        parser.error("--reseeded-noise and --backend apply to the presets only")
+    if args.config is None:
+        args.preset = args.preset or "default"
+        args.seed = 0 if args.seed is None else args.seed
+    if args.data is None:
+        args.dataset = args.dataset or "mnist"
+    if args.reseeded_noise and args.preset != "seed":
+        parser.error("--reseeded-noise applies to --preset seed only")
+
+
+def _data_name(args):
+    """The data set's name in run directory names and files: the built-in one's, or the
+    ``--data`` file's stem."""
+    return args.dataset if args.data is None else Path(args.data).stem
+
+
+def _data_flag(args):
+    return f"--dataset {args.dataset}" if args.data is None else f"--data {args.data}"
 
 
 def _new_model(parser, args):
@@ -221,15 +276,7 @@ def _locked_main(parser, args, run_dir, model):
     """The training, with the run directory locked for this process."""
     from ..convsnn import TrainingError
     from ..datasets import train_val_split
-    ckpt_path, model_path = run_dir / "checkpoint.h5", run_dir / "model.h5"
-    metrics_path = run_dir / "metrics.json"
-    for name in (ckpt_path, model_path, metrics_path, run_dir / "energy.json"):
-        kind = special_file_kind(name)
-        if kind is not None:    # never replaced: refused now, not after an epoch
-            parser.error(f"--out: {name} is {kind}; the run writes it as a regular file")
-    if not args.resume and (ckpt_path.exists() or model_path.exists()):
-        parser.error(f"{run_dir} already holds a run ({ckpt_path.name} or {model_path.name}): "
-                     f"continue it with --resume, or choose another --out")
+    ckpt_path, model_path, metrics_path = _run_files(parser, args, run_dir)
     if args.resume:
         model = _resume(parser, args, ckpt_path, model_path)
         print(f"resuming {ckpt_path} after epoch {model.epoch_} (step {model.step_})")
@@ -251,12 +298,12 @@ def _locked_main(parser, args, run_dir, model):
         Xte, yte = Xte[:args.limit_test], yte[:args.limit_test]
     Xtr2, ytr2 = Xtr[tr_idx], ytr[tr_idx]
     Xva, yva = (Xtr[va_idx], ytr[va_idx]) if len(va_idx) else (None, None)
-    print(f"snnfast ConvSNN preset={cfg.preset} backend={model.backend} dataset={args.dataset} "
+    print(f"snnfast ConvSNN preset={cfg.preset} backend={model.backend} dataset={_data_name(args)} "
           f"train={len(tr_idx)} val={len(va_idx)} test={len(Xte)} epochs={epochs} "
           f"batch={cfg.batch_size} lr={cfg.lr} seed={cfg.seed} -> {run_dir}")
 
     def ckpt_metrics(m):
-        return {"history": m.history_, "dataset": args.dataset}
+        return {"history": m.history_, "dataset": _data_name(args)}
 
     def on_epoch(m, metrics):
         ev = m.evaluate(Xte, yte)
@@ -276,7 +323,9 @@ def _locked_main(parser, args, run_dir, model):
               f"untouched; a lower --lr (now {cfg.lr}) may help", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        return _interrupted(model, ckpt_path, ckpt_metrics(model), args, run_dir)
+        return _interrupted(model, lambda: model.save(ckpt_path, checkpoint=True,
+                                                      metrics=ckpt_metrics(model)),
+                            ckpt_path, args, run_dir)
     except (OSError, ValueError) as exc:    # the checkpoint write failed (disk full)
         _report_write_error(exc, ckpt_path)
         return 1
@@ -309,14 +358,29 @@ def _locked_main(parser, args, run_dir, model):
     return 0
 
 
-def _interrupted(model, ckpt_path, metrics, args, run_dir):
-    """After Ctrl-C/SIGTERM stopped ``fit``: write the checkpoint if the stop was clean, say
-    how to resume, and return the exit status (128 + the first signal's number)."""
+def _run_files(parser, args, run_dir):
+    """(checkpoint, model, metrics) paths of a run directory, refusing special files and
+    (without --resume) a directory that already holds a run."""
+    ckpt_path, model_path = run_dir / "checkpoint.h5", run_dir / "model.h5"
+    metrics_path = run_dir / "metrics.json"
+    for name in (ckpt_path, model_path, metrics_path, run_dir / "energy.json"):
+        kind = special_file_kind(name)
+        if kind is not None:    # never replaced: refused now, not after an epoch
+            parser.error(f"--out: {name} is {kind}; the run writes it as a regular file")
+    if not args.resume and (ckpt_path.exists() or model_path.exists()):
+        parser.error(f"{run_dir} already holds a run ({ckpt_path.name} or {model_path.name}): "
+                     f"continue it with --resume, or choose another --out")
+    return ckpt_path, model_path, metrics_path
+
+
+def _interrupted(model, save_checkpoint, ckpt_path, args, run_dir):
+    """After Ctrl-C/SIGTERM stopped ``fit``: write the checkpoint (``save_checkpoint()``) if
+    the stop was clean, say how to resume, and return the exit status (128 + the first
+    signal's number)."""
     ignore_interrupts()     # more signals must not cut the checkpoint write short
     code = interrupt_exit_code(getattr(model, "stop_signal_", None) or signal.SIGINT)
     if getattr(model, "clean_stop_", False):
-        if not _write_or_report(lambda: model.save(ckpt_path, checkpoint=True,
-                                                   metrics=metrics), ckpt_path):
+        if not _write_or_report(save_checkpoint, ckpt_path):
             return 1
         print(f"\ninterrupted; state saved to {ckpt_path}", file=sys.stderr)
     elif ckpt_path.exists():
@@ -328,8 +392,9 @@ def _interrupted(model, ckpt_path, metrics, args, run_dir):
               file=sys.stderr)
         return code
     c = model.config
-    print(f"resume with: python -m snnfast.train --preset {c.preset} --seed {c.seed} "
-          f"--dataset {args.dataset} --out {run_dir} --resume", file=sys.stderr)
+    what = f"--config {args.config}" if args.config is not None else f"--preset {c.preset}"
+    print(f"resume with: python -m snnfast.train {what} --seed {c.seed} "
+          f"{_data_flag(args)} --out {run_dir} --resume", file=sys.stderr)
     return code
 
 
@@ -365,8 +430,9 @@ def _resume(parser, args, ckpt_path, model_path):
         parser.error(f"--resume: {ckpt_path} holds preset {c.preset!r} seed {c.seed}{flag}; "
                      f"pass the same --preset/--seed/--reseeded-noise")
     dataset = (getattr(model, "metrics_", None) or {}).get("dataset")
-    if dataset is not None and dataset != args.dataset:
-        parser.error(f"--resume: {ckpt_path} was trained on {dataset}; pass --dataset {dataset}")
+    if dataset is not None and dataset != _data_name(args):
+        parser.error(f"--resume: {ckpt_path} was trained on {dataset}; pass the same "
+                     f"--dataset or --data")
     # the rest of a resumed run must be the run that was interrupted: these would change it
     # (--epochs too: the learning-rate schedule spans the run's epochs, so more epochs would
     # not continue the run but train on at its final, near-zero rate)
@@ -403,8 +469,181 @@ def _energy_report(run_dir, model_path, images, n_threads):
 
 def _metrics(model, epochs, args, done):
     best = model.best_epoch_
-    return {"preset": model.config.preset, "dataset": args.dataset, "seed": model.config.seed,
+    return {"preset": model.config.preset, "dataset": _data_name(args), "seed": model.config.seed,
             "epochs": epochs, "epochs_done": model.epoch_, "complete": done,
             "backend": model.backend, "config": model.config.to_dict(),
+            "best_epoch": best[0] if best else None, "best_val_acc": best[1] if best else None,
+            "history": model.history_}
+
+
+# ----------------------------------------------------------------------------- --config
+def _training_overrides(parser, args):
+    """The TrainingConfig options of the flags and of ``--set`` (a field given twice is an
+    error)."""
+    from .trainer import TRAINING_FIELDS
+    out = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size),
+                             ("lr", args.lr), ("val_size", args.val_size), ("seed", args.seed))
+           if v is not None}
+    for field, value in args.overrides:
+        if field in out or field == "seed":
+            parser.error(f"--set {field}: {field} is given twice (or use --{field})")
+        if field not in TRAINING_FIELDS:
+            parser.error(f"--set {field}: not a training option (options: "
+                         f"{', '.join(TRAINING_FIELDS)})")
+        out[field] = value
+    return out
+
+
+def _new_snn(parser, args):
+    """The SNN of ``--config`` with the command's options; parser.error (one line naming the
+    file, the layer or option and the field) for a description or option that cannot run."""
+    from .trainer import SNN
+    overrides = _training_overrides(parser, args)
+    try:
+        return SNN(args.config, n_threads=args.threads, **overrides)
+    except (TypeError, ValueError) as exc:      # ConfigError is a ValueError
+        msg = str(exc)
+        parser.error(f"--config {args.config}: {msg}" if not msg.startswith(args.config)
+                     else f"--config {msg}")
+
+
+def _fmt_snn_epoch(m):
+    parts = [f"epoch {m['epoch']:3d}", f"loss {m['train_loss']:.4f}",
+             f"train {100 * m['train_acc']:.2f}%"]
+    for k in ("val_acc", "test_acc"):
+        if k in m:
+            parts.append(f"{k[:-4]} {100 * m[k]:.2f}%")
+    parts.append(f"{m['train_img_s']:.0f} img/s")
+    rates = [f"{k[11:]} {100 * v:.1f}" for k, v in m.items()
+             if k.startswith("train_rate_") and k != "train_rate_input"]
+    parts.append("rates % " + " ".join(rates))
+    return "  ".join(parts)
+
+
+def _locked_main_config(parser, args, run_dir, model):
+    """The training of a ``--config`` description, with the run directory locked."""
+    from ..convsnn import TrainingError
+    from ..datasets import train_val_split
+    ckpt_path, model_path, metrics_path = _run_files(parser, args, run_dir)
+    if args.resume:
+        model = _resume_snn(parser, args, ckpt_path, model_path)
+        print(f"resuming {ckpt_path} after epoch {model.epoch_} (step {model.trainer.step})")
+    cfg = model.config
+    try:
+        Xtr, ytr, Xte, yte = _load_data(args)
+        from .trainer import _check_inputs, _check_labels
+        for X, y, name in ((Xtr, ytr, "training"), (Xte, yte, "test")):
+            _check_labels(y, len(_check_inputs(model.network, X, f"the {name} data")),
+                          model.n_classes, f"the {name} labels")
+    except (ValueError, OSError, TypeError) as exc:    # DatasetError is a ValueError
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    n_all = len(Xtr)
+    if args.limit_train:
+        n_all = min(n_all, args.limit_train + cfg.val_size)
+    if cfg.val_size >= n_all:
+        parser.error(f"--val-size {cfg.val_size} leaves no training images")
+    tr_idx, va_idx = train_val_split(n_all, cfg.val_size, cfg.seed)
+    if args.limit_test:
+        Xte, yte = Xte[:args.limit_test], yte[:args.limit_test]
+    Xva, yva = (Xtr[va_idx], ytr[va_idx]) if len(va_idx) else (None, None)
+    from .._config import effective_n_threads
+    print(f"snnfast SNN config={args.config} ({model.network.n_params():,d} weights) "
+          f"dataset={_data_name(args)} train={len(tr_idx)} val={len(va_idx)} test={len(Xte)} "
+          f"epochs={cfg.epochs} batch={cfg.batch_size} lr={cfg.lr} seed={cfg.seed} "
+          f"threads={effective_n_threads(args.threads)} -> {run_dir}", flush=True)
+
+    def meta(m):
+        return {"history": m.history_, "dataset": _data_name(args), "config": args.config}
+
+    def on_epoch(m, metrics):
+        ev = m.evaluate(Xte, yte)
+        metrics.update(test_acc=ev["accuracy"], test_loss=ev["loss"])
+        print(_fmt_snn_epoch(metrics), flush=True)
+        m.save(ckpt_path, checkpoint=True, metadata=meta(m))
+        write_json(metrics_path, _snn_metrics(m, args, done=False))
+        return None
+
+    t0 = time.time()
+    try:
+        model.fit(Xtr[tr_idx], ytr[tr_idx], Xva, yva, callback=on_epoch, sample_ids=tr_idx,
+                  val_ids=va_idx, verbose=not args.no_progress)
+    except TrainingError as exc:
+        print(f"\nerror: {exc}\n{ckpt_path} holds the last completed epoch (if any), "
+              f"untouched; a lower --lr (now {cfg.lr}) may help", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return _interrupted(model, lambda: model.save(ckpt_path, checkpoint=True,
+                                                      metadata=meta(model)),
+                            ckpt_path, args, run_dir)
+    except (OSError, ValueError) as exc:    # the checkpoint write failed (disk full)
+        _report_write_error(exc, ckpt_path)
+        return 1
+    t_eval = time.perf_counter()
+    final = model.evaluate(Xte, yte)
+    t_eval = time.perf_counter() - t_eval
+    summary = _snn_metrics(model, args, done=True)
+    summary["final"] = {"test_acc_best_val_model": final["accuracy"],
+                        "test_loss": final["loss"], "rates": final["rates"],
+                        "wall_time_s": time.time() - t0,
+                        "train_time_s": sum(h["train_time_s"] for h in model.history_),
+                        "test_img_s": len(Xte) / max(t_eval, 1e-9)}
+    if not _write_or_report(lambda: (model.save(model_path, metadata=dict(meta(model),
+                                                                            summary=summary)),
+                                     write_json(metrics_path, summary)), ckpt_path):
+        return 1
+    best = model.best_epoch_
+    sel = (f"best validation epoch {best[0]} (val {100 * best[1]:.2f}%)" if best
+           else "final epoch (no validation set)")
+    print(f"test accuracy {100 * final['accuracy']:.2f}% ({sel}); last-epoch test accuracy "
+          f"{100 * model.history_[-1]['test_acc']:.2f}%" if model.history_ else
+          f"test accuracy {100 * final['accuracy']:.2f}%")
+    print("spike rates per update: " + ", ".join(f"{k} {100 * v:.2f}%"
+                                                 for k, v in final["rates"].items()))
+    print(f"wall time {summary['final']['wall_time_s']:.0f} s, training "
+          f"{summary['final']['train_time_s']:.0f} s, test {summary['final']['test_img_s']:.0f}"
+          f" img/s")
+    _energy_report(run_dir, model_path, Xte[:1000], args.threads)
+    print(f"files: {model_path}  {ckpt_path}  {metrics_path}")
+    return 0
+
+
+def _resume_snn(parser, args, ckpt_path, model_path):
+    """The SNN of ``ckpt_path``, after checking that the command asks for the same run (the
+    same description and options) and that the run is not finished."""
+    from .trainer import SNN
+    if not ckpt_path.is_file():
+        parser.error(f"--resume: no checkpoint at {ckpt_path}")
+    try:
+        model = SNN.load(ckpt_path, n_threads=args.threads)
+    except ValueError as exc:
+        parser.error(f"--resume: {exc}")
+    if model.trainer is None:
+        parser.error(f"--resume: {ckpt_path} holds no training state")
+    wanted = _new_snn(parser, args)
+    if wanted.network != model.network:
+        parser.error(f"--resume: {ckpt_path} holds another network than {args.config}")
+    if wanted.config != model.config:
+        diff = [k for k, v in wanted.config.to_dict().items()
+                if model.config.to_dict()[k] != v]
+        parser.error(f"--resume: {ckpt_path} was trained with other options ({', '.join(diff)}"
+                     f"); a resumed run keeps its settings (or start a new run)")
+    dataset = (getattr(model, "metadata_", None) or {}).get("dataset")
+    if dataset is not None and dataset != _data_name(args):
+        parser.error(f"--resume: {ckpt_path} was trained on {dataset}; pass the same "
+                     f"--dataset or --data")
+    if model.epoch_ >= model.config.epochs and model_path.is_file():
+        parser.error(f"--resume: the run in {ckpt_path.parent} is complete ({model.epoch_} of "
+                     f"{model.config.epochs} epochs, {model_path.name} written); to train "
+                     "longer, start a new run with more --epochs")
+    return model
+
+
+def _snn_metrics(model, args, done):
+    best = model.best_epoch_
+    return {"config": args.config, "network": model.network.to_dict(),
+            "dataset": _data_name(args), "seed": model.config.seed,
+            "epochs": model.config.epochs, "epochs_done": model.epoch_, "complete": done,
+            "training": model.config.to_dict(),
             "best_epoch": best[0] if best else None, "best_val_acc": best[1] if best else None,
             "history": model.history_}

@@ -387,22 +387,15 @@ class SNN:
         return self.predict_scores(X, sample_ids).argmax(axis=1)
 
     def evaluate(self, X, y, sample_ids=None):
-        """``{"accuracy", "loss" (mean cross-entropy), "n", "rate_<layer>"}`` on (X, y); a
-        rate is the layer's spikes per neuron per update."""
-        from ..convsnn_numpy import softmax_xent
+        """``{"accuracy", "loss" (mean cross-entropy), "n", "rates": {layer: spikes per neuron
+        per update}}`` on (X, y) (:func:`snnfast.evaluate.evaluate_network`)."""
+        from ..evaluate import evaluate_network
         X = _check_inputs(self.network, X)
         y = _check_labels(y, len(X), self.n_classes)
         ids = _check_ids(sample_ids, len(X))
-        acc = {"correct": 0, "loss": 0.0, "spikes": {}}
-        for i, fw in self._batches(X, ids):
-            yb = y[i:i + len(fw["output"])]
-            loss, _ = softmax_xent(fw["output"], yb)
-            acc["correct"] += int((fw["output"].argmax(axis=1) == yb).sum())
-            acc["loss"] += loss * len(yb)
-            _add_spikes(acc["spikes"], fw)
-        n = max(len(X), 1)
-        return {"accuracy": acc["correct"] / n, "loss": acc["loss"] / n, "n": len(X),
-                **_rates(self.network, acc["spikes"], n)}
+        return evaluate_network(self.network, self._infer_w(), X, y,
+                                self.config.eval_batch_size, self.n_threads,
+                                seed=self.config.seed, sample_ids=ids)
 
     # ------------------------------------------------------------------ training
     def fit(self, X, y, X_val=None, y_val=None, *, epochs=None, sample_ids=None, val_ids=None,
@@ -446,6 +439,15 @@ class SNN:
     def best_epoch_(self):
         """(epoch, validation accuracy) of the best-validation weights, or None."""
         return None if self.trainer is None else self.trainer.best_epoch
+
+    @property
+    def clean_stop_(self):
+        """True after a Ctrl-C/SIGTERM stopped :meth:`fit` between batches (see there)."""
+        return self.trainer is not None and self.trainer.clean_stop_
+
+    @property
+    def stop_signal_(self):
+        return None if self.trainer is None else self.trainer.stop_signal_
 
     # ------------------------------------------------------------------ files
     def save(self, path, metadata=None, checkpoint=False):

@@ -54,3 +54,32 @@ def test_nir_export_runs_to_the_engines_spikes(trained, tmp_path):
         assert want["spikes"][name].sum() > 0, name
         np.testing.assert_array_equal(tr[name]["z"].astype(np.uint8), want["spikes"][name])
     np.testing.assert_allclose(outs["output"][:, -1], want["output"], rtol=1e-5, atol=1e-5)
+
+
+def test_train_and_export_command_lines(tmp_path):
+    # python -m snnfast.train --config examples/event-frames.toml --data frames.npz, then the
+    # export command line on the saved model; its graph runs to the engine's spikes
+    import subprocess
+    import sys
+    from snnfast.datasets import ARRAY_KEYS
+    from snnfast.network import load
+    frames = tmp_path / "frames.npz"
+    np.savez(frames, **dict(zip(ARRAY_KEYS, synthetic_frames(48, 12, T=8, seed=1))))
+    run = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "snnfast.train", "--config", str(EXAMPLE),
+                        "--data", str(frames), "--epochs", "1", "--val-size", "16", "--out",
+                        str(run), "--no-progress", "--no-plots", "--threads", "2"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "train=32 val=16 test=12" in r.stdout and "test accuracy" in r.stdout
+    net, w, _ = load(run / "model.h5")
+    assert net == Network.from_file(EXAMPLE)
+    r = subprocess.run([sys.executable, "-m", "snnfast.export", str(run / "model.h5"),
+                        str(tmp_path / "m.nir"), "--dt", str(DT)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    X = synthetic_frames(4, 1, T=8, seed=2)[0]
+    want = engine.forward(net, w, X, record=True)
+    _, tr = snir.run(tmp_path / "m.nir", X, dt=DT, trace=net.spiking_layers())
+    for name in net.spiking_layers():
+        np.testing.assert_array_equal(tr[name]["z"].astype(np.uint8), want["spikes"][name])

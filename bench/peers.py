@@ -57,7 +57,7 @@ outputs equal the engine's exactly where snnTorch can express the description
 snnTorch trains its way: backpropagation through time with ``Leaky``'s default surrogate
 gradient (arctan), cross-entropy on the outputs, Adam (lr 1e-3), batch 64; it infers in
 batches of 256 without gradients. snnfast trains with its rate surrogate gradient
-(:class:`snnfast.train` 's trainer, the description's ``[training]`` options, one epoch per
+(:class:`snnfast.SNN` with the description's ``[training]`` options, one epoch per
 timed run) and infers with :mod:`snnfast.engine` on the trained weights, also in batches of
 256. Printed: img/s of each, snnfast's speed over snnTorch's per round (median, range), the
 thread count (torch's too), and each one's mean training loss of its last run beside
@@ -321,9 +321,9 @@ def snntorch_net(torch, snn, net):
             self.post = [_torch_op(torch, net[i]) for i in chain if i > syn]
             self.event_shape = net.input_shape_of(syn)
             self.syn = _torch_synapse(torch, net[syn], self.event_shape)
-            beta = lif.beta if type(lif).__name__ == "LIF" else 1.0
-            # reset_delay=False: the reset in the step of the spike, as in snnfast
-            self.lif = snn.Leaky(beta=beta, threshold=lif.threshold,
+            # beta: the decay, 1 for IF; reset_delay=False: the reset in the step of the
+            # spike, as in snnfast
+            self.lif = snn.Leaky(beta=lif.beta, threshold=lif.threshold,
                                  reset_mechanism=_SNNTORCH_RESETS[lif.reset], reset_delay=False)
             self.updates = set(lif.update_steps(net.T))
             self.cumulative = lif.drive == "cumulative"

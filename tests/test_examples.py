@@ -26,7 +26,7 @@ def _run(script, *args, cwd):
 def test_every_example_is_tested():
     scripts = {p.name for p in EXAMPLES.glob("*.py") if not p.name.startswith("_")}
     assert scripts == {"quickstart.py", "train_evaluate.py", "convert_ttfs.py",
-                       "count_energy.py", "export_nir.py"}
+                       "count_energy.py", "export_nir.py", "train_network.py"}
 
 
 def test_quickstart_is_the_readme_example(tmp_path):
@@ -43,6 +43,14 @@ def test_train_evaluate(tmp_path):
     acc = float(re.search(r"test accuracy ([0-9.]+)", out).group(1))
     assert acc > 0.5                      # ten classes: chance is 0.1
     assert (tmp_path / "model.h5").is_file()
+    assert "the loaded model predicts the same classes" in out
+
+
+def test_train_network(tmp_path):
+    out = _run("train_network.py", "--out", str(tmp_path), "--epochs", "2", cwd=tmp_path)
+    acc = float(re.search(r"test accuracy ([0-9.]+)", out).group(1))
+    assert acc > 0.3                      # ten classes: chance is 0.1
+    assert (tmp_path / "cnn.h5").is_file()
     assert "the loaded model predicts the same classes" in out
 
 

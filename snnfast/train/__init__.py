@@ -274,7 +274,6 @@ def _new_model(parser, args):
 
 def _locked_main(parser, args, run_dir, model):
     """The training, with the run directory locked for this process."""
-    from ..convsnn import TrainingError
     from ..datasets import train_val_split
     ckpt_path, model_path, metrics_path = _run_files(parser, args, run_dir)
     if args.resume:
@@ -315,20 +314,13 @@ def _locked_main(parser, args, run_dir, model):
         return extra
 
     t0 = time.time()
-    try:
-        model.fit(Xtr2, ytr2, Xva, yva, epochs=epochs, callback=on_epoch, sample_ids=tr_idx,
-                  val_ids=va_idx, verbose=not args.no_progress)
-    except TrainingError as exc:
-        print(f"\nerror: {exc}\n{ckpt_path} holds the last completed epoch (if any), "
-              f"untouched; a lower --lr (now {cfg.lr}) may help", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return _interrupted(model, lambda: model.save(ckpt_path, checkpoint=True,
-                                                      metrics=ckpt_metrics(model)),
-                            ckpt_path, args, run_dir)
-    except (OSError, ValueError) as exc:    # the checkpoint write failed (disk full)
-        _report_write_error(exc, ckpt_path)
-        return 1
+    code = _fit(lambda: model.fit(Xtr2, ytr2, Xva, yva, epochs=epochs, callback=on_epoch,
+                                  sample_ids=tr_idx, val_ids=va_idx,
+                                  verbose=not args.no_progress),
+                model, lambda: model.save(ckpt_path, checkpoint=True,
+                                          metrics=ckpt_metrics(model)), ckpt_path, args, run_dir)
+    if code is not None:
+        return code
     final = model.evaluate(Xte, yte)
     summary = _metrics(model, epochs, args, done=True)
     summary["final"] = {"test_acc_best_val_model": final["accuracy"], "test_loss": final["loss"],
@@ -371,6 +363,25 @@ def _run_files(parser, args, run_dir):
         parser.error(f"{run_dir} already holds a run ({ckpt_path.name} or {model_path.name}): "
                      f"continue it with --resume, or choose another --out")
     return ckpt_path, model_path, metrics_path
+
+
+def _fit(fit, model, save_checkpoint, ckpt_path, args, run_dir):
+    """Run ``fit()``; None when it completes, else the exit status after reporting why it
+    stopped: diverged (1), Ctrl-C/SIGTERM (:func:`_interrupted`) or a failed checkpoint
+    write (1)."""
+    from ..convsnn import TrainingError
+    try:
+        fit()
+    except TrainingError as exc:
+        print(f"\nerror: {exc}\n{ckpt_path} holds the last completed epoch (if any), "
+              f"untouched; a lower --lr (now {model.config.lr}) may help", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return _interrupted(model, save_checkpoint, ckpt_path, args, run_dir)
+    except (OSError, ValueError) as exc:    # the checkpoint write failed (disk full)
+        _report_write_error(exc, ckpt_path)
+        return 1
+    return None
 
 
 def _interrupted(model, save_checkpoint, ckpt_path, args, run_dir):
@@ -522,7 +533,6 @@ def _fmt_snn_epoch(m):
 
 def _locked_main_config(parser, args, run_dir, model):
     """The training of a ``--config`` description, with the run directory locked."""
-    from ..convsnn import TrainingError
     from ..datasets import train_val_split
     ckpt_path, model_path, metrics_path = _run_files(parser, args, run_dir)
     if args.resume:
@@ -565,20 +575,13 @@ def _locked_main_config(parser, args, run_dir, model):
         return None
 
     t0 = time.time()
-    try:
-        model.fit(Xtr[tr_idx], ytr[tr_idx], Xva, yva, callback=on_epoch, sample_ids=tr_idx,
-                  val_ids=va_idx, verbose=not args.no_progress)
-    except TrainingError as exc:
-        print(f"\nerror: {exc}\n{ckpt_path} holds the last completed epoch (if any), "
-              f"untouched; a lower --lr (now {cfg.lr}) may help", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return _interrupted(model, lambda: model.save(ckpt_path, checkpoint=True,
-                                                      metadata=meta(model)),
-                            ckpt_path, args, run_dir)
-    except (OSError, ValueError) as exc:    # the checkpoint write failed (disk full)
-        _report_write_error(exc, ckpt_path)
-        return 1
+    code = _fit(lambda: model.fit(Xtr[tr_idx], ytr[tr_idx], Xva, yva, callback=on_epoch,
+                                  sample_ids=tr_idx, val_ids=va_idx,
+                                  verbose=not args.no_progress),
+                model, lambda: model.save(ckpt_path, checkpoint=True, metadata=meta(model)),
+                ckpt_path, args, run_dir)
+    if code is not None:
+        return code
     t_eval = time.perf_counter()
     final = model.evaluate(Xte, yte)
     t_eval = time.perf_counter() - t_eval
@@ -623,11 +626,13 @@ def _resume_snn(parser, args, ckpt_path, model_path):
     wanted = _new_snn(parser, args)
     if wanted.network != model.network:
         parser.error(f"--resume: {ckpt_path} holds another network than {args.config}")
-    if wanted.config != model.config:
-        diff = [k for k, v in wanted.config.to_dict().items()
-                if model.config.to_dict()[k] != v]
-        parser.error(f"--resume: {ckpt_path} was trained with other options ({', '.join(diff)}"
-                     f"); a resumed run keeps its settings (or start a new run)")
+    # the rest of a resumed run must be the run that was interrupted: an option given now
+    # must be the one it ran with (--epochs too: the schedule spans the run's epochs)
+    saved = model.config.to_dict()
+    for k, v in _training_overrides(parser, args).items():
+        if saved[k] != v:
+            parser.error(f"--resume: {ckpt_path} was trained with {k}={saved[k]!r}; a resumed "
+                         f"run keeps its settings (drop {k}={v!r}, or start a new run)")
     dataset = (getattr(model, "metadata_", None) or {}).get("dataset")
     if dataset is not None and dataset != _data_name(args):
         parser.error(f"--resume: {ckpt_path} was trained on {dataset}; pass the same "

@@ -34,7 +34,7 @@ import numpy as np
 
 from ..convsnn_numpy import _serial_blas
 from ..convsnn_numpy import surrogate as phi
-from ..network.layers import Conv2d, Linear
+from ..network.layers import Linear
 
 __all__ = ["Stage", "plan", "stage_input", "stage_current", "train_forward", "smooth_forward",
            "backward", "cross_entropy_grad", "DEFAULT_CENTER", "DEFAULT_SLOPE"]
@@ -182,14 +182,13 @@ def _pool_bwd(layer, x, g):
     def view(a, ky, kx):
         return a[:, :, ky:ky + sh * (OH - 1) + 1:sh, kx:kx + sw * (OW - 1) + 1:sw]
     if name == "MaxPool2d":
-        best, arg = view(x, 0, 0).copy(), np.zeros(g.shape, np.int32)
-        for i in range(1, kh * kw):
-            tap = view(x, *divmod(i, kw))
-            m = tap > best
-            best[m] = tap[m]
-            arg[m] = i
-        for i in range(kh * kw):
-            view(gx, *divmod(i, kw))[...] += np.where(arg == i, g, 0)
+        best = _pool_fwd(layer, x)
+        taken = np.zeros(g.shape, bool)
+        for i in range(kh * kw):                  # the first tap holding the maximum
+            sel = view(x, *divmod(i, kw)) == best
+            sel &= ~taken
+            taken |= sel
+            view(gx, *divmod(i, kw))[...] += np.where(sel, g, g.dtype.type(0))
         return gx
     if name == "AvgPool2d":
         g = g / g.dtype.type(kh * kw)
@@ -200,59 +199,77 @@ def _pool_bwd(layer, x, g):
 
 
 def _im2col(x, layer):
-    """(B, P, C kh kw) patches of x (B, C, H, W) for a Conv2d (P = OH OW), taps in
-    (channel, ky, kx) order as the weight's."""
+    """(B, P, kh kw C) patches of x (B, C, H, W) for a Conv2d (P = OH OW), taps in
+    (ky, kx, channel) order: :func:`_weight_matrix` orders the weight so. Built channels-last,
+    so that every copy moves contiguous runs of channels."""
     (kh, kw), (sh, sw), (ph, pw) = layer.kernel_size, layer.stride, layer.padding
     B, C, H, W = x.shape
-    if ph or pw:
-        x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
     OH, OW = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
-    v = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))
-    v = v[:, :, :sh * (OH - 1) + 1:sh, :sw * (OW - 1) + 1:sw]       # (B, C, OH, OW, kh, kw)
-    return np.ascontiguousarray(v.transpose(0, 2, 3, 1, 4, 5)).reshape(B, OH * OW, -1)
+    xp = np.zeros((B, H + 2 * ph, W + 2 * pw, C), x.dtype)
+    xp[:, ph:ph + H, pw:pw + W] = x.transpose(0, 2, 3, 1)
+    cols = np.empty((B, OH, OW, kh, kw, C), x.dtype)
+    for ky in range(kh):
+        for kx in range(kw):
+            cols[:, :, :, ky, kx] = xp[:, ky:ky + sh * (OH - 1) + 1:sh,
+                                       kx:kx + sw * (OW - 1) + 1:sw]
+    return cols.reshape(B, OH * OW, kh * kw * C)
+
+
+def _weight_matrix(weight):
+    """A Conv2d weight (O, C, kh, kw) as the (O, kh kw C) matrix of :func:`_im2col`'s taps."""
+    return np.ascontiguousarray(weight.transpose(0, 2, 3, 1)).reshape(len(weight), -1)
 
 
 def _col2im(cols, layer, in_shape):
-    """The adjoint of :func:`_im2col`: (B, P, C kh kw) -> (B, C, H, W), taps added in order."""
+    """The adjoint of :func:`_im2col`: (B, P, kh kw C) -> (B, C, H, W), taps added in
+    (ky, kx) order."""
     (kh, kw), (sh, sw), (ph, pw) = layer.kernel_size, layer.stride, layer.padding
     C, H, W = in_shape
     B = len(cols)
     OH, OW = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
-    c = cols.reshape(B, OH, OW, C, kh, kw)
-    out = np.zeros((B, C, H + 2 * ph, W + 2 * pw), cols.dtype)
+    c = cols.reshape(B, OH, OW, kh, kw, C)
+    out = np.zeros((B, H + 2 * ph, W + 2 * pw, C), cols.dtype)
     for ky in range(kh):
         for kx in range(kw):
-            out[:, :, ky:ky + sh * (OH - 1) + 1:sh, kx:kx + sw * (OW - 1) + 1:sw] += \
-                c[:, :, :, :, ky, kx].transpose(0, 3, 1, 2)
-    return out[:, :, ph:ph + H, pw:pw + W]
+            out[:, ky:ky + sh * (OH - 1) + 1:sh, kx:kx + sw * (OW - 1) + 1:sw] += \
+                c[:, :, :, ky, kx]
+    return out[:, ph:ph + H, pw:pw + W].transpose(0, 3, 1, 2)
 
 
-def _syn_forward(st, weight, bias, e, rows):
-    """``L(e) + b`` (B, *syn_out) of the drives ``e`` (B, n_in)."""
+def _syn_forward(st, weight, bias, e, rows, cache=None):
+    """``L(e) + b`` (B, *syn_out) of the drives ``e`` (B, n_in); a Conv2d's patches are kept
+    in ``cache["cols"]`` (a list, one array per chunk of samples) for the backward pass."""
     B = len(e)
+    dt = np.result_type(e, weight)
     if isinstance(st.syn, Linear):
-        out = np.empty((B, weight.shape[1]), np.result_type(e, weight))
+        out = np.empty((B, weight.shape[1]), dt)
 
         def f(s):
             out[s] = e[s] @ weight
         rows.map(f, B)
     else:
         O = weight.shape[0]
-        wm = weight.reshape(O, -1)
+        wm = _weight_matrix(weight).astype(dt, copy=False)
         x = e.reshape((B,) + st.syn_in)
-        out = np.empty((B, O) + st.syn_out[1:], np.result_type(e, weight))
+        out = np.empty((B, O) + st.syn_out[1:], dt)
 
         def f(s):
-            cols = _im2col(x[s], st.syn)                       # (b, P, CKK)
-            out[s] = (cols @ wm.T).transpose(0, 2, 1).reshape((len(cols),) + st.syn_out)
-        rows.map(f, B)
+            cols = _im2col(x[s], st.syn)                       # (b, P, K)
+            b, P, K = cols.shape
+            out[s] = (cols.reshape(b * P, K) @ wm.T).reshape(b, P, O).transpose(0, 2, 1) \
+                .reshape((b,) + st.syn_out)
+            return cols
+        cols = rows.map(f, B)
+        if cache is not None:
+            cache["cols"] = cols
     if bias is not None:
         out += bias.reshape((-1,) + (1,) * (out.ndim - 2))
     return out.reshape((B,) + st.syn_out)
 
 
-def _syn_backward(st, weight, e, dz, rows, need_input):
-    """(dL/dW, dL/db, dL/de or None) of ``z = L(e) + b`` given ``dz`` (B, *syn_out)."""
+def _syn_backward(st, weight, e, dz, rows, need_input, cols=None):
+    """(dL/dW, dL/db, dL/de or None) of ``z = L(e) + b`` given ``dz`` (B, *syn_out); ``cols``:
+    a Conv2d's patches from :func:`_syn_forward`'s cache."""
     B = len(e)
     if isinstance(st.syn, Linear):
         d = dz.reshape(B, -1)
@@ -267,19 +284,21 @@ def _syn_backward(st, weight, e, dz, rows, need_input):
         rows.map(f, B)
         return gw, gb, de
     O = weight.shape[0]
-    wm = weight.reshape(O, -1)
+    wm = _weight_matrix(weight).astype(dz.dtype, copy=False)
     x = e.reshape((B,) + st.syn_in)
     d = dz.reshape(B, O, -1)
     de = np.empty(x.shape, d.dtype) if need_input else None
 
     def f(s):
-        cols = _im2col(x[s], st.syn)                             # (b, P, CKK)
-        ds = d[s].transpose(0, 2, 1)                             # (b, P, O)
-        gw = ds.reshape(-1, O).T @ cols.reshape(-1, cols.shape[2])
+        c = _im2col(x[s], st.syn) if cols is None else cols[s.start // CHUNK]   # (b, P, K)
+        b, P, K = c.shape
+        ds = np.ascontiguousarray(d[s].transpose(0, 2, 1)).reshape(b * P, O)
+        gw = ds.T @ c.reshape(b * P, K)
         if need_input:
-            de[s] = _col2im(ds @ wm, st.syn, st.syn_in)
+            de[s] = _col2im((ds @ wm).reshape(b, P, K), st.syn, st.syn_in)
         return gw
-    gw = rows.total(f, B).reshape(weight.shape)
+    gw = rows.total(f, B)
+    gw = gw.reshape(O, *weight.shape[2:], weight.shape[1]).transpose(0, 3, 1, 2)
     gb = rows.total(lambda s: d[s].sum(axis=(0, 2)), B)
     return gw, gb, None if de is None else de.reshape(B, -1)
 
@@ -295,7 +314,7 @@ def stage_input(st, src):
     # pools and Flatten commute with the sum over the steps, which is done first then
     while pre and type(pre[0][0]).__name__ in ("MaxPool2d", "Flatten"):
         x = _pool_fwd(pre.pop(0)[0], x)
-    x = st.weights_t @ x.reshape(B, T, -1).astype(np.float32)          # exact for counts
+    x = _weighted_steps(x.reshape(B, T, -1), st.weights_t)
     x = x.reshape((B,) + (st.syn_in if not pre else _shape_before(st, pre)))
     for ly, _ in pre:
         x = _pool_fwd(ly, x)
@@ -309,18 +328,19 @@ def _shape_before(st, pre):
 
 
 def stage_current(st, weights, e, rows=None):
-    """(a, post inputs) of a stage: ``a = s * post(L(e) + b)`` (B, *shape), and the inputs
-    of its post layers (kept for the backward pass of a max pool). Call it with BLAS limited
-    to one thread (:func:`_serial_blas`) for results independent of the thread count."""
+    """(a, cache) of a stage: ``a = s * post(L(e) + b)`` (B, *shape), and what the backward
+    pass reuses: ``cache["post"]``, the inputs of the post layers (for a max pool), and
+    ``cache["cols"]``, a Conv2d's patches. Call it with BLAS limited to one thread
+    (:func:`_serial_blas`) for results independent of the thread count."""
     rows = _rows(rows)
+    cache = {"post": []}
     z = _syn_forward(st, weights[f"{st.syn.name}.weight"], weights.get(f"{st.syn.name}.bias"),
-                     e, rows)
-    ins = []
+                     e, rows, cache)
     for ly, _ in st.post:
-        ins.append(z)
+        cache["post"].append(z)
         z = _pool_fwd(ly, z)
     a = z.reshape((len(e),) + st.shape) * z.dtype.type(st.neuron.scale)
-    return a, ins
+    return a, cache
 
 
 def _readout_factor(network, stages):
@@ -357,7 +377,7 @@ def train_forward(network, stages, weights, record, rows=None):
 
     Returns
     -------
-    dict: ``e``, ``a``, ``post`` per stage, ``r`` (each spiking layer's spikes per update,
+    dict: ``e``, ``a``, ``cache`` (see :func:`stage_current`) per stage, ``r`` (each spiking layer's spikes per update,
     float32), ``rates`` and ``head`` (the inputs of the layers after the read-out) and
     ``output`` (the logits of the recorded forward pass).
     """
@@ -366,26 +386,45 @@ def train_forward(network, stages, weights, record, rows=None):
 
 
 def _train_forward(network, stages, weights, record, rows):
-    fw = {"e": [], "a": [], "post": [], "r": []}
+    fw = {"e": [], "a": [], "cache": [], "r": []}
     src = record["input"]
     for st in stages:
-        e = stage_input(st, src)
-        a, post = stage_current(st, weights, e, rows)
         spikes = record["spikes"][st.neuron.name]
-        fw["e"].append(e)
-        fw["a"].append(a)
-        fw["post"].append(post)
-        fw["r"].append(_counts(spikes) * np.float32(1.0 / st.n_updates))
+        _add_stage(fw, st, weights, stage_input(st, src), rows,
+                   _counts(spikes) * np.float32(1.0 / st.n_updates))
         src = spikes
     fw["rates"] = record["rates"]
     fw["output"], fw["head"] = _head(network, weights, record["rates"])
     return fw
 
 
+def _add_stage(fw, st, weights, e, rows, r):
+    """Append a stage's drive, current, cache and output rate (``r``; None: the smooth
+    network's ``phi(a)``) to ``fw``."""
+    a, cache = stage_current(st, weights, e, rows)
+    for key, v in (("e", e), ("a", a), ("cache", cache),
+                   ("r", phi(a, st.center, st.slope, deriv=False) if r is None else r)):
+        fw[key].append(v)
+
+
+def _weighted_steps(x, w):
+    """``sum_t w[t] x[:, t]`` (B, P) float32 of (B, T, P) spikes or frames, without a float
+    copy of ``x`` (spike counts are summed as integers: exact)."""
+    B, T, P = x.shape
+    if x.dtype == np.uint8 and np.all(w == w[0]):
+        n = np.add.reduce(x, axis=1, dtype=np.uint16 if T < 256 else np.int64)
+        return n.astype(np.float32) * np.float32(w[0])
+    out = np.zeros((B, P), np.float32)
+    for t in range(T):
+        if w[t]:
+            out += x[:, t] * np.float32(w[t])
+    return out
+
+
 def _counts(spikes):
     """Spike counts over the steps of (B, T, *shape) uint8 spikes, float32 (B, *shape)."""
     B, T = spikes.shape[:2]
-    c = np.ones(T, np.float32) @ spikes.reshape(B, T, -1).astype(np.float32)
+    c = _weighted_steps(spikes.reshape(B, T, -1), np.ones(T, np.float32))
     return c.reshape((B,) + spikes.shape[2:])
 
 
@@ -397,7 +436,7 @@ def smooth_forward(network, stages, weights, e0, rows=None):
 
 
 def _smooth_forward(network, stages, weights, e0, rows):
-    fw = {"e": [], "a": [], "post": [], "r": []}
+    fw = {"e": [], "a": [], "cache": [], "r": []}
     e = e0
     for k, st in enumerate(stages):
         if k:
@@ -405,11 +444,7 @@ def _smooth_forward(network, stages, weights, e0, rows):
             for ly, _ in st.pre:
                 x = _pool_fwd(ly, x)
             e = x.reshape(len(x), -1) * x.dtype.type(st.kappa)
-        a, post = stage_current(st, weights, e, rows)
-        fw["e"].append(e)
-        fw["a"].append(a)
-        fw["post"].append(post)
-        fw["r"].append(phi(a, st.center, st.slope, deriv=False))
+        _add_stage(fw, st, weights, e, rows, None)
     last = fw["r"][-1]
     fw["rates"] = last.reshape(len(last), -1) * last.dtype.type(
         _readout_factor(network, stages))
@@ -474,11 +509,12 @@ def _backward(network, stages, weights, fw, dout, rows):
         st = stages[k]
         d = g * phi(fw["a"][k].astype(g.dtype, copy=False), st.center, st.slope)
         d = d * d.dtype.type(st.neuron.scale)
-        for (ly, shape), x in zip(reversed(st.post), reversed(fw["post"][k])):
+        for (ly, shape), x in zip(reversed(st.post), reversed(fw["cache"][k]["post"])):
             d = _pool_bwd(ly, x, d.reshape((len(d),) + shape))
         w = weights[f"{st.syn.name}.weight"]
         gw, gb, de = _syn_backward(st, w, fw["e"][k].astype(d.dtype, copy=False),
-                                   d.reshape((len(d),) + st.syn_out), rows, k > 0)
+                                   d.reshape((len(d),) + st.syn_out), rows, k > 0,
+                                   fw["cache"][k].get("cols"))
         grads[f"{st.syn.name}.weight"] = gw.reshape(w.shape)
         if f"{st.syn.name}.bias" in weights:
             grads[f"{st.syn.name}.bias"] = gb

@@ -17,7 +17,6 @@ engine (:mod:`snnfast.engine`, recording every layer's spikes), the rate surroga
 average of the weights, which is the model that is validated, selected and saved.
 """
 import dataclasses
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -28,9 +27,9 @@ import numpy as np
 from .._cli import install_stop_handlers, restore_handlers
 from .._config import effective_n_threads
 from .._utils import is_real_number
-from ..convsnn import TrainingError
+from ..convsnn import TrainingError, _as_ids
 from ..network import ConfigError, Network, read_description
-from ..network.layers import Conv2d, Direct, Linear
+from ..network.layers import Conv2d, Direct
 from . import surrogate as sg
 from .schedule import ema_factor, lr_at
 
@@ -228,15 +227,6 @@ def _check_labels(y, n, n_classes, name="y"):
     return y.astype(np.int64)
 
 
-def _check_ids(ids, n, name="sample_ids"):
-    if ids is None:
-        return np.arange(n, dtype=np.int64)
-    ids = np.asarray(ids)
-    if ids.dtype.kind not in "iu" or ids.shape != (n,) or (n and ids.min() < 0):
-        raise ValueError(f"{name} must be {n} integers >= 0, got {ids.dtype} {ids.shape}")
-    return np.ascontiguousarray(ids, dtype=np.int64)
-
-
 def shift(X, dy, dx):
     """Shift each sample's last two axes (rows, columns) by integer ``(dy[i], dx[i])``, zero
     fill: ``out[i, ..., y, x] = X[i, ..., y - dy[i], x - dx[i]]``."""
@@ -362,7 +352,7 @@ class SNN:
         """The engine's forward pass (:func:`snnfast.engine.forward`) of ``X`` with the
         inference weights and the evaluation noise key."""
         X = _check_inputs(self.network, X)
-        ids = _check_ids(sample_ids, len(X))
+        ids = _as_ids(sample_ids, len(X))
         return self._engine().forward(X, seed=self.config.seed, epoch=EVAL_EPOCH,
                                       sample_ids=ids, n_threads=self.n_threads, record=record)
 
@@ -376,7 +366,7 @@ class SNN:
     def predict_scores(self, X, sample_ids=None):
         """Class scores (N, n_classes) float32 (the network's output)."""
         X = _check_inputs(self.network, X)
-        ids = _check_ids(sample_ids, len(X))
+        ids = _as_ids(sample_ids, len(X))
         out = np.empty((len(X), self.n_classes), np.float32)
         for i, fw in self._batches(X, ids):
             out[i:i + len(fw["output"])] = fw["output"]
@@ -392,7 +382,7 @@ class SNN:
         from ..evaluate import evaluate_network
         X = _check_inputs(self.network, X)
         y = _check_labels(y, len(X), self.n_classes)
-        ids = _check_ids(sample_ids, len(X))
+        ids = _as_ids(sample_ids, len(X))
         return evaluate_network(self.network, self._infer_w(), X, y,
                                 self.config.eval_batch_size, self.n_threads,
                                 seed=self.config.seed, sample_ids=ids)
@@ -602,14 +592,14 @@ class Trainer:
         m, c = self.model, self.config
         X = _check_inputs(m.network, X)
         y = _check_labels(y, len(X), m.n_classes)
-        ids = _check_ids(sample_ids, len(X))
+        ids = _as_ids(sample_ids, len(X))
         if (X_val is None) != (y_val is None):
             raise ValueError("give X_val and y_val together (or neither)")
         val = None
         if X_val is not None:
             Xv = _check_inputs(m.network, X_val, "X_val")
             val = (Xv, _check_labels(y_val, len(Xv), m.n_classes, "y_val"),
-                   _check_ids(val_ids, len(Xv), "val_ids"))
+                   _as_ids(val_ids, len(Xv), "val_ids"))
         if epochs is None:
             epochs = c.epochs
         elif isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:

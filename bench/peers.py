@@ -626,7 +626,10 @@ def config_main(p, args, threads):
     for d in _deviations(net):
         print(f"snnTorch deviation: {d}")
     # every tool trains repeats + 1 epochs (a warm-up run, then the timed ones)
-    tools = {"snnfast": snnfast_config_runs(args.config, threads, data, args.repeats + 1)}
+    try:
+        tools = {"snnfast": snnfast_config_runs(args.config, threads, data, args.repeats + 1)}
+    except ValueError as exc:       # a [training] table or a network snnfast cannot train
+        p.error(f"--config: {exc}")
     versions = {}
     try:
         versions["snntorch"] = _peer("snntorch", threads)[2]

@@ -258,6 +258,9 @@ def test_peers_script_config_mode_usage_errors(tmp_path):
     odd = tmp_path / "odd.toml"
     odd.write_text((BENCH.parent / "examples" / "event-frames.toml").read_text()
                    .replace("input = [2, 34, 34]", "input = [3, 34, 34]"))
+    bad_lr = tmp_path / "bad_lr.toml"
+    bad_lr.write_text((BENCH.parent / "examples" / "event-frames.toml").read_text()
+                      .replace("epochs = 10", "epochs = 10\nlr = -1.0"))
     frames = tmp_path / "f.npz"
     np.savez(frames, X_train=np.zeros((70, 8, 2, 34, 34), np.uint8), y_train=np.zeros(70, int),
              X_test=np.zeros((5, 8, 2, 34, 34), np.uint8), y_test=np.full(5, 12))
@@ -265,7 +268,8 @@ def test_peers_script_config_mode_usage_errors(tmp_path):
                       ([str(odd), "--data", str(frames)], "samples of shape (8, 2, 34, 34), "
                                                           "the network takes (8, 3, 34, 34)"),
                       ([str(tmp_path / "absent.toml")], "--config:"),
-                      ([str(odd), "--accuracy"], "--accuracy is for the presets")):
+                      ([str(odd), "--accuracy"], "--accuracy is for the presets"),
+                      ([str(bad_lr)], "--config: training: lr must be > 0, got -1")):
         r = subprocess.run([sys.executable, str(BENCH / "peers.py"), "--config", *args],
                            capture_output=True, text=True, timeout=600)
         assert r.returncode == 2 and msg in r.stderr, (args, r.stderr)

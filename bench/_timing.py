@@ -37,16 +37,17 @@ def alternate_times(fns, repeats):
     return times
 
 
-def bench_data(n_train, n_test):
-    """(source, Xtr, ytr, Xte, yte): the first images of MNIST from the local cache, or
-    synthetic digits (source "synthetic", said on stdout) where MNIST is not cached."""
+def bench_data(n_train, n_test, name="mnist"):
+    """(source, Xtr, ytr, Xte, yte): the first images of data set ``name`` (MNIST or
+    Fashion-MNIST) from the local cache, or synthetic digits (source "synthetic", said on
+    stdout) where it is not cached."""
     try:
         from snnfast import datasets
-        Xtr, ytr = datasets.load("mnist", "train", download=False)
-        Xte, yte = datasets.load("mnist", "test", download=False)
-        return "mnist", Xtr[:n_train], ytr[:n_train], Xte[:n_test], yte[:n_test]
-    except Exception as exc:                      # no cached MNIST: synthetic digits
-        print(f"(MNIST not available: {type(exc).__name__}; using synthetic digits)")
+        Xtr, ytr = datasets.load(name, "train", download=False)
+        Xte, yte = datasets.load(name, "test", download=False)
+        return name, Xtr[:n_train], ytr[:n_train], Xte[:n_test], yte[:n_test]
+    except Exception as exc:                      # not cached: synthetic digits
+        print(f"({name} not available: {type(exc).__name__}; using synthetic digits)")
         from snnfast.train import synthetic_digits
         Xtr, ytr, Xte, yte = synthetic_digits(n_train, n_test, seed=1)
         return "synthetic", Xtr, ytr, Xte, yte

@@ -47,7 +47,6 @@ import json
 import os
 import pickle
 import socket
-import stat
 import subprocess
 import sys
 import tempfile
@@ -64,7 +63,7 @@ import numpy as np
 
 from ._idx import DatasetError, read_idx_pair
 from ._safe_pickle import safe_loads
-from ._utils import atomic_path, check_positive_int, file_lock
+from ._utils import atomic_path, check_positive_int, file_lock, special_file_kind
 
 __all__ = ["DATASETS", "SPLITS", "MIRRORS", "DatasetError", "CacheWarning", "load", "fetch",
            "info", "cache_dir", "cache_path", "train_val_split", "load_arrays", "ARRAY_KEYS",
@@ -670,14 +669,15 @@ def load_arrays(path):
 
 
 def _check_regular_file(path):
-    """DatasetError unless ``path`` (links followed) is an existing regular file."""
+    """DatasetError unless ``path`` (links followed) is a regular file that can be opened
+    (before a reader would block on a FIFO or report a missing file as a damaged one)."""
+    kind = special_file_kind(path.resolve())
+    if kind is not None:
+        raise DatasetError(f"{path}: is {kind}; give the .npz/.h5 file itself")
     try:
-        mode = os.stat(path).st_mode
+        open(path, "rb").close()
     except OSError as exc:
         raise DatasetError(f"{path}: cannot open ({exc.strerror or exc})") from None
-    if not stat.S_ISREG(mode):
-        what = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
-        raise DatasetError(f"{path}: is {what}; give the .npz/.h5 file itself")
 
 
 def _read_npz(path):

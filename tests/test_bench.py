@@ -227,3 +227,103 @@ def test_native_build_refuses_the_source_tree_itself():
     assert r.returncode != 0
     assert ("DIR must not be the source tree itself" in r.stderr
             or "is not a default (dispatched) build" in r.stderr), r.stderr
+
+
+def _dyadic_weights(net, seed):
+    """Weights that are multiples of 1/16: every sum of them and of integer inputs is exact in
+    float32 in any order, so the comparison below does not depend on a summation order."""
+    rng = np.random.default_rng(seed)
+    return {k: (rng.integers(-5, 7, s) / 16).astype(np.float32)
+            for k, s in net.param_shapes().items()}
+
+
+@pytest.mark.skipif(not BENCH.is_dir(), reason="bench/ is not shipped with this install")
+@pytest.mark.parametrize("encoder", ["hybrid", "direct"])
+def test_snntorch_network_of_a_description_is_snnfasts(encoder):
+    # bench/peers.py --config compares snnfast with snnTorch on the same network: with the
+    # same weights, snnTorch's network must give the engine's outputs exactly
+    pytest.importorskip("torch")
+    pytest.importorskip("snntorch")
+    import snntorch
+    import torch
+    from snnfast import engine
+    from snnfast.network import (IF, LIF, AvgPool2d, Conv2d, Direct, Flatten, Hybrid, Linear,
+                                 MaxPool2d, Network, RateReadout, SumPool2d)
+    peers = _load_bench("peers")
+    T = 6
+    enc = Hybrid(T=T, n_det=T) if encoder == "hybrid" else Direct(T=T)   # no random coding
+    net = Network((2, 10, 9), [
+        Conv2d(out_channels=4, kernel_size=3, padding=1), LIF(), SumPool2d(2),
+        Conv2d(out_channels=5, kernel_size=2), IF(period=2, phase=1), MaxPool2d(2),
+        AvgPool2d(1), Flatten(), Linear(out_features=12, bias=False),
+        LIF(decay=0.5, threshold=0.5, reset="subtract", drive="cumulative", period=2,
+            phase=1, scale=0.5),
+        RateReadout(norm="steps"), Linear(out_features=3)], encoder=enc)
+    w = _dyadic_weights(net, 2)
+    rng = np.random.default_rng(2)
+    if encoder == "hybrid":
+        X = rng.integers(0, 256, (16, 2, 10, 9)).astype(np.uint8)
+    else:
+        X = rng.integers(0, 2, (16, T, 2, 10, 9)).astype(np.float32)
+    want = engine.forward(net, w, X, n_threads=1)
+    assert all(c.sum() > 0 for k, c in want["counts"].items() if k in net.spiking_layers())
+    torch.manual_seed(0)
+    model = peers.snntorch_net(torch, snntorch, net)
+    peers.set_snntorch_weights(model, net, w)
+    x = torch.from_numpy(X).float()
+    # im2col + matrix product convolutions (oneDNN or NNPACK may pick Winograd's algorithm,
+    # whose transforms round)
+    with torch.no_grad(), torch.backends.mkldnn.flags(enabled=False), \
+            torch.backends.nnpack.flags(enabled=False):
+        got = model(x / 255 if encoder == "hybrid" else x, None).numpy()
+    assert len(set(want["output"][:, 0].tolist())) > 3       # the outputs depend on the input
+    np.testing.assert_array_equal(got, want["output"])
+
+
+@pytest.mark.skipif(not BENCH.is_dir(), reason="bench/ is not shipped with this install")
+def test_peers_script_config_mode(tmp_path):
+    # --config: snnfast (and snnTorch where installed) on a description's network
+    out = tmp_path / "peers.json"
+    example = BENCH.parent / "examples" / "event-frames.toml"
+    r = subprocess.run([sys.executable, str(BENCH / "peers.py"), "--config", str(example),
+                        "--train-images", "64", "--test-images", "16", "--repeats", "1",
+                        "--threads", "2", "--json", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(out.read_text())
+    there = _importable("torch") and _importable("snntorch")
+    assert ("snntorch: skipped" in r.stdout) != there
+    assert set(d["tools"]) == ({"snnfast", "snntorch"} if there else {"snnfast"})
+    assert d["data"] == "synthetic event frames" and d["threads"] == 2
+    assert d["network"]["input"] == [2, 34, 34]
+    for kind in ("training", "inference"):
+        assert f"{kind:9s} snnfast" in r.stdout
+        assert d["tools"]["snnfast"][kind]["snnfast_over_this"] == 1.0
+    assert math.isfinite(d["tools"]["snnfast"]["last_train_loss"])
+    assert "chance: ln 10 = 2.30" in r.stdout and "threads 2" in r.stdout
+
+
+@pytest.mark.skipif(not BENCH.is_dir(), reason="bench/ is not shipped with this install")
+def test_peers_script_config_mode_usage_errors(tmp_path):
+    odd = tmp_path / "odd.toml"
+    odd.write_text((BENCH.parent / "examples" / "event-frames.toml").read_text()
+                   .replace("input = [2, 34, 34]", "input = [3, 34, 34]"))
+    bad_lr = tmp_path / "bad_lr.toml"
+    bad_lr.write_text((BENCH.parent / "examples" / "event-frames.toml").read_text()
+                      .replace("epochs = 10", "epochs = 10\nlr = -1.0"))
+    frames = tmp_path / "f.npz"
+    np.savez(frames, X_train=np.zeros((70, 8, 2, 34, 34), np.uint8), y_train=np.zeros(70, int),
+             X_test=np.zeros((5, 8, 2, 34, 34), np.uint8), y_test=np.full(5, 12))
+    for args, msg in (([str(odd)], "no built-in data for a Direct input of shape [3, 34, 34]"),
+                      ([str(odd), "--data", str(frames)], "samples of shape (8, 2, 34, 34), "
+                                                          "the network takes (8, 3, 34, 34)"),
+                      ([str(tmp_path / "absent.toml")], "--config:"),
+                      ([str(odd), "--accuracy"], "--accuracy is for the presets"),
+                      ([str(bad_lr)], "--config: training: lr must be > 0, got -1")):
+        r = subprocess.run([sys.executable, str(BENCH / "peers.py"), "--config", *args],
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 2 and msg in r.stderr, (args, r.stderr)
+    example = BENCH.parent / "examples" / "event-frames.toml"
+    r = subprocess.run([sys.executable, str(BENCH / "peers.py"), "--config", str(example),
+                        "--data", str(frames)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and "labels up to 12, the network has 10 outputs" in r.stderr

@@ -217,7 +217,7 @@ def test_not_a_regular_file(tmp_path):
     (tmp_path / "dir.npz").mkdir()
     _refused(tmp_path / "dir.npz", r"is a directory")
     os.mkfifo(tmp_path / "fifo.h5")
-    _refused(tmp_path / "fifo.h5", r"is not a regular file")   # and does not block on it
+    _refused(tmp_path / "fifo.h5", r"is a FIFO")   # and does not block on it
 
 
 def test_symlink_to_a_file_is_read(tmp_path):

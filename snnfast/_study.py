@@ -175,10 +175,13 @@ def _check_train_options(spec):
     for name, p in spec["params"].items():
         probe[name] = p["choices"][0] if p["type"] == "categorical" else p["low"]
     argv = train_argv(probe, "RUN", 1)
-    err = _parse_quietly(train.build_parser(), argv)
-    if err:
-        raise SweepError(f"the training options are not valid: {err}")
-    args = train.build_parser().parse_args(argv)
+    parser = train.build_parser()
+
+    def error(message):
+        raise SweepError(f"the training options are not valid: {message}")
+    parser.error = error
+    args = parser.parse_args(argv)
+    train._check_args(parser, args)          # the defaults and refusals train itself applies
     overrides = {k: v for k, v in args.overrides}
     try:
         make_config(args.preset, **overrides)
@@ -187,18 +190,6 @@ def _check_train_options(spec):
     if args.val_size == 0:
         raise SweepError("[train] val_size = 0: the study's objective is the validation "
                          "accuracy, so it needs a validation set")
-
-
-def _parse_quietly(parser, argv):
-    """argparse's error message for ``argv``, or None if it parses."""
-    def error(message):
-        raise SweepError(message)
-    parser.error = error
-    try:
-        parser.parse_args(argv)
-    except SweepError as exc:
-        return str(exc)
-    return None
 
 
 # ----------------------------------------------------------------------------- the study

@@ -175,6 +175,7 @@ def run_seeds(parser, args, train_args):
     check = train.build_parser()
     try:     # the passed-through options, checked before hours of training
         probe = check.parse_args(["--preset", args.preset] + train_args)
+        train._check_args(check, probe)      # fills in the defaults train itself would
     except SystemExit:
         parser.error("the options above are not valid python -m snnfast.train options")
     for flag in ("seed", "out", "resume"):

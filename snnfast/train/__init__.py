@@ -234,6 +234,19 @@ def main(argv=None):
                 remove_if_empty(created, files=[lock] if created else [])
 
 
+def _split(parser, args, cfg, n_train, Xte, yte):
+    """(training indices, validation indices, test images, test labels) after the --limit-*
+    options and the validation split of ``cfg``; both training paths use it."""
+    from ..datasets import train_val_split
+    n_all = min(n_train, args.limit_train + cfg.val_size) if args.limit_train else n_train
+    if cfg.val_size >= n_all:
+        parser.error(f"--val-size {cfg.val_size} leaves no training images")
+    tr_idx, va_idx = train_val_split(n_all, cfg.val_size, cfg.seed)
+    if args.limit_test:
+        Xte, yte = Xte[:args.limit_test], yte[:args.limit_test]
+    return tr_idx, va_idx, Xte, yte
+
+
 def _check_args(parser, args):
     """Refuse conflicting flags; fill in the preset defaults."""
     if args.config is not None and args.preset is not None:
@@ -274,7 +287,6 @@ def _new_model(parser, args):
 
 def _locked_main(parser, args, run_dir, model):
     """The training, with the run directory locked for this process."""
-    from ..datasets import train_val_split
     ckpt_path, model_path, metrics_path = _run_files(parser, args, run_dir)
     if args.resume:
         model = _resume(parser, args, ckpt_path, model_path)
@@ -287,14 +299,7 @@ def _locked_main(parser, args, run_dir, model):
     except (ValueError, OSError) as exc:    # DatasetError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    n_all = len(Xtr)
-    if args.limit_train:
-        n_all = min(n_all, args.limit_train + cfg.val_size)
-    if cfg.val_size >= n_all:
-        parser.error(f"--val-size {cfg.val_size} leaves no training images")
-    tr_idx, va_idx = train_val_split(n_all, cfg.val_size, cfg.seed)
-    if args.limit_test:
-        Xte, yte = Xte[:args.limit_test], yte[:args.limit_test]
+    tr_idx, va_idx, Xte, yte = _split(parser, args, cfg, len(Xtr), Xte, yte)
     Xtr2, ytr2 = Xtr[tr_idx], ytr[tr_idx]
     Xva, yva = (Xtr[va_idx], ytr[va_idx]) if len(va_idx) else (None, None)
     print(f"snnfast ConvSNN preset={cfg.preset} backend={model.backend} dataset={_data_name(args)} "
@@ -533,7 +538,6 @@ def _fmt_snn_epoch(m):
 
 def _locked_main_config(parser, args, run_dir, model):
     """The training of a ``--config`` description, with the run directory locked."""
-    from ..datasets import train_val_split
     ckpt_path, model_path, metrics_path = _run_files(parser, args, run_dir)
     if args.resume:
         model = _resume_snn(parser, args, ckpt_path, model_path)
@@ -548,14 +552,7 @@ def _locked_main_config(parser, args, run_dir, model):
     except (ValueError, OSError, TypeError) as exc:    # DatasetError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    n_all = len(Xtr)
-    if args.limit_train:
-        n_all = min(n_all, args.limit_train + cfg.val_size)
-    if cfg.val_size >= n_all:
-        parser.error(f"--val-size {cfg.val_size} leaves no training images")
-    tr_idx, va_idx = train_val_split(n_all, cfg.val_size, cfg.seed)
-    if args.limit_test:
-        Xte, yte = Xte[:args.limit_test], yte[:args.limit_test]
+    tr_idx, va_idx, Xte, yte = _split(parser, args, cfg, len(Xtr), Xte, yte)
     Xva, yva = (Xtr[va_idx], ytr[va_idx]) if len(va_idx) else (None, None)
     from .._config import effective_n_threads
     print(f"snnfast SNN config={args.config} ({model.network.n_params():,d} weights) "

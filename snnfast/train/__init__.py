@@ -234,6 +234,18 @@ def main(argv=None):
                 remove_if_empty(created, files=[lock] if created else [])
 
 
+def _accuracy_line(model, final):
+    """The closing line of both training paths: the selected model's test accuracy, how it
+    was selected, and the last epoch's (just the accuracy if no epoch ran here)."""
+    if not model.history_:
+        return f"test accuracy {100 * final['accuracy']:.2f}%"
+    best = model.best_epoch_
+    sel = (f"best validation epoch {best[0]} (val {100 * best[1]:.2f}%)" if best
+           else "final epoch (no validation set)")
+    return (f"test accuracy {100 * final['accuracy']:.2f}% ({sel}); last-epoch test accuracy "
+            f"{100 * model.history_[-1]['test_acc']:.2f}%")
+
+
 def _split(parser, args, cfg, n_train, Xte, yte):
     """(training indices, validation indices, test images, test labels) after the --limit-*
     options and the validation split of ``cfg``; both training paths use it."""
@@ -334,11 +346,7 @@ def _locked_main(parser, args, run_dir, model):
     if not _write_or_report(lambda: (model.save(model_path, metrics=summary),
                                      write_json(metrics_path, summary)), ckpt_path):
         return 1
-    best = model.best_epoch_
-    sel = (f"best validation epoch {best[0]} (val {100 * best[1]:.2f}%)" if best
-           else "final epoch (no validation set)")
-    print(f"test accuracy {100 * final['accuracy']:.2f}% ({sel}); last-epoch test accuracy "
-          f"{100 * model.history_[-1]['test_acc']:.2f}%")
+    print(_accuracy_line(model, final))
     print(f"spike rates: input {100 * final['rate_input']:.2f}%/step, conv "
           f"{100 * final['rate_conv']:.2f}%/step, hidden {100 * final['rate_hidden']:.2f}%/update")
     _energy_report(run_dir, model_path, Xte[:1000], args.threads)
@@ -592,12 +600,7 @@ def _locked_main_config(parser, args, run_dir, model):
                                                                             summary=summary)),
                                      write_json(metrics_path, summary)), ckpt_path):
         return 1
-    best = model.best_epoch_
-    sel = (f"best validation epoch {best[0]} (val {100 * best[1]:.2f}%)" if best
-           else "final epoch (no validation set)")
-    print(f"test accuracy {100 * final['accuracy']:.2f}% ({sel}); last-epoch test accuracy "
-          f"{100 * model.history_[-1]['test_acc']:.2f}%" if model.history_ else
-          f"test accuracy {100 * final['accuracy']:.2f}%")
+    print(_accuracy_line(model, final))
     print("spike rates per update: " + ", ".join(f"{k} {100 * v:.2f}%"
                                                  for k, v in final["rates"].items()))
     print(f"wall time {summary['final']['wall_time_s']:.0f} s, training "

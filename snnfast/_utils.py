@@ -292,3 +292,18 @@ def check_disjoint(written, read=None):
                 raise ValueError(f"{name} and {other} share memory: {name} is updated in "
                                  "place, so it must be distinct from (and not overlap) "
                                  f"{other}")
+
+
+def check_labels(y, n, n_classes, name="y"):
+    """``y`` as int64 class labels: an ndarray of shape (n,) holding integers 0..n_classes-1
+    (one-line TypeError/ValueError otherwise)."""
+    if not isinstance(y, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(y).__name__}")
+    if y.dtype.kind not in "iu":
+        raise ValueError(f"{name} must hold integer class labels, got dtype {y.dtype}")
+    if y.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},), got {y.shape}")
+    if n and (y.min() < 0 or y.max() >= n_classes):
+        raise ValueError(f"{name} must hold labels 0..{n_classes - 1} (the network has "
+                         f"{n_classes} outputs), got {y.min()}..{y.max()}")
+    return y.astype(np.int64)

@@ -60,8 +60,8 @@ from . import convsnn_numpy as cnp
 from ._cli import install_stop_handlers, restore_handlers
 from ._config import effective_n_threads
 from ._convsnn_kernels import Geometry
-from ._utils import (_json_default, array_digest, atomic_h5, check_named_arrays, h5_format,
-                     is_real_number)
+from ._utils import (_json_default, array_digest, atomic_h5, check_labels, check_named_arrays,
+                     h5_format, is_real_number)
 from .network import PRESET_NAMES, load_preset
 from .train.schedule import ema_factor, lr_at  # noqa: F401 (lr_at: also this module's name)
 
@@ -468,18 +468,6 @@ def _as_images(X, name="X"):
     return np.ascontiguousarray(X)
 
 
-def _as_labels(y, n, name="y"):
-    if not isinstance(y, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray, got {type(y).__name__}")
-    if y.dtype.kind not in "iu":
-        raise ValueError(f"{name} must hold integer class labels, got dtype {y.dtype}")
-    if y.shape != (n,):
-        raise ValueError(f"{name} must have shape ({n},), got {y.shape}")
-    if n and (y.min() < 0 or y.max() > N_OUT - 1):
-        raise ValueError(f"{name} must hold labels 0..{N_OUT - 1}")
-    return y.astype(np.int64)
-
-
 def _as_ids(ids, n, name="sample_ids"):
     if ids is None:
         return np.arange(n, dtype=np.int64)
@@ -803,7 +791,7 @@ class ConvSNN:
         per neuron per step, ``rate_hidden`` = hidden spikes per neuron per hidden update.
         """
         X = _as_images(X)
-        y = _as_labels(y, len(X))
+        y = check_labels(y, len(X), N_OUT)
         ids = _as_ids(sample_ids, len(X))
         acc = {"correct": 0, "loss": 0.0, "in": 0.0, "c": 0.0, "h": 0.0}
 
@@ -1032,14 +1020,14 @@ class ConvSNN:
         """
         c = self.config
         X = _as_images(X)
-        y = _as_labels(y, len(X))
+        y = check_labels(y, len(X), N_OUT)
         ids = _as_ids(sample_ids, len(X))
         have_val = X_val is not None
         if (y_val is None) != (X_val is None):
             raise ValueError("give X_val and y_val together (or neither)")
         if have_val:
             X_val = _as_images(X_val, "X_val")
-            y_val = _as_labels(y_val, len(X_val), "y_val")
+            y_val = check_labels(y_val, len(X_val), N_OUT, "y_val")
             val_ids = _as_ids(val_ids, len(X_val), "val_ids")
         if epochs is None:
             epochs = c.epochs

@@ -553,10 +553,11 @@ def _locked_main_config(parser, args, run_dir, model):
     cfg = model.config
     try:
         Xtr, ytr, Xte, yte = _load_data(args)
-        from .trainer import _check_inputs, _check_labels
+        from .._utils import check_labels
+        from .trainer import _check_inputs
         for X, y, name in ((Xtr, ytr, "training"), (Xte, yte, "test")):
-            _check_labels(y, len(_check_inputs(model.network, X, f"the {name} data")),
-                          model.n_classes, f"the {name} labels")
+            check_labels(y, len(_check_inputs(model.network, X, f"the {name} data")),
+                         model.n_classes, f"the {name} labels")
     except (ValueError, OSError, TypeError) as exc:    # DatasetError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -26,7 +26,7 @@ import numpy as np
 
 from .._cli import install_stop_handlers, restore_handlers
 from .._config import effective_n_threads
-from .._utils import is_real_number
+from .._utils import check_labels, is_real_number
 from ..convsnn import TrainingError, _as_ids
 from ..network import ConfigError, Network, read_description
 from ..network.layers import Conv2d, Direct
@@ -214,19 +214,6 @@ def _check_inputs(network, X, name="X"):
     return np.ascontiguousarray(X)
 
 
-def _check_labels(y, n, n_classes, name="y"):
-    if not isinstance(y, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray, got {type(y).__name__}")
-    if y.dtype.kind not in "iu":
-        raise ValueError(f"{name} must hold integer class labels, got dtype {y.dtype}")
-    if y.shape != (n,):
-        raise ValueError(f"{name} must have shape ({n},), got {y.shape}")
-    if n and (y.min() < 0 or y.max() >= n_classes):
-        raise ValueError(f"{name} must hold labels 0..{n_classes - 1} (the network has "
-                         f"{n_classes} outputs), got {y.min()}..{y.max()}")
-    return y.astype(np.int64)
-
-
 def shift(X, dy, dx):
     """Shift each sample's last two axes (rows, columns) by integer ``(dy[i], dx[i])``, zero
     fill: ``out[i, ..., y, x] = X[i, ..., y - dy[i], x - dx[i]]``."""
@@ -382,7 +369,7 @@ class SNN:
         per update}}`` on (X, y) (:func:`snnfast.evaluate.evaluate_network`)."""
         from ..evaluate import evaluate_network
         X = _check_inputs(self.network, X)
-        y = _check_labels(y, len(X), self.n_classes)
+        y = check_labels(y, len(X), self.n_classes)
         ids = _as_ids(sample_ids, len(X))
         return evaluate_network(self.network, self._infer_w(), X, y,
                                 self.config.eval_batch_size, self.n_threads,
@@ -592,14 +579,14 @@ class Trainer:
         """See :meth:`SNN.fit`."""
         m, c = self.model, self.config
         X = _check_inputs(m.network, X)
-        y = _check_labels(y, len(X), m.n_classes)
+        y = check_labels(y, len(X), m.n_classes)
         ids = _as_ids(sample_ids, len(X))
         if (X_val is None) != (y_val is None):
             raise ValueError("give X_val and y_val together (or neither)")
         val = None
         if X_val is not None:
             Xv = _check_inputs(m.network, X_val, "X_val")
-            val = (Xv, _check_labels(y_val, len(Xv), m.n_classes, "y_val"),
+            val = (Xv, check_labels(y_val, len(Xv), m.n_classes, "y_val"),
                    _as_ids(val_ids, len(Xv), "val_ids"))
         if epochs is None:
             epochs = c.epochs

@@ -858,7 +858,7 @@ def account_network_batch(acc, net, weights, out, binary_input):
 
 
 def from_network(network, weights, X, sample_ids=None, batch_size=250, binary_scope="sample",
-                 n_threads=None, runner=None):
+                 n_threads=None, runner=None, seed=0):
     """NeuroBench metrics and executed counts of any :class:`snnfast.network.Network`.
 
     Runs :class:`snnfast.engine.CompiledNetwork` batch by batch (evaluation noise key, so the
@@ -882,6 +882,8 @@ def from_network(network, weights, X, sample_ids=None, batch_size=250, binary_sc
         :meth:`snnfast.engine.CompiledNetwork.forward` (``record=True``) for the same network
         and weights, e.g. ``ConvSNN.trace_network`` (see :func:`from_convsnn`); default: the
         engine.
+    seed : int
+        The input noise's seed (a saved model's: :func:`snnfast.network.noise_seed`).
 
     Returns
     -------
@@ -911,7 +913,8 @@ def from_network(network, weights, X, sample_ids=None, batch_size=250, binary_sc
     binary = not isinstance(network.encoder, Direct) or bool(np.isin(X, (0, 1)).all())
     if runner is None:
         def runner(x, sample_ids):
-            return model.forward(x, sample_ids=sample_ids, n_threads=n_threads, record=True)
+            return model.forward(x, seed=seed, sample_ids=sample_ids, n_threads=n_threads,
+                                 record=True)
     for lo in range(0, n, batch_size):
         out = runner(X[lo:lo + batch_size], sample_ids=ids[lo:lo + batch_size])
         for k, v in account_network_batch(acc, network, model.weights, out, binary).items():
@@ -1332,10 +1335,12 @@ def analyse_network_file(path, inputs, preset="horowitz45_fp32", n_threads=None,
     of the network giving one) with the energy of every preset (``preset`` first), as the
     dict ``python -m snnfast.energy --json`` writes."""
     from .network import load as load_network
-    net, weights, _ = load_network(path)
+    from .network import noise_seed
+    net, weights, meta = load_network(path)
     X = inputs(net) if callable(inputs) else inputs
     kw = {} if binary_scope is None else {"binary_scope": binary_scope}
-    res = from_network(net, weights, X, n_threads=n_threads, **kw)
+    # the model's own input noise, as a ConvSNN file's run (its config's seed)
+    res = from_network(net, weights, X, n_threads=n_threads, seed=noise_seed(meta), **kw)
     order = [preset] + [p for p in PRESETS if p != preset]
     energies = [energy_estimate(res["SynapticOperations"], p, res["Dense_single_pass"],
                                 res["executed"]) for p in order]

@@ -6,8 +6,8 @@
 
 Prints the test accuracy, the mean cross-entropy and the spike rates per layer (input and
 conv: spikes per neuron per step; hidden: spikes per neuron per hidden update).
-Evaluation noise is fixed (epoch key 2^32 - 1, sample id = test index), so the figures are
-deterministic. Exit status: 0 on success, 1 when the model or the data cannot be read, 2 for
+Evaluation noise is fixed (the model's seed, epoch key 2^32 - 1, sample id = test index), so
+the figures are deterministic and those of the model's own ``evaluate``. Exit status: 0 on success, 1 when the model or the data cannot be read, 2 for
 bad arguments (as ``snnfast.energy`` and ``snnfast.export``), 130/143 after Ctrl-C/SIGTERM.
 """
 import argparse
@@ -128,9 +128,10 @@ def evaluate_network(network, weights, X, y, batch_size=256, n_threads=None, see
 
 def _evaluate_network(args):
     """The ``network-1`` branch of :func:`main`."""
-    from .network import load
+    from .network import load, noise_seed
     try:
         net, weights, meta = load(args.model)
+        seed = noise_seed(meta)         # the model's own input noise, as for a ConvSNN file
         if args.data is not None:
             X, y = _read_test_arrays(args.data)
             source = args.data
@@ -141,12 +142,12 @@ def _evaluate_network(args):
         if args.limit:
             X, y = X[:args.limit], y[:args.limit]
         t0 = time.perf_counter()
-        res = evaluate_network(net, weights, X, y, n_threads=args.threads)
+        res = evaluate_network(net, weights, X, y, n_threads=args.threads, seed=seed)
     except (ValueError, TypeError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     res["img_per_s"] = len(X) / (time.perf_counter() - t0)
-    res.update(data=source, network=net.name, model=str(args.model))
+    res.update(data=source, network=net.name, model=str(args.model), seed=seed)
     if args.json:
         print(json.dumps(res, indent=2))
     else:

@@ -68,3 +68,31 @@ def test_energy_cli_refuses_dt_for_network_files(tmp_path):
         assert exc.code == 2
     else:
         raise AssertionError("--dt accepted")
+
+
+def test_evaluate_and_energy_run_a_saved_snn_with_its_own_seed(tmp_path, capsys):
+    """A saved SNN (network-2 checkpoint) is run with the input noise of its training seed,
+    as a ConvSNN file is with its config's: the figures are the model's own ``evaluate``."""
+    from snnfast import SNN
+    from snnfast.network import load, noise_seed
+    net, w, _, X, y = _saved(tmp_path)
+    model = SNN(net, w, seed=5)
+    path = tmp_path / "snn.h5"
+    model.save(path, checkpoint=True)
+    assert noise_seed(load(path)[2]) == 5
+    data = tmp_path / "test.npz"
+    assert evaluate.main([str(path), "--data", str(data), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    own = model.evaluate(X, y)
+    assert res["seed"] == 5
+    assert (res["accuracy"], res["loss"], res["rates"]) == \
+        (own["accuracy"], own["loss"], own["rates"])
+    # the check can fail: seed 0's noise gives another loss on these inputs
+    assert evaluate.evaluate_network(net, w, X, y, seed=0)["loss"] != res["loss"]
+    np.savez(tmp_path / "x.npz", X=X)
+    report = tmp_path / "energy.json"
+    assert energy.main([str(path), "--input", str(tmp_path / "x.npz"), "--json",
+                        str(report)]) == 0
+    got = json.loads(report.read_text())["result"]["SynapticOperations"]
+    want = {s: energy.from_network(net, w, X, seed=s)["SynapticOperations"] for s in (5, 0)}
+    assert got == json.loads(json.dumps(want[5])) and want[5] != want[0]

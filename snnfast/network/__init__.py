@@ -9,14 +9,14 @@
 The format and every layer's equations: ``docs/network.rst``.
 """
 from .graph import Network, parse_description, read_description
-from .io import is_network_file, load, load_checkpoint, save
+from .io import is_network_file, load, load_checkpoint, noise_seed, save
 from .layers import (IF, LIF, AvgPool2d, ConfigError, Conv2d, Direct, Flatten, Hybrid, Linear,
                      MaxPool2d, RateReadout, SumPool2d)
 
 __all__ = ["Network", "Conv2d", "SumPool2d", "AvgPool2d", "MaxPool2d", "Flatten", "Linear",
            "LIF", "IF", "RateReadout", "Hybrid", "Direct", "ConfigError", "PRESET_NAMES",
            "preset_path", "load_preset", "read_description", "save", "load", "load_checkpoint",
-           "is_network_file"]
+           "noise_seed", "is_network_file"]
 
 PRESET_NAMES = ("seed", "default", "nir")
 

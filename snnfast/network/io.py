@@ -29,7 +29,8 @@ from .._utils import _json_default, array_digest, atomic_h5, check_named_arrays,
 from .graph import Network
 from .layers import ConfigError
 
-__all__ = ["save", "load", "load_checkpoint", "FORMAT", "FORMAT_STATE", "is_network_file"]
+__all__ = ["save", "load", "load_checkpoint", "noise_seed", "FORMAT", "FORMAT_STATE",
+           "is_network_file"]
 
 FORMAT = "network-1"
 FORMAT_STATE = "network-2"
@@ -138,6 +139,27 @@ def load(path):
         an invalid description.
     """
     return load_checkpoint(path)[:3]
+
+
+def noise_seed(metadata):
+    """The input-noise seed of a saved model: the ``seed`` of its training options
+    (``metadata["training"]``, written by :meth:`snnfast.SNN.save`), as a ConvSNN file's
+    config records its own; 0 for a file without one (:func:`save` called directly).
+
+    The Hybrid encoder's Bernoulli steps are keyed by it: the commands that run a file
+    (``evaluate``, ``energy``) use it so that they see the inputs the model saw.
+
+    Raises
+    ------
+    ValueError
+        For a recorded seed that is not an integer in [0, 2**64).
+    """
+    training = metadata.get("training") if isinstance(metadata, dict) else None
+    seed = training.get("seed", 0) if isinstance(training, dict) else 0
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 64:
+        raise ValueError(f"the file's training seed must be an integer in [0, 2**64), "
+                         f"got {seed!r}")
+    return seed
 
 
 def load_checkpoint(path):

@@ -233,23 +233,46 @@ def dense_spikes_into(const uint16_t[:, :, ::1] spk_idx, const int32_t[:, ::1] s
     return bad
 
 
-def shift_images_into(const uint8_t[:, ::1] images, const int64_t[::1] dy,
-                      const int64_t[::1] dx, uint8_t[:, ::1] out, Py_ssize_t height,
-                      Py_ssize_t width):
-    """out[b] = images[b] (height x width, row-major) moved by (dy[b], dx[b]), zero fill (out
-    must be zeroed).
+ctypedef fused pixel_t:
+    uint8_t
+    float
 
-    ``out[y, x] = images[y - dy, x - dx]`` where that pixel exists. Shifts must satisfy
-    ``|dy| < height``, ``|dx| < width`` (checked by the caller, as the shapes).
+
+def shift_flip_into(const pixel_t[:, :, ::1] images, const int64_t[::1] dy,
+                    const int64_t[::1] dx, const uint8_t[::1] flip, pixel_t[:, :, ::1] out,
+                    Py_ssize_t height, Py_ssize_t width):
+    """Training augmentation (snnfast.train.augment.shift_flip): every plane of sample b
+    (images[b, m], height x width, row-major) moved by (dy[b], dx[b]) with zero fill, then
+    mirrored left-right if flip[b]; out must be zeroed, of the same shape.
+
+    ``out[b, m, y, x] = images[b, m, y - dy, x' - dx]`` with ``x' = width - 1 - x`` when
+    flipped (else ``x``), where that pixel exists; any shift (a shift of the whole size or
+    more leaves the sample zero). Values are copied, never computed. Sizes are checked by the
+    caller.
     """
-    cdef Py_ssize_t b, y, x, x0, x1, sy
+    cdef Py_ssize_t b, m, y, x, x0, x1, sy, d, M = images.shape[1]
+    cdef const pixel_t *src
+    cdef pixel_t *dst
+    if images.shape[0] == 0 or M == 0:
+        return
     with nogil:
         for b in range(images.shape[0]):
-            x0 = dx[b] if dx[b] > 0 else 0                  # first output column with a source
-            x1 = width + dx[b] if dx[b] < 0 else width
-            for y in range(height):
-                sy = y - dy[b]
-                if sy < 0 or sy >= height:
-                    continue
-                for x in range(x0, x1):
-                    out[b, y * width + x] = images[b, sy * width + x - dx[b]]
+            d = dx[b]
+            # the output columns that have a source: x - d (or width - 1 - x - d) in range
+            x0 = (-d if flip[b] else d) if (-d if flip[b] else d) > 0 else 0
+            x1 = width - (d if flip[b] else -d)
+            if x1 > width:
+                x1 = width
+            for m in range(M):
+                for y in range(height):
+                    sy = y - dy[b]
+                    if sy < 0 or sy >= height:
+                        continue
+                    src = &images[b, m, sy * width]
+                    dst = &out[b, m, y * width]
+                    if flip[b]:
+                        for x in range(x0, x1):
+                            dst[x] = src[width - 1 - x - d]
+                    else:
+                        for x in range(x0, x1):
+                            dst[x] = src[x - d]

@@ -482,7 +482,9 @@ def _as_ids(ids, n, name="sample_ids"):
 def shift_images(X, dy, dx, image_shape=_IMAGE):
     """Shift uint8 images (N, H*W) of ``image_shape`` (H, W) (default: the preset
     description's) by integer (dy, dx) per image, zero fill (no wrap):
-    ``out[y, x] = X[y - dy, x - dx]`` (shifts of less than H rows and W columns)."""
+    ``out[y, x] = X[y - dy, x - dx]`` (shifts of less than H rows and W columns), by the
+    augmentation of every network (:func:`snnfast.train.augment.shift_flip`)."""
+    from .train.augment import shift_flip
     H, W = image_shape
     X = np.ascontiguousarray(X, np.uint8)
     dy = np.ascontiguousarray(dy, np.int64)
@@ -491,19 +493,7 @@ def shift_images(X, dy, dx, image_shape=_IMAGE):
         raise ValueError(f"shift_images needs X (N, {H * W}) and dy, dx of shape (N,)")
     if len(X) and (np.abs(dy).max() >= H or np.abs(dx).max() >= W):
         raise ValueError(f"shifts must be less than {H} rows and {W} columns")
-    out = np.zeros_like(X)
-    try:
-        from ._convsnn_conv import shift_images_into
-    except ImportError:                  # kernels not built: the NumPy backend still trains
-        img, pad = X.reshape(-1, H, W), np.zeros((len(X), 3 * H, 3 * W), np.uint8)
-        pad[:, H:2 * H, W:2 * W] = img
-        rows = (H - dy)[:, None] + np.arange(H)[None, :]
-        cols = (W - dx)[:, None] + np.arange(W)[None, :]
-        out[:] = pad[np.arange(len(X))[:, None, None], rows[:, :, None],
-                     cols[:, None, :]].reshape(len(X), H * W)
-        return out
-    shift_images_into(X, dy, dx, out, H, W)
-    return out
+    return shift_flip(X.reshape(-1, H, W), dy, dx).reshape(len(X), H * W)
 
 
 def _empty_counters(T):

@@ -31,6 +31,7 @@ from ..convsnn import TrainingError, _as_ids
 from ..network import ConfigError, Network, read_description
 from ..network.layers import Conv2d, Direct
 from . import surrogate as sg
+from .augment import shift_flip
 from .schedule import ema_factor, lr_at
 
 __all__ = ["SNN", "Trainer", "TrainingConfig", "TrainingError", "training_config"]
@@ -212,19 +213,6 @@ def _check_inputs(network, X, name="X"):
         raise ValueError(f"{name} must have shape (N, {', '.join(map(str, shape))}) or "
                          f"(N, {P}), got {X.shape}")
     return np.ascontiguousarray(X)
-
-
-def shift(X, dy, dx):
-    """Shift each sample's last two axes (rows, columns) by integer ``(dy[i], dx[i])``, zero
-    fill: ``out[i, ..., y, x] = X[i, ..., y - dy[i], x - dx[i]]``."""
-    out = np.zeros_like(X)
-    H, W = X.shape[-2:]
-    for i, (a, b) in enumerate(zip(dy, dx)):
-        a, b = int(a), int(b)
-        if abs(a) < H and abs(b) < W:
-            out[i, ..., max(a, 0):H + min(a, 0), max(b, 0):W + min(b, 0)] = \
-                X[i, ..., max(-a, 0):H - max(a, 0), max(-b, 0):W - max(b, 0)]
-    return out
 
 
 # ----------------------------------------------------------------------------- the model
@@ -628,13 +616,14 @@ class Trainer:
         return perm, shifts, flips
 
     def _batch(self, X, pos, perm, shifts, flips):
+        """(indices, inputs) of the batch at ``pos`` of the epoch's plan, augmented (shift
+        with zero fill, then flip) by :func:`snnfast.train.augment.shift_flip`."""
         idx = perm[pos]
         xb = X[idx]
-        if shifts is not None:
-            xb = shift(xb, shifts[0, pos], shifts[1, pos])
-        if flips is not None:
-            f = flips[pos]
-            xb[f] = xb[f][..., ::-1]
+        if shifts is not None or flips is not None:
+            dy, dx = (shifts[0, pos], shifts[1, pos]) if shifts is not None else \
+                (np.zeros(len(idx), np.int64),) * 2
+            xb = shift_flip(xb, dy, dx, None if flips is None else flips[pos])
         return idx, np.ascontiguousarray(xb)
 
     def _fit_epoch(self, X, y, ids, epoch, n_batches, total, verbose):

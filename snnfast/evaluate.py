@@ -7,8 +7,9 @@
 Prints the test accuracy, the mean cross-entropy and the spike rates per layer (input and
 conv: spikes per neuron per step; hidden: spikes per neuron per hidden update).
 Evaluation noise is fixed (the model's seed, epoch key 2^32 - 1, sample id = test index), so
-the figures are deterministic and those of the model's own ``evaluate``. Exit status: 0 on success, 1 when the model or the data cannot be read, 2 for
-bad arguments (as ``snnfast.energy`` and ``snnfast.export``), 130/143 after Ctrl-C/SIGTERM.
+the figures are deterministic and those of the model's own ``evaluate``. Exit status: 0 on
+success, 1 when the model or the data cannot be read, 2 for bad arguments (as
+``snnfast.energy`` and ``snnfast.export``), 130/143 after Ctrl-C/SIGTERM.
 """
 import argparse
 import json

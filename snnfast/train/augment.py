@@ -37,8 +37,9 @@ def shift_flip(X, dy, dx, flip=None):
     dy, dx = np.ascontiguousarray(dy, np.int64), np.ascontiguousarray(dx, np.int64)
     if X.ndim < 3 or dy.shape != (N,) or dx.shape != (N,) or \
             (flip is not None and np.shape(flip) != (N,)):
-        raise ValueError(f"shift_flip needs X (N, ..., H, W) and dy, dx{', flip' * (flip is not None)}"
-                         f" of shape (N,), got X {X.shape}, dy {dy.shape}, dx {dx.shape}")
+        what = "dy, dx, flip" if flip is not None else "dy, dx"
+        raise ValueError(f"shift_flip needs X (N, ..., H, W) and {what} of shape (N,), got X "
+                         f"{X.shape}, dy {dy.shape}, dx {dx.shape}")
     H, W = X.shape[-2:]
     flip = np.zeros(N, bool) if flip is None else np.ascontiguousarray(flip, bool)
     kernel = _kernel(X.dtype)

@@ -2,8 +2,10 @@
 
 ``python -m snnfast.export MODEL.h5 OUT.nir [--dt DT] [--fold-gain] [--peers]``:
 
-A Conv-SNN file as before; a ``network-1`` file (any network, :func:`snnfast.network.save`)
-likewise, without ``--fold-gain`` and ``--peers``.
+A ConvSNN file (a preset) or a ``network-1``/``network-2`` file (any network,
+:func:`snnfast.network.save`, :meth:`snnfast.SNN.save`): its network description and weights
+go through :func:`snnfast.nir_export.network_to_nir`, with the model's input-noise seed in the
+metadata.
 
 Prints every feature the NIR graph cannot express (``NIRExportWarning``) and a summary.
 Exit status: 0 on success, 1 when the model cannot be read or exported (or the disk is
@@ -22,14 +24,15 @@ from ._cli import (exits_cleanly_on_interrupt, openmp_wait_defaults, output_file
 def build_parser():
     p = argparse.ArgumentParser(
         prog="python -m snnfast.export",
-        description="Export a trained snnfast ConvSNN or network-1 file (.h5) as a NIR graph "
+        description="Export a trained snnfast ConvSNN or network file (.h5) as a NIR graph "
                     "(.nir, HDF5).")
     p.add_argument("model", type=Path, help="model file written by ConvSNN.save / snnfast.train")
     p.add_argument("out", type=Path, help="NIR file to write (atomically)")
     p.add_argument("--dt", type=positive_float, default=1e-4,
                    help="time step of the mapping tau = dt/(1-beta) (default 1e-4, as snnTorch)")
     p.add_argument("--fold-gain", action="store_true",
-                   help="write r = 1 and fold 1/(1-beta) into the weights (for importers that ignore r)")
+                   help="write r = 1 in the LIF nodes and fold their gain into the weights (for "
+                        "importers that ignore r)")
     p.add_argument("--peers", action="store_true",
                    help="the graph snnTorch's and Norse's NIR importers load and run batched "
                         "(no I read-out, Flatten counted from the end, r = 1); see docs/nir.rst")
@@ -49,33 +52,32 @@ def main(argv=None):
     if err:
         print(f"error: output {err}", file=sys.stderr)
         return 2
-    from .network import is_network_file
-    if is_network_file(args.model):
-        return _export_network(args)
-    from .convsnn import ConvSNN
-    from .nir_export import check_dt, to_nir
+    from .nir_export import check_dt, network_to_nir
     try:
-        model = ConvSNN.load(args.model)
+        net, weights, seed = _read_model(args.model)
     except (ValueError, OSError) as exc:
         print(f"error: cannot load {str(args.model)!r}: {exc}", file=sys.stderr)
         return 1
     try:
-        check_dt(args.dt, model)    # a bad --dt is a bad argument (exit 2), not a bad model
+        check_dt(args.dt, net)      # a bad --dt is a bad argument (exit 2), not a bad model
     except ValueError as exc:
         print(f"error: --dt: {exc}", file=sys.stderr)
         return 2
-    graph = _export(args, lambda: to_nir(model, args.out, dt=args.dt, fold_gain=args.fold_gain,
-                                         peers=args.peers))
+    graph = _export(args, lambda: network_to_nir(net, weights, args.out, dt=args.dt,
+                                                 fold_gain=args.fold_gain, peers=args.peers,
+                                                 seed=seed))
     if graph is None:
         return 1
     meta = graph.metadata
     kinds = " -> ".join(f"{k}:{type(graph.nodes[k]).__name__}" for k in graph.nodes)
-    print(f"wrote {args.out} (preset {meta['preset']!r}, dt {meta['dt']:g}, "
-          f"fold_gain {bool(meta['fold_gain'])})")
+    print(f"wrote {args.out} (network {net.name or '(unnamed)'!r}, dt {meta['dt']:g}, "
+          f"fold_gain {bool(meta['fold_gain'])}, peers {bool(meta['peers'])})")
     print(f"graph: {kinds}")
     if meta["exact"]:
-        print("exact: for given input spikes the graph gives the model's spikes bit for bit (and the "
-              "logits up to float32 summation order); from_nir gives back the identical model")
+        back = ("" if meta["fold_gain"] else "; network_from_nir reads it back (from_nir as a "
+                "ConvSNN)")
+        print("exact: for given input spikes, snnfast.nir.run of the graph gives the network's "
+              f"spikes bit for bit (and its output up to float32 summation order){back}")
     elif not meta["inexpressible"]:
         print(f"equivalent in real arithmetic, not bit for bit (float32 rounding): "
               f"{', '.join(meta['approximations'])}")
@@ -83,6 +85,18 @@ def main(argv=None):
         lost = list(meta["inexpressible"]) + list(meta["approximations"])
         print(f"NOT exact: {', '.join(lost)} (see the graph metadata)")
     return 0
+
+
+def _read_model(path):
+    """(description, weights, input-noise seed) of a ConvSNN file or a ``network-1``/``-2``
+    file; ValueError (one line) for anything else."""
+    from .network import is_network_file, load, noise_seed
+    if is_network_file(path):
+        net, weights, meta = load(path)
+        return net, weights, noise_seed(meta)
+    from .convsnn import ConvSNN
+    model = ConvSNN.load(path)
+    return model.network, model.weights, model.config.seed
 
 
 def _export(args, export):
@@ -99,40 +113,6 @@ def _export(args, export):
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
     return graph
-
-
-def _export_network(args):
-    """The ``network-1`` branch of :func:`main` (any Network; arguments already checked)."""
-    from .network import load
-    from .nir_export import _check_network_dt, to_nir
-    for flag, given in (("--fold-gain", args.fold_gain), ("--peers", args.peers)):
-        if given:
-            print(f"error: {flag} applies to ConvSNN files only", file=sys.stderr)
-            return 2
-    try:
-        net, weights, _ = load(args.model)
-    except ValueError as exc:
-        print(f"error: cannot load {str(args.model)!r}: {exc}", file=sys.stderr)
-        return 1
-    try:
-        _check_network_dt(args.dt, net)
-    except ValueError as exc:
-        print(f"error: --dt: {exc}", file=sys.stderr)
-        return 2
-    graph = _export(args, lambda: to_nir(net, weights, args.out, dt=args.dt))
-    if graph is None:
-        return 1
-    meta = graph.metadata
-    kinds = " -> ".join(f"{k}:{type(graph.nodes[k]).__name__}" for k in graph.nodes)
-    print(f"wrote {args.out} (network {net.name or '(unnamed)'!r}, dt {meta['dt']:g})")
-    print(f"graph: {kinds}")
-    if meta["exact"]:
-        print("exact: for given input spikes, snnfast.nir.run of the graph gives the network's "
-              "spikes bit for bit (and its output up to float32 summation order)")
-    else:
-        lost = list(meta["inexpressible"]) + list(meta["approximations"])
-        print(f"NOT exact: {', '.join(lost)} (see the graph metadata)")
-    return 0
 
 
 if __name__ == "__main__":

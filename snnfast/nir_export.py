@@ -1,41 +1,34 @@
-"""Export and import of snnfast Conv-SNNs as NIR graphs (Neuromorphic Intermediate Representation).
+"""Export and import of snnfast networks as NIR graphs (Neuromorphic Intermediate Representation).
 
-The graph written by :func:`to_nir` is (sizes: the model's network description, e.g. the
-presets' 28 x 28 input, 16 channels of 5 x 5 with stride 2 and 1 Ki hidden neurons)::
+One exporter, :func:`network_to_nir`, writes any :class:`~snnfast.network.Network` with its
+weights as a chain of NIR nodes named after its layers (the mapping: its docstring and
+``docs/network.rst``). :func:`to_nir` is its front door: ``to_nir(network, weights, ...)``,
+or ``to_nir(model, ...)`` for a model that holds a description (:class:`~snnfast.ConvSNN`,
+:class:`~snnfast.SNN`: its ``.network``, ``.weights`` and the seed of its input noise). The
+presets' ConvSNN therefore exports as its description's layers::
 
-    input  Input   [1, H, W]              (input SPIKES; the encoder is not part of the graph)
-    conv   Conv2d  weight (C,1,k,k), bias (C,), stride s, padding 0, input_shape (H, W)
-    conv_lif LIF   [C, OH, OW]
-    flatten Flatten start_dim=0, input_type [C, OH, OW]  -> [C*OH*OW] (C-order = snnfast's
-                   j = c*OH*OW + y*OW + x)
-    fc1    Affine  weight (hidden, C*OH*OW) = W1.T, bias b1
-    hidden_lif LIF [hidden]
-    fc2    Affine  weight (classes, hidden) = W2.T, bias b2
-    readout I      [classes], r = 1 / (T * dt)
-    output Output  [classes]
+    input Input [1, H, W] -> conv Conv2d -> conv_lif LIF -> flatten Flatten -> fc1 Affine
+    -> hidden LIF -> fc2 Affine -> readout I (r = 1/(T dt)) -> output Output
 
 Discretisation (forward Euler with step ``dt``, the convention of snnTorch's NIR exporter):
 a NIR ``LIF`` with ``tau, r, v_leak = 0`` steps as ``v[t] = beta * v[t-1] + g * I[t]`` with
-``beta = 1 - dt/tau`` and input gain ``g = r * dt / tau``; snnfast's discrete LIF
-(``v = beta*v + I``, spike iff ``v > thr``, reset to 0) therefore maps to ``tau = dt/(1-beta)``,
-``r = 1/(1-beta)`` (``g = 1``), ``v_threshold = thr``, ``v_reset = 0``. With ``fold_gain=True``
-``r = 1`` is written and the factor ``1/(1-beta)`` is multiplied into the preceding weights and
-bias (for importers that ignore ``r``, such as Norse and Sinabs).
+``beta = 1 - dt/tau`` and input gain ``g = r * dt / tau``; a layer ``v = decay v + scale I``
+(spike iff ``v > threshold``, reset to 0) is therefore written as ``tau = dt/(1-decay)``,
+``r = scale/(1-decay)``, ``v_threshold = threshold``, ``v_reset = 0``. With
+``fold_gain=True`` the LIF nodes get ``r = 1`` and the factor ``r`` is multiplied into the
+preceding synaptic layer's weights and bias (for importers that ignore ``r``, such as Norse
+and Sinabs); ``peers=True`` writes the variant snnTorch's and Norse's importers load and run
+on batches (``docs/nir.rst``).
 
-Read-out: snnfast's logits are ``mean hidden rate @ W2 + b2``. NIR's integrator ``I``
-(``dv/dt = r * I``) integrates ``fc2``'s output ``W2.T z_h[t] + b2``; with ``r = 1/(T*dt)``
-its state after the last of the ``T`` steps is ``(1/T) * sum_t (W2.T z_h[t] + b2)``, which is
-exactly the logits (for a hidden layer updated on every step). The logits are the VALUE of the
-``readout`` node after step ``T``, not a spike train.
-
-``to_nir(..., peers=True)`` writes the variant that snnTorch's and Norse's importers load
-and run on batches: no ``readout`` (the Output takes fc2's per-step output), the Flatten
-counted from the end (``start_dim=-3``) and ``r = 1`` (``docs/nir.rst``).
-
-Running any NIR graph (these too): :func:`snnfast.nir.run`. Numerical convention of
-:func:`from_nir`: a gain within ``GAIN_RTOL`` of 1 is treated as exactly 1 (such gains only come from float64 round-off of
-``tau = dt/(1-beta)``, ``r = 1/(1-beta)``); other gains are multiplied into weights and biases in
-float64 and rounded once to float32 (exact in real arithmetic, not bit for bit).
+Import: :func:`network_from_nir` reads a graph of :func:`network_to_nir` back exactly (its
+description and weights); :func:`from_nir` builds a ConvSNN of the ``nir`` preset's semantics
+from any graph of the Conv-SNN family (Input -> Conv2d -> LIF -> Flatten -> Affine -> LIF ->
+Affine -> I -> Output), which includes the files of snnfast's former ConvSNN exporter (format
+``snnfast-nir-1``, :data:`FORMAT`, hidden node ``hidden_lif``). Running any NIR graph:
+:func:`snnfast.nir.run`. Numerical convention of :func:`from_nir`: a gain within
+``GAIN_RTOL`` of 1 is treated as exactly 1 (such gains only come from float64 round-off of
+``tau = dt/(1-beta)``, ``r = 1/(1-beta)``); other gains are multiplied into weights and
+biases in float64 and rounded once to float32 (exact in real arithmetic, not bit for bit).
 """
 from __future__ import annotations
 
@@ -49,121 +42,22 @@ import numpy as np
 from ._utils import atomic_write_bytes
 
 __all__ = [
-    "NIRExportWarning", "to_nir", "convsnn_to_nir", "network_to_nir", "network_inexpressible",
-    "network_from_nir",
-    "from_nir", "graph_to_spec", "inexpressible_features",
-    "check_dt", "FORMAT", "GAIN_RTOL",
+    "NIRExportWarning", "to_nir", "network_to_nir", "network_inexpressible", "network_from_nir",
+    "from_nir", "graph_to_spec", "check_dt", "FORMAT", "NETWORK_FORMAT", "GAIN_RTOL",
 ]
 
 FORMAT = "snnfast-nir-1"
+"""Metadata format of the graphs of snnfast's former ConvSNN exporter (still imported by
+:func:`from_nir`); graphs written today are :data:`NETWORK_FORMAT`."""
+NETWORK_FORMAT = "snnfast-network-nir-1"
 GAIN_RTOL = 1e-6
 
 _DEFAULT_DT = 1e-4          # snnTorch's NIR convention; NIR itself carries no dt
-_NODE_ORDER = ["input", "conv", "conv_lif", "flatten", "fc1", "hidden_lif", "fc2", "readout", "output"]
 
 
 class NIRExportWarning(UserWarning):
     """A model feature that the exported NIR graph cannot express (the graph differs from the model)."""
 
-
-# --------------------------------------------------------------------------------------------
-# What NIR can and cannot express for a given configuration
-# --------------------------------------------------------------------------------------------
-
-def _cfg(model_or_config):
-    cfg = getattr(model_or_config, "config", model_or_config)
-    if dataclasses.is_dataclass(cfg):
-        return dataclasses.asdict(cfg)
-    if isinstance(cfg, dict):
-        return dict(cfg)
-    raise TypeError(f"expected a ConvSNN, its config dataclass or a dict, got {type(cfg).__name__}")
-
-
-def _geometry(model_or_config):
-    """The sizes (:class:`snnfast._convsnn_kernels.Geometry`) of a ConvSNN or its config:
-    its network description's; for a plain dict, the presets' (ConvSNN's ``GEOMETRY``)."""
-    from .convsnn import GEOMETRY
-    cfg = getattr(model_or_config, "config", model_or_config)
-    return getattr(cfg, "geometry", None) or GEOMETRY
-
-
-def _req(cfg, key):
-    if key not in cfg:
-        raise ValueError(f"model config has no field {key!r}, which NIR export needs")
-    return cfg[key]
-
-
-def inexpressible_features(config):
-    """Features of a Conv-SNN configuration that a NIR graph cannot express.
-
-    Parameters
-    ----------
-    config : ConvSNN, its config dataclass, or dict
-        Needs the semantics fields ``reset_c, reset_h, hidden_period, hidden_phase, drive, T``.
-
-    Returns
-    -------
-    dict
-        ``{feature_key: explanation}``; empty for the ``nir`` preset (hard reset to 0 everywhere,
-        every layer updated every step, per-step drive), which exports exactly.
-    """
-    cfg = _cfg(config)
-    out = {}
-    for layer, key in (("conv", "reset_c"), ("hidden", "reset_h")):
-        kind = _req(cfg, key)
-        if kind == "halve":
-            out[f"{layer}_reset"] = (
-                f"{layer} layer: halving soft reset (v <- v/2 on a spike); a NIR LIF resets to a fixed "
-                "v_reset, so it is exported as v_reset = 0 (a reset to zero)")
-        elif kind == "subtract":
-            out[f"{layer}_reset"] = (
-                f"{layer} layer: subtract reset (v <- v - thr on a spike); NIR has no subtract reset "
-                "(identical to reset-to-0 only in continuous time, NIR PR #63), exported as v_reset = 0")
-        elif kind != "zero":
-            out[f"{layer}_reset"] = f"{layer} layer: reset {kind!r} has no NIR equivalent; exported as v_reset = 0"
-    period, phase, T = int(_req(cfg, "hidden_period")), int(_req(cfg, "hidden_phase")), int(_req(cfg, "T"))
-    if period != 1:
-        steps = [t for t in range(T) if t % period == phase]
-        out["hidden_update_period"] = (
-            f"hidden layer updated only on steps t % {period} == {phase} (t = {steps}); NIR nodes are "
-            f"updated on every step, so the graph updates it on all {T} steps and its read-out averages "
-            f"over {T} steps (the model: {len(steps)} updates)")
-    drive = _req(cfg, "drive")
-    if drive == "cumulative":
-        out["cumulative_drive"] = (
-            "hidden drive = cumulative conv spike COUNTS n_c(t) @ W1 (never cleared); NIR edges carry "
-            "the current step's spikes only, so the graph drives the hidden layer with the conv spikes "
-            "of the same step")
-    elif drive != "window":
-        out["drive"] = f"hidden drive mode {drive!r} has no NIR equivalent; exported as per-step drive"
-    return out
-
-
-def _approximations(cfg, fold_gain):
-    out = {}
-    scale = float(cfg.get("drive_scale", 1.0))
-    if scale != 1.0:
-        out["drive_scale"] = (
-            f"drive scale {scale!r} folded into fc1 weight and bias: exact in real arithmetic, but "
-            "float32 rounding differs from the model's (acc + b1) * scale")
-    if fold_gain:
-        for layer, key in (("conv", "beta_c"), ("hidden", "beta_h")):
-            gain = 1.0 / (1.0 - float(cfg[key]))
-            if not _is_power_of_two(gain):
-                out[f"{layer}_fold_gain"] = (
-                    f"{layer}: gain 1/(1-beta) = {gain!r} folded into the preceding weights and bias "
-                    "(r = 1); exact in real arithmetic, float32 rounding of the weights differs")
-    return out
-
-
-def _is_power_of_two(x):
-    m, _ = np.frexp(x)
-    return bool(np.isfinite(x) and m == 0.5)
-
-
-# --------------------------------------------------------------------------------------------
-# Export
-# --------------------------------------------------------------------------------------------
 
 def _version():
     try:
@@ -173,58 +67,9 @@ def _version():
     return __version__
 
 
-def check_dt(dt, config):
-    """Raise ValueError unless ``dt`` can be exported for a model with ``config``.
-
-    ``dt`` must be a finite number > 0 and the quantities :func:`to_nir` writes must be
-    finite normal float64 numbers: ``tau = dt/(1-beta)`` of both LIF layers, ``T*dt`` and
-    the read-out rate ``r = 1/(T*dt)``. A tiny ``dt`` (1e-320) would otherwise write
-    ``r = inf`` and a huge one ``tau = inf``: a file that :func:`from_nir` rejects, or a
-    subnormal ``tau`` from which ``beta = 1 - dt/tau`` cannot be recovered.
-    Decays outside [0, 1) and ``T < 1`` are left to :func:`to_nir`'s own checks.
-
-    Parameters
-    ----------
-    dt : float
-        The time step to export with.
-    config : ConvSNN, its config dataclass, or dict
-        Needs ``T``, ``beta_c`` and ``beta_h``.
-
-    Raises
-    ------
-    ValueError
-        Naming ``dt`` and the first derived quantity that is out of range.
-    """
-    dt = float(dt)
-    if not np.isfinite(dt) or dt <= 0:
-        raise ValueError(f"dt must be a positive finite number, got {dt!r}")
-    cfg = _cfg(config)
-    T = int(_req(cfg, "T"))
-    derived = {}
-    if T >= 1:
-        derived["T*dt"] = T * dt
-        derived["readout r = 1/(T*dt)"] = 1.0 / derived["T*dt"]
-    for layer, key in (("conv", "beta_c"), ("hidden", "beta_h")):
-        beta = float(_req(cfg, key))
-        if 0.0 <= beta < 1.0:
-            derived[f"{layer} tau = dt/(1-beta)"] = dt / (1.0 - beta)
-    tiny = np.finfo(np.float64).tiny
-    for name, v in derived.items():
-        if not (np.isfinite(v) and v >= tiny):
-            raise ValueError(f"dt={dt!r} is out of range for this model: {name} = {v!r} is not "
-                             "a finite normal float64 number")
-
-
-def _lif(shape, beta, thr, dt, fold_gain, meta):
-    from .convsnn import check_lif
-    beta = float(beta)
-    check_lif(beta, float(thr))     # the model's own rule (tau = dt/(1-beta) needs beta < 1)
-    import nir
-    full = lambda x: np.full(shape, x, dtype=np.float64)  # noqa: E731
-    tau = dt / (1.0 - beta)
-    r = 1.0 if fold_gain else 1.0 / (1.0 - beta)
-    return nir.LIF(tau=full(tau), r=full(r), v_leak=full(0.0), v_threshold=full(float(thr)),
-                   v_reset=full(0.0), metadata=meta)
+def _is_power_of_two(x):
+    m, _ = np.frexp(x)
+    return bool(np.isfinite(x) and m == 0.5)
 
 
 def _scaled(a, s):
@@ -235,148 +80,29 @@ def _scaled(a, s):
     return np.ascontiguousarray((a.astype(np.float64) * s).astype(np.float32))
 
 
-def _graph_metadata(cfg, dt, fold_gain, lost, approx, geo):
-    T, n_det = int(_req(cfg, "T")), int(cfg.get("n_det", 0))
-    period, phase = int(cfg["hidden_period"]), int(cfg["hidden_phase"])
-    coding = {
-        "kind": "hybrid deterministic/Bernoulli" if 0 < n_det < T else
-                ("deterministic" if n_det >= T else "Bernoulli"),
-        "T": T, "n_det": n_det,
-        "deterministic": "steps t < n_det: spike iff u8/255 > 1 - t/5 (float64)",
-        "stochastic": "steps t >= n_det: spike iff u < u8/255, u counter-based uniform "
-                      "(splitmix64 of seed, epoch, sample_id, step, pixel; evaluation epoch key 2^32-1)",
-        "seed": int(cfg.get("seed", 0)),
-        "reseeded_noise": bool(cfg.get("reseeded_noise", False)),
-    }
-    meta = {
-        "format": FORMAT,
-        "producer": f"snnfast {_version()}",
-        "preset": str(cfg.get("preset", "unknown")),
-        "dt": float(dt),
-        "discretization": "forward Euler: v[t] = beta*v[t-1] + (r*dt/tau)*I[t], beta = 1 - dt/tau; "
-                          "spike iff v > v_threshold, then v = v_reset; all nodes update every step",
-        "threshold_op": ">",
-        "fold_gain": bool(fold_gain),
-        "conv": {"beta": float(cfg["beta_c"]), "threshold": float(cfg["thr_c"]),
-                 "reset": str(cfg["reset_c"])},
-        "hidden": {"beta": float(cfg["beta_h"]), "threshold": float(cfg["thr_h"]),
-                   "reset": str(cfg["reset_h"]), "update_period": period, "update_phase": phase,
-                   "drive": str(cfg["drive"]), "drive_scale": float(cfg.get("drive_scale", 1.0)),
-                   "rate_normaliser": str(cfg.get("rate_norm", "T" if cfg.get("preset") == "seed"
-                                                  else "updates"))},
-        "readout": "rate: logits = state of node 'readout' (I, r = 1/(T*dt)) after the last of T steps "
-                   "= mean over steps of fc2(hidden spikes)",
-        "input_coding": coding,
-        "not_in_graph": {"input_encoder": f"the graph takes input SPIKES "
-                                          f"[1,{geo.height},{geo.width}] per step; the "
-                                          "image-to-spike encoder (input_coding) is not part of it"},
-        "exact": not lost and not approx,         # bit for bit, given the input spikes
-        "expressible": not lost,                  # same dynamics in real arithmetic
-        "inexpressible": dict(lost),
-        "approximations": dict(approx),
-        "snnfast_config": json.dumps(cfg, default=str, sort_keys=True),
-    }
-    return meta
-
-
-def to_nir(model, *args, **kwargs):
-    """Export a network as a NIR graph: ``to_nir(network, weights, path=None, dt=1e-4)`` for
-    any :class:`~snnfast.network.Network` (:func:`network_to_nir`), or
-    ``to_nir(convsnn, path=None, dt=1e-4, fold_gain=False, peers=False)`` for a ConvSNN
-    (:func:`convsnn_to_nir`, the module docstring's graph)."""
-    from .network import Network
-    if isinstance(model, Network):
-        return network_to_nir(model, *args, **kwargs)
-    return convsnn_to_nir(model, *args, **kwargs)
-
-
-def convsnn_to_nir(model, path=None, dt=_DEFAULT_DT, fold_gain=False, peers=False):
-    """Export a trained :class:`~snnfast.ConvSNN` as a NIR graph (see the module docstring).
-
-    Parameters
-    ----------
-    model : ConvSNN
-        Any object with ``.config`` (semantics fields) and ``.params`` (canonical float32 arrays).
-    path : str or Path, optional
-        Where to write the graph (``nir.write``, HDF5); written atomically.
-    dt : float
-        Time step written into the mapping ``tau = dt/(1-beta)`` and the metadata; see
-        :func:`check_dt` for the values refused.
-    fold_gain : bool
-        Write ``r = 1`` and multiply ``1/(1-beta)`` into the preceding weights and biases.
-    peers : bool
-        Write the graph that snnTorch's ``import_from_nir`` and Norse's ``from_nir`` load as
-        they are and run on batches (``docs/nir.rst``): the Flatten counts its axes from the
-        end (``start_dim=-3``: the same axes with or without a leading batch axis), there is
-        no ``I`` read-out (neither importer maps it; the Output takes ``fc2``'s per-step
-        output, whose mean over the ``T`` steps is the logits) and ``r = 1`` (Norse ignores
-        ``r``), i.e. ``fold_gain`` is implied. :func:`from_nir` does not read it back.
-
-    Returns
-    -------
-    nir.NIRGraph
-
-    Warns
-    -----
-    NIRExportWarning
-        When the model has features NIR cannot express (listed, and stored in
-        ``graph.metadata["inexpressible"]``). The ``nir`` preset exports exactly and does not warn.
-    """
-    import nir
-    fold_gain = bool(fold_gain or peers)
-    geo = _geometry(model)
-    cfg = _cfg(model)
-    check_dt(dt, cfg)
-    dt = float(dt)
-    from .convsnn import check_params
-    params = check_params(getattr(model, "params", None) or {}, shapes=geo.param_shapes)
-    T = int(_req(cfg, "T"))
-    if T < 1:
-        raise ValueError(f"T must be >= 1, got {T}")
-    lost = inexpressible_features(cfg)
-    approx = _approximations(cfg, fold_gain)
-    beta_c, beta_h = float(cfg["beta_c"]), float(cfg["beta_h"])
-    g_c = 1.0 / (1.0 - beta_c) if fold_gain else 1.0
-    g_h = 1.0 / (1.0 - beta_h) if fold_gain else 1.0
-    g_h *= float(cfg.get("drive_scale", 1.0))
-
-    nodes = {
-        "input": nir.Input(input_type={"input": np.array((1,) + geo.image_shape)}),
-        "conv": nir.Conv2d(input_shape=geo.image_shape, weight=_scaled(params["conv_w"], g_c),
-                           stride=geo.stride, padding=0, dilation=1, groups=1,
-                           bias=_scaled(params["conv_b"], g_c)),
-        "conv_lif": _lif(geo.conv_shape, beta_c, cfg["thr_c"], dt, fold_gain,
-                         {"beta": beta_c, "reset": str(cfg["reset_c"])}),
-        # torch importers pass start_dim to torch.nn.Flatten, which counts a batch axis too
-        "flatten": nir.Flatten(input_type={"input": np.array(geo.conv_shape)},
-                               start_dim=-len(geo.conv_shape) if peers else 0, end_dim=-1),
-        "fc1": nir.Affine(weight=np.ascontiguousarray(_scaled(params["W1"], g_h).T),
-                          bias=_scaled(params["b1"], g_h)),
-        "hidden_lif": _lif((geo.hidden,), beta_h, cfg["thr_h"], dt, fold_gain,
-                           {"beta": beta_h, "reset": str(cfg["reset_h"]),
-                            "update_period": int(cfg["hidden_period"]),
-                            "update_phase": int(cfg["hidden_phase"])}),
-        "fc2": nir.Affine(weight=np.ascontiguousarray(params["W2"].T), bias=params["b2"].copy()),
-        "readout": nir.I(r=np.full((geo.classes,), 1.0 / (T * dt)),
-                         metadata={"meaning": "mean over T steps of fc2 output = logits"}),
-        "output": nir.Output(output_type={"output": np.array([geo.classes])}),
-    }
-    order = _NODE_ORDER
-    meta = _graph_metadata(cfg, dt, fold_gain, lost, approx, geo)
-    if peers:
-        order = [k for k in _NODE_ORDER if k != "readout"]
-        del nodes["readout"]
-        meta["readout"] = ("rate: logits = mean over the T steps of node 'output' (fc2 of the "
-                           "hidden spikes at each step)")
-        meta["peers"] = True
-    return _finish_graph(nodes, order, meta, lost, f"preset {cfg.get('preset', '?')!r}", path)
-
-
 # --------------------------------------------------------------------------------------------
 # Export of any Network description
 # --------------------------------------------------------------------------------------------
 
-NETWORK_FORMAT = "snnfast-network-nir-1"
+def to_nir(model, *args, **kwargs):
+    """Export a network as a NIR graph (:func:`network_to_nir`).
+
+    ``to_nir(network, weights, path=None, dt=1e-4, fold_gain=False, peers=False)`` for a
+    :class:`~snnfast.network.Network`; ``to_nir(model, path=None, dt=1e-4, ...)`` for a model
+    holding one (:class:`~snnfast.ConvSNN`, :class:`~snnfast.SNN`): its description
+    (``model.network``), its weights (``model.weights``) and, in the metadata, the seed of its
+    input noise (``model.config.seed``; :func:`from_nir` gives it back).
+    """
+    from .network import Network
+    if isinstance(model, Network):
+        return network_to_nir(model, *args, **kwargs)
+    network = getattr(model, "network", None)
+    if not isinstance(network, Network):
+        raise TypeError(f"expected a snnfast.network.Network and its weights, or a model with "
+                        f"a description (.network, .weights: ConvSNN, SNN), got "
+                        f"{type(model).__name__}")
+    kwargs.setdefault("seed", getattr(getattr(model, "config", None), "seed", None))
+    return network_to_nir(network, model.weights, *args, **kwargs)
 
 
 def network_inexpressible(network):
@@ -387,7 +113,8 @@ def network_inexpressible(network):
     dict
         ``{"<layer>.<feature>": explanation}``; empty for descriptions whose every spiking
         layer updates on every step (period 1) with a windowed drive and a reset to zero
-        (their exported graph gives the same spikes, see :func:`network_to_nir`).
+        (their exported graph gives the same spikes, see :func:`network_to_nir`), such as
+        the ``nir`` preset's.
     """
     out = {}
     T = network.T
@@ -414,10 +141,11 @@ def _nir_array(shape, value):
     return np.full(shape, float(value), dtype=np.float64)
 
 
-def _neuron_node(ly, shape, dt, approx):
+def _neuron_node(ly, shape, dt, approx, fold):
     """A NIR LIF (decay < 1) or IF (decay 1) node stepping as ``v = decay v + scale I``
-    under forward Euler with step ``dt``; notes in ``approx`` where the float32
-    coefficients the runtime derives differ from the layer's."""
+    under forward Euler with step ``dt`` (with ``fold``, a LIF gets ``r = 1``: its gain is
+    in the preceding weights); notes in ``approx`` where the float32 coefficients the runtime
+    derives differ from the layer's."""
     import nir
     beta, scale = float(ly.beta), float(ly.scale)
     meta = {"snnfast_layer": ly.to_dict()}
@@ -427,19 +155,38 @@ def _neuron_node(ly, shape, dt, approx):
                       v_reset=_nir_array(shape, 0.0), metadata=meta)
         got_beta, got_gain = 1.0, r * dt
     else:
-        tau, r = dt / (1.0 - beta), scale / (1.0 - beta)
+        tau, r = dt / (1.0 - beta), 1.0 if fold else scale / (1.0 - beta)
         node = nir.LIF(tau=_nir_array(shape, tau), r=_nir_array(shape, r),
                        v_leak=_nir_array(shape, 0.0),
                        v_threshold=_nir_array(shape, ly.threshold),
                        v_reset=_nir_array(shape, 0.0), metadata=meta)
         h = dt / tau                      # the coefficients snnfast.nir.run derives (Euler)
-        got_beta, got_gain = 1.0 - h, r * h
+        got_beta, got_gain = 1.0 - h, (None if fold else r * h)
     for what, got, want in (("decay", got_beta, beta), ("input gain", got_gain, scale)):
-        if np.float32(got) != np.float32(want):
+        if got is not None and np.float32(got) != np.float32(want):
             approx[f"{ly.name}.{what}"] = (
                 f"{what} {want!r} becomes {got!r} through tau/r and dt: another float32 "
                 f"value, so the graph's rounding differs from the layer's")
     return node
+
+
+def _fold_factors(net, approx):
+    """``{synaptic layer index: factor}``: with ``fold_gain``, each LIF layer's input gain
+    ``r = scale / (1 - decay)`` moves into the synaptic layer that feeds it (through pools
+    and Flattens, which are linear; a Network has one before every spiking layer)."""
+    out = {}
+    for i, ly in enumerate(net.layers[:net.readout_index]):
+        if ly.kind != "neuron" or float(ly.beta) == 1.0:
+            continue                       # an IF keeps its r (NIR's IF has no tau)
+        j = i - 1
+        while net[j].kind != "synapse":
+            j -= 1
+        out[j] = float(ly.scale) / (1.0 - float(ly.beta))
+        if not _is_power_of_two(out[j]):
+            approx[f"{ly.name}.fold_gain"] = (
+                f"gain r = {out[j]!r} folded into {net[j].name!r}'s weights and bias (r = 1): "
+                "exact in real arithmetic, float32 rounding of the weights differs")
+    return out
 
 
 def _pool_nodes(net, i, spikes_in, lost):
@@ -463,9 +210,13 @@ def _pool_nodes(net, i, spikes_in, lost):
                                    metadata={"meaning": "max of binary spikes = sum > 0.5"}))]
 
 
-def _synapse_node(net, i, w, b):
+def _synapse_node(net, i, weights, factor=1.0):
+    """The NIR node of synaptic layer ``i``, its weights and bias multiplied by ``factor``."""
     import nir
     ly = net[i]
+    w = _scaled(weights[f"{ly.name}.weight"], factor)
+    b = weights.get(f"{ly.name}.bias")
+    b = None if b is None else _scaled(b, factor)
     if type(ly).__name__ == "Conv2d":
         return nir.Conv2d(input_shape=tuple(net.input_shape_of(i)[1:]), weight=w,
                           stride=ly.stride, padding=ly.padding, dilation=1, groups=1,
@@ -474,58 +225,76 @@ def _synapse_node(net, i, w, b):
     return nir.Affine(weight=wt, bias=b) if b is not None else nir.Linear(weight=wt)
 
 
-def _network_nodes(net, weights, dt, lost, approx):
+def _flatten_node(net, i, peers):
+    import nir
+    from .nir.peers import _flatten_from_end
+    node = nir.Flatten(input_type={"input": np.array(net.input_shape_of(i))}, start_dim=0,
+                       end_dim=-1)
+    # torch importers pass start_dim to torch.nn.Flatten, which counts a batch axis too
+    return _flatten_from_end(node) if peers else node
+
+
+def _network_nodes(net, weights, dt, lost, approx, fold, peers):
     """The nodes of the exported chain, in order, as ``[(name, node)]``."""
     import nir
     from .network.layers import Direct
     nodes = [("input", nir.Input(input_type={"input": np.array(net.input_shape)}))]
+    factors = _fold_factors(net, approx) if fold else {}
     # whether the current values are spikes: True, False (currents) or None (Direct frames)
     spikes = None if isinstance(net.encoder, Direct) else True
     r = net.readout_index
     for i, ly in enumerate(net.layers[:r]):
-        kind = type(ly).__name__
         if ly.kind == "synapse":
-            nodes.append((ly.name, _synapse_node(net, i, weights[f"{ly.name}.weight"],
-                                                 weights.get(f"{ly.name}.bias"))))
+            nodes.append((ly.name, _synapse_node(net, i, weights, factors.get(i, 1.0))))
             spikes = False
         elif ly.kind == "neuron":
-            nodes.append((ly.name, _neuron_node(ly, net.shapes[i], dt, approx)))
+            nodes.append((ly.name, _neuron_node(ly, net.shapes[i], dt, approx, fold)))
             spikes = True
-        elif kind == "Flatten":
-            nodes.append((ly.name, nir.Flatten(input_type={"input": np.array(
-                net.input_shape_of(i))}, start_dim=0, end_dim=-1)))
+        elif type(ly).__name__ == "Flatten":
+            nodes.append((ly.name, _flatten_node(net, i, peers)))
         else:
             nodes += [(ly.name + sfx, node) for sfx, node in _pool_nodes(net, i, spikes, lost)]
     for i in range(r + 1, len(net)):
         ly = net[i]
-        if type(ly).__name__ == "Linear":
-            nodes.append((ly.name, _synapse_node(net, i, weights[f"{ly.name}.weight"],
-                                                 weights.get(f"{ly.name}.bias"))))
-        else:
-            nodes.append((ly.name, nir.Flatten(input_type={"input": np.array(
-                net.input_shape_of(i))}, start_dim=0, end_dim=-1)))
+        nodes.append((ly.name, _synapse_node(net, i, weights) if type(ly).__name__ == "Linear"
+                      else _flatten_node(net, i, peers)))
     # the graph updates every node on every step: its rates are counts / T whatever the
     # read-out's norm (a norm "updates" of a layer with period > 1 is listed as lost)
     T = net.T
-    nodes.append((net[r].name, nir.I(r=_nir_array(net.output_shape, 1.0 / (T * dt)),
-                                     metadata={"meaning": f"rate read-out: its state after the "
-                                               f"last step = the network's output (the layers "
-                                               f"after the read-out applied to each step's "
-                                               f"spikes, summed over steps / {T})"})))
+    if not peers:           # neither PyTorch importer maps an I node
+        nodes.append((net[r].name, nir.I(r=_nir_array(net.output_shape, 1.0 / (T * dt)),
+                                         metadata={"meaning": f"rate read-out: its state after "
+                                                   f"the last step = the network's output (the "
+                                                   f"layers after the read-out applied to each "
+                                                   f"step's spikes, summed over steps / {T})"})))
     nodes.append(("output", nir.Output(output_type={"output": np.array(net.output_shape)})))
     return nodes
 
 
-def _check_network_dt(dt, net):
+def check_dt(dt, network):
+    """``dt`` as a float if a graph of ``network`` can be written with it; ValueError if not.
+
+    ``dt`` must be a finite number > 0 and the quantities :func:`network_to_nir` writes must
+    be finite normal float64 numbers (or 0): ``T*dt``, the read-out's ``r = 1/(T*dt)``,
+    every LIF layer's ``tau = dt/(1-decay)`` and every IF layer's ``r = scale/dt``. A tiny
+    ``dt`` (1e-320) would otherwise write ``r = inf`` and a huge one ``tau = inf``: a file
+    that importers reject, or a subnormal ``tau`` from which the decay cannot be recovered.
+
+    Parameters
+    ----------
+    dt : float
+    network : Network, or a model holding one (``.network``)
+    """
+    network = getattr(network, "network", network)
     if isinstance(dt, bool) or not isinstance(dt, (int, float, np.integer, np.floating)) \
             or not np.isfinite(dt) or dt <= 0:
         raise ValueError(f"dt must be a positive finite number, got {dt!r}")
     dt = float(dt)
-    derived = {"readout r = 1/(T*dt)": 1.0 / (net.T * dt)}
-    for ly in net:
+    derived = {"T*dt": network.T * dt, "readout r = 1/(T*dt)": 1.0 / (network.T * dt)}
+    for ly in network:
         if ly.kind == "neuron":
-            derived[f"{ly.name} tau/r"] = (dt / (1.0 - ly.beta) if ly.beta < 1 else
-                                           ly.scale / dt)
+            derived[f"{ly.name} tau = dt/(1-decay)" if ly.beta < 1 else f"{ly.name} r = "
+                    f"scale/dt"] = dt / (1.0 - ly.beta) if ly.beta < 1 else ly.scale / dt
     for name, v in derived.items():
         if not (np.isfinite(v) and (v == 0 or abs(v) >= np.finfo(np.float64).tiny)):
             raise ValueError(f"dt={dt!r} is out of range for this network: {name} = {v!r} is "
@@ -533,7 +302,8 @@ def _check_network_dt(dt, net):
     return dt
 
 
-def network_to_nir(network, weights, path=None, dt=_DEFAULT_DT):
+def network_to_nir(network, weights, path=None, dt=_DEFAULT_DT, fold_gain=False, peers=False,
+                   seed=None):
     """Export any :class:`~snnfast.network.Network` with its weights as a NIR graph.
 
     The graph is a chain ``input -> <one node per layer> -> <readout> -> output`` whose nodes
@@ -545,8 +315,9 @@ def network_to_nir(network, weights, path=None, dt=_DEFAULT_DT):
     ``v = decay v + scale I``); IF (or a LIF of decay 1) -> ``IF`` with ``r = scale/dt``; the
     RateReadout -> an integrator ``I`` with ``r = 1/(T dt)`` placed after the layers that
     follow the read-out (their outputs summed over the T steps / T = the output, up to
-    float32 rounding, when the last spiking layer updates on every step). The input encoder is not part of the graph: it takes the encoder's
-    output (input spikes or frames) at each step.
+    float32 rounding, when the last spiking layer updates on every step). The input encoder
+    is not part of the graph: it takes the encoder's output (input spikes or frames) at each
+    step.
 
     For a description without inexpressible features (:func:`network_inexpressible`) the
     graph run by :func:`snnfast.nir.run` (``integrator="euler"``, ``sums="ordered"``) gives
@@ -560,7 +331,22 @@ def network_to_nir(network, weights, path=None, dt=_DEFAULT_DT):
     path : str or Path, optional
         Where to write the graph (``nir.write``, HDF5), atomically.
     dt : float
-        Time step of the mapping (NIR graphs carry none; default 1e-4, snnTorch's).
+        Time step of the mapping (NIR graphs carry none; default 1e-4, snnTorch's); see
+        :func:`check_dt` for the values refused.
+    fold_gain : bool
+        Write ``r = 1`` in every LIF node and multiply its gain ``r = scale/(1-decay)`` into
+        the weights and bias of the synaptic layer that feeds it, in float64, rounded once to
+        float32 (``metadata["approximations"]`` lists the gains that are not powers of two).
+    peers : bool
+        The graph snnTorch's ``import_from_nir`` and Norse's ``from_nir`` load as they are and
+        run on batches (``docs/nir.rst``): Flattens count their axes from the end
+        (``start_dim=-3`` over ``[C, H, W]``: the same axes with or without a batch axis), no
+        ``I`` read-out (neither importer maps it; the Output takes the last layer's per-step
+        output, whose mean over the ``T`` steps is the network's output) and ``fold_gain``.
+        :func:`network_from_nir` and :func:`from_nir` do not read it back.
+    seed : int, optional
+        The seed of the input encoder's noise of the model exported (recorded in the
+        metadata; :func:`from_nir` gives its model this seed).
 
     Returns
     -------
@@ -569,24 +355,24 @@ def network_to_nir(network, weights, path=None, dt=_DEFAULT_DT):
     Raises
     ------
     ValueError
-        For weights that do not match, a ``dt`` out of range, or a MaxPool2d of currents
-        (NIR has no max pool).
+        For weights that do not match, a ``dt`` out of range, or a MaxPool2d of currents (NIR
+        has no max pool).
 
     Warns
     -----
     NIRExportWarning
         Listing the features NIR cannot express (also in ``metadata["inexpressible"]``).
     """
-    import nir
     from .network import Network
     from .reference.forward import _check_weights
     if not isinstance(network, Network):
         raise TypeError(f"network must be a snnfast.network.Network, got "
                         f"{type(network).__name__}")
     w = _check_weights(network, weights)
-    dt = _check_network_dt(dt, network)
+    dt = check_dt(dt, network)
+    fold = bool(fold_gain or peers)
     lost, approx = network_inexpressible(network), {}
-    nodes = _network_nodes(network, w, dt, lost, approx)
+    nodes = _network_nodes(network, w, dt, lost, approx, fold, bool(peers))
     names = [k for k, _ in nodes]
     if len(set(names)) != len(names):
         raise ValueError(f"layer names clash with the graph's node names {names}: rename the "
@@ -596,10 +382,24 @@ def network_to_nir(network, weights, path=None, dt=_DEFAULT_DT):
                               "1 - dt/tau; spike iff v > v_threshold, then v = v_reset",
             "threshold_op": ">", "network": json.dumps(network.to_dict()),
             "not_in_graph": {"input_encoder": json.dumps(network.to_dict()["encoder"])},
+            "fold_gain": fold, "peers": bool(peers),
             "exact": not lost and not approx, "expressible": not lost,
             "inexpressible": dict(lost), "approximations": dict(approx)}
+    if peers:
+        meta["readout"] = (f"rate: the network's output = mean over the {network.T} steps of "
+                           "node 'output' (no I node)")
+    if seed is not None:
+        meta["seed"] = _check_seed(seed)
     return _finish_graph(dict(nodes), names, meta, lost,
                          f"network {network.name or '(unnamed)'!r}", path)
+
+
+def _check_seed(seed):
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or \
+            not 0 <= seed < 2 ** 64:
+        raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+    # an HDF5 attribute holds int64: larger seeds are written as text
+    return int(seed) if seed < 2 ** 63 else str(int(seed))
 
 
 def _finish_graph(nodes, order, meta, lost, what, path):
@@ -643,15 +443,18 @@ def network_from_nir(path_or_graph):
     from .nir.graph import _read
     g = _read(path_or_graph)
     meta = g.metadata if isinstance(g.metadata, dict) else {}
-    fmt = meta.get("format")
-    fmt = fmt.decode() if isinstance(fmt, bytes) else fmt
+    fmt = _text(meta.get("format"))
     if fmt != NETWORK_FORMAT:
         raise ValueError(f"not a graph written by network_to_nir (metadata format {fmt!r}, "
                          f"expected {NETWORK_FORMAT!r}); run it with snnfast.nir.run"
                          + ("; ConvSNN graphs import with from_nir" if fmt == FORMAT else ""))
+    if _flag(meta.get("fold_gain")) or _flag(meta.get("peers")):
+        raise ValueError("the graph was written with fold_gain or peers: its weights hold the "
+                         "LIF nodes' gains (and peers has no read-out), so they are not the "
+                         "network's; run it with snnfast.nir.run")
     try:
         text = meta["network"]
-        net = Network.from_dict(json.loads(text.decode() if isinstance(text, bytes) else text))
+        net = Network.from_dict(json.loads(_text(text)))
         dt = float(np.asarray(meta["dt"]))
     except (KeyError, TypeError, ValueError, ConfigError) as exc:
         raise ValueError(f"the graph's network description cannot be read: {exc}") from None
@@ -665,6 +468,16 @@ def network_from_nir(path_or_graph):
     _same_graph(g, want)
     from .reference.forward import _check_weights
     return net, _check_weights(net, weights)
+
+
+def _text(v):
+    """A text of a graph's metadata (bytes from some HDF5 writers) as str."""
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def _flag(v):
+    """A boolean of a graph's metadata (HDF5 gives numpy.bool_ back)."""
+    return bool(np.asarray(v)) if v is not None else False
 
 
 def _synapse_arrays(g, ly):
@@ -798,10 +611,43 @@ def _unit_or(g):
     return np.where(np.abs(g - 1.0) <= GAIN_RTOL, 1.0, g)
 
 
-def _meta_float(meta, layer, key, computed):
-    """Use the producer's exact value when it agrees with the one computed from the graph."""
+def _recorded(meta):
+    """What snnfast recorded beside a graph of the Conv-SNN family: ``T``, ``n_det``, ``seed``
+    and the exact decays ``beta_c``, ``beta_h`` (those present), read from the description of
+    a :data:`NETWORK_FORMAT` graph or from the fields of the former ConvSNN exporter's
+    (:data:`FORMAT`); ``{}`` for another producer's graph."""
+    if not str(_text(meta.get("producer", ""))).startswith("snnfast"):
+        return {}
+    out = {}
     try:
-        v = float(meta[layer][key])
+        if _text(meta.get("format")) == NETWORK_FORMAT:
+            d = json.loads(_text(meta["network"]))
+            enc = d["encoder"]
+            out.update({k: enc[k] for k in ("T", "n_det") if k in enc})
+            decays = [ly.get("decay") for ly in d["layers"] if ly.get("type") == "LIF"]
+            if len(decays) == 2:
+                out["beta_c"], out["beta_h"] = decays
+            if "seed" in meta:
+                out["seed"] = meta["seed"]
+        else:
+            out.update(meta.get("input_coding", {}))
+            out["beta_c"], out["beta_h"] = meta["conv"]["beta"], meta["hidden"]["beta"]
+    except (KeyError, TypeError, ValueError, AttributeError):
+        pass                         # a damaged record: the graph's own values are used
+    return out
+
+
+def _recorded_int(rec, key, default=None):
+    try:
+        return int(rec[key])
+    except (KeyError, TypeError, ValueError):
+        return default
+
+
+def _meta_float(rec, key, computed):
+    """The producer's exact value when it agrees with the one computed from the graph."""
+    try:
+        v = float(rec[key])
     except (KeyError, TypeError, ValueError):
         return computed
     return v if abs(v - computed) <= 1e-9 * max(1.0, abs(v)) else computed
@@ -827,7 +673,7 @@ def graph_to_spec(path_or_graph, dt=None, T=None):
     params : dict
         Canonical float32 ``conv_w, conv_b, W1, b1, W2, b2`` with all gains folded in.
     info : dict
-        ``seed`` (from the input coding metadata, else 0), ``dt``, ``T``, ``metadata``.
+        ``seed`` (recorded by snnfast's exporter, else 0), ``dt``, ``T``, ``metadata``.
 
     Raises
     ------
@@ -838,7 +684,7 @@ def graph_to_spec(path_or_graph, dt=None, T=None):
     from .nir.graph import load
     net = load(path_or_graph)         # reads, flattens and checks shapes and values
     meta = net.metadata
-    ours = str(meta.get("producer", "")).startswith("snnfast")
+    rec = _recorded(meta)
     if dt is None:
         dt = float(meta["dt"]) if "dt" in meta else _DEFAULT_DT
     dt = float(dt)
@@ -909,11 +755,8 @@ def graph_to_spec(path_or_graph, dt=None, T=None):
     r_out = _uniform(r_out, names["readout"], "r")
     if r_out <= 0:
         raise ValueError(f"readout node {names['readout']!r}: r must be > 0, got {r_out!r}")
-    if T is None and ours:
-        try:
-            T = int(meta["input_coding"]["T"])
-        except (KeyError, TypeError, ValueError):
-            T = None
+    if T is None:
+        T = _recorded_int(rec, "T")
     if T is None:
         t_est = 1.0 / (r_out * dt)
         if abs(t_est - round(t_est)) > 1e-6 * t_est or round(t_est) < 1:
@@ -936,18 +779,17 @@ def graph_to_spec(path_or_graph, dt=None, T=None):
         "b1": _fold(b1, g_h, "b1", dt),
         "W2": _fold(np.asarray(W2t).T, g_out, "W2", dt), "b2": _fold(b2, g_out, "b2", dt),
     }
-    coding = meta.get("input_coding", {}) if ours and isinstance(meta.get("input_coding"), dict) else {}
     overrides = {
         "T": T,
-        "beta_c": _meta_float(meta, "conv", "beta", beta_c) if ours else beta_c,
+        "beta_c": _meta_float(rec, "beta_c", beta_c),
         "thr_c": thr_c, "reset_c": "zero",
-        "beta_h": _meta_float(meta, "hidden", "beta", beta_h) if ours else beta_h,
+        "beta_h": _meta_float(rec, "beta_h", beta_h),
         "thr_h": thr_h, "reset_h": "zero",
         "hidden_period": 1, "hidden_phase": 0, "drive": "window", "drive_scale": 1.0,
     }
-    if "n_det" in coding:
-        overrides["n_det"] = min(int(coding["n_det"]), T)
-    info = {"seed": int(coding.get("seed", 0)), "dt": dt, "T": T, "metadata": meta}
+    if _recorded_int(rec, "n_det") is not None:
+        overrides["n_det"] = min(_recorded_int(rec, "n_det"), T)
+    info = {"seed": _recorded_int(rec, "seed", 0), "dt": dt, "T": T, "metadata": meta}
     return overrides, params, info
 
 

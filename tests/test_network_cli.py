@@ -1,6 +1,7 @@
 """python -m snnfast.export / snnfast.evaluate / snnfast.energy on "network-1" files."""
 import json
 
+import nir
 import numpy as np
 
 from snnfast import energy, evaluate, export
@@ -34,7 +35,11 @@ def test_export_cli_writes_a_graph_equal_to_to_nir(tmp_path, capsys):
     _, tr = snir.run(out, want["input"].astype(np.float32), dt=1e-3, trace=["lif1", "lif5"])
     for k in ("lif1", "lif5"):
         assert np.array_equal(tr[k]["z"].astype(np.uint8), want["spikes"][k])
-    assert export.main([str(path), str(out), "--fold-gain"]) == 2
+    # --peers (and --fold-gain) apply to any network: no I node, gains in the weights
+    assert export.main([str(path), str(out), "--peers"]) == 0
+    assert "peers True" in capsys.readouterr().out
+    g = nir.read(out)
+    assert "ratereadout6" not in g.nodes and np.all(g.nodes["lif1"].r == 1)
 
 
 def test_export_cli_warns_for_inexpressible(tmp_path, capsys):

@@ -16,43 +16,6 @@ nir = pytest.importorskip("nir")
 from snnfast import nir_export as ne  # noqa: E402
 from snnfast import convsnn_numpy as cn  # noqa: E402
 
-_PRESETS = {
-    "seed": dict(beta_c=0.9, thr_c=0.8, reset_c="zero", beta_h=0.9, thr_h=0.8, reset_h="halve",
-                 hidden_period=2, hidden_phase=0, drive="cumulative", drive_scale=0.1, rate_norm="T"),
-    "default": dict(beta_c=0.9, thr_c=0.8, reset_c="zero", beta_h=0.9, thr_h=0.8, reset_h="subtract",
-                    hidden_period=2, hidden_phase=1, drive="window", drive_scale=1.0,
-                    rate_norm="updates"),
-    "nir": dict(beta_c=0.9, thr_c=0.8, reset_c="zero", beta_h=0.9, thr_h=0.8, reset_h="zero",
-                hidden_period=1, hidden_phase=0, drive="window", drive_scale=1.0,
-                rate_norm="updates"),
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class _Cfg:
-    """Stand-in for ConvSNN.config: the semantics fields only."""
-    preset: str
-    beta_c: float
-    thr_c: float
-    reset_c: str
-    beta_h: float
-    thr_h: float
-    reset_h: str
-    hidden_period: int
-    hidden_phase: int
-    drive: str
-    drive_scale: float
-    rate_norm: str
-    T: int = 10
-    n_det: int = 5
-    seed: int = 7
-    reseeded_noise: bool = False
-
-
-def _cfg(preset, **kw):
-    return _Cfg(preset=preset, **{**_PRESETS[preset], **kw})
-
-
 def _params(seed=0):
     """Random weights scaled so that both layers spike at a few to ~20 % per step."""
     rng = np.random.default_rng(seed)
@@ -66,7 +29,18 @@ def _params(seed=0):
 
 
 def _model(preset="nir", seed=0, **kw):
-    return types.SimpleNamespace(config=_cfg(preset, **kw), params=_params(seed))
+    """A ConvSNN of ``preset`` (input-noise seed 7, options ``kw``) with the weights
+    ``_params(seed)``."""
+    from snnfast.convsnn import ConvSNN
+    model = ConvSNN(preset=preset, seed=7, **kw)
+    model.set_params(_params(seed))
+    return model
+
+
+def _described(graph):
+    """The network description recorded in an exported graph's metadata, as a dict."""
+    import json
+    return json.loads(graph.metadata["network"])
 
 
 def _images(n=4, seed=1):
@@ -113,7 +87,7 @@ def _reference(model, images):
 
 def test_graph_structure_and_parameters(nir_model, nir_file):
     g = nir.read(nir_file, type_check=True)
-    order = ["input", "conv", "conv_lif", "flatten", "fc1", "hidden_lif", "fc2", "readout", "output"]
+    order = ["input", "conv", "conv_lif", "flatten", "fc1", "hidden", "fc2", "readout", "output"]
     assert [type(g.nodes[k]).__name__ for k in order] == \
         ["Input", "Conv2d", "LIF", "Flatten", "Affine", "LIF", "Affine", "I", "Output"]
     assert sorted(map(tuple, g.edges)) == sorted(zip(order[:-1], order[1:]))
@@ -131,7 +105,7 @@ def test_graph_structure_and_parameters(nir_model, nir_file):
     assert np.array_equal(g.nodes["fc1"].bias, p["b1"])
     assert np.array_equal(g.nodes["fc2"].weight, p["W2"].T)
     dt, beta = 1e-4, 0.9
-    for name, shape in (("conv_lif", (16, 12, 12)), ("hidden_lif", (1024,))):
+    for name, shape in (("conv_lif", (16, 12, 12)), ("hidden", (1024,))):
         lif = g.nodes[name]
         for attr in ("tau", "r", "v_leak", "v_threshold", "v_reset"):
             assert getattr(lif, attr).shape == shape, (name, attr)
@@ -142,11 +116,12 @@ def test_graph_structure_and_parameters(nir_model, nir_file):
     assert g.nodes["readout"].r.shape == (10,)
     np.testing.assert_allclose(g.nodes["readout"].r * dt * 10, 1.0, rtol=1e-12)
     m = g.metadata
-    assert m["producer"].startswith("snnfast ") and m["format"] == ne.FORMAT
-    assert m["preset"] == "nir" and m["threshold_op"] == ">" and float(m["dt"]) == dt
+    assert m["producer"].startswith("snnfast ") and m["format"] == ne.NETWORK_FORMAT
+    assert m["threshold_op"] == ">" and float(m["dt"]) == dt and int(m["seed"]) == 7
     assert bool(m["exact"]) and dict(m["inexpressible"]) == {}
-    assert m["hidden"]["update_period"] == 1 and m["hidden"]["reset"] == "zero"
-    assert m["input_coding"]["T"] == 10 and m["input_coding"]["n_det"] == 5
+    d = _described(g)           # the model's description, as the graph's nodes
+    assert d == nir_model.network.to_dict() and d["name"] == "nir"
+    assert d["encoder"]["T"] == 10 and d["encoder"]["n_det"] == 5
     # the raw HDF5 layout (what non-Python consumers see)
     with h5py.File(nir_file, "r") as f:
         assert f["node/nodes/conv_lif/type"][()] == b"LIF"
@@ -182,7 +157,7 @@ def test_simulated_graph_reproduces_model_spikes(nir_model, nir_file):
     ref = _reference(nir_model, imgs)
     sim = _simulate(nir.read(nir_file), ref["s_in"])
     zc = sim["spikes"]["conv_lif"].reshape(4, 10, 2304)
-    zh = sim["spikes"]["hidden_lif"]
+    zh = sim["spikes"]["hidden"]
     # the currents, not only the spikes, are bitwise those of the contract's float32 order
     p = nir_model.params
     ic = cn.conv_currents(ref["s_in"], p["conv_w"], p["conv_b"], exact=True)
@@ -220,7 +195,7 @@ def test_fold_gain_power_of_two_is_exact(tmp_path):
         warnings.simplefilter("error")
         ne.to_nir(model, path, fold_gain=True)
     g = nir.read(path)
-    assert np.all(g.nodes["conv_lif"].r == 1) and np.all(g.nodes["hidden_lif"].r == 1)
+    assert np.all(g.nodes["conv_lif"].r == 1) and np.all(g.nodes["hidden"].r == 1)
     assert np.array_equal(g.nodes["conv"].weight, model.params["conv_w"] * np.float32(4))
     assert np.array_equal(g.nodes["fc1"].bias, model.params["b1"] * np.float32(4))
     assert bool(g.metadata["exact"]) and bool(g.metadata["fold_gain"])
@@ -232,7 +207,7 @@ def test_fold_gain_power_of_two_is_exact(tmp_path):
     sim = _simulate(g, ref["s_in"])
     assert ref["z_c"].any() and ref["z_h"].any()
     assert np.array_equal(sim["spikes"]["conv_lif"].reshape(3, 10, -1), ref["z_c"])
-    assert np.array_equal(sim["spikes"]["hidden_lif"], ref["z_h"])
+    assert np.array_equal(sim["spikes"]["hidden"], ref["z_h"])
 
 
 def test_fold_gain_non_power_of_two_is_within_one_ulp(nir_model, tmp_path):
@@ -241,7 +216,7 @@ def test_fold_gain_non_power_of_two_is_within_one_ulp(nir_model, tmp_path):
     ne.to_nir(nir_model, path, fold_gain=True)
     g = nir.read(path)
     assert not bool(g.metadata["exact"]) and bool(g.metadata["expressible"])
-    assert set(g.metadata["approximations"]) == {"conv_fold_gain", "hidden_fold_gain"}
+    assert set(g.metadata["approximations"]) == {"conv_lif.fold_gain", "hidden.fold_gain"}
     np.testing.assert_allclose(g.nodes["conv"].weight, nir_model.params["conv_w"] * 10, rtol=1e-6)
     _, params, _ = ne.graph_to_spec(path)
     for k, v in nir_model.params.items():
@@ -251,8 +226,8 @@ def test_fold_gain_non_power_of_two_is_within_one_ulp(nir_model, tmp_path):
 # ------------------------------------------------------------------------------- lossy presets
 
 @pytest.mark.parametrize("preset, lost", [
-    ("seed", {"hidden_reset", "hidden_update_period", "cumulative_drive"}),
-    ("default", {"hidden_reset", "hidden_update_period"}),
+    ("seed", {"hidden.reset", "hidden.period", "hidden.drive"}),
+    ("default", {"hidden.reset", "hidden.period"}),
 ])
 def test_inexpressible_features_warn_and_are_recorded(preset, lost, tmp_path):
     model = _model(preset)
@@ -264,41 +239,42 @@ def test_inexpressible_features_warn_and_are_recorded(preset, lost, tmp_path):
     g = nir.read(path)
     assert set(g.metadata["inexpressible"]) == lost
     assert not bool(g.metadata["exact"]) and not bool(g.metadata["expressible"])
-    assert set(ne.inexpressible_features(model.config)) == lost
-    assert "halving" in msg if preset == "seed" else "subtract" in msg
-    if preset == "seed":
-        # the 0.1 drive scale is expressible: folded into fc1 (float32 rounding noted)
-        assert "drive_scale" in g.metadata["approximations"]
-        w = (model.params["W1"].astype(np.float64) * 0.1).astype(np.float32).T
-        assert np.array_equal(g.nodes["fc1"].weight, w)
-        assert g.metadata["hidden"]["drive"] == "cumulative"
-        assert float(g.metadata["hidden"]["drive_scale"]) == 0.1
-    else:
-        assert np.array_equal(g.nodes["fc1"].weight, model.params["W1"].T)
-    assert g.metadata["hidden"]["update_period"] == 2
+    assert set(ne.network_inexpressible(model.network)) == lost
+    assert "v / 2" in msg if preset == "seed" else "v - threshold" in msg
+    # the weights are the model's; the seed's 0.1 drive scale is the hidden node's gain
+    assert np.array_equal(g.nodes["fc1"].weight, model.params["W1"].T)
+    hid = g.nodes["hidden"]
+    scale = 0.1 if preset == "seed" else 1.0
+    np.testing.assert_allclose(hid.r * 1e-4 / hid.tau, scale, rtol=1e-12)
+    d = [ly for ly in _described(g)["layers"] if ly["name"] == "hidden"][0]
+    assert (d["period"], d["scale"]) == (2, scale)
+    assert d["drive"] == ("cumulative" if preset == "seed" else "window")
 
 
 def test_inexpressible_features_per_field():
-    base = _cfg("nir")
-    assert ne.inexpressible_features(base) == {}
-    assert set(ne.inexpressible_features(dataclasses.replace(base, reset_c="subtract"))) == {"conv_reset"}
-    assert set(ne.inexpressible_features(dataclasses.replace(base, reset_h="halve"))) == {"hidden_reset"}
-    assert set(ne.inexpressible_features(dataclasses.replace(base, drive="cumulative"))) == {"cumulative_drive"}
-    assert set(ne.inexpressible_features(dataclasses.replace(base, hidden_period=2))) == {"hidden_update_period"}
+    from snnfast.convsnn import make_config
+    base = make_config("nir")
+    assert ne.network_inexpressible(base.network) == {}
+    for field, value, key in (("reset_h", "halve", "hidden.reset"),
+                              ("reset_h", "subtract", "hidden.reset"),
+                              ("drive", "cumulative", "hidden.drive"),
+                              ("hidden_period", 2, "hidden.period")):
+        cfg = dataclasses.replace(base, **{field: value})
+        assert set(ne.network_inexpressible(cfg.network)) == {key}, field
 
 
 def test_export_rejects_bad_input():
     m = _model("nir")
     with pytest.raises(ValueError, match="dt"):
         ne.to_nir(m, dt=0.0)
-    bad = types.SimpleNamespace(config=m.config, params={**m.params, "W1": m.params["W1"][:100]})
-    with pytest.raises(ValueError, match="W1"):
-        ne.to_nir(bad)
-    nan = dict(m.params, b2=np.full(10, np.nan, np.float32))
+    w = m.weights
+    with pytest.raises(ValueError, match="fc1.weight"):
+        ne.to_nir(m.network, {**w, "fc1.weight": w["fc1.weight"][:100]})
     with pytest.raises(ValueError, match="NaN"):
-        ne.to_nir(types.SimpleNamespace(config=m.config, params=nan))
-    with pytest.raises(ValueError, match="beta"):
-        ne.to_nir(types.SimpleNamespace(config=dataclasses.replace(m.config, beta_h=1.0), params=m.params))
+        ne.to_nir(types.SimpleNamespace(network=m.network,
+                                        weights={**w, "fc2.bias": np.full(10, np.nan)}))
+    with pytest.raises(ValueError, match="seed"):
+        ne.to_nir(m, seed=-1)
     with pytest.raises(TypeError):
         ne.to_nir(object())
 
@@ -319,15 +295,15 @@ _MISMATCH = r"shape mismatch on edge \('conv', 'conv_lif'\)"
 
 def _mutations():
     def v_leak(g):
-        _set(g.nodes["hidden_lif"], v_leak=np.full(1024, 0.1))
+        _set(g.nodes["hidden"], v_leak=np.full(1024, 0.1))
 
     def v_reset(g):
         _set(g.nodes["conv_lif"], v_reset=np.full((16, 12, 12), -0.2))
 
     def thr_nonuniform(g):
-        t = g.nodes["hidden_lif"].v_threshold.copy()
+        t = g.nodes["hidden"].v_threshold.copy()
         t[3] = 0.5
-        _set(g.nodes["hidden_lif"], v_threshold=t)
+        _set(g.nodes["hidden"], v_threshold=t)
 
     def tau_nonuniform(g):
         t = g.nodes["conv_lif"].tau.copy()
@@ -367,13 +343,13 @@ def _mutations():
 
     def branch(g):
         g.nodes["extra"] = nir.Output(output_type={"output": np.array([1024])})
-        g.edges = list(g.edges) + [("hidden_lif", "extra")]
+        g.edges = list(g.edges) + [("hidden", "extra")]
 
     def unreachable(g):
         g.nodes["island"] = nir.Scale(scale=np.ones(10))
 
     def cycle(g):
-        g.edges = list(g.edges) + [("hidden_lif", "hidden_lif")]      # a recurrent edge
+        g.edges = list(g.edges) + [("hidden", "hidden")]      # a recurrent edge
 
     def into_input(g):
         g.edges = list(g.edges) + [("fc2", "input")]
@@ -413,9 +389,9 @@ def test_representable_gains_are_folded(nir_file, nir_model):
     r = g.nodes["conv_lif"].r.copy()
     r[3] *= 2
     g.nodes["conv_lif"].r = r
-    rh = g.nodes["hidden_lif"].r.copy()
+    rh = g.nodes["hidden"].r.copy()
     rh[7] *= 0.5
-    g.nodes["hidden_lif"].r = rh
+    g.nodes["hidden"].r = rh
     _, params, _ = ne.graph_to_spec(g)
     p = nir_model.params
     assert np.array_equal(params["conv_w"][3], p["conv_w"][3] * 2)
@@ -497,8 +473,74 @@ def test_convsnn_roundtrip_bit_for_bit(tmp_path):
     assert a["conv"].any() and a["hidden"].any()
     sim = _simulate(nir.read(path), a["input"])
     assert np.array_equal(sim["spikes"]["conv_lif"].reshape(a["conv"].shape), a["conv"])
-    assert np.array_equal(sim["spikes"]["hidden_lif"], a["hidden"])
+    assert np.array_equal(sim["spikes"]["hidden"], a["hidden"])
     np.testing.assert_allclose(sim["output"], a["logits"], rtol=1e-5, atol=1e-5)
+
+
+def _fixture_params():
+    """The weights of ``tests/data/snnfast-nir-1/convsnn-nir.nir.gz``: formulas (and a small
+    random conv), so that the file compresses to 12 KB; both layers spike (18 %, 9 %)."""
+    rng = np.random.default_rng(20)
+    f = np.float32
+    j, h = np.arange(2304)[:, None], np.arange(1024)[None, :]
+    return {"conv_w": rng.normal(0.05, 0.35, (16, 1, 5, 5)).astype(f),
+            "conv_b": rng.normal(0, 0.1, 16).astype(f),
+            "W1": (((j * 7 + h * 3) % 13 - 6) * 0.006).astype(f),
+            "b1": (((np.arange(1024) * 5) % 11 - 5) * 0.05).astype(f),
+            "W2": (((np.arange(1024)[:, None] + 3 * np.arange(10)[None, :]) % 7 - 3)
+                   * 0.01).astype(f),
+            "b2": (np.arange(10) * 0.01).astype(f)}
+
+
+def test_graph_of_the_former_convsnn_exporter_still_imports(tmp_path):
+    """A file of snnfast's former ConvSNN-only exporter (format ``snnfast-nir-1``, node
+    ``hidden_lif``, written at cb9701a: ``tests/data/snnfast-nir-1``): ``from_nir`` gives the
+    model it was written from (config, weights, spikes and logits bit for bit),
+    ``snnfast.nir.run`` its spikes, and today's export of that model is the same graph under
+    the description's node names."""
+    import gzip
+    from pathlib import Path
+    ConvSNN = _convsnn()
+    path = tmp_path / "old.nir"
+    path.write_bytes(gzip.decompress(
+        (Path(__file__).parent / "data" / "snnfast-nir-1" / "convsnn-nir.nir.gz").read_bytes()))
+    old = nir.read(path)
+    assert old.metadata["format"] == ne.FORMAT and "hidden_lif" in old.nodes
+    model = ConvSNN(preset="nir", seed=7)
+    model.set_params(_fixture_params())
+    back = ne.from_nir(path)
+    assert back.config == model.config
+    for k, v in model.params.items():
+        assert np.array_equal(back.params[k], v), k
+    imgs = _images(4, seed=1)
+    a, b = model.trace(imgs), back.trace(imgs)
+    for key in ("input", "conv", "hidden", "logits"):
+        assert np.array_equal(a[key], b[key]), key
+    assert 0.05 < a["conv"].mean() < 0.5 and 0.02 < a["hidden"].mean() < 0.5
+    sim = _simulate(old, a["input"])
+    assert np.array_equal(sim["spikes"]["conv_lif"].reshape(a["conv"].shape), a["conv"])
+    assert np.array_equal(sim["spikes"]["hidden_lif"], a["hidden"])
+    new = ne.to_nir(model)
+    rename = {"hidden_lif": "hidden"}
+    assert {rename.get(k, k) for k in old.nodes} == set(new.nodes)
+    for k, node in old.nodes.items():
+        ne._same_graph(nir.NIRGraph(nodes={rename.get(k, k): node}, edges=[], type_check=False),
+                       nir.NIRGraph(nodes={rename.get(k, k): new.nodes[rename.get(k, k)]},
+                                    edges=[], type_check=False))
+
+
+def test_convsnn_export_is_its_description_export(tmp_path):
+    """A ConvSNN exports as its description and weights: ``network_from_nir`` reads them back
+    exactly, and the nodes are ``network_to_nir``'s (one exporter)."""
+    model = _model("default", seed=2)
+    with pytest.warns(ne.NIRExportWarning):
+        g = ne.to_nir(model, tmp_path / "d.nir")
+        want = ne.network_to_nir(model.network, model.weights)
+    net, w = ne.network_from_nir(tmp_path / "d.nir")
+    assert net == model.network and w.keys() == model.weights.keys()
+    assert all(np.array_equal(w[k], v) for k, v in model.weights.items())
+    ne._same_graph(g, want)
+    assert int(g.metadata["seed"]) == 7 and "seed" not in want.metadata
 
 
 def test_convsnn_fold_gain_roundtrip_bit_for_bit(tmp_path):
@@ -518,8 +560,8 @@ def test_convsnn_lossy_presets_warn(preset):
     ConvSNN = _convsnn()
     with pytest.warns(ne.NIRExportWarning):
         g = ne.to_nir(ConvSNN(preset=preset, seed=0))
-    assert not bool(g.metadata["exact"]) and g.metadata["preset"] == preset
-    assert "hidden_update_period" in g.metadata["inexpressible"]
+    assert not bool(g.metadata["exact"]) and _described(g)["name"] == preset
+    assert "hidden.period" in g.metadata["inexpressible"]
 
 
 def test_cli(tmp_path, capsys):
@@ -531,9 +573,10 @@ def test_cli(tmp_path, capsys):
     out = tmp_path / "out.nir"
     assert export.main([str(src), str(out), "--dt", "1e-3"]) == 0
     err = capsys.readouterr().err
-    assert "warning:" in err and "cumulative_drive" in err
+    assert "warning:" in err and "hidden.drive" in err
     g = nir.read(out)
-    assert float(g.metadata["dt"]) == 1e-3 and g.metadata["preset"] == "seed"
+    assert float(g.metadata["dt"]) == 1e-3 and _described(g) == model.network.to_dict()
+    assert int(g.metadata["seed"]) == model.config.seed
     with pytest.raises(SystemExit) as e:
         export.main([str(src), str(out), "--dt", "-1"])
     assert e.value.code == 2
@@ -577,19 +620,19 @@ def _lif_membranes(currents, beta, thr):
 def _snntorch_run(path, s_in):
     """Import ``path`` with snnTorch (graph cut after fc2) and run it per sample and step.
 
-    Returns {name: float32 (B, T, N)} for conv, conv_lif (spikes), conv_lif_mem, fc1, hidden_lif,
-    hidden_lif_mem, fc2, plus the snnTorch Leaky modules.
+    Returns {name: float32 (B, T, N)} for conv, conv_lif (spikes), conv_lif_mem, fc1, hidden,
+    hidden_mem, fc2, plus the snnTorch Leaky modules.
     """
     snn = pytest.importorskip("snntorch")
     torch = pytest.importorskip("torch")
     from snntorch.import_nir import import_from_nir
     g = nir.read(path)
-    keep = ["input", "conv", "conv_lif", "flatten", "fc1", "hidden_lif", "fc2"]
+    keep = ["input", "conv", "conv_lif", "flatten", "fc1", "hidden", "fc2"]
     nodes = {k: g.nodes[k] for k in keep}
     nodes["output"] = nir.Output(output_type={"output": np.array([_N_OUT])})
     sub = nir.NIRGraph(nodes=nodes, edges=list(zip(keep, keep[1:] + ["output"])), metadata={})
     net = import_from_nir(sub)
-    lifs = {k: getattr(net, k) for k in ("conv_lif", "hidden_lif")}
+    lifs = {k: getattr(net, k) for k in ("conv_lif", "hidden")}
     assert all(isinstance(m, snn.Leaky) for m in lifs.values())
     rec = {}
 
@@ -600,7 +643,7 @@ def _snntorch_run(path, s_in):
                 rec.setdefault(name + "_mem", []).append(mod.mem.detach().numpy().reshape(-1).copy())
         return f
 
-    for k in ("conv", "conv_lif", "fc1", "hidden_lif", "fc2"):
+    for k in ("conv", "conv_lif", "fc1", "hidden", "fc2"):
         getattr(net, k).register_forward_hook(hook(k))
     B, T = s_in.shape[:2]
     runs = []
@@ -689,12 +732,12 @@ def test_snntorch_imports_spiking_part(nir_model, nir_file, fold_gain, tmp_path)
     assert err_h <= 1e-4, err_h
     delta_h = 2 * (float(err_h) + 1e-6) / (1 - beta)
     pre_h, post_h = _lif_membranes(ih_ref, beta, thr)
-    zh_ref, zh = ref["z_h"], out["hidden_lif"].astype(np.uint8)
+    zh_ref, zh = ref["z_h"], out["hidden"].astype(np.uint8)
     tainted = np.logical_or.accumulate((np.abs(pre_h - np.float32(thr)) <= delta_h)
                                        | ~conv_same[:, :, None], axis=1)
     bad = int(np.sum((zh != zh_ref) & ~tainted))
     assert bad == 0, f"{bad} hidden spike mismatches not explained by threshold proximity or conv"
-    mem_h = out["hidden_lif_mem"] / np.float32(gain)
+    mem_h = out["hidden_mem"] / np.float32(gain)
     assert np.all(np.abs(mem_h - post_h)[~tainted] <= delta_h)
 
     assert 0.01 < zc_ref.mean() < 0.5 and 0.005 < zh_ref.mean() < 0.5     # non-trivial activity

@@ -133,3 +133,47 @@ def test_import_round_trip_and_edited_graphs(tmp_path):
     g.metadata["format"] = "other"
     with pytest.raises(ValueError, match="not a graph written by network_to_nir"):
         network_from_nir(g)
+
+
+def test_fold_gain_and_peers_for_any_network(tmp_path):
+    """``fold_gain``: every LIF node gets r = 1 and its gain (here 4 and 1, powers of two:
+    exact) moves into the synaptic layer feeding it, through a pool; the graph then gives the
+    engine's spikes bit for bit. ``peers``: the same spikes, no I node (the mean of the
+    per-step output is the read-out's value), Flattens counted from the end."""
+    from snnfast.nir_export import network_from_nir
+    net = Network((2, 14, 12), [
+        Conv2d(out_channels=4, kernel_size=3, padding=1, name="c1"), AvgPool2d(2, name="p1"),
+        LIF(decay=0.75, threshold=0.3, name="l1"),
+        Conv2d(out_channels=6, kernel_size=3, name="c2"),
+        LIF(decay=0.5, threshold=0.4, scale=0.5, name="l2"), MaxPool2d(2, name="p2"),
+        Flatten(name="fl"), Linear(out_features=12, name="fc1"), IF(threshold=0.5, name="l3"),
+        RateReadout(name="ro"), Linear(out_features=5, name="fc2")],
+        encoder=Hybrid(T=8, n_det=3), name="fold")
+    w = _weights(net, 4)
+    X = _images(net, 5, 6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NIRExportWarning)
+        fold = to_nir(net, w, path=tmp_path / "fold.nir", dt=DT, fold_gain=True)
+        peers = to_nir(net, w, dt=DT, peers=True)
+    assert fold.metadata["exact"] and fold.metadata["fold_gain"] and not fold.metadata["peers"]
+    assert np.all(fold.nodes["l1"].r == 1) and np.all(fold.nodes["l2"].r == 1)
+    assert np.array_equal(fold.nodes["c1"].weight, w["c1.weight"] * f32(4))
+    assert np.array_equal(fold.nodes["c1"].bias, w["c1.bias"] * f32(4))
+    assert np.array_equal(fold.nodes["c2"].weight, w["c2.weight"])        # 0.5 / (1 - 0.5)
+    assert np.array_equal(fold.nodes["fc1"].weight, w["fc1.weight"].T)    # an IF keeps its r
+    want = engine.forward(net, w, X, record=True)
+    x = want["input"].astype(f32)
+    spiking = net.spiking_layers()
+    out_f, tr_f = snir.run(fold, x, dt=DT, trace=spiking)
+    out_p, tr_p = snir.run(peers, x, dt=DT, trace=spiking)
+    for name in spiking:
+        assert want["spikes"][name].any(), name
+        assert np.array_equal(tr_f[name]["z"].astype(np.uint8), want["spikes"][name]), name
+        assert np.array_equal(tr_p[name]["z"], tr_f[name]["z"]), name
+    assert "ro" not in peers.nodes and peers.metadata["peers"]
+    assert (int(peers.nodes["fl"].start_dim), int(peers.nodes["fl"].end_dim)) == (-3, -1)
+    np.testing.assert_allclose(out_p["output"].mean(axis=1), out_f["output"][:, -1],
+                               rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="fold_gain or peers"):
+        network_from_nir(tmp_path / "fold.nir")
+

@@ -112,12 +112,12 @@ def test_peers_export_runs_here_like_the_default_export():
         gf = ne.to_nir(model, fold_gain=True)
     assert "readout" not in gp.nodes and gp.metadata["peers"] is True
     assert (int(gp.nodes["flatten"].start_dim), int(gp.nodes["flatten"].end_dim)) == (-3, -1)
-    assert np.all(gp.nodes["conv_lif"].r == 1) and np.all(gp.nodes["hidden_lif"].r == 1)
+    assert np.all(gp.nodes["conv_lif"].r == 1) and np.all(gp.nodes["hidden"].r == 1)
     x = _events(4, 10, (1, 28, 28), 0.2, seed=3)
-    op, tp = snir.run(gp, x, dt=gp.metadata["dt"], trace=["hidden_lif"])
-    of, tf = snir.run(gf, x, dt=gf.metadata["dt"], trace=["hidden_lif"])
-    assert tp["hidden_lif"]["z"].sum() > 0
-    assert np.array_equal(tp["hidden_lif"]["z"], tf["hidden_lif"]["z"])
+    op, tp = snir.run(gp, x, dt=gp.metadata["dt"], trace=["hidden"])
+    of, tf = snir.run(gf, x, dt=gf.metadata["dt"], trace=["hidden"])
+    assert tp["hidden"]["z"].sum() > 0
+    assert np.array_equal(tp["hidden"]["z"], tf["hidden"]["z"])
     np.testing.assert_allclose(op["output"].mean(axis=1), of["output"][:, -1], rtol=1e-5,
                                atol=1e-6)
     with pytest.raises(ValueError, match="unsupported NIR graph topology"):
@@ -167,7 +167,7 @@ def test_peers_export_loads_batched_in_the_peers(peer):
     g = ne.to_nir(model, peers=True)
     dt = g.metadata["dt"]
     x = _events(8, 10, (1, 28, 28), 0.2, seed=4)
-    layers = ("conv_lif", "hidden_lif")
+    layers = ("conv_lif", "hidden")
     ours, tr = snir.run(g, x, dt=dt, trace=list(layers))
     ours = ours["output"]
     module, stateful = _import(peer, g, dt=dt)

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def _expected(root):
     """Files of the checkout that an sdist needs in order to build and test the package."""
     pats = ["ext/*.pyx", "ext/*.pxd", "ext/*.h", "tests/*.py", "bench/*.py", "data/*.json",
-            "tests/data/nir-paper/*", "tests/data/nir-paper/*/*",
+            "tests/data/nir-paper/*", "tests/data/nir-paper/*/*", "tests/data/snnfast-nir-1/*",
             "snnfast/*.py", "snnfast/*/*.py", "snnfast/network/presets/*.toml", "examples/*.py",
             "docs/*.rst", "docs/conf.py", "setup.py", "pyproject.toml", "README.md", "LICENSE",
             "CHANGELOG.md", "CITATION.cff"]

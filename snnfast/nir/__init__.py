@@ -9,9 +9,9 @@ cycles); :func:`run` steps it over a batch of input sequences with an explicit t
 selectable integrator (forward Euler or exact exponential) and reset rule, compiled (C,
 OpenMP over samples, event-driven) when it can and in NumPy otherwise, with the same
 float32 results (:func:`choose_backend`). The
-semantics of every node: ``docs/nir-runtime.rst``. :func:`to_nir` exports a ConvSNN and
-:func:`from_nir` builds a ConvSNN back from a graph of that family (a thin layer on
-:func:`load`). :func:`for_torch_importers` rewrites a graph for snnTorch's and Norse's
+semantics of every node: ``docs/nir-runtime.rst``. :func:`to_nir` exports any network
+description with its weights (or a model holding one: ConvSNN, SNN) and :func:`from_nir`
+builds a ConvSNN back from a graph of that family (a thin layer on :func:`load`). :func:`for_torch_importers` rewrites a graph for snnTorch's and Norse's
 importers (``snnfast.nir.peers``).
 """
 from ..nir_export import from_nir, to_nir

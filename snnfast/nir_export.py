@@ -656,6 +656,10 @@ def _meta_float(rec, key, computed):
 def graph_to_spec(path_or_graph, dt=None, T=None):
     """Translate a NIR graph of the Conv-SNN family into ConvSNN semantics and parameters.
 
+    What snnfast recorded beside the graph (``T``, ``n_det``, the exact decays, the seed) is
+    read from either of its formats: :data:`NETWORK_FORMAT` (today's exports, the network
+    description) and :data:`FORMAT` (the former ConvSNN exporter's fields).
+
     Parameters
     ----------
     path_or_graph : str, Path or nir.NIRGraph

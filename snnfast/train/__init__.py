@@ -6,12 +6,13 @@
                             [--data-dir D] [--val-size N] [--out RUN_DIR] [--resume]
                             [--reseeded-noise] [--set FIELD=VALUE ...]
 
-The presets train through :class:`snnfast.ConvSNN` (unchanged); ``--config`` trains any
+The presets train :class:`snnfast.ConvSNN` (its tuned kernels); ``--config`` trains any
 network description (:class:`snnfast.SNN`, the rate surrogate gradient of
 :mod:`snnfast.train.surrogate`), its ``[training]`` table giving the defaults that the flags
-and ``--set`` (any :class:`snnfast.train.TrainingConfig` option) override. ``--data`` reads a
-user's own arrays (:func:`snnfast.datasets.load_arrays`). The training API itself:
-:class:`snnfast.SNN`, :class:`snnfast.train.Trainer` (``snnfast/train/trainer.py``).
+and ``--set`` (any :class:`snnfast.train.TrainingConfig` option) override. Both models train
+through the one loop :class:`snnfast.train.Trainer` (``snnfast/train/loop.py``). ``--data``
+reads a user's own arrays (:func:`snnfast.datasets.load_arrays`). The training API itself:
+:class:`snnfast.SNN` (``snnfast/train/trainer.py``), :class:`snnfast.train.Trainer`.
 
 Writes into the run directory (default ``runs/<preset>[-reseeded]-<dataset>-<seed>``, or
 ``runs/<config file stem>-<dataset>-<seed>``):
@@ -47,8 +48,8 @@ __all__ = ["main", "build_parser", "SNN", "Trainer", "TrainingConfig"]
 
 def __getattr__(name):
     # the training API (snnfast.train.trainer) loads on first use: snnfast.convsnn imports
-    # snnfast.train.schedule, so this package must not import the trainer (which imports
-    # snnfast.convsnn) when it loads
+    # snnfast.train.loop and .schedule, so this package must not import the trainer (which
+    # imports snnfast.convsnn's helpers) when it loads
     if name in ("SNN", "Trainer", "TrainingConfig", "training_config"):
         from . import trainer
         return getattr(trainer, name)

@@ -166,10 +166,8 @@ def _get(dset, verify):
 
 def _check_state(st):
     """Validate the training state read from a checkpoint (see ``ConvSNN._read_state``), so
-    that a damaged one is refused by ``load`` rather than failing in the middle of a run."""
-    for name in ("epoch", "step"):
-        if st[name] < 0:
-            raise ValueError(f"{name} must be >= 0, got {st[name]}")
+    that a damaged one is refused by ``load`` rather than failing in the middle of a run (the
+    position in the run: :meth:`snnfast.train.loop.Trainer.restore`)."""
     if not isinstance(st["history"], list) or not isinstance(st["metrics"], dict):
         raise ValueError("history must be a JSON list and metrics a JSON object")
     if st["opt"] is not None:
@@ -186,13 +184,6 @@ def _check_state(st):
     if st["best"] is not None:
         st["best"]["params"] = _checked(check_params, st["best"]["params"],
                                         "best-validation weights")
-    p = st["partial"]
-    if p is not None:
-        keys = {"loss", "correct", "n", "in", "c", "h", "time"}
-        if (not isinstance(p, dict) or not isinstance(p.get("epoch"), int)
-                or not isinstance(p.get("batch"), int) or p["batch"] < 0
-                or not isinstance(p.get("sums"), dict) or set(p["sums"]) != keys):
-            raise ValueError(f"damaged mid-epoch position {p!r}")
 
 
 def _check_network(stored, network):
@@ -1157,9 +1148,9 @@ class ConvSNN:
             _check_network(network, model.network)
             model.set_params(params)
             _check_state(state)
+            model._restore_state(state)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{path}: invalid ConvSNN content ({exc})") from None
-        model._restore_state(state)
         return model
 
     @staticmethod

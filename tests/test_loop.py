@@ -225,3 +225,51 @@ def test_both_models_train_through_the_one_loop():
     m = SNN(net, epochs=1, batch_size=4)
     m.fit(np.zeros((4, 1, 4, 4), np.uint8), np.arange(4) % 3)
     assert type(m.trainer) is Trainer
+
+
+@pytest.mark.parametrize("epoch, step, history, partial, match", [
+    (-1, 0, [], None, "epoch must be >= 0"), (0, 1.5, [], None, "step must be >= 0"),
+    (1, 3, {"epoch": 1}, None, "history must be a JSON list"),
+    (1, 3, [], "hello", "damaged mid-epoch position"),
+    (1, 3, [], {"epoch": 1, "batch": -1, "sums": {}}, "damaged mid-epoch position"),
+    (1, 3, [], {"epoch": 1, "batch": 2, "sums": {"loss": 0.0}}, "damaged mid-epoch position")])
+def test_restore_refuses_a_damaged_position(epoch, step, history, partial, match):
+    t = Recorder().trainer
+    with pytest.raises(ValueError, match=match):
+        t.restore(epoch, step, history, partial, None)
+    sums = {"loss": 1.0, "correct": 2, "n": 4, "spikes": 4, "time": 0.1}
+    t.restore(1, 4, [], {"epoch": 1, "batch": 1, "sums": sums}, None)     # intact
+    assert (t.epoch, t.step, t._partial["batch"]) == (1, 4, 1)
+
+
+def test_snn_checkpoint_with_a_damaged_position_is_refused_at_load(tmp_path, monkeypatch):
+    import json
+
+    import h5py
+    from snnfast.network import LIF, Flatten, Hybrid, Linear, Network, RateReadout
+    net = Network((1, 4, 4), [Flatten(), Linear(out_features=4, name="fc"), LIF(name="l"),
+                              RateReadout(), Linear(out_features=3, name="out")],
+                  encoder=Hybrid(T=2, n_det=1))
+    m = SNN(net, epochs=2, batch_size=2)
+    X, y = np.zeros((8, 1, 4, 4), np.uint8), np.arange(8) % 3
+    calls = []
+    orig = Trainer.train_step
+
+    def step(self, *a):
+        calls.append(1)
+        if len(calls) == 2:
+            self._stop = True
+        return orig(self, *a)
+    with monkeypatch.context() as mp:
+        mp.setattr(Trainer, "train_step", step)
+        with pytest.raises(KeyboardInterrupt):
+            m.fit(X, y)
+    path = tmp_path / "ck.h5"
+    m.save(path, checkpoint=True)
+    assert SNN.load(path).trainer._partial["batch"] == 2            # intact: loads
+    with h5py.File(path, "r+") as f:
+        state = json.loads(f.attrs["training"])
+        state["partial"]["sums"].pop("spikes")
+        f.attrs["training"] = json.dumps(state)
+    with pytest.raises(ValueError, match=r"ck\.h5: .*damaged mid-epoch position"):
+        SNN.load(path)

@@ -123,15 +123,29 @@ class Trainer:
 
     def restore(self, epoch, step, history, partial, best):
         """Continue from a checkpoint's position: ``best`` is None or ``{"val_acc", "epoch",
-        "weights"}``, ``partial`` None or ``{"epoch", "batch", "sums"}`` (checked by the
-        model's reader, which knows its sums)."""
+        "weights"}`` (the weights checked by the model), ``partial`` None or ``{"epoch",
+        "batch", "sums"}``. ValueError for a damaged position, so that a checkpoint that
+        loads also resumes."""
         for key, v in (("epoch", epoch), ("step", step)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"the checkpoint's {key} is {v!r}")
+                raise ValueError(f"{key} must be >= 0 (an integer), got {v!r}")
+        if history is not None and not isinstance(history, list):
+            raise ValueError(f"history must be a JSON list, got {type(history).__name__}")
+        self._check_partial(partial)
         self.epoch, self.step = epoch, step
         self.history = list(history or [])
         self._partial = partial
         self._best = best
+
+    def _check_partial(self, p):
+        """ValueError unless ``p`` is None or a mid-epoch position with this model's sums."""
+        if p is None:
+            return
+        keys = {"loss", "correct", "n", "time"} | set(self.model._rate_sums())
+        if (not isinstance(p, dict) or not isinstance(p.get("epoch"), int)
+                or not isinstance(p.get("batch"), int) or p["batch"] < 0
+                or not isinstance(p.get("sums"), dict) or set(p["sums"]) != keys):
+            raise ValueError(f"damaged mid-epoch position {p!r}")
 
     def train_step(self, X, y, ids, epoch, lr):
         """One optimisation step on a batch (the model's); returns (mean loss, #correct,

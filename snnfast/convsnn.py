@@ -536,6 +536,10 @@ class ConvSNN:
     ----------
     config : ConvSNNConfig
     params : dict of float32 arrays in canonical layouts (a fresh dict; W1 built on demand)
+    trainer : snnfast.train.loop.Trainer
+        The training loop (shared with :class:`snnfast.SNN`) and the position in the run;
+        ``epoch_``, ``step_``, ``history_``, ``best_epoch_``, ``clean_stop_`` and
+        ``stop_signal_`` are its state under this model's names.
     history_ : list of per-epoch metric dicts
     counters_ : exact event counters accumulated over every forward pass
     """

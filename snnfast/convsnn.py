@@ -51,19 +51,19 @@ read them.
 import dataclasses
 import json
 import math
-import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from . import convsnn_numpy as cnp
-from ._cli import install_stop_handlers, restore_handlers
 from ._config import effective_n_threads
 from ._convsnn_kernels import Geometry
 from ._utils import (_json_default, array_digest, atomic_h5, check_labels, check_named_arrays,
                      h5_format, is_real_number)
 from .network import PRESET_NAMES, load_preset
-from .train.schedule import ema_factor, lr_at  # noqa: F401 (lr_at: also this module's name)
+from .train.loop import Trainer, TrainingError, update_average  # noqa: F401 (re-export)
+from .train.loop import as_ids as _as_ids
+from .train.schedule import lr_at  # noqa: F401 (also this module's name)
 
 __all__ = ["ConvSNN", "ConvSNNConfig", "PRESETS", "FORMAT_VERSION", "check_params", "check_lif"]
 
@@ -166,10 +166,8 @@ def _get(dset, verify):
 
 def _check_state(st):
     """Validate the training state read from a checkpoint (see ``ConvSNN._read_state``), so
-    that a damaged one is refused by ``load`` rather than failing in the middle of a run."""
-    for name in ("epoch", "step"):
-        if st[name] < 0:
-            raise ValueError(f"{name} must be >= 0, got {st[name]}")
+    that a damaged one is refused by ``load`` rather than failing in the middle of a run (the
+    position in the run: :meth:`snnfast.train.loop.Trainer.restore`)."""
     if not isinstance(st["history"], list) or not isinstance(st["metrics"], dict):
         raise ValueError("history must be a JSON list and metrics a JSON object")
     if st["opt"] is not None:
@@ -186,13 +184,6 @@ def _check_state(st):
     if st["best"] is not None:
         st["best"]["params"] = _checked(check_params, st["best"]["params"],
                                         "best-validation weights")
-    p = st["partial"]
-    if p is not None:
-        keys = {"loss", "correct", "n", "in", "c", "h", "time"}
-        if (not isinstance(p, dict) or not isinstance(p.get("epoch"), int)
-                or not isinstance(p.get("batch"), int) or p["batch"] < 0
-                or not isinstance(p.get("sums"), dict) or set(p["sums"]) != keys):
-            raise ValueError(f"damaged mid-epoch position {p!r}")
 
 
 def _check_network(stored, network):
@@ -215,17 +206,6 @@ def _checked(fn, arg, what):
         return fn(arg)
     except ValueError as exc:
         raise ValueError(f"{what}: {exc}") from None
-
-
-# an epoch's mean cross-entropy above ten times chance level (uniform over 10 classes) means
-# the weights diverged: even a 30x too large lr stays near 3-7 and recovers
-DIVERGED_LOSS = 10 * math.log(10)
-
-
-class TrainingError(ValueError):
-    """Training stopped on a non-finite loss, gradient or weight: it diverged, typically from
-    too high a learning rate. The model's weights are then unusable; a checkpoint written
-    before is not touched."""
 
 
 @dataclass(frozen=True)
@@ -468,17 +448,6 @@ def _as_images(X, name="X"):
     return np.ascontiguousarray(X)
 
 
-def _as_ids(ids, n, name="sample_ids"):
-    if ids is None:
-        return np.arange(n, dtype=np.int64)
-    ids = np.asarray(ids)
-    if ids.dtype.kind not in "iu" or ids.shape != (n,):
-        raise ValueError(f"{name} must be integers of shape ({n},), got {ids.dtype} {ids.shape}")
-    if n and ids.min() < 0:
-        raise ValueError(f"{name} must be >= 0")
-    return np.ascontiguousarray(ids, dtype=np.int64)
-
-
 def shift_images(X, dy, dx, image_shape=_IMAGE):
     """Shift uint8 images (N, H*W) of ``image_shape`` (H, W) (default: the preset
     description's) by integer (dy, dx) per image, zero fill (no wrap):
@@ -557,6 +526,10 @@ class ConvSNN:
     ----------
     config : ConvSNNConfig
     params : dict of float32 arrays in canonical layouts (a fresh dict; W1 built on demand)
+    trainer : snnfast.train.loop.Trainer
+        The training loop (shared with :class:`snnfast.SNN`) and the position in the run;
+        ``epoch_``, ``step_``, ``history_``, ``best_epoch_``, ``clean_stop_`` and
+        ``stop_signal_`` are its state under this model's names.
     history_ : list of per-epoch metric dicts
     counters_ : exact event counters accumulated over every forward pass
     """
@@ -641,29 +614,14 @@ class ConvSNN:
         return self._ema if self._ema is not None else self._p
 
     def _update_ema(self):
-        c = self.config
-        if c.ema_decay <= 0 or c.trainer != "surrogate" or self.step_ % c.ema_every:
-            return
-        if self._ema is None:
-            self._ema = {k: v.copy() for k, v in self._p.items()}
-            return
-        d = ema_factor(c, self.step_)   # early on: a shorter memory
-        for k, v in self._ema.items():
-            if self._K is not None:
-                # the model's own weights, finite after every step the optimiser checked
-                self._K.ema_step(v, self._p[k], decay=d, check_finite=False,
-                                 n_threads=self.n_threads if v.size >= 65536 else 1)
-            else:
-                v *= np.float32(d)
-                v += np.float32(1.0 - d) * self._p[k]
+        if self.config.trainer == "surrogate":          # the reference rule has no average
+            self._ema = update_average(self._ema, self._p, self.config, self.step_, self._K,
+                                       self.n_threads)
 
     def _reset_training_state(self):
-        self.epoch_ = 0            # epochs completed
-        self.step_ = 0             # optimiser steps taken
-        self.history_ = []
+        # the loop and its position (epoch, step, history, best weights, mid-epoch position)
+        self.trainer = Trainer(self)
         self._opt = None           # {"m": {...}, "v": {...}} in the backend's layouts
-        self._best = None          # (val_acc, epoch, canonical params)
-        self._partial = None       # mid-epoch resume position
 
     # ------------------------------------------------------------------ forward
     def _blas(self):
@@ -790,13 +748,13 @@ class ConvSNN:
             loss, _ = cnp.softmax_xent(fw["logits"], yb)
             acc["correct"] += int((fw["logits"].argmax(axis=1) == yb).sum())
             acc["loss"] += loss * len(yb)
-            self._acc_rates(acc, fw)
+            self._add_rates(acc, fw)
         self._batches(X, ids, add)
         n = max(len(X), 1)
         return {"accuracy": acc["correct"] / n, "loss": acc["loss"] / n, "n": len(X),
                 **self._rates(acc, n)}
 
-    def _acc_rates(self, acc, fw):
+    def _add_rates(self, acc, fw):
         # the per-step counters hold the same totals as n_in, n_c, n_h in B x T elements
         # instead of B x 4 112
         cnt = fw["counts"]
@@ -947,7 +905,7 @@ class ConvSNN:
             g = cnp.surrogate_backward(self._p, fw, dl, c, w1_step=step,
                                        conv_grad=self._conv_grad())
             self._adam(g, lr)
-        self.step_ += 1
+        self.trainer.step += 1
         self._update_ema()
         return loss, correct, fw
 
@@ -976,11 +934,6 @@ class ConvSNN:
         opt.m, opt.v, opt.t = o["m"], o["v"], o["t"] - 1
         opt.step(self._p, grads, lr)
 
-    def _install_stop_handlers(self):
-        """Turn Ctrl-C and SIGTERM into a request honoured between batches (state stays
-        consistent); returns the previous handlers (None outside the main thread)."""
-        return install_stop_handlers(self)
-
     def fit(self, X, y, X_val=None, y_val=None, epochs=None, callback=None, sample_ids=None,
             val_ids=None, verbose=False, restore_best=True):
         """Train (or continue training) for ``epochs`` epochs in total.
@@ -1008,135 +961,67 @@ class ConvSNN:
         Raises :class:`TrainingError` (a ValueError) if training diverges: a non-finite loss,
         gradient or weight, typically from too high a learning rate.
         """
-        c = self.config
-        X = _as_images(X)
-        y = check_labels(y, len(X), N_OUT)
-        ids = _as_ids(sample_ids, len(X))
-        have_val = X_val is not None
-        if (y_val is None) != (X_val is None):
-            raise ValueError("give X_val and y_val together (or neither)")
-        if have_val:
-            X_val = _as_images(X_val, "X_val")
-            y_val = check_labels(y_val, len(X_val), N_OUT, "y_val")
-            val_ids = _as_ids(val_ids, len(X_val), "val_ids")
-        if epochs is None:
-            epochs = c.epochs
-        elif isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
-            raise ValueError(f"epochs must be an integer >= 0, got {epochs!r}")
-        if len(X) == 0:
-            raise ValueError("X is empty")
-        N, bs = len(X), c.batch_size
-        n_batches = -(-N // bs)
-        total = max(1, epochs * n_batches)
-        self.clean_stop_ = False
-        old_handlers = self._install_stop_handlers()
-        try:
-            with self._blas():
-                for epoch in range(self.epoch_, epochs):
-                    self._fit_epoch(X, y, ids, epoch, n_batches, total, verbose)
-                    m = self._end_epoch(epoch, X_val, y_val, val_ids, have_val)
-                    if callback is not None:
-                        extra = callback(self, m)
-                        if extra is not None and not isinstance(extra, dict):
-                            raise TypeError(f"callback must return a dict or None, got "
-                                            f"{type(extra).__name__}")
-                        if extra:
-                            m.update(extra)
-        finally:
-            restore_handlers(old_handlers)
-        if restore_best and have_val and self._best is not None:
-            self.set_params(self._best["params"])
-        return self
+        return self.trainer.fit(X, y, X_val, y_val, epochs=epochs, sample_ids=sample_ids,
+                                val_ids=val_ids, callback=callback, verbose=verbose,
+                                restore_best=restore_best)
 
-    def _fit_epoch(self, X, y, ids, epoch, n_batches, total, verbose):
-        c = self.config
-        N, bs = len(X), c.batch_size
-        perm = np.random.default_rng((c.seed, epoch)).permutation(N)
-        if c.augment_shift:
-            s = c.augment_shift
-            shifts = np.random.default_rng((c.seed, epoch, 1)).integers(-s, s + 1, size=(2, N))
-        p = self._partial if (self._partial and self._partial["epoch"] == epoch) else None
-        start = p["batch"] if p else 0
-        sums = dict(p["sums"]) if p else {"loss": 0.0, "correct": 0, "n": 0, "in": 0.0,
-                                            "c": 0.0, "h": 0.0, "time": 0.0}
-        bar = None
-        if verbose:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=n_batches, initial=start, desc=f"epoch {epoch + 1}", leave=False,
-                       unit="batch", dynamic_ncols=True)
-        lr = c.lr
+    # what the training loop (snnfast.train.loop.Trainer) asks of its model
+    @property
+    def n_classes(self):
+        return self.config.geometry.classes
 
-        def where(b):          # for error messages only: not built on every batch
-            return f"epoch {epoch + 1}, batch {b + 1} of {n_batches}"
-        try:
-            for b in range(start, n_batches):
-                if self._stop:
-                    self._partial = {"epoch": epoch, "batch": b, "sums": sums}
-                    self.clean_stop_ = True          # state consistent: safe to checkpoint
-                    raise KeyboardInterrupt
-                t0 = time.perf_counter()
-                pos = slice(b * bs, (b + 1) * bs)
-                idx = perm[pos]
-                xb = X[idx]
-                if c.augment_shift:
-                    xb = shift_images(xb, shifts[0, pos], shifts[1, pos],
-                                      self.config.geometry.image_shape)
-                lr = lr_at(c, epoch, (epoch * n_batches + b) / total)
-                try:
-                    # the inputs were validated before the loop: a ValueError here is a
-                    # non-finite value met by a kernel's check
-                    loss, correct, fw = self._train_step(xb, y[idx], ids[idx], epoch, lr)
-                except ValueError as exc:
-                    raise TrainingError(f"training failed at {where(b)}: {exc}") from exc
-                if not math.isfinite(loss):
-                    raise TrainingError(f"training diverged at {where(b)}: the loss is {loss}")
-                sums["time"] += time.perf_counter() - t0
-                sums["loss"] += loss * len(idx)
-                sums["correct"] += correct
-                sums["n"] += len(idx)
-                self._acc_rates(sums, fw)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{sums['loss'] / sums['n']:.4f}",
-                                    acc=f"{sums['correct'] / sums['n']:.4f}",
-                                    img_s=f"{sums['n'] / max(sums['time'], 1e-9):.0f}")
-        finally:
-            if bar is not None:
-                bar.close()
-        mean_loss = sums["loss"] / max(sums["n"], 1)
-        if mean_loss > DIVERGED_LOSS:
-            # Adam's steps stay finite for any lr, so a huge one leaves finite but useless
-            # weights rather than NaN: caught here, before the epoch is counted or saved
-            raise TrainingError(f"training diverged in epoch {epoch + 1}: the mean training "
-                                f"loss {mean_loss:.1f} is over ten times that of chance "
-                                f"(ln 10 = 2.30)")
-        self._partial = None
-        self._epoch_sums = (sums, lr)
+    def _fit_inputs(self, X, name):
+        return _as_images(X, name)
 
-    def _end_epoch(self, epoch, X_val, y_val, val_ids, have_val):
-        sums, lr = self._epoch_sums
-        n = max(sums["n"], 1)
-        m = {"epoch": epoch + 1, "lr": lr, "train_loss": sums["loss"] / n,
-             "train_acc": sums["correct"] / n, "train_img_s": sums["n"] / max(sums["time"], 1e-9),
-             "train_time_s": sums["time"]}
-        m.update({"train_" + k: v for k, v in self._rates(sums, n).items()})
-        if have_val:
-            t0 = time.perf_counter()
-            ev = self.evaluate(X_val, y_val, val_ids)
-            m.update(val_acc=ev["accuracy"], val_loss=ev["loss"],
-                     eval_img_s=len(X_val) / max(time.perf_counter() - t0, 1e-9))
-            m.update({"val_" + k: v for k, v in ev.items() if k.startswith("rate_")})
-            if self._best is None or ev["accuracy"] > self._best["val_acc"]:
-                self._best = {"val_acc": ev["accuracy"], "epoch": epoch + 1,
-                              "params": {k: v.copy() for k, v in self.params.items()}}
-        self.epoch_ = epoch + 1
-        self.history_.append(m)
-        return m
+    def _fit_context(self):
+        return self._blas()
+
+    def _augment(self, X, dy, dx, flip):
+        # the presets draw shifts only (flip is None)
+        return X if dy is None else shift_images(X, dy, dx, self.config.geometry.image_shape)
+
+    @staticmethod
+    def _rate_sums():
+        return {"in": 0.0, "c": 0.0, "h": 0.0}
+
+    def _train_rates(self, sums, n):
+        return self._rates(sums, n)
+
+    def _snapshot(self):
+        return self.params
+
+    def _restore_snapshot(self, params):
+        self.set_params(params)
+
+    # the loop's state, under the model's historic names
+    @property
+    def epoch_(self):
+        """Epochs completed."""
+        return self.trainer.epoch
+
+    @property
+    def step_(self):
+        """Optimiser steps taken."""
+        return self.trainer.step
+
+    @property
+    def history_(self):
+        """Per-epoch metrics dicts."""
+        return self.trainer.history
 
     @property
     def best_epoch_(self):
         """(epoch, validation accuracy) of the best-validation weights, or None."""
-        return None if self._best is None else (self._best["epoch"], self._best["val_acc"])
+        return self.trainer.best_epoch
+
+    @property
+    def clean_stop_(self):
+        """True after a Ctrl-C/SIGTERM stopped :meth:`fit` between batches (see there)."""
+        return self.trainer.clean_stop_
+
+    @property
+    def stop_signal_(self):
+        return self.trainer.stop_signal_
 
     # ------------------------------------------------------------------ persistence
     def save(self, path, metrics=None, checkpoint=False):
@@ -1197,13 +1082,14 @@ class ConvSNN:
                     if k == "W1b":
                         k, v = "W1", self._K.from_blocked(v)
                     _put(grp, k, v)
-        if self._best is not None:
+        best = self.trainer._best
+        if best is not None:
             b = f.create_group("best")
-            b.attrs["val_acc"] = self._best["val_acc"]
-            b.attrs["epoch"] = self._best["epoch"]
-            for k, v in self._best["params"].items():
+            b.attrs["val_acc"] = best["val_acc"]
+            b.attrs["epoch"] = best["epoch"]
+            for k, v in best["weights"].items():
                 _put(b, k, v)
-        f.attrs["partial"] = json.dumps(self._partial)
+        f.attrs["partial"] = json.dumps(self.trainer._partial)
 
     @classmethod
     def load(cls, path, n_threads=None, backend="kernels"):
@@ -1256,9 +1142,9 @@ class ConvSNN:
             _check_network(network, model.network)
             model.set_params(params)
             _check_state(state)
+            model._restore_state(state)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{path}: invalid ConvSNN content ({exc})") from None
-        model._restore_state(state)
         return model
 
     @staticmethod
@@ -1284,11 +1170,12 @@ class ConvSNN:
             self._p = {}
             self._set_canonical(st["ema"])
             self._ema, self._p = self._p, raw
-        self.history_ = st["history"]
         self.metrics_ = st["metrics"]
-        self.epoch_, self.step_ = st["epoch"], st["step"]
-        self._partial = st["partial"]
-        self._best = st["best"]
+        best = st["best"]
+        self.trainer.restore(st["epoch"], st["step"], st["history"], st["partial"],
+                             None if best is None else
+                             {"val_acc": best["val_acc"], "epoch": best["epoch"],
+                              "weights": best["params"]})
         if st["opt"] is not None:
             o = st["opt"]
             for which in ("m", "v"):

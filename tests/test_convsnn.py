@@ -602,7 +602,7 @@ def _fit_interrupted(m, X, y, after):
     def step(*a, **k):
         out = orig(*a, **k)
         if m.step_ == after:
-            m._stop = True
+            m.trainer._stop = True
         return out
     m._train_step = step
     with pytest.raises(KeyboardInterrupt):
@@ -621,7 +621,7 @@ def test_resume_mid_epoch_equals_uninterrupted(tmp_path, backend):
     ref = ConvSNN("default", **kw).fit(X, y, X[:8], y[:8], epochs=2, restore_best=False)
     m = ConvSNN("default", **kw)
     _fit_interrupted(m, X, y, after=4)              # stops inside epoch 2 (3 batches/epoch)
-    assert m.epoch_ == 1 and m._partial["batch"] == 1
+    assert m.epoch_ == 1 and m.trainer._partial["batch"] == 1
     m.save(tmp_path / "ck.h5", checkpoint=True)
     m2 = ConvSNN.load(tmp_path / "ck.h5", n_threads=1, backend=backend)
     m2.fit(X, y, X[:8], y[:8], epochs=2, restore_best=False)

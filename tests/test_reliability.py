@@ -233,7 +233,7 @@ def test_train_past_the_file_size_limit_keeps_the_checkpoint(tmp_path, monkeypat
     def step(self, *a, **k):        # stop at the end of epoch 1 (3 batches per epoch)
         out = orig(self, *a, **k)
         if self.step_ == 3:
-            self._stop = True
+            self.trainer._stop = True
         return out
     with monkeypatch.context() as mp:
         mp.setattr(ConvSNN, "_train_step", step)
@@ -298,7 +298,7 @@ def test_sigterm_mid_epoch_then_resume_is_bit_identical(tmp_path):
     assert child.returncode == 143, err
     assert "interrupted; state saved" in err and "Traceback" not in err
     mid = ConvSNN.load(b / "checkpoint.h5", backend="numpy")
-    assert mid.step_ == 4 and (mid._partial["epoch"], mid._partial["batch"]) == (1, 1)
+    assert mid.step_ == 4 and (mid.trainer._partial["epoch"], mid.trainer._partial["batch"]) == (1, 1)
     assert not (b / "model.h5").exists()
     assert train_cli.main(TINY + ["--out", str(b), "--resume"]) == 0
     for name in ("checkpoint.h5", "model.h5"):

@@ -97,7 +97,7 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch, stop_at):
     def step(self, *args, **kw):
         out = orig(self, *args, **kw)
         if self.step_ == stop_at:
-            self._stop = True          # what the SIGINT handler does on Ctrl-C
+            self.trainer._stop = True          # what the SIGINT handler does on Ctrl-C
         return out
     with monkeypatch.context() as mp:
         mp.setattr(ConvSNN, "_train_step", step)
@@ -137,13 +137,13 @@ def test_ctrl_c_saves_checkpoint_and_exits_130(tmp_path, monkeypatch, capsys):
     def step(self, *a, **k):
         out = orig(self, *a, **k)
         if self.step_ == 4:
-            self._stop = True          # what the SIGINT handler does
+            self.trainer._stop = True          # what the SIGINT handler does
         return out
     monkeypatch.setattr(ConvSNN, "_train_step", step)
     assert train_cli.main(TINY + ["--epochs", "2", "--out", str(run)]) == 130
     assert "--resume" in capsys.readouterr().err
     m = ConvSNN.load(run / "checkpoint.h5", backend="numpy")
-    assert m.step_ == 4 and m._partial is not None
+    assert m.step_ == 4 and m.trainer._partial is not None
 
 
 def test_a_finished_run_is_not_overwritten_without_resume(tmp_path, capsys):

@@ -6,12 +6,13 @@
                             [--data-dir D] [--val-size N] [--out RUN_DIR] [--resume]
                             [--reseeded-noise] [--set FIELD=VALUE ...]
 
-The presets train through :class:`snnfast.ConvSNN` (unchanged); ``--config`` trains any
+The presets train :class:`snnfast.ConvSNN` (its tuned kernels); ``--config`` trains any
 network description (:class:`snnfast.SNN`, the rate surrogate gradient of
 :mod:`snnfast.train.surrogate`), its ``[training]`` table giving the defaults that the flags
-and ``--set`` (any :class:`snnfast.train.TrainingConfig` option) override. ``--data`` reads a
-user's own arrays (:func:`snnfast.datasets.load_arrays`). The training API itself:
-:class:`snnfast.SNN`, :class:`snnfast.train.Trainer` (``snnfast/train/trainer.py``).
+and ``--set`` (any :class:`snnfast.train.TrainingConfig` option) override. Both models train
+through the one loop :class:`snnfast.train.Trainer` (``snnfast/train/loop.py``). ``--data``
+reads a user's own arrays (:func:`snnfast.datasets.load_arrays`). The training API itself:
+:class:`snnfast.SNN` (``snnfast/train/trainer.py``), :class:`snnfast.train.Trainer`.
 
 Writes into the run directory (default ``runs/<preset>[-reseeded]-<dataset>-<seed>``, or
 ``runs/<config file stem>-<dataset>-<seed>``):
@@ -47,8 +48,8 @@ __all__ = ["main", "build_parser", "SNN", "Trainer", "TrainingConfig"]
 
 def __getattr__(name):
     # the training API (snnfast.train.trainer) loads on first use: snnfast.convsnn imports
-    # snnfast.train.schedule, so this package must not import the trainer (which imports
-    # snnfast.convsnn) when it loads
+    # snnfast.train.loop and .schedule, so this package must not import the trainer (which
+    # imports snnfast.convsnn's helpers) when it loads
     if name in ("SNN", "Trainer", "TrainingConfig", "training_config"):
         from . import trainer
         return getattr(trainer, name)
@@ -199,12 +200,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     _check_args(parser, args)
     if args.config is not None:
-        tag = Path(args.config).stem
-        new, locked = _new_snn, _locked_main_config
+        tag, run = Path(args.config).stem, _ConfigRun(parser, args)
     else:
         tag = f"{args.preset}-reseeded" if args.reseeded_noise else args.preset
-        new, locked = _new_model, _locked_main
-    model = None if args.resume else new(parser, args)   # refused before any mkdir
+        run = _PresetRun(parser, args)
+    model = None if args.resume else run.new()   # refused before any mkdir
     seed = args.seed if args.seed is not None or model is None else model.config.seed
     run_dir = Path(args.out or f"runs/{tag}-{_data_name(args)}-{0 if seed is None else seed}")
     try:
@@ -222,7 +222,7 @@ def main(argv=None):
         try:
             with terminate_as_interrupt() as got:
                 try:
-                    return locked(parser, args, run_dir, model)
+                    return _locked_main(run, run_dir, model)
                 except KeyboardInterrupt:   # outside the training loop (loading the data)
                     ignore_interrupts()
                     print("\ninterrupted", file=sys.stderr)
@@ -297,70 +297,150 @@ def _new_model(parser, args):
         parser.error(str(exc))
 
 
-def _locked_main(parser, args, run_dir, model):
-    """The training, with the run directory locked for this process."""
+def _locked_main(run, run_dir, model):
+    """The training of a preset or a description (``run``: :class:`_PresetRun` or
+    :class:`_ConfigRun`, what differs), with the run directory locked for this process."""
+    parser, args = run.parser, run.args
     ckpt_path, model_path, metrics_path = _run_files(parser, args, run_dir)
     if args.resume:
-        model = _resume(parser, args, ckpt_path, model_path)
-        print(f"resuming {ckpt_path} after epoch {model.epoch_} (step {model.step_})")
-    epochs = model.config.epochs
-    cfg = model.config
-
+        model = run.resume(ckpt_path, model_path)
+        print(f"resuming {ckpt_path} after epoch {model.epoch_} (step {model.trainer.step})")
     try:
         Xtr, ytr, Xte, yte = _load_data(args)
-    except (ValueError, OSError) as exc:    # DatasetError is a ValueError
+        run.check_data(model, ((Xtr, ytr, "training"), (Xte, yte, "test")))
+    except (ValueError, OSError, TypeError) as exc:    # DatasetError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    tr_idx, va_idx, Xte, yte = _split(parser, args, cfg, len(Xtr), Xte, yte)
-    Xtr2, ytr2 = Xtr[tr_idx], ytr[tr_idx]
+    tr_idx, va_idx, Xte, yte = _split(parser, args, model.config, len(Xtr), Xte, yte)
     Xva, yva = (Xtr[va_idx], ytr[va_idx]) if len(va_idx) else (None, None)
-    print(f"snnfast ConvSNN preset={cfg.preset} backend={model.backend} dataset={_data_name(args)} "
-          f"train={len(tr_idx)} val={len(va_idx)} test={len(Xte)} epochs={epochs} "
-          f"batch={cfg.batch_size} lr={cfg.lr} seed={cfg.seed} -> {run_dir}")
-
-    def ckpt_metrics(m):
-        return {"history": m.history_, "dataset": _data_name(args)}
+    print(run.header(model, run_dir, len(tr_idx), len(va_idx), len(Xte)), flush=True)
 
     def on_epoch(m, metrics):
         ev = m.evaluate(Xte, yte)
-        extra = {"test_acc": ev["accuracy"], "test_loss": ev["loss"]}
-        metrics.update(extra)
-        print(_fmt_epoch(metrics), flush=True)
-        m.save(ckpt_path, checkpoint=True, metrics=ckpt_metrics(m))
-        write_json(metrics_path, _metrics(m, epochs, args, done=False))
-        return extra
+        metrics.update(test_acc=ev["accuracy"], test_loss=ev["loss"])
+        print(run.fmt_epoch(metrics), flush=True)
+        run.save(m, ckpt_path, checkpoint=True)
+        write_json(metrics_path, run.metrics(m, done=False))
+        return None
 
     t0 = time.time()
-    code = _fit(lambda: model.fit(Xtr2, ytr2, Xva, yva, epochs=epochs, callback=on_epoch,
+    code = _fit(lambda: model.fit(Xtr[tr_idx], ytr[tr_idx], Xva, yva, callback=on_epoch,
                                   sample_ids=tr_idx, val_ids=va_idx,
                                   verbose=not args.no_progress),
-                model, lambda: model.save(ckpt_path, checkpoint=True,
-                                          metrics=ckpt_metrics(model)), ckpt_path, args, run_dir)
+                model, lambda: run.save(model, ckpt_path, checkpoint=True), ckpt_path, args,
+                run_dir)
     if code is not None:
         return code
+    t_eval = time.perf_counter()
     final = model.evaluate(Xte, yte)
-    summary = _metrics(model, epochs, args, done=True)
-    summary["final"] = {"test_acc_best_val_model": final["accuracy"], "test_loss": final["loss"],
-                        "rate_input": final["rate_input"], "rate_conv": final["rate_conv"],
-                        "rate_hidden": final["rate_hidden"], "wall_time_s": time.time() - t0}
-    if not _write_or_report(lambda: (model.save(model_path, metrics=summary),
+    t_eval = time.perf_counter() - t_eval
+    summary = run.metrics(model, done=True)
+    summary["final"] = run.final(model, final, time.time() - t0, len(Xte) / max(t_eval, 1e-9))
+    if not _write_or_report(lambda: (run.save(model, model_path, summary=summary),
                                      write_json(metrics_path, summary)), ckpt_path):
         return 1
     print(_accuracy_line(model, final))
-    print(f"spike rates: input {100 * final['rate_input']:.2f}%/step, conv "
-          f"{100 * final['rate_conv']:.2f}%/step, hidden {100 * final['rate_hidden']:.2f}%/update")
+    run.report(summary["final"])
     _energy_report(run_dir, model_path, Xte[:1000], args.threads)
     print(f"files: {model_path}  {ckpt_path}  {metrics_path}")
-    if args.no_plots:
-        return 0
-    try:
-        from .. import plotting
-        plotting.training_report(run_dir, model, summary, Xte, yte)
-    except ImportError:
-        pass
-    except Exception as exc:  # plots must never lose a finished training
-        print(f"warning: plots failed: {exc}", file=sys.stderr)
+    if not args.no_plots:
+        run.plots(run_dir, model, summary, Xte, yte)
     return 0
+
+
+class _Run:
+    """What differs between the runs of :func:`_locked_main`: :class:`_PresetRun` and
+    :class:`_ConfigRun`."""
+
+    def __init__(self, parser, args):
+        self.parser, self.args = parser, args
+
+    def resume(self, ckpt_path, model_path):
+        return _resume(self, ckpt_path, model_path)
+
+    def _sizes(self, cfg, n_train, n_val, n_test):
+        """The data and training sizes of the run's first line."""
+        return (f"dataset={_data_name(self.args)} train={n_train} val={n_val} test={n_test} "
+                f"epochs={cfg.epochs} batch={cfg.batch_size} lr={cfg.lr} seed={cfg.seed}")
+
+
+class _PresetRun(_Run):
+    """What a preset's run (:class:`snnfast.ConvSNN`) does in :func:`_locked_main`."""
+
+    def new(self):
+        return _new_model(self.parser, self.args)
+
+    def load(self, path):
+        """(the checkpoint's model, its saved metrics)."""
+        from ..convsnn import ConvSNN
+        model = ConvSNN.load(path, n_threads=self.args.threads, backend=self.args.backend)
+        return model, model.metrics_
+
+    def check_model(self, model, ckpt_path):
+        """parser.error unless the command asks for the checkpoint's preset and seed."""
+        c, args = model.config, self.args
+        if c.preset != args.preset or c.seed != args.seed or \
+                c.reseeded_noise != args.reseeded_noise:
+            flag = " --reseeded-noise" if c.reseeded_noise else ""
+            self.parser.error(f"--resume: {ckpt_path} holds preset {c.preset!r} seed "
+                              f"{c.seed}{flag}; pass the same --preset/--seed/--reseeded-noise")
+
+    def check_settings(self, model, ckpt_path):
+        """parser.error for a flag or ``--set`` that differs from the checkpoint's."""
+        parser, args, c = self.parser, self.args, model.config
+        for flag, given, saved in (("--lr", args.lr, c.lr),
+                                   ("--batch-size", args.batch_size, c.batch_size),
+                                   ("--val-size", args.val_size, c.val_size),
+                                   ("--epochs", args.epochs, c.epochs)):
+            if given is not None and given != saved:
+                parser.error(f"--resume: {ckpt_path} was trained with {flag} {saved}; a resumed "
+                             f"run keeps its settings (drop {flag} {given}, or start a new run)")
+        for field, value in args.overrides:
+            if getattr(c, field, None) != value:
+                parser.error(f"--resume: {ckpt_path} was trained with {field}="
+                             f"{getattr(c, field, None)!r}; a resumed run keeps its settings "
+                             f"(drop --set {field}={value!r}, or start a new run)")
+
+    def check_data(self, model, parts):
+        """The presets' inputs are checked by ConvSNN.fit/evaluate."""
+
+    def header(self, model, run_dir, n_train, n_val, n_test):
+        return (f"snnfast ConvSNN preset={model.config.preset} backend={model.backend} "
+                f"{self._sizes(model.config, n_train, n_val, n_test)} -> {run_dir}")
+
+    fmt_epoch = staticmethod(_fmt_epoch)
+
+    def metrics(self, model, done):
+        return _metrics(model, model.config.epochs, self.args, done)
+
+    def save(self, model, path, checkpoint=False, summary=None):
+        """A checkpoint records the history and the data set's name; the final model file
+        the run's summary."""
+        model.save(path, checkpoint=checkpoint,
+                   metrics=summary if summary is not None else
+                   {"history": model.history_, "dataset": _data_name(self.args)})
+
+    @staticmethod
+    def final(model, final, wall_time_s, test_img_s):
+        return {"test_acc_best_val_model": final["accuracy"], "test_loss": final["loss"],
+                "rate_input": final["rate_input"], "rate_conv": final["rate_conv"],
+                "rate_hidden": final["rate_hidden"], "wall_time_s": wall_time_s}
+
+    @staticmethod
+    def report(final):
+        print(f"spike rates: input {100 * final['rate_input']:.2f}%/step, conv "
+              f"{100 * final['rate_conv']:.2f}%/step, hidden "
+              f"{100 * final['rate_hidden']:.2f}%/update")
+
+    @staticmethod
+    def plots(run_dir, model, summary, Xte, yte):
+        try:
+            from .. import plotting
+            plotting.training_report(run_dir, model, summary, Xte, yte)
+        except ImportError:
+            pass
+        except Exception as exc:  # plots must never lose a finished training
+            print(f"warning: plots failed: {exc}", file=sys.stderr)
 
 
 def _run_files(parser, args, run_dir):
@@ -382,7 +462,7 @@ def _fit(fit, model, save_checkpoint, ckpt_path, args, run_dir):
     """Run ``fit()``; None when it completes, else the exit status after reporting why it
     stopped: diverged (1), Ctrl-C/SIGTERM (:func:`_interrupted`) or a failed checkpoint
     write (1)."""
-    from ..convsnn import TrainingError
+    from .loop import TrainingError
     try:
         fit()
     except TrainingError as exc:
@@ -438,44 +518,31 @@ def _report_write_error(exc, ckpt_path):
           file=sys.stderr)
 
 
-def _resume(parser, args, ckpt_path, model_path):
-    """The model of ``ckpt_path``, after checking that the command asks for the same run and
-    that the run is not finished."""
-    from ..convsnn import ConvSNN
+def _resume(run, ckpt_path, model_path):
+    """The model of ``ckpt_path``, after checking that the command asks for the same run (the
+    same model: ``run.check_model``, on the same data, with the same settings:
+    ``run.check_settings``) and that the run is not finished."""
+    parser, args = run.parser, run.args
     if not ckpt_path.is_file():
         parser.error(f"--resume: no checkpoint at {ckpt_path}")
     try:
-        model = ConvSNN.load(ckpt_path, n_threads=args.threads, backend=args.backend)
+        model, meta = run.load(ckpt_path)
     except ValueError as exc:
         parser.error(f"--resume: {exc}")
-    c = model.config
-    if c.preset != args.preset or c.seed != args.seed or c.reseeded_noise != args.reseeded_noise:
-        flag = " --reseeded-noise" if c.reseeded_noise else ""
-        parser.error(f"--resume: {ckpt_path} holds preset {c.preset!r} seed {c.seed}{flag}; "
-                     f"pass the same --preset/--seed/--reseeded-noise")
-    dataset = (getattr(model, "metrics_", None) or {}).get("dataset")
+    run.check_model(model, ckpt_path)
+    dataset = (meta or {}).get("dataset")
     if dataset is not None and dataset != _data_name(args):
         parser.error(f"--resume: {ckpt_path} was trained on {dataset}; pass the same "
                      f"--dataset or --data")
-    # the rest of a resumed run must be the run that was interrupted: these would change it
-    # (--epochs too: the learning-rate schedule spans the run's epochs, so more epochs would
-    # not continue the run but train on at its final, near-zero rate)
-    for flag, given, saved in (("--lr", args.lr, c.lr), ("--batch-size", args.batch_size,
-                                                          c.batch_size),
-                               ("--val-size", args.val_size, c.val_size),
-                               ("--epochs", args.epochs, c.epochs)):
-        if given is not None and given != saved:
-            parser.error(f"--resume: {ckpt_path} was trained with {flag} {saved}; a resumed run "
-                         f"keeps its settings (drop {flag} {given}, or start a new run)")
-    for field, value in args.overrides:
-        if getattr(c, field, None) != value:
-            parser.error(f"--resume: {ckpt_path} was trained with {field}="
-                         f"{getattr(c, field, None)!r}; a resumed run keeps its settings "
-                         f"(drop --set {field}={value!r}, or start a new run)")
-    if model.epoch_ >= c.epochs and model_path.is_file():
+    # the rest of a resumed run must be the run that was interrupted: an option given now
+    # must be the one it ran with (--epochs too: the learning-rate schedule spans the run's
+    # epochs, so more epochs would not continue the run but train on at its final, near-zero
+    # rate)
+    run.check_settings(model, ckpt_path)
+    if model.epoch_ >= model.config.epochs and model_path.is_file():
         parser.error(f"--resume: the run in {ckpt_path.parent} is complete ({model.epoch_} of "
-                     f"{c.epochs} epochs, {model_path.name} written); to train longer, start a "
-                     "new run with more --epochs")
+                     f"{model.config.epochs} epochs, {model_path.name} written); to train "
+                     "longer, start a new run with more --epochs")
     return model
 
 
@@ -544,105 +611,84 @@ def _fmt_snn_epoch(m):
     return "  ".join(parts)
 
 
-def _locked_main_config(parser, args, run_dir, model):
-    """The training of a ``--config`` description, with the run directory locked."""
-    ckpt_path, model_path, metrics_path = _run_files(parser, args, run_dir)
-    if args.resume:
-        model = _resume_snn(parser, args, ckpt_path, model_path)
-        print(f"resuming {ckpt_path} after epoch {model.epoch_} (step {model.trainer.step})")
-    cfg = model.config
-    try:
-        Xtr, ytr, Xte, yte = _load_data(args)
+class _ConfigRun(_Run):
+    """What the run of a ``--config`` description (:class:`snnfast.SNN`) does in
+    :func:`_locked_main`."""
+
+    def new(self):
+        return _new_snn(self.parser, self.args)
+
+    def load(self, path):
+        """(the checkpoint's model, its saved metadata)."""
+        from .trainer import SNN
+        model = SNN.load(path, n_threads=self.args.threads)
+        return model, model.metadata_
+
+    def check_model(self, model, ckpt_path):
+        """parser.error unless the checkpoint holds training state of the command's
+        description."""
+        if model.trainer is None:
+            self.parser.error(f"--resume: {ckpt_path} holds no training state")
+        if self.new().network != model.network:
+            self.parser.error(f"--resume: {ckpt_path} holds another network than "
+                              f"{self.args.config}")
+
+    def check_settings(self, model, ckpt_path):
+        """parser.error for an option that differs from the checkpoint's."""
+        parser, saved = self.parser, model.config.to_dict()
+        for k, v in _training_overrides(parser, self.args).items():
+            if saved[k] != v:
+                parser.error(f"--resume: {ckpt_path} was trained with {k}={saved[k]!r}; a "
+                             f"resumed run keeps its settings (drop {k}={v!r}, or start a new "
+                             "run)")
+
+    @staticmethod
+    def check_data(model, parts):
+        """ValueError/TypeError naming the data set for inputs or labels that do not fit the
+        description (before any training)."""
         from .._utils import check_labels
         from .trainer import _check_inputs
-        for X, y, name in ((Xtr, ytr, "training"), (Xte, yte, "test")):
+        for X, y, name in parts:
             check_labels(y, len(_check_inputs(model.network, X, f"the {name} data")),
                          model.n_classes, f"the {name} labels")
-    except (ValueError, OSError, TypeError) as exc:    # DatasetError is a ValueError
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    tr_idx, va_idx, Xte, yte = _split(parser, args, cfg, len(Xtr), Xte, yte)
-    Xva, yva = (Xtr[va_idx], ytr[va_idx]) if len(va_idx) else (None, None)
-    from .._config import effective_n_threads
-    print(f"snnfast SNN config={args.config} ({model.network.n_params():,d} weights) "
-          f"dataset={_data_name(args)} train={len(tr_idx)} val={len(va_idx)} test={len(Xte)} "
-          f"epochs={cfg.epochs} batch={cfg.batch_size} lr={cfg.lr} seed={cfg.seed} "
-          f"threads={effective_n_threads(args.threads)} -> {run_dir}", flush=True)
 
-    def meta(m):
-        return {"history": m.history_, "dataset": _data_name(args), "config": args.config}
+    def header(self, model, run_dir, n_train, n_val, n_test):
+        from .._config import effective_n_threads
+        return (f"snnfast SNN config={self.args.config} ({model.network.n_params():,d} "
+                f"weights) {self._sizes(model.config, n_train, n_val, n_test)} "
+                f"threads={effective_n_threads(self.args.threads)} -> {run_dir}")
 
-    def on_epoch(m, metrics):
-        ev = m.evaluate(Xte, yte)
-        metrics.update(test_acc=ev["accuracy"], test_loss=ev["loss"])
-        print(_fmt_snn_epoch(metrics), flush=True)
-        m.save(ckpt_path, checkpoint=True, metadata=meta(m))
-        write_json(metrics_path, _snn_metrics(m, args, done=False))
-        return None
+    fmt_epoch = staticmethod(_fmt_snn_epoch)
 
-    t0 = time.time()
-    code = _fit(lambda: model.fit(Xtr[tr_idx], ytr[tr_idx], Xva, yva, callback=on_epoch,
-                                  sample_ids=tr_idx, val_ids=va_idx,
-                                  verbose=not args.no_progress),
-                model, lambda: model.save(ckpt_path, checkpoint=True, metadata=meta(model)),
-                ckpt_path, args, run_dir)
-    if code is not None:
-        return code
-    t_eval = time.perf_counter()
-    final = model.evaluate(Xte, yte)
-    t_eval = time.perf_counter() - t_eval
-    summary = _snn_metrics(model, args, done=True)
-    summary["final"] = {"test_acc_best_val_model": final["accuracy"],
-                        "test_loss": final["loss"], "rates": final["rates"],
-                        "wall_time_s": time.time() - t0,
-                        "train_time_s": sum(h["train_time_s"] for h in model.history_),
-                        "test_img_s": len(Xte) / max(t_eval, 1e-9)}
-    if not _write_or_report(lambda: (model.save(model_path, metadata=dict(meta(model),
-                                                                            summary=summary)),
-                                     write_json(metrics_path, summary)), ckpt_path):
-        return 1
-    print(_accuracy_line(model, final))
-    print("spike rates per update: " + ", ".join(f"{k} {100 * v:.2f}%"
-                                                 for k, v in final["rates"].items()))
-    print(f"wall time {summary['final']['wall_time_s']:.0f} s, training "
-          f"{summary['final']['train_time_s']:.0f} s, test {summary['final']['test_img_s']:.0f}"
-          f" img/s")
-    _energy_report(run_dir, model_path, Xte[:1000], args.threads)
-    print(f"files: {model_path}  {ckpt_path}  {metrics_path}")
-    return 0
+    def metrics(self, model, done):
+        return _snn_metrics(model, self.args, done)
 
+    def save(self, model, path, checkpoint=False, summary=None):
+        """Both files' metadata record the history, the data set and the description file;
+        the final model file also the run's summary."""
+        meta = {"history": model.history_, "dataset": _data_name(self.args),
+                "config": self.args.config}
+        if summary is not None:
+            meta["summary"] = summary
+        model.save(path, checkpoint=checkpoint, metadata=meta)
 
-def _resume_snn(parser, args, ckpt_path, model_path):
-    """The SNN of ``ckpt_path``, after checking that the command asks for the same run (the
-    same description and options) and that the run is not finished."""
-    from .trainer import SNN
-    if not ckpt_path.is_file():
-        parser.error(f"--resume: no checkpoint at {ckpt_path}")
-    try:
-        model = SNN.load(ckpt_path, n_threads=args.threads)
-    except ValueError as exc:
-        parser.error(f"--resume: {exc}")
-    if model.trainer is None:
-        parser.error(f"--resume: {ckpt_path} holds no training state")
-    wanted = _new_snn(parser, args)
-    if wanted.network != model.network:
-        parser.error(f"--resume: {ckpt_path} holds another network than {args.config}")
-    # the rest of a resumed run must be the run that was interrupted: an option given now
-    # must be the one it ran with (--epochs too: the schedule spans the run's epochs)
-    saved = model.config.to_dict()
-    for k, v in _training_overrides(parser, args).items():
-        if saved[k] != v:
-            parser.error(f"--resume: {ckpt_path} was trained with {k}={saved[k]!r}; a resumed "
-                         f"run keeps its settings (drop {k}={v!r}, or start a new run)")
-    dataset = (getattr(model, "metadata_", None) or {}).get("dataset")
-    if dataset is not None and dataset != _data_name(args):
-        parser.error(f"--resume: {ckpt_path} was trained on {dataset}; pass the same "
-                     f"--dataset or --data")
-    if model.epoch_ >= model.config.epochs and model_path.is_file():
-        parser.error(f"--resume: the run in {ckpt_path.parent} is complete ({model.epoch_} of "
-                     f"{model.config.epochs} epochs, {model_path.name} written); to train "
-                     "longer, start a new run with more --epochs")
-    return model
+    @staticmethod
+    def final(model, final, wall_time_s, test_img_s):
+        return {"test_acc_best_val_model": final["accuracy"], "test_loss": final["loss"],
+                "rates": final["rates"], "wall_time_s": wall_time_s,
+                "train_time_s": sum(h["train_time_s"] for h in model.history_),
+                "test_img_s": test_img_s}
+
+    @staticmethod
+    def report(final):
+        print("spike rates per update: " + ", ".join(f"{k} {100 * v:.2f}%"
+                                                     for k, v in final["rates"].items()))
+        print(f"wall time {final['wall_time_s']:.0f} s, training {final['train_time_s']:.0f} s, "
+              f"test {final['test_img_s']:.0f} img/s")
+
+    @staticmethod
+    def plots(run_dir, model, summary, Xte, yte):
+        """No training report plots for a description yet."""
 
 
 def _snn_metrics(model, args, done):

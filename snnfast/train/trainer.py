@@ -9,30 +9,29 @@
 >>> model.save("cnn.h5")                                       # snnfast.network.load reads it
 
 :class:`SNN` is the network with its weights (``fit``, ``predict``, ``evaluate``,
-``save``/``load``, ``weights``); the :class:`Trainer` it creates holds everything that only
-training needs (options, Adam's moments, the weight average, the best-validation weights, the
-history, the position in the run) and runs the loop: a forward pass through the compiled
+``save``/``load``, ``weights``) and its training step: a forward pass through the compiled
 engine (:mod:`snnfast.engine`, recording every layer's spikes), the rate surrogate gradient
-(:mod:`snnfast.train.surrogate`), Adam, a warm-up + cosine schedule and an exponential moving
-average of the weights, which is the model that is validated, selected and saved.
+(:mod:`snnfast.train.surrogate`), Adam and an exponential moving average of the weights,
+which is the model that is validated, selected and saved. The loop around it (epochs,
+schedule, model selection, the position in the run, Ctrl-C, divergence checks) is the
+:class:`~snnfast.train.loop.Trainer` that :class:`snnfast.ConvSNN` trains through too.
 """
+import contextlib
 import dataclasses
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .._cli import install_stop_handlers, restore_handlers
 from .._config import effective_n_threads
 from .._utils import check_labels, is_real_number
-from ..convsnn import TrainingError, _as_ids
 from ..network import ConfigError, Network, read_description
 from ..network.layers import Conv2d, Direct
 from . import surrogate as sg
 from .augment import shift_flip
-from .schedule import ema_factor, lr_at
+from .loop import Trainer, TrainingError, update_average
+from .loop import as_ids as _as_ids
 
 __all__ = ["SNN", "Trainer", "TrainingConfig", "TrainingError", "training_config"]
 
@@ -272,7 +271,9 @@ class SNN:
         self.n_threads = n_threads
         self._w = self._init_weights() if weights is None else _checked_weights(network, weights)
         self._avg = None                               # the weight average, once made
-        self.trainer = None
+        self.trainer = None                            # the loop (snnfast.train.loop)
+        self._opt = None          # Adam's {"m": {...}, "v": {...}, "t": int}
+        self._stages = self._rows = None               # the backward pass's plan, buffers
         self._compiled, self._version = (None, None), 0
 
     @property
@@ -415,6 +416,117 @@ class SNN:
     def stop_signal_(self):
         return None if self.trainer is None else self.trainer.stop_signal_
 
+    # ------------------------------------------------------------------ one training step
+    def _train_step(self, X, y, ids, epoch, lr):
+        """One optimisation step on a batch; returns (mean loss, #correct, the record)."""
+        c = self.config
+        if self._stages is None:
+            self._stages = sg.plan(self.network, c.surrogates())
+            self._rows = sg._Rows(self.n_threads)
+        rec = self._engine(raw=True).forward(X, seed=c.seed, epoch=epoch, sample_ids=ids,
+                                             n_threads=self.n_threads, record=True)
+        fw = sg.train_forward(self.network, self._stages, self._w, rec, self._rows)
+        loss, correct, dout = sg.cross_entropy_grad(rec["output"], y)
+        if not math.isfinite(loss):
+            return loss, correct, rec
+        grads = sg.backward(self.network, self._stages, self._w, fw, dout, self._rows)
+        self._adam(grads, lr)
+        self.trainer.step += 1
+        self._avg = update_average(self._avg, self._w, c, self.trainer.step, _kernels(),
+                                   self.n_threads)
+        self._changed()
+        return loss, correct, rec
+
+    def _adam(self, grads, lr):
+        c, w = self.config, self._w
+        if self._opt is None:
+            self._opt = {"m": {k: np.zeros_like(v) for k, v in w.items()},
+                         "v": {k: np.zeros_like(v) for k, v in w.items()}, "t": 0}
+        o = self._opt
+        keys = list(w)
+        # check_finite: a non-finite gradient (divergence) raises before any weight changes
+        _kernels().adam_step_many([w[k] for k in keys],
+                                  [np.ascontiguousarray(grads[k], np.float32) for k in keys],
+                                  [o["m"][k] for k in keys], [o["v"][k] for k in keys],
+                                  lr=lr, beta1=c.beta1, beta2=c.beta2, eps=c.eps,
+                                  step=o["t"] + 1, n_threads=self.n_threads,
+                                  check_finite=True)
+        o["t"] += 1
+
+    # what the training loop (snnfast.train.loop.Trainer) asks of its model
+    def _fit_inputs(self, X, name):
+        return _check_inputs(self.network, X, name)
+
+    def _fit_context(self):
+        return contextlib.nullcontext()
+
+    @staticmethod
+    def _augment(X, dy, dx, flip):
+        if dy is None and flip is None:
+            return X
+        if dy is None:
+            dy = dx = np.zeros(len(X), np.int64)
+        return shift_flip(X, dy, dx, flip)
+
+    @staticmethod
+    def _rate_sums():
+        return {"spikes": {}}
+
+    @staticmethod
+    def _add_rates(sums, rec):
+        _add_spikes(sums["spikes"], rec)
+
+    def _train_rates(self, sums, n):
+        return _rates(self.network, sums["spikes"], n)
+
+    def _snapshot(self):
+        return self.weights
+
+    def _restore_snapshot(self, weights):
+        self.set_weights(weights)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _training_state(self):
+        """The training state for :func:`snnfast.network.save` (``{"attrs", "arrays"}``)."""
+        t = self.trainer or Trainer(self)
+        arrays = {}
+        if self._avg is not None:                 # the file's weights are the average
+            arrays.update({f"raw:{k}": v for k, v in self._w.items()})
+        if self._opt is not None:
+            for which in ("m", "v"):
+                arrays.update({f"{which}:{k}": v for k, v in self._opt[which].items()})
+        if t._best is not None:
+            arrays.update({f"best:{k}": v for k, v in t._best["weights"].items()})
+        attrs = {"config": self.config.to_dict(), "epoch": t.epoch, "step": t.step,
+                 "history": t.history, "partial": t._partial,
+                 "adam_t": None if self._opt is None else self._opt["t"],
+                 "average": self._avg is not None,
+                 "best": None if t._best is None else
+                 {"val_acc": t._best["val_acc"], "epoch": t._best["epoch"]}}
+        return {"attrs": attrs, "arrays": arrays}
+
+    def _restore_training(self, state):
+        """Continue from :meth:`_training_state` (read back by
+        :func:`snnfast.network.load_checkpoint`)."""
+        a, arr = state["attrs"], state["arrays"]
+        if a.get("config") != self.config.to_dict():
+            raise ValueError("the checkpoint's training options differ from the model's")
+
+        def group(prefix, what):
+            d = {k.split(":", 1)[1]: v for k, v in arr.items() if k.startswith(prefix + ":")}
+            return _checked(self.network, d, what) if d or prefix != "raw" else None
+        self.trainer = Trainer(self)
+        best = a.get("best")
+        self.trainer.restore(a.get("epoch"), a.get("step"), a.get("history"), a.get("partial"),
+                             None if best is None else
+                             dict(best, weights=group("best", "best-validation weights")))
+        if a.get("average"):
+            self._avg, self._w = self._w, group("raw", "raw weights")
+        if a.get("adam_t") is not None:
+            self._opt = {"m": group("m", "Adam m"), "v": group("v", "Adam v"),
+                         "t": int(a["adam_t"])}
+        self._changed()
+
     # ------------------------------------------------------------------ files
     def save(self, path, metadata=None, checkpoint=False):
         """Write the network and its inference weights (:func:`snnfast.network.save`, format
@@ -427,7 +539,7 @@ class SNN:
         meta.setdefault("history", self.history_)
         state = None
         if checkpoint:
-            state = (self.trainer or Trainer(self)).state()
+            state = self._training_state()
         save(path, self.network, self._infer_w(), metadata=meta, state=state)
 
     @classmethod
@@ -440,8 +552,7 @@ class SNN:
         try:
             model = cls(net, weights, n_threads=n_threads, **opts)
             if state is not None:
-                model.trainer = Trainer(model)
-                model.trainer.restore(state)
+                model._restore_training(state)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{path}: invalid model content ({exc})") from None
         model.metadata_ = meta
@@ -450,6 +561,11 @@ class SNN:
     def __repr__(self):
         return (f"SNN({self.network.name or 'network'!r}, {self.network.n_params()} weights, "
                 f"seed={self.config.seed}, epochs_trained={self.epoch_})")
+
+
+def _kernels():
+    from .. import _convsnn_kernels as K
+    return K
 
 
 def _checked_weights(network, weights):
@@ -470,277 +586,6 @@ def _rates(network, spikes, n):
             size = int(np.prod(network.shapes[i])) * len(ly.update_steps(network.T))
             out[f"rate_{ly.name}"] = spikes.get(ly.name, 0) / (n * size)
     return out
-
-
-# ----------------------------------------------------------------------------- the trainer
-DIVERGED_FACTOR = 10
-"""An epoch's mean cross-entropy above ten times chance level means the weights diverged."""
-
-
-class Trainer:
-    """The training of an :class:`SNN`: its loop and everything only training needs.
-
-    Parameters
-    ----------
-    model : SNN
-        Trained in place (its raw weights and weight average).
-
-    Attributes
-    ----------
-    config : TrainingConfig (the model's)
-    epoch, step : int, epochs completed and optimiser steps taken
-    history : list of per-epoch metrics dicts
-    best_epoch : (epoch, validation accuracy) of the kept best weights, or None
-    clean_stop_, stop_signal_ : after a Ctrl-C/SIGTERM (see :meth:`SNN.fit`)
-    """
-
-    def __init__(self, model):
-        self.model = model
-        self.config = model.config
-        self.stages = sg.plan(model.network, self.config.surrogates())
-        self.epoch, self.step = 0, 0
-        self.history = []
-        self._opt = None          # {"m": {...}, "v": {...}, "t": int}
-        self._best = None         # {"val_acc", "epoch", "weights"}
-        self._partial = None      # mid-epoch position {"epoch", "batch", "sums"}
-        self._rows = None
-        self.clean_stop_, self.stop_signal_, self._stop = False, None, False
-
-    @property
-    def best_epoch(self):
-        return None if self._best is None else (self._best["epoch"], self._best["val_acc"])
-
-    # ------------------------------------------------------------------ one step
-    def _kernels(self):
-        from .. import _convsnn_kernels as K
-        return K
-
-    def train_step(self, X, y, ids, epoch, lr):
-        """One optimisation step on a batch; returns (mean loss, #correct, spike counts)."""
-        m, c = self.model, self.config
-        if self._rows is None:
-            self._rows = sg._Rows(m.n_threads)
-        rec = m._engine(raw=True).forward(X, seed=c.seed, epoch=epoch, sample_ids=ids,
-                                      n_threads=m.n_threads, record=True)
-        fw = sg.train_forward(m.network, self.stages, m._w, rec, self._rows)
-        loss, correct, dout = sg.cross_entropy_grad(rec["output"], y)
-        if not math.isfinite(loss):
-            return loss, correct, rec
-        grads = sg.backward(m.network, self.stages, m._w, fw, dout, self._rows)
-        self._adam(grads, lr)
-        self.step += 1
-        self._update_average()
-        m._changed()
-        return loss, correct, rec
-
-    def _adam(self, grads, lr):
-        c, w = self.config, self.model._w
-        if self._opt is None:
-            self._opt = {"m": {k: np.zeros_like(v) for k, v in w.items()},
-                         "v": {k: np.zeros_like(v) for k, v in w.items()}, "t": 0}
-        o = self._opt
-        keys = list(w)
-        # check_finite: a non-finite gradient (divergence) raises before any weight changes
-        self._kernels().adam_step_many([w[k] for k in keys],
-                                       [np.ascontiguousarray(grads[k], np.float32) for k in keys],
-                                       [o["m"][k] for k in keys], [o["v"][k] for k in keys],
-                                       lr=lr, beta1=c.beta1, beta2=c.beta2, eps=c.eps,
-                                       step=o["t"] + 1, n_threads=self.model.n_threads,
-                                       check_finite=True)
-        o["t"] += 1
-
-    def _update_average(self):
-        c, m = self.config, self.model
-        if c.ema_decay <= 0 or self.step % c.ema_every:
-            return
-        if m._avg is None:
-            m._avg = {k: v.copy() for k, v in m._w.items()}
-            return
-        d = ema_factor(c, self.step)
-        for k, v in m._avg.items():
-            self._kernels().ema_step(v, m._w[k], decay=d, check_finite=False,
-                                     n_threads=m.n_threads if v.size >= 65536 else 1)
-
-    # ------------------------------------------------------------------ the loop
-    def fit(self, X, y, X_val=None, y_val=None, *, epochs=None, sample_ids=None, val_ids=None,
-            callback=None, verbose=False, restore_best=True):
-        """See :meth:`SNN.fit`."""
-        m, c = self.model, self.config
-        X = _check_inputs(m.network, X)
-        y = check_labels(y, len(X), m.n_classes)
-        ids = _as_ids(sample_ids, len(X))
-        if (X_val is None) != (y_val is None):
-            raise ValueError("give X_val and y_val together (or neither)")
-        val = None
-        if X_val is not None:
-            Xv = _check_inputs(m.network, X_val, "X_val")
-            val = (Xv, check_labels(y_val, len(Xv), m.n_classes, "y_val"),
-                   _as_ids(val_ids, len(Xv), "val_ids"))
-        if epochs is None:
-            epochs = c.epochs
-        elif isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
-            raise ValueError(f"epochs must be an integer >= 0, got {epochs!r}")
-        if len(X) == 0:
-            raise ValueError("X is empty")
-        n_batches = -(-len(X) // c.batch_size)
-        total = max(1, epochs * n_batches)
-        self.clean_stop_ = False
-        old = install_stop_handlers(self)
-        try:
-            for epoch in range(self.epoch, epochs):
-                sums, lr = self._fit_epoch(X, y, ids, epoch, n_batches, total, verbose)
-                metrics = self._end_epoch(epoch, sums, lr, val)
-                if callback is not None:
-                    extra = callback(m, metrics)
-                    if extra is not None and not isinstance(extra, dict):
-                        raise TypeError(f"callback must return a dict or None, got "
-                                        f"{type(extra).__name__}")
-                    metrics.update(extra or {})
-        finally:
-            restore_handlers(old)
-        if restore_best and val is not None and self._best is not None:
-            m.set_weights(self._best["weights"])
-        return m
-
-    def _epoch_plan(self, epoch, N):
-        """(permutation, shifts (2, N) or None, flips (N,) bool or None) of an epoch: functions
-        of (seed, epoch) only, so that a resumed run draws the same."""
-        c = self.config
-        perm = np.random.default_rng((c.seed, epoch)).permutation(N)
-        shifts = flips = None
-        if c.augment_shift:
-            s = c.augment_shift
-            shifts = np.random.default_rng((c.seed, epoch, 1)).integers(-s, s + 1, size=(2, N))
-        if c.augment_flip:
-            flips = np.random.default_rng((c.seed, epoch, 2)).random(N) < 0.5
-        return perm, shifts, flips
-
-    def _batch(self, X, pos, perm, shifts, flips):
-        """(indices, inputs) of the batch at ``pos`` of the epoch's plan, augmented (shift
-        with zero fill, then flip) by :func:`snnfast.train.augment.shift_flip`."""
-        idx = perm[pos]
-        xb = X[idx]
-        if shifts is not None or flips is not None:
-            dy, dx = (shifts[0, pos], shifts[1, pos]) if shifts is not None else \
-                (np.zeros(len(idx), np.int64),) * 2
-            xb = shift_flip(xb, dy, dx, None if flips is None else flips[pos])
-        return idx, np.ascontiguousarray(xb)
-
-    def _fit_epoch(self, X, y, ids, epoch, n_batches, total, verbose):
-        c, N, bs = self.config, len(X), self.config.batch_size
-        perm, shifts, flips = self._epoch_plan(epoch, N)
-        p = self._partial if (self._partial and self._partial["epoch"] == epoch) else None
-        start = p["batch"] if p else 0
-        sums = dict(p["sums"]) if p else {"loss": 0.0, "correct": 0, "n": 0, "time": 0.0,
-                                            "spikes": {}}
-        bar = None
-        if verbose:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=n_batches, initial=start, desc=f"epoch {epoch + 1}", leave=False,
-                       unit="batch", dynamic_ncols=True)
-        lr = c.lr
-        try:
-            for b in range(start, n_batches):
-                if self._stop:
-                    self._partial = {"epoch": epoch, "batch": b, "sums": sums}
-                    self.clean_stop_ = True          # state consistent: safe to checkpoint
-                    raise KeyboardInterrupt
-                t0 = time.perf_counter()
-                pos = slice(b * bs, (b + 1) * bs)
-                idx, xb = self._batch(X, pos, perm, shifts, flips)
-                lr = lr_at(c, epoch, (epoch * n_batches + b) / total)
-                where = f"epoch {epoch + 1}, batch {b + 1} of {n_batches}"
-                try:
-                    loss, correct, rec = self.train_step(xb, y[idx], ids[idx], epoch, lr)
-                except ValueError as exc:       # a non-finite gradient met by Adam's check
-                    raise TrainingError(f"training failed at {where}: {exc}") from exc
-                if not math.isfinite(loss):
-                    raise TrainingError(f"training diverged at {where}: the loss is {loss}")
-                sums["time"] += time.perf_counter() - t0
-                sums["loss"] += loss * len(idx)
-                sums["correct"] += correct
-                sums["n"] += len(idx)
-                _add_spikes(sums["spikes"], rec)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{sums['loss'] / sums['n']:.4f}",
-                                    acc=f"{sums['correct'] / sums['n']:.4f}",
-                                    img_s=f"{sums['n'] / max(sums['time'], 1e-9):.0f}")
-        finally:
-            if bar is not None:
-                bar.close()
-        mean_loss = sums["loss"] / max(sums["n"], 1)
-        limit = DIVERGED_FACTOR * math.log(self.model.n_classes)
-        if mean_loss > limit:
-            raise TrainingError(f"training diverged in epoch {epoch + 1}: the mean training "
-                                f"loss {mean_loss:.1f} is over ten times that of chance "
-                                f"(ln {self.model.n_classes} = "
-                                f"{math.log(self.model.n_classes):.2f})")
-        self._partial = None
-        return sums, lr
-
-    def _end_epoch(self, epoch, sums, lr, val):
-        m = self.model
-        n = max(sums["n"], 1)
-        out = {"epoch": epoch + 1, "lr": lr, "train_loss": sums["loss"] / n,
-               "train_acc": sums["correct"] / n,
-               "train_img_s": sums["n"] / max(sums["time"], 1e-9), "train_time_s": sums["time"]}
-        out.update({"train_" + k: v for k, v in _rates(m.network, sums["spikes"], n).items()})
-        if val is not None:
-            t0 = time.perf_counter()
-            ev = m.evaluate(*val)
-            out.update(val_acc=ev["accuracy"], val_loss=ev["loss"],
-                       eval_img_s=len(val[0]) / max(time.perf_counter() - t0, 1e-9))
-            if self._best is None or ev["accuracy"] > self._best["val_acc"]:
-                self._best = {"val_acc": ev["accuracy"], "epoch": epoch + 1,
-                              "weights": m.weights}
-        self.epoch = epoch + 1
-        self.history.append(out)
-        return out
-
-    # ------------------------------------------------------------------ checkpoints
-    def state(self):
-        """The training state for :func:`snnfast.network.save` (``{"attrs", "arrays"}``)."""
-        m = self.model
-        arrays = {}
-        if m._avg is not None:                 # the file's weights are the average
-            arrays.update({f"raw:{k}": v for k, v in m._w.items()})
-        if self._opt is not None:
-            for which in ("m", "v"):
-                arrays.update({f"{which}:{k}": v for k, v in self._opt[which].items()})
-        if self._best is not None:
-            arrays.update({f"best:{k}": v for k, v in self._best["weights"].items()})
-        attrs = {"config": self.config.to_dict(), "epoch": self.epoch, "step": self.step,
-                 "history": self.history, "partial": self._partial,
-                 "adam_t": None if self._opt is None else self._opt["t"],
-                 "average": m._avg is not None,
-                 "best": None if self._best is None else
-                 {"val_acc": self._best["val_acc"], "epoch": self._best["epoch"]}}
-        return {"attrs": attrs, "arrays": arrays}
-
-    def restore(self, state):
-        """Continue from :meth:`state` (read back by :func:`snnfast.network.load_checkpoint`)."""
-        m, a, arr = self.model, state["attrs"], state["arrays"]
-        if a.get("config") != self.config.to_dict():
-            raise ValueError("the checkpoint's training options differ from the model's")
-
-        def group(prefix, what):
-            d = {k.split(":", 1)[1]: v for k, v in arr.items() if k.startswith(prefix + ":")}
-            return _checked(m.network, d, what) if d or prefix != "raw" else None
-        for key in ("epoch", "step"):
-            if not isinstance(a.get(key), int) or a[key] < 0:
-                raise ValueError(f"the checkpoint's {key} is {a.get(key)!r}")
-        self.epoch, self.step = a["epoch"], a["step"]
-        self.history = list(a.get("history") or [])
-        self._partial = a.get("partial")
-        if a.get("average"):
-            m._avg, m._w = m._w, group("raw", "raw weights")
-        if a.get("adam_t") is not None:
-            self._opt = {"m": group("m", "Adam m"), "v": group("v", "Adam v"),
-                         "t": int(a["adam_t"])}
-        if a.get("best") is not None:
-            self._best = dict(a["best"], weights=group("best", "best-validation weights"))
-        m._changed()
 
 
 def _checked(network, arrays, what):

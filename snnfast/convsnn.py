@@ -59,7 +59,7 @@ import numpy as np
 from . import convsnn_numpy as cnp
 from ._cli import install_stop_handlers, restore_handlers
 from ._config import effective_n_threads
-from ._convsnn_kernels import Geometry
+from ._convsnn_kernels import Geometry, aligned_copy
 from ._utils import (_json_default, array_digest, atomic_h5, check_labels, check_named_arrays,
                      h5_format, is_real_number)
 from .network import PRESET_NAMES, load_preset
@@ -655,7 +655,8 @@ class ConvSNN:
         if c.ema_decay <= 0 or c.trainer != "surrogate" or self.step_ % c.ema_every:
             return
         if self._ema is None:
-            self._ema = {k: v.copy() for k, v in self._p.items()}
+            # page-aligned as the model's own W1b (see aligned_copy: FC1's loads)
+            self._ema = {k: aligned_copy(v) for k, v in self._p.items()}
             return
         d = ema_factor(c, self.step_)   # early on: a shorter memory
         for k, v in self._ema.items():
@@ -964,8 +965,9 @@ class ConvSNN:
     def _opt_state(self):
         """Adam's state {"m", "v": arrays in the backend's layouts, "t": steps taken}."""
         if self._opt is None:
-            self._opt = {"m": {k: np.zeros_like(v) for k, v in self._p.items()},
-                         "v": {k: np.zeros_like(v) for k, v in self._p.items()}, "t": 0}
+            self._opt = {w: {k: aligned_copy(v, zeros=True) for k, v in self._p.items()}
+                         for w in ("m", "v")}
+            self._opt["t"] = 0
         return self._opt
 
     def _adam(self, grads, lr):

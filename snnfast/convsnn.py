@@ -59,7 +59,7 @@ import numpy as np
 from . import convsnn_numpy as cnp
 from ._cli import install_stop_handlers, restore_handlers
 from ._config import effective_n_threads
-from ._convsnn_kernels import Geometry, aligned_copy
+from ._convsnn_kernels import Geometry, aligned_copy, aligned_zeros
 from ._utils import (_json_default, array_digest, atomic_h5, check_labels, check_named_arrays,
                      h5_format, is_real_number)
 from .network import PRESET_NAMES, load_preset
@@ -965,7 +965,7 @@ class ConvSNN:
     def _opt_state(self):
         """Adam's state {"m", "v": arrays in the backend's layouts, "t": steps taken}."""
         if self._opt is None:
-            self._opt = {w: {k: aligned_copy(v, zeros=True) for k, v in self._p.items()}
+            self._opt = {w: {k: aligned_zeros(v.shape, v.dtype) for k, v in self._p.items()}
                          for w in ("m", "v")}
             self._opt["t"] = 0
         return self._opt

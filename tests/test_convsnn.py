@@ -656,14 +656,14 @@ def test_weight_average_follows_its_formula(backend):
     assert not np.array_equal(got["W1"], m._canonical(m._p)["W1"])   # inference: the average
 
 
-def test_aligned_copy_is_a_page_aligned_copy():
-    from snnfast._convsnn_kernels import aligned_copy
+def test_aligned_copy_and_zeros_are_page_aligned():
+    from snnfast._convsnn_kernels import aligned_copy, aligned_zeros
     a = np.arange(3 * 5 * 7, dtype=np.float32).reshape(3, 5, 7)[:, ::2]   # not contiguous
-    for zeros in (False, True):
-        b = aligned_copy(a, zeros=zeros)
+    for b, want in ((aligned_copy(a), a), (aligned_zeros(a.shape), np.zeros(a.shape))):
         assert b.ctypes.data % 4096 == 0 and b.flags.c_contiguous and b.flags.writeable
-        assert b.shape == a.shape and b.dtype == a.dtype and not np.shares_memory(a, b)
-        np.testing.assert_array_equal(b, np.zeros_like(a) if zeros else a)
+        assert b.shape == a.shape and b.dtype == np.float32 and not np.shares_memory(a, b)
+        np.testing.assert_array_equal(b, want)
+    assert aligned_zeros((2, 3), np.int64).dtype == np.int64
 
 
 @needs_kernels

@@ -1,8 +1,11 @@
-"""Training and inference throughput of ConvSNN: compiled kernels vs the NumPy baseline.
+"""Training and inference throughput of ConvSNN: compiled kernels vs the NumPy baseline, and
+vs the kernels of the previous revision or of a -march=native build.
 
-    python bench/throughput.py [--presets default seed] [--threads N] [--repeats 5]
+    python bench/throughput.py [--presets default seed nir] [--threads N] [--repeats 5]
                                [--train-images N] [--test-images N] [--json out.json]
-                               [--models RUN/model.h5 ...] [--native-build DIR]
+                               [--models RUN/model.h5 ...] [--cpu-time]
+                               [--baseline REV | --no-baseline] [--baseline-dir DIR]
+    python bench/throughput.py --native-build DIR [--presets ...] [--cpu-time]
 
 Both backends run in the same process, on the same data, with the same preset and thread
 count, their timed runs alternating (kernels, NumPy, kernels, ...) so that both see the same
@@ -23,32 +26,43 @@ Every measurement is also checked against the targets of the project's issue: >=
 baseline, and an absolute rate (halved on machines without AVX-512, as the project's
 performance notes expect); the verdicts are printed and kept in the JSON.
 
-``--native-build DIR`` then compares the build this script imports (the portable default
+Then, unless ``--no-baseline``, each preset's kernels are compared with those of an earlier
+revision (``--baseline REV``, any git revision; by default ``BASELINE_REV``, the revision
+before the network description replaced the fixed network): the revision is exported from git
+into ``--baseline-dir`` (default ``bench/.baseline-<sha>/``, git-ignored) and built there
+with its own setup.py, once (a few minutes; reused afterwards). Target: >= 0.95x.
+
+``--native-build DIR`` instead compares the build this script imports (the portable default
 build, its kernel variant chosen at run time) with a ``SNNFAST_NATIVE=1`` (``-march=native``)
 build of the same source: DIR receives a copy of the source tree (only changed files are
-copied, so an up-to-date DIR is not recompiled) and is built in place. Each build runs in its
-own subprocess, the two alternating, one timed training epoch and one evaluation per
-subprocess after a warm-up; the ratio (default / native, target >= 0.95) is the median of the
-ratios of neighbouring runs. With ``--native-build`` only this comparison is measured (for
-the ``--presets``; no NumPy baseline). ``--cpu-time`` measures it with one thread and the
-calling thread's CPU time instead of wall time: the per-core cost, robust when other
-processes load the machine (wall-clock figures with 2 threads then vary by tens of percent).
+copied, so an up-to-date DIR is not recompiled) and is built in place. With ``--native-build``
+only this comparison is measured (no NumPy baseline, no earlier revision). Target: >= 0.95x.
+
+Both comparisons of two builds work alike: each measurement is a subprocess that imports
+one tree's snnfast (PYTHONPATH = that tree, working directory a temporary one), makes a fresh
+model of the preset (``ConvSNN(preset, seed=0, n_threads=...)``, API that every revision
+has), runs one warm-up epoch and evaluation, then times one training epoch and one
+evaluation; the subprocesses of the two trees alternate, ``--repeats`` of each, and the ratio
+(this tree / the other) is the median of the ratios of neighbouring runs, printed with its
+range, the threads, the CPU model and the load average. ``--cpu-time`` measures them with
+one thread and the calling thread's CPU time instead of wall time: the per-core cost, robust
+when other processes load the machine (wall-clock figures with 2 threads then vary by tens of
+percent).
 """
 import argparse
+import io
 import json
 import os
 import shutil
 import statistics
 import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 from pathlib import Path
 
 from _timing import alternate_times, bench_data  # bench/_timing.py (the script directory is on sys.path)
-
-from snnfast._cli import openmp_wait_defaults  # noqa: E402
-
-openmp_wait_defaults()     # as the command-line tools do, before any kernel loads OpenMP
 
 
 def _model(preset, backend, threads, model):
@@ -171,6 +185,14 @@ def build_info_of(root):
     return {k: v for k, v in ns.items() if k.isupper()}
 
 
+def _build_in_place(dir_, env, what):
+    """``setup.py build_ext --inplace`` in ``dir_`` (its own setup.py), or SystemExit."""
+    r = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=dir_,
+                       env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"{what}: the build in {dir_} failed:\n{r.stderr[-3000:]}")
+
+
 def native_build(dir_):
     """Copy this source tree into ``dir_`` and build it in place with SNNFAST_NATIVE=1."""
     if not (ROOT / "setup.py").exists():
@@ -183,21 +205,91 @@ def native_build(dir_):
             _sync_tree(ROOT / item, dir_)
     print(f"building the -march=native copy in {dir_} (SNNFAST_NATIVE=1; a few minutes the "
           "first time)", flush=True)
-    env = dict(os.environ, SNNFAST_NATIVE="1")
-    r = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=dir_,
-                       env=env, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise SystemExit(f"--native-build: the build failed:\n{r.stderr[-3000:]}")
+    _build_in_place(dir_, dict(os.environ, SNNFAST_NATIVE="1"), "--native-build")
     if build_info_of(dir_).get("MODE") != "native":
         raise SystemExit(f"--native-build: {dir_} is not a SNNFAST_NATIVE=1 build")
     return dir_
 
 
+# The revision before the network-description work began (2026-11-24): the last one whose
+# kernels were written for the fixed network of the three presets. The description-driven
+# kernels must keep >= 0.95x of its speed for every preset (issue #20), measured in one run.
+BASELINE_REV = "23f1210"
+BASELINE_RATIO_TARGET = 0.95
+# written into a baseline directory: the full sha once exported, then "built" once built
+BASELINE_STAMP = ".snnfast-baseline"
+
+
+def _git(*args, error=None):
+    """Output of ``git -C ROOT args``, or SystemExit with ``error`` (default: git's own)."""
+    try:
+        r = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True)
+    except OSError as exc:
+        raise SystemExit(f"--baseline needs git: {exc}")
+    if r.returncode != 0:
+        msg = r.stderr.decode(errors="replace").strip().splitlines()
+        raise SystemExit(error or f"--baseline: git {args[0]} failed: "
+                         f"{msg[-1] if msg else 'exit code ' + str(r.returncode)}")
+    return r.stdout
+
+
+def baseline_sha(rev):
+    """The full sha of the git revision ``rev`` of this source tree, or SystemExit."""
+    error = f"--baseline: {rev!r} is not a commit of the git repository of {ROOT}"
+    if rev.startswith("-"):
+        raise SystemExit(error)
+    _git("rev-parse", "--git-dir", error=f"--baseline: {ROOT} is not a git checkout (an "
+         "unpacked sdist?): give --no-baseline")
+    return _git("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}",
+                error=error).decode().strip()
+
+
+def baseline_state(dir_, sha):
+    """What ``dir_`` needs to hold the built revision ``sha``: "ready" (built), "build"
+    (exported, not yet built) or "export" (absent or empty); SystemExit if it holds anything
+    else (another revision, or files this script did not put there: never overwritten)."""
+    dir_ = Path(dir_)
+    if not dir_.exists() or (dir_.is_dir() and not any(dir_.iterdir())):
+        return "export"
+    stamp = dir_ / BASELINE_STAMP
+    if not stamp.is_file():
+        raise SystemExit(f"--baseline-dir: {dir_} is not empty and holds no baseline build "
+                         "of this script; give an empty or new directory")
+    words = stamp.read_text().split()
+    if not words or words[0] != sha:
+        held = words[0][:12] if words else "nothing"
+        raise SystemExit(f"--baseline-dir: {dir_} holds revision {held}, not {sha[:12]}; "
+                         "give another directory or remove it")
+    return "ready" if words[1:] == ["built"] else "build"
+
+
+def baseline_build(rev, dir_=None):
+    """The git revision ``rev`` exported into ``dir_`` and built there with its own setup.py,
+    unless that was done already. Returns (directory, full sha)."""
+    sha = baseline_sha(rev)
+    dir_ = Path(dir_ or ROOT / "bench" / f".baseline-{sha[:12]}").resolve()
+    state = baseline_state(dir_, sha)
+    if state == "export":
+        if not _git("ls-tree", "--name-only", sha, "setup.py").strip():
+            raise SystemExit(f"--baseline: revision {rev} has no setup.py to build")
+        dir_.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(fileobj=io.BytesIO(_git("archive", "--format=tar", sha))) as tar:
+            tar.extractall(dir_, **({"filter": "data"} if hasattr(tarfile, "data_filter")
+                                    else {}))
+        (dir_ / BASELINE_STAMP).write_text(sha + "\n")
+    if state != "ready":
+        print(f"building revision {rev} ({sha[:12]}) in {dir_} with its own setup.py (a few "
+              "minutes, once; reused afterwards)", flush=True)
+        _build_in_place(dir_, dict(os.environ), "--baseline")
+        (dir_ / BASELINE_STAMP).write_text(sha + " built\n")
+    return dir_, sha
+
+
 def _worker(args):
     """--worker: one warm-up, then one timed training epoch and one evaluation of the snnfast
-    this process imports; a JSON line on stdout."""
+    this process imports (this tree's or another revision's: only API that both have); a JSON
+    line on stdout."""
     import snnfast
-    from snnfast import _dispatch
     threads = 1 if args.cpu_time else snnfast.effective_n_threads(args.threads)
     clock = time.thread_time if args.cpu_time else time.perf_counter
     _, Xtr, ytr, Xte, yte = bench_data(args.train_images, args.test_images)
@@ -209,25 +301,32 @@ def _worker(args):
     t1 = clock()
     m.evaluate(Xte, yte)
     t2 = clock()
+    try:
+        from snnfast import _dispatch        # revisions before the portable build have none
+        level = _dispatch.chosen_level()
+    except ImportError:
+        level = None
     info = build_info_of(Path(snnfast.__file__).parent.parent)
     print(json.dumps({"train_img_s": len(Xtr) / (t1 - t0), "infer_img_s": len(Xte) / (t2 - t1),
-                      "threads": threads, "level": _dispatch.chosen_level(),
+                      "threads": threads, "level": level,
                       "mode": info.get("MODE"), "cflags": info.get("CFLAGS"),
                       "file": snnfast.__file__}))
     return 0
 
 
 def _run_worker(root, preset, args):
-    """One --worker subprocess on the snnfast of the tree ``root``."""
+    """One --worker subprocess on the snnfast of the tree ``root`` only: PYTHONPATH is that
+    tree, the working directory an empty temporary one (so no other tree is importable); the
+    OpenMP wait settings come from this process's environment (openmp_wait_defaults)."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", preset,
            "--train-images", str(args.train_images), "--test-images", str(args.test_images)]
     if args.threads is not None:
         cmd += ["--threads", str(args.threads)]
     if args.cpu_time:
         cmd += ["--cpu-time"]
-    path = os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])
-    env = dict(os.environ, PYTHONPATH=path)
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    env = dict(os.environ, PYTHONPATH=str(root))
+    with tempfile.TemporaryDirectory() as cwd:
+        r = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True)
     if r.returncode != 0:
         raise SystemExit(f"the benchmark of {root} failed:\n{r.stderr[-3000:]}")
     d = json.loads(r.stdout.strip().splitlines()[-1])
@@ -236,59 +335,97 @@ def _run_worker(root, preset, args):
     return d
 
 
-def ratio_summary(default_runs, native_runs, kind):
-    """Median and all ratios default / native of ``kind`` img/s of neighbouring runs."""
-    pairs = [d[f"{kind}_img_s"] / n[f"{kind}_img_s"] for d, n in zip(default_runs, native_runs)]
-    return {"ratio": statistics.median(pairs), "ratios": pairs,
-            "default_img_s": statistics.median(d[f"{kind}_img_s"] for d in default_runs),
-            "native_img_s": statistics.median(n[f"{kind}_img_s"] for n in native_runs),
-            "target": NATIVE_RATIO_TARGET, "met": statistics.median(pairs) >= NATIVE_RATIO_TARGET}
+def ratio_summary(runs, ref_runs, kind, target):
+    """Median and all ratios this tree / the other of ``kind`` img/s of neighbouring runs
+    (``runs[i]`` and ``ref_runs[i]``), the median img/s of each and the verdict."""
+    pairs = [d[f"{kind}_img_s"] / n[f"{kind}_img_s"] for d, n in zip(runs, ref_runs)]
+    ratio = statistics.median(pairs)
+    return {"ratio": ratio, "ratios": pairs,
+            "img_s": statistics.median(d[f"{kind}_img_s"] for d in runs),
+            "ref_img_s": statistics.median(n[f"{kind}_img_s"] for n in ref_runs),
+            "target": target, "met": ratio >= target}
 
 
-def compare_native(preset, roots, args):
-    """The default build (``roots["default"]``) against the native one, alternating."""
+def _build_label(run):
+    """How the tree of a worker result was built, for the printed header."""
+    level = f"kernels {run['level']}, " if run["level"] else ""
+    flags = " ".join(run["cflags"]) if run["cflags"] else "flags unknown"
+    return f"{level}{flags}"
+
+
+def compare_builds(preset, roots, args, target):
+    """This tree (``roots["this"]``) against the other tree of ``roots`` (name -> root),
+    alternating their --worker subprocesses, ``args.repeats`` of each; prints and returns the
+    ratios per kind (``ratio_summary``) and all runs."""
+    (ref_name, _), = [(k, v) for k, v in roots.items() if k != "this"]
     runs = {name: [] for name in roots}
+    load = [os.getloadavg()[0]]
     for _ in range(args.repeats):
         for name, root in roots.items():
             runs[name].append(_run_worker(root, preset, args))
-    out = {k: ratio_summary(runs["default"], runs["native"], k) for k in ("train", "infer")}
-    out["runs"] = runs
-    d, n = runs["default"][0], runs["native"][0]
+    load.append(os.getloadavg()[0])
+    out = {k: ratio_summary(runs["this"], runs[ref_name], k, target)
+           for k in ("train", "infer")}
+    out.update(runs=runs, load_average=load)
+    d, n = runs["this"][0], runs[ref_name][0]
     clock = "thread CPU time" if args.cpu_time else "wall time"
-    print(f"[{preset}] default build (kernels {d['level']}, {' '.join(d['cflags'])}) vs "
-          f"native build ({' '.join(n['cflags'])}), threads: {d['threads']}, {clock}:")
+    print(f"[{preset}] this build ({_build_label(d)}) vs {ref_name} ({_build_label(n)}); "
+          f"threads {d['threads']}, {clock}, load average {load[0]:.1f} -> {load[1]:.1f}:")
     for kind, label in (("train", "training "), ("infer", "inference")):
         r = out[kind]
-        print(f"[{preset}] {label} : default {r['default_img_s']:8.0f} img/s   native "
-              f"{r['native_img_s']:8.0f} img/s   x{r['ratio']:.3f} ({min(r['ratios']):.3f}-"
-              f"{max(r['ratios']):.3f}) vs >= x{NATIVE_RATIO_TARGET} "
-              f"{'met' if r['met'] else 'MISSED'}")
+        print(f"[{preset}] {label} : this {r['img_s']:8.0f} img/s   {ref_name} "
+              f"{r['ref_img_s']:8.0f} img/s   x{r['ratio']:.3f} ({min(r['ratios']):.3f}-"
+              f"{max(r['ratios']):.3f}) vs >= x{target} {'met' if r['met'] else 'MISSED'}",
+              flush=True)
     return out
+
+
+def _this_tree(mode=None):
+    """The source tree whose snnfast this script imports (built as ``mode`` if given)."""
+    import snnfast
+    root = Path(snnfast.__file__).resolve().parent.parent
+    if mode is not None and build_info_of(root).get("MODE") != mode:
+        raise SystemExit(f"--native-build: {root} is not a default (dispatched) build")
+    return root
+
+
+def _machine_line(args):
+    from snnfast._config import config_dict
+    cfg = config_dict()
+    print(f"cpu: {cfg['cpu']} [{cfg['simd']}], {cfg['cpus_available']} cpus; "
+          f"{args.train_images} training / {args.test_images} test images; {args.repeats} "
+          "alternating subprocess runs per build")
+    return cfg
 
 
 def main_native(args):
     """--native-build: the default build against a -march=native one, per preset."""
-    import snnfast
-    from snnfast._config import config_dict
-    default = Path(snnfast.__file__).resolve().parent.parent
-    if build_info_of(default).get("MODE") != "dispatch":
-        raise SystemExit(f"--native-build: {default} is not a default (dispatched) build")
-    roots = {"default": default, "native": native_build(args.native_build)}
-    cfg = config_dict()
-    print(f"cpu: {cfg['cpu']} [{cfg['simd']}], {cfg['cpus_available']} cpus; "
-          f"{args.train_images} training / {args.test_images} test images; {args.repeats} "
-          "alternating runs per build")
-    results = {"config": cfg, "native_build": {preset: compare_native(preset, roots, args)
-                                               for preset in args.presets}}
+    roots = {"this": _this_tree("dispatch"), "native build": native_build(args.native_build)}
+    cfg = _machine_line(args)
+    results = {"config": cfg, "native_build": {
+        preset: compare_builds(preset, roots, args, NATIVE_RATIO_TARGET)
+        for preset in args.presets}}
     if args.json:
         from snnfast._utils import write_json
         write_json(args.json, results)
     return 0
 
 
+def compare_baseline(args, baseline):
+    """Each preset of ``args.presets`` on this tree against the built revision ``baseline``
+    ((directory, sha)); the results for the JSON."""
+    dir_, sha = baseline
+    print(f"\nthis tree against revision {args.baseline} ({sha[:12]}), built in {dir_}:")
+    _machine_line(args)
+    roots = {"this": _this_tree(), f"rev {sha[:7]}": dir_}
+    return {"rev": args.baseline, "sha": sha, "dir": str(dir_),
+            "presets": {preset: compare_builds(preset, roots, args, BASELINE_RATIO_TARGET)
+                        for preset in args.presets}}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--presets", nargs="*", default=["default", "seed"],
+    p.add_argument("--presets", nargs="*", default=["default", "seed", "nir"],
                    choices=["default", "seed", "nir"])
     p.add_argument("--threads", type=int, default=None, help="threads (default: the rule)")
     p.add_argument("--repeats", type=int, default=5,
@@ -301,32 +438,54 @@ def main(argv=None):
     p.add_argument("--json", default=None, help="write the results to this file")
     p.add_argument("--models", nargs="*", default=[], metavar="MODEL_H5",
                    help="also measure these saved models (after the --presets)")
+    base = p.add_mutually_exclusive_group()
+    base.add_argument("--baseline", default=None, metavar="REV",
+                      help="compare the presets' kernels with those of this git revision "
+                      f"(default {BASELINE_REV}, the revision before the network description)")
+    base.add_argument("--no-baseline", action="store_true",
+                      help="skip the comparison with an earlier revision")
+    p.add_argument("--baseline-dir", default=None, metavar="DIR",
+                   help="where the revision is exported and built (default "
+                   "bench/.baseline-<sha>; reused when it holds that revision built)")
     p.add_argument("--native-build", default=None, metavar="DIR",
                    help="instead, compare this (default, dispatched) build with a "
                    "SNNFAST_NATIVE=1 build of the same source, made in DIR (reused when up to "
                    "date)")
     p.add_argument("--cpu-time", action="store_true",
-                   help="with --native-build: one thread, timed by the thread's CPU time")
+                   help="in the comparisons of two builds (earlier revision, --native-build): "
+                   "one thread, timed by the thread's CPU time")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.worker:
+    if args.worker:                # its environment (OpenMP wait settings) is this one's
         return _worker(args)
-    from snnfast._cli import check_output_arg
+    from snnfast._cli import check_output_arg, openmp_wait_defaults
+    openmp_wait_defaults()         # as the command-line tools do, before any kernel loads OpenMP
     check_output_arg(p, "--json", args.json)   # before the measurements
     if args.repeats < 1:
         p.error("--repeats must be >= 1")
     if not args.presets and not args.models:
         p.error("nothing to measure: give --presets and/or --models")
+    if args.native_build and (args.baseline or args.baseline_dir or args.no_baseline):
+        p.error("--native-build measures only that comparison: no --baseline, --baseline-dir "
+                "or --no-baseline with it")
+    if args.no_baseline and args.baseline_dir:
+        p.error("--baseline-dir with --no-baseline: nothing would be built there")
     if args.native_build:
         return main_native(args)
-    if args.cpu_time:
-        p.error("--cpu-time is an option of --native-build")
+    if args.cpu_time and args.no_baseline:
+        p.error("--cpu-time is an option of the comparisons of two builds (not with "
+                "--no-baseline)")
+    args.baseline = args.baseline or BASELINE_REV
     from snnfast.convsnn import ConvSNN
     for path in args.models:       # fail now, not after the presets' minutes of timing
         try:
             ConvSNN.load(path)     # a clear ValueError for missing, foreign or damaged files
         except ValueError as exc:
             p.error(f"--models: {exc}")
+
+    # the earlier revision is built first: a wrong revision fails now, not after the timing
+    baseline = None if args.no_baseline or not args.presets else baseline_build(
+        args.baseline, args.baseline_dir)
 
     from snnfast import effective_n_threads
     from snnfast._config import config_dict
@@ -368,6 +527,8 @@ def main(argv=None):
         r["targets"] = t = targets(r, cfg["simd"])
         print(f"[{tag}] targets   : training {_verdict(t['train'])}; "
               f"inference {_verdict(t['infer'])}")
+    if baseline is not None:
+        results["baseline"] = compare_baseline(args, baseline)
     try:
         import resource
         results["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

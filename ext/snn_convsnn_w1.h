@@ -103,10 +103,17 @@ static void snn_w1_gather(const float *W, int nblk, int bw, float *rows,
    ld floats; n a multiple of 4): out[2k] = dc[idx[k]] . w0, out[2k+1] = dc[idx[k]] . w1,
    over nhid columns. Four rows of dc at a time keep their 2 x 4 lane sums in registers
    over all columns: each loaded vector serves four products. The npf pairs of prefetch
-   addresses pf[0 .. 2 npf) (SNN_W1_PFQ lines each) are spread over the groups. */
-static inline __attribute__((always_inline)) void snn_w1_back_pair_n(
-        const float *w0, const float *w1, const float *dc, const int32_t *idx, int n,
-        float *out, const char *const *pf, int npf, int nhid, int ld) {
+   addresses pf[0 .. 2 npf) (SNN_W1_PFQ lines each) are spread over the groups.
+   The column index is a size_t: as an int, under Python's -fwrapv (signed overflow
+   defined), gcc sign-extended it and formed each of the six addresses anew per step. Not
+   inlined: inside the OpenMP region's function gcc spilled the row pointers and pinned
+   vectors of this loop to the stack (AVX2). With both, the run-time width (any nhid) is as
+   fast as a compile-time case of the default preset's width was (fused W1 Adam step, B 64,
+   one thread: 0.96x its CPU time with AVX2, 0.97x with AVX-512; the rows of d page-aligned,
+   see aligned_zeros in snnfast/_convsnn_kernels.py). */
+static __attribute__((noinline)) void snn_w1_back_pair(const float *w0, const float *w1, const float *dc,
+                             const int32_t *idx, int n, float *out,
+                             const char *const *pf, int npf, int nhid, int ld) {
     const snn_w8 zero = {0};
     const int ng = n / 4;
     for (int g = 0; g < ng; g++) {
@@ -121,7 +128,7 @@ static inline __attribute__((always_inline)) void snn_w1_back_pair_n(
         const float *p1 = dc + (size_t)idx[4 * g + 1] * ld;
         const float *p2 = dc + (size_t)idx[4 * g + 2] * ld;
         const float *p3 = dc + (size_t)idx[4 * g + 3] * ld;
-        for (int j = 0; j < nhid; j += 8) {
+        for (size_t j = 0; j < (size_t)nhid; j += 8) {
             snn_w8 u = snn_w_ld(w0 + j), v = snn_w_ld(w1 + j);
             snn_w8 x0 = snn_w_ld(p0 + j), x1 = snn_w_ld(p1 + j);
             snn_w8 x2 = snn_w_ld(p2 + j), x3 = snn_w_ld(p3 + j);
@@ -136,22 +143,6 @@ static inline __attribute__((always_inline)) void snn_w1_back_pair_n(
         o[4] = snn_w1_hsum(a02); o[5] = snn_w1_hsum(a12);
         o[6] = snn_w1_hsum(a03); o[7] = snn_w1_hsum(a13);
     }
-}
-
-/* The default preset's hidden width as a compile-time case of the back product, selected
-   at run time by the size argument (which still comes from the network description): the
-   constant trip count and row stride make the back product ~5 % faster (thread CPU time,
-   measured against the code written for that width); other widths take the loop. */
-enum { SNN_W1_TUNED_NHID = 1024 };
-
-static void snn_w1_back_pair(const float *w0, const float *w1, const float *dc,
-                             const int32_t *idx, int n, float *out,
-                             const char *const *pf, int npf, int nhid, int ld) {
-    if (nhid == SNN_W1_TUNED_NHID && ld == snn_w1_ld(SNN_W1_TUNED_NHID))
-        snn_w1_back_pair_n(w0, w1, dc, idx, n, out, pf, npf, SNN_W1_TUNED_NHID,
-                           snn_w1_ld(SNN_W1_TUNED_NHID));
-    else
-        snn_w1_back_pair_n(w0, w1, dc, idx, n, out, pf, npf, nhid, ld);
 }
 
 /* back[., i], back[., i+1] and total[i], total[i+1] for the gathered rows w0, w1 of

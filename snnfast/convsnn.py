@@ -57,7 +57,7 @@ import numpy as np
 
 from . import convsnn_numpy as cnp
 from ._config import effective_n_threads
-from ._convsnn_kernels import Geometry
+from ._convsnn_kernels import Geometry, aligned_zeros
 from ._utils import (_json_default, array_digest, atomic_h5, check_labels, check_named_arrays,
                      h5_format, is_real_number)
 from .network import PRESET_NAMES, load_preset
@@ -912,8 +912,9 @@ class ConvSNN:
     def _opt_state(self):
         """Adam's state {"m", "v": arrays in the backend's layouts, "t": steps taken}."""
         if self._opt is None:
-            self._opt = {"m": {k: np.zeros_like(v) for k, v in self._p.items()},
-                         "v": {k: np.zeros_like(v) for k, v in self._p.items()}, "t": 0}
+            self._opt = {w: {k: aligned_zeros(v.shape, v.dtype) for k, v in self._p.items()}
+                         for w in ("m", "v")}
+            self._opt["t"] = 0
         return self._opt
 
     def _adam(self, grads, lr):

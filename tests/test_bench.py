@@ -35,7 +35,8 @@ def test_throughput_script_reports_paired_ratios(tmp_path):
     out = tmp_path / "tp.json"
     r = subprocess.run([sys.executable, str(BENCH / "throughput.py"), "--presets", "default",
                         "--train-images", "128", "--test-images", "256", "--repeats", "2",
-                        "--json", str(out)], capture_output=True, text=True, timeout=600)
+                        "--no-baseline", "--json", str(out)],
+                       capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     assert "[default] training  : kernels" in r.stdout and "numpy" in r.stdout
     d = json.loads(out.read_text())["presets"]["default"]
@@ -184,18 +185,94 @@ def test_nir_runtime_script_times_or_skips_the_peers(tmp_path):
         assert "snntorch: skipped" in r.stdout
 
 
-def test_native_comparison_ratio_pairs_neighbouring_runs():
+def test_build_comparison_ratio_pairs_neighbouring_runs():
     tp = _load_bench("throughput")
     def runs(train, infer):
         return [{"train_img_s": t, "infer_img_s": i} for t, i in zip(train, infer)]
-    default = runs([90.0, 50.0, 99.0], [200.0, 100.0, 300.0])
-    native = runs([100.0, 50.0, 100.0], [200.0, 400.0, 300.0])
-    r = tp.ratio_summary(default, native, "train")
+    this = runs([90.0, 50.0, 99.0], [200.0, 100.0, 300.0])
+    ref = runs([100.0, 50.0, 100.0], [200.0, 400.0, 300.0])
+    r = tp.ratio_summary(this, ref, "train", 0.95)
     assert r["ratios"] == [0.9, 1.0, 0.99] and r["ratio"] == 0.99 and r["met"]
-    assert r["default_img_s"] == 90.0 and r["native_img_s"] == 100.0
-    r = tp.ratio_summary(default, native, "infer")
+    assert r["img_s"] == 90.0 and r["ref_img_s"] == 100.0 and r["target"] == 0.95
+    r = tp.ratio_summary(this, ref, "infer", 0.95)
     assert r["ratios"] == [1.0, 0.25, 1.0] and r["ratio"] == 1.0 and r["met"]
-    assert not tp.ratio_summary(default[:1], native[:1], "train")["met"]      # 0.9 < 0.95
+    assert not tp.ratio_summary(this[:1], ref[:1], "train", 0.95)["met"]      # 0.9 < 0.95
+    assert tp.ratio_summary(this[:1], ref[:1], "train", 0.9)["met"]
+    # an even number of pairs: the mean of the middle two
+    assert tp.ratio_summary(this[:2], ref[:2], "train", 0.95)["ratio"] == 0.95
+
+
+def test_baseline_directory_is_reused_or_refused_never_overwritten(tmp_path):
+    tp = _load_bench("throughput")
+    sha, other = "a" * 40, "b" * 40
+    assert tp.baseline_state(tmp_path / "new", sha) == "export"
+    (tmp_path / "empty").mkdir()
+    assert tp.baseline_state(tmp_path / "empty", sha) == "export"
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "mine.txt").write_text("a user's file")
+    with pytest.raises(SystemExit, match="holds no baseline build"):
+        tp.baseline_state(d, sha)
+    (d / tp.BASELINE_STAMP).write_text(sha + "\n")             # exported, build not finished
+    assert tp.baseline_state(d, sha) == "build"
+    (d / tp.BASELINE_STAMP).write_text(sha + " built\n")
+    assert tp.baseline_state(d, sha) == "ready"
+    with pytest.raises(SystemExit, match=f"holds revision {sha[:12]}, not {other[:12]}"):
+        tp.baseline_state(d, other)
+
+
+def _git_head():
+    r = subprocess.run(["git", "-C", str(BENCH.parent), "rev-parse", "HEAD"],
+                       capture_output=True, text=True)
+    return r.stdout.strip() if r.returncode == 0 else None
+
+
+@pytest.mark.skipif(not BENCH.is_dir(), reason="bench/ is not shipped with this install")
+def test_throughput_baseline_options_are_checked_before_any_build(tmp_path):
+    tp = _load_bench("throughput")
+    assert tp.BASELINE_REV == "23f1210"
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    cases = [(["--baseline", "HEAD", "--no-baseline"], "not allowed with"),
+             (["--native-build", str(tmp_path / "n"), "--baseline", "HEAD"],
+              "--native-build measures only that comparison"),
+             (["--no-baseline", "--baseline-dir", str(tmp_path / "b")], "nothing would be built"),
+             (["--no-baseline", "--cpu-time"], "--cpu-time is an option of the comparisons")]
+    if _git_head():
+        cases += [(["--baseline", "no-such-revision-x"],
+                   "--baseline: 'no-such-revision-x' is not a commit of the git repository"),
+                  (["--baseline", "HEAD", "--baseline-dir", str(foreign)],
+                   "holds no baseline build of this script")]
+    for args, msg in cases:
+        r = subprocess.run([sys.executable, str(BENCH / "throughput.py"), "--presets", "seed",
+                            *args], capture_output=True, text=True, timeout=300)
+        assert r.returncode != 0 and msg in r.stderr, (args, r.stderr)
+        assert "building" not in r.stdout
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
+    assert not (tmp_path / "b").exists() and not (tmp_path / "n").exists()
+    if _git_head():
+        assert tp.baseline_sha("HEAD") == _git_head()
+
+
+@pytest.mark.skipif(not BENCH.is_dir(), reason="bench/ is not shipped with this install")
+def test_build_comparison_runs_each_tree_in_its_own_subprocess(tmp_path, capsys):
+    # the machinery of --baseline and --native-build on two names for this tree (no build):
+    # alternating subprocesses that import the given tree, their ratios paired in order
+    import argparse
+    tp = _load_bench("throughput")
+    root = BENCH.parent
+    args = argparse.Namespace(repeats=2, train_images=64, test_images=64, threads=1,
+                              cpu_time=True)
+    out = tp.compare_builds("seed", {"this": root, "other": root}, args, 0.95)
+    for kind in ("train", "infer"):
+        ratios = [a[f"{kind}_img_s"] / b[f"{kind}_img_s"]
+                  for a, b in zip(out["runs"]["this"], out["runs"]["other"])]
+        assert out[kind]["ratios"] == ratios and len(ratios) == 2
+    assert all(r["threads"] == 1 and Path(r["file"]).resolve().parent.parent == root.resolve()
+               for rs in out["runs"].values() for r in rs)
+    text = capsys.readouterr().out
+    assert "[seed] training  : this" in text and "thread CPU time" in text
 
 
 def test_native_build_copies_sources_not_build_outputs(tmp_path):

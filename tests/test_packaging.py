@@ -39,6 +39,8 @@ def test_sdist_has_sources_and_no_build_outputs(tmp_path):
     outputs = sorted(n for n in names if n.endswith((".c", ".so", ".pyc"))
                      or n == "snnfast/_build_info.py")
     assert not outputs, f"build outputs in the sdist: {outputs}"
+    # bench/throughput.py's exported earlier revisions (bench/.baseline-*/) are no sources
+    assert not [n for n in names if n.startswith("bench/.baseline-")]
 
 
 @pytest.mark.skipif(not (ROOT / "setup.py").exists(), reason="needs the source checkout")

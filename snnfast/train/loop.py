@@ -34,6 +34,7 @@ import time
 import numpy as np
 
 from .._cli import install_stop_handlers, restore_handlers
+from .._convsnn_kernels import aligned_copy
 from .._utils import check_labels
 from .schedule import ema_factor, lr_at
 
@@ -76,7 +77,9 @@ def update_average(avg, w, config, step, kernels=None, n_threads=None):
     if config.ema_decay <= 0 or step % config.ema_every:
         return avg
     if avg is None:
-        return {k: v.copy() for k, v in w.items()}
+        # page-aligned like the models' own weights: FC1 streams the average with vector
+        # loads, which straddle cache lines on malloc's placement (aligned_copy)
+        return {k: aligned_copy(v) for k, v in w.items()}
     d = ema_factor(config, step)        # early on: a shorter memory
     for k, v in avg.items():
         if kernels is not None:

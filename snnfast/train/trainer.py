@@ -29,6 +29,7 @@ from .._utils import check_labels, is_real_number
 from ..network import ConfigError, Network, read_description
 from ..network.layers import Conv2d, Direct
 from . import surrogate as sg
+from .._convsnn_kernels import aligned_zeros
 from .augment import shift_flip
 from .loop import Trainer, TrainingError, update_average
 from .loop import as_ids as _as_ids
@@ -440,8 +441,10 @@ class SNN:
     def _adam(self, grads, lr):
         c, w = self.config, self._w
         if self._opt is None:
-            self._opt = {"m": {k: np.zeros_like(v) for k, v in w.items()},
-                         "v": {k: np.zeros_like(v) for k, v in w.items()}, "t": 0}
+            # page-aligned, as the presets' (aligned_zeros: the kernels stream them)
+            self._opt = {"m": {k: aligned_zeros(v.shape, v.dtype) for k, v in w.items()},
+                         "v": {k: aligned_zeros(v.shape, v.dtype) for k, v in w.items()},
+                         "t": 0}
         o = self._opt
         keys = list(w)
         # check_finite: a non-finite gradient (divergence) raises before any weight changes

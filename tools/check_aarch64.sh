@@ -18,6 +18,9 @@
 #                   default: /tmp/snnfast-arm64. Kept between runs: a second run reuses the
 #                   tree and the wheels and rebuilds only what changed.
 #   SKIP_APT=1      the Debian packages below are installed already
+#   CROSS_CC=clang  build with clang (--target=aarch64-linux-gnu, Debian's clang package) in
+#                   ARM_DIR/src-clang instead of GCC; without OpenMP (SNNFAST_NO_OPENMP=1):
+#                   the cross toolchain has no aarch64 libomp
 #
 # What it does:
 #  1. apt-get installs the cross compiler (crossbuild-essential-arm64), qemu-user and mmdebstrap.
@@ -44,6 +47,12 @@ SRC=$ARM_DIR/src
 SUITE=bookworm                          # Debian 12: Python 3.11
 PYVER=3.11
 TRIPLET=aarch64-linux-gnu
+case "${CROSS_CC:-gcc}" in
+    gcc) CC="$TRIPLET-gcc"; APT_CC=(); BUILD_ENV=() ;;
+    clang) CC="clang --target=$TRIPLET"; APT_CC=(clang); BUILD_ENV=(SNNFAST_NO_OPENMP=1)
+           SRC=$ARM_DIR/src-clang ;;
+    *) echo "check_aarch64.sh: CROSS_CC is gcc or clang, not ${CROSS_CC}" >&2; exit 1 ;;
+esac
 # the tests that load the compiled kernels (plus the build's and the configuration's); the
 # NumPy-only tests add nothing about the cross build and are slow under emulation
 TESTS=(tests/test_engine.py tests/test_convsnn_kernels.py tests/test_build.py
@@ -58,9 +67,9 @@ if [ "${SKIP_APT:-}" != 1 ]; then
     [ "$(id -u)" = 0 ] || die "needs root for apt-get (or SKIP_APT=1 with the packages installed)"
     apt-get update -q
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q crossbuild-essential-arm64 qemu-user \
-        mmdebstrap
+        mmdebstrap "${APT_CC[@]}"
 fi
-for tool in $TRIPLET-gcc qemu-aarch64 mmdebstrap; do
+for tool in $TRIPLET-gcc ${CC%% *} qemu-aarch64 mmdebstrap; do
     command -v "$tool" >/dev/null || die "$tool is not installed"
 done
 "$PYTHON" -c "import Cython, setuptools, numpy" || die "$PYTHON lacks Cython, setuptools or numpy"
@@ -103,25 +112,26 @@ mkdir -p "$SRC"
 # the checkout as it is (uncommitted edits too), without build outputs or ignored files
 (cd "$REPO" && git ls-files -z --cached --others --exclude-standard |
     tar --null -T - -cf -) | tar -xf - -C "$SRC"
+LOG=$ARM_DIR/build-${CROSS_CC:-gcc}.log
 EXT_SUFFIX=".cpython-${PYVER/./}-$TRIPLET.so"
 # -idirafter: Debian's python3.11/pyconfig.h includes <aarch64-linux-gnu/python3.11/pyconfig.h>;
 # the C library's headers still come from the cross compiler's own sysroot
-(cd "$SRC" && env CC=$TRIPLET-gcc LDSHARED="$TRIPLET-gcc -shared" \
+(cd "$SRC" && env "${BUILD_ENV[@]}" CC="$CC" LDSHARED="$CC -shared" \
     CFLAGS="-I$ROOT/usr/include/python$PYVER -idirafter $ROOT/usr/include -I$SITE/numpy/_core/include" \
     SETUPTOOLS_EXT_SUFFIX=$EXT_SUFFIX \
-    "$PYTHON" setup.py build_ext --inplace >"$ARM_DIR/build.log" 2>&1) ||
-    { tail -30 "$ARM_DIR/build.log"; die "the cross build failed (log: $ARM_DIR/build.log)"; }
+    "$PYTHON" setup.py build_ext --inplace >"$LOG" 2>&1) ||
+    { tail -30 "$LOG"; die "the cross build failed (log: $LOG)"; }
 mapfile -t MODULES < <(cd "$SRC" && find snnfast -name "*$EXT_SUFFIX" | sort)
 [ ${#MODULES[@]} -gt 0 ] || die "no $EXT_SUFFIX module was built"
 for m in "${MODULES[@]}"; do
     readelf -h "$SRC/$m" | grep -q 'Machine:.*AArch64' || die "$m is not an AArch64 module"
 done
 echo "${#MODULES[@]} AArch64 modules: ${MODULES[*]##*/}"
-if grep -E "^$TRIPLET-gcc .*( -march=| -m(sse|avx|fma|bmi|popcnt))" "$ARM_DIR/build.log"; then
+if grep -E "^$CC .*( -march=| -m(sse|avx|fma|bmi|popcnt))" "$LOG"; then
     die "an x86 flag reached the aarch64 compiler (above)"
 fi
-C_WARNINGS=$(grep -c -E "warning:" "$ARM_DIR/build.log" || true)
-echo "compiler warnings: $C_WARNINGS (log: $ARM_DIR/build.log)"
+C_WARNINGS=$(grep -c -E "warning:" "$LOG" || true)
+echo "compiler warnings: $C_WARNINGS (log: $LOG)"
 grep -E "^(OPENMP|CFLAGS|MODE|LEVEL|VARIANTS) =" "$SRC/snnfast/_build_info.py"
 
 step "5. pytest under qemu-aarch64: ${TESTS[*]}"

@@ -110,8 +110,13 @@ fi
 step "4. cross-build in $SRC"
 mkdir -p "$SRC"
 # the checkout as it is (uncommitted edits too), without build outputs or ignored files
-(cd "$REPO" && git ls-files -z --cached --others --exclude-standard |
-    tar --null -T - -cf -) | tar -xf - -C "$SRC"
+if git -C "$REPO" rev-parse --git-dir >/dev/null 2>&1; then
+    (cd "$REPO" && git ls-files -z --cached --others --exclude-standard |
+        tar --null -T - -cf -) | tar -xf - -C "$SRC"
+else                                    # an unpacked source distribution
+    tar -C "$REPO" --exclude=./build --exclude='*.so' --exclude=./snnfast/_build_info.py \
+        -cf - . | tar -xf - -C "$SRC"
+fi
 LOG=$ARM_DIR/build-${CROSS_CC:-gcc}.log
 EXT_SUFFIX=".cpython-${PYVER/./}-$TRIPLET.so"
 # -idirafter: Debian's python3.11/pyconfig.h includes <aarch64-linux-gnu/python3.11/pyconfig.h>;

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Cross-compile snnfast for aarch64 (Linux, GCC) on an x86-64 Debian 12 machine and run its
+# Cross-compile snnfast for aarch64 Linux (GCC, or clang) on an x86-64 Debian 12 machine and run its
 # kernel tests under qemu user-mode emulation.
 #
 # Not run by CI: it installs Debian packages (apt-get, as root) and fetches an arm64 Debian 12
@@ -136,6 +136,7 @@ if grep -E "^$CC .*( -march=| -m(sse|avx|fma|bmi|popcnt))" "$LOG"; then
     die "an x86 flag reached the aarch64 compiler (above)"
 fi
 C_WARNINGS=$(grep -c -E "warning:" "$LOG" || true)
+# (of the files compiled in this run: a rerun recompiles only what changed)
 echo "compiler warnings: $C_WARNINGS (log: $LOG)"
 grep -E "^(OPENMP|CFLAGS|MODE|LEVEL|VARIANTS) =" "$SRC/snnfast/_build_info.py"
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Cross-compile snnfast for aarch64 Linux (GCC, or clang) on an x86-64 Debian 12 machine and run its
-# kernel tests under qemu user-mode emulation.
+# Cross-compile snnfast for aarch64 Linux (GCC, or clang) on an x86-64 Debian 12 machine and
+# run its kernel tests under qemu user-mode emulation.
 #
 # Not run by CI: it installs Debian packages (apt-get, as root) and fetches an arm64 Debian 12
 # tree and aarch64 wheels from PyPI. Usage, from anywhere in the checkout:

@@ -121,8 +121,9 @@ LOG=$ARM_DIR/build-${CROSS_CC:-gcc}.log
 EXT_SUFFIX=".cpython-${PYVER/./}-$TRIPLET.so"
 # -idirafter: Debian's python3.11/pyconfig.h includes <aarch64-linux-gnu/python3.11/pyconfig.h>;
 # the C library's headers still come from the cross compiler's own sysroot
-(cd "$SRC" && env "${BUILD_ENV[@]}" CC="$CC" LDSHARED="$CC -shared" \
-    CFLAGS="-I$ROOT/usr/include/python$PYVER -idirafter $ROOT/usr/include -I$SITE/numpy/_core/include" \
+INCLUDES="-I$ROOT/usr/include/python$PYVER -idirafter $ROOT/usr/include"
+INCLUDES+=" -I$SITE/numpy/_core/include"
+(cd "$SRC" && env "${BUILD_ENV[@]}" CC="$CC" LDSHARED="$CC -shared" CFLAGS="$INCLUDES" \
     SETUPTOOLS_EXT_SUFFIX=$EXT_SUFFIX \
     "$PYTHON" setup.py build_ext --inplace >"$LOG" 2>&1) ||
     { tail -30 "$LOG"; die "the cross build failed (log: $LOG)"; }

@@ -104,6 +104,24 @@ def test_loaded_kernels_are_the_chosen_level():
         assert Path(_engine.__file__).parent == PACKAGE
 
 
+@pytest.mark.skipif(platform.machine() in ("x86_64", "AMD64", "i386", "i686"),
+                    reason="x86: test_packaging.py checks the CPU checker against the kernel")
+def test_other_architectures_get_one_build_without_x86_flags():
+    # aarch64 (checked under qemu by tools/check_aarch64.sh): the checker cannot tell (-1,
+    # never 0, which would refuse the build), and the build has no variant and no x86 flag
+    from snnfast import _cpu
+    assert [_cpu.cpu_supports(n) for n in ("sse4.2", "avx2", "avx512f")] == [-1, -1, -1]
+    assert _cpu.os_xsave_state() == -1
+    assert BI is not None, "the extensions were not built"
+    assert (BI.ISA, BI.VARIANTS, BI.VARIANT_CFLAGS) == ([], {}, {})
+    assert not (PACKAGE / "_isa").exists() or not any((PACKAGE / "_isa").rglob("*.so"))
+    if BI.MODE != "native":         # SNNFAST_NATIVE=1 passes -march=native on any CPU
+        assert (BI.MODE, BI.LEVEL) == ("baseline", "default")
+        assert not [f for f in BI.CFLAGS if f.startswith("-m")], BI.CFLAGS
+    assert _dispatch.chosen_level() == BI.LEVEL
+    assert set(_dispatch.module_levels().values()) == {BI.LEVEL}
+
+
 def _env(**kw):
     env = dict(os.environ, **kw)
     # the subprocess imports the same snnfast as this process (a checkout or an installation)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import snnfast
 from snnfast import datasets
-from snnfast.network import (LIF, Conv2d, Flatten, Hybrid, Linear, MaxPool2d, Network,
+from snnfast.network import (LIF, AvgPool2d, Conv2d, Flatten, Hybrid, Linear, Network,
                              RateReadout)
 from snnfast.train import synthetic_digits
 
@@ -31,10 +31,10 @@ else:
 c1, c2, hidden = (8, 16, 64) if small else (32, 64, 256)
 
 net = Network((1, 28, 28), [
-    Conv2d(out_channels=c1, kernel_size=3, padding=1, name="conv1"), LIF(name="lif1"),
-    MaxPool2d(2),
-    Conv2d(out_channels=c2, kernel_size=3, padding=1, name="conv2"), LIF(name="lif2"),
-    MaxPool2d(2), Flatten(),
+    Conv2d(out_channels=c1, kernel_size=3, padding=1, name="conv1"),
+    LIF(reset="subtract", name="lif1"), AvgPool2d(2),
+    Conv2d(out_channels=c2, kernel_size=3, padding=1, name="conv2"),
+    LIF(reset="subtract", name="lif2"), AvgPool2d(2), Flatten(),
     Linear(out_features=hidden, name="fc1"), LIF(reset="subtract", name="hidden"),
     RateReadout(), Linear(out_features=10, name="fc2"),
 ], encoder=Hybrid(T=10, n_det=5), name="cnn")

@@ -57,9 +57,9 @@ import numpy as np
 
 from . import convsnn_numpy as cnp
 from ._config import effective_n_threads
-from ._convsnn_kernels import Geometry, aligned_zeros
-from ._utils import (_json_default, array_digest, atomic_h5, check_labels, check_named_arrays,
-                     h5_format, is_real_number)
+from ._convsnn_kernels import Geometry
+from ._utils import (_json_default, aligned_zeros, array_digest, atomic_h5, check_labels,
+                     check_named_arrays, h5_format, is_real_number)
 from .network import PRESET_NAMES, load_preset
 from .train.loop import Trainer, TrainingError, update_average  # noqa: F401 (re-export)
 from .train.loop import as_ids as _as_ids

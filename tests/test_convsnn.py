@@ -657,7 +657,7 @@ def test_weight_average_follows_its_formula(backend):
 
 
 def test_aligned_copy_and_zeros_are_page_aligned():
-    from snnfast._convsnn_kernels import aligned_copy, aligned_zeros
+    from snnfast._utils import aligned_copy, aligned_zeros
     a = np.arange(3 * 5 * 7, dtype=np.float32).reshape(3, 5, 7)[:, ::2]   # not contiguous
     for b, want in ((aligned_copy(a), a), (aligned_zeros(a.shape), np.zeros(a.shape))):
         assert b.ctypes.data % 4096 == 0 and b.flags.c_contiguous and b.flags.writeable

@@ -34,8 +34,7 @@ import time
 import numpy as np
 
 from .._cli import install_stop_handlers, restore_handlers
-from .._convsnn_kernels import aligned_copy
-from .._utils import check_labels
+from .._utils import aligned_copy, check_labels
 from .schedule import ema_factor, lr_at
 
 __all__ = ["Trainer", "TrainingError", "update_average", "as_ids", "DIVERGED_FACTOR"]

@@ -25,8 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .._config import effective_n_threads
-from .._convsnn_kernels import aligned_zeros
-from .._utils import check_labels, is_real_number
+from .._utils import aligned_zeros, check_labels, is_real_number
 from ..network import ConfigError, Network, read_description
 from ..network.layers import Conv2d, Direct
 from . import surrogate as sg

@@ -63,6 +63,7 @@ from ._utils import (_json_default, aligned_zeros, array_digest, atomic_h5, chec
 from .network import PRESET_NAMES, load_preset
 from .train.loop import Trainer, TrainingError, update_average  # noqa: F401 (re-export)
 from .train.loop import as_ids as _as_ids
+from .train.options import LoopOptions
 from .train.schedule import lr_at  # noqa: F401 (also this module's name)
 
 __all__ = ["ConvSNN", "ConvSNNConfig", "PRESETS", "FORMAT_VERSION", "check_params", "check_lif"]
@@ -91,7 +92,7 @@ N_CONV = GEOMETRY.n_conv                                        # conv neurons
 N_HID, N_OUT = GEOMETRY.hidden, GEOMETRY.classes                # hidden neurons, classes
 _CHOICES = {"reset_c": ("zero",), "reset_h": ("halve", "subtract", "zero"),
             "drive": ("cumulative", "window"), "rate_norm": ("T", "updates"),
-            "trainer": ("reference", "surrogate"), "lr_schedule": ("step", "onecycle", "constant"),
+            "trainer": ("reference", "surrogate"),
             "init": ("reference", "scaled"), "preset": PRESET_NAMES}
 
 
@@ -102,8 +103,6 @@ _CHOICES = {"reset_c": ("zero",), "reset_h": ("halve", "subtract", "zero"),
 # holds ~100 KB per image (dense spike trains and rates of every layer), so 4096 images are
 # ~0.5 GB; larger batches are refused rather than left to exhaust the memory.
 MAX_ABS_WEIGHT = 1e4
-MAX_BATCH_SIZE = 4096
-MAX_EPOCHS = 10_000
 
 
 def check_params(params, max_abs=MAX_ABS_WEIGHT, shapes=None):
@@ -209,10 +208,10 @@ def _checked(fn, arg, what):
 
 
 @dataclass(frozen=True)
-class ConvSNNConfig:
-    """Every semantic field of the forward contract plus the training hyper-parameters."""
+class ConvSNNConfig(LoopOptions):
+    """Every semantic field of the forward contract plus the training hyper-parameters: the
+    loop's (:class:`snnfast.train.options.LoopOptions`) and the preset's rules."""
     preset: str = "default"
-    seed: int = 0
     # ---- forward (documentation: "Neuron and network semantics")
     T: int = 10
     n_det: int = 5
@@ -231,14 +230,6 @@ class ConvSNNConfig:
     # ---- training
     trainer: str = "surrogate"
     epochs: int = 15
-    batch_size: int = 64
-    lr: float = 1.5e-3
-    lr_schedule: str = "onecycle"
-    warmup_frac: float = 0.03
-    final_lr_frac: float = 0.0
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
     surr_center_c: float = 0.45
     surr_slope_c: float = 4.0
     surr_center_h: float = 0.45
@@ -248,28 +239,17 @@ class ConvSNNConfig:
     w1_init_gain: float = 1.0
     b1_init: float = 0.0
     w2_init_gain: float = 1.0
-    augment_shift: int = 2
-    ema_decay: float = 0.998
-    ema_every: int = 4
-    ema_ramp: float = 10.0
-    val_size: int = 5000
-    eval_batch_size: int = 256
 
     def __post_init__(self):
+        self._check_loop_options()
         for name, choices in _CHOICES.items():
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name}={getattr(self, name)!r}; expected one of {choices}")
-        for name in ("T", "hidden_period", "epochs", "batch_size", "eval_batch_size", "ema_every"):
+        for name, lo in (("T", 1), ("hidden_period", 1), ("n_det", 0)):
             val = getattr(self, name)
-            if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {val!r}")
-        for name in ("n_det", "augment_shift", "val_size", "seed"):
-            val = getattr(self, name)
-            if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 0:
-                raise ValueError(f"{name} must be an integer >= 0, got {val!r}")
+            if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < lo:
+                raise ValueError(f"{name} must be an integer >= {lo}, got {val!r}")
         # the kernels' own ranges: refused here, not at the first batch of a run
-        if self.seed >= 2 ** 64:
-            raise ValueError(f"seed must be < 2**64, got {self.seed!r}")
         for name in ("T", "n_det"):
             if getattr(self, name) > 10_000:
                 raise ValueError(f"{name} must be <= 10000, got {getattr(self, name)!r}")
@@ -278,38 +258,17 @@ class ConvSNNConfig:
         if not self.update_steps:
             raise ValueError(f"the hidden layer is never updated: hidden_phase="
                              f"{self.hidden_phase} must be < T={self.T}")
-        if self.augment_shift > 4:
-            raise ValueError("augment_shift must be <= 4 pixels")
         if not isinstance(self.reseeded_noise, (bool, np.bool_)):
             raise ValueError(f"reseeded_noise must be True or False, got {self.reseeded_noise!r}")
         if self.reseeded_noise and self.preset != "seed":
             raise ValueError("reseeded_noise reproduces the seed preset's reference code; it "
                              "applies to preset 'seed' only")
-        if self.epochs > MAX_EPOCHS:
-            raise ValueError(f"epochs must be <= {MAX_EPOCHS}, got {self.epochs!r}")
-        for name in ("batch_size", "eval_batch_size"):
-            if getattr(self, name) > MAX_BATCH_SIZE:
-                raise ValueError(f"{name} must be <= {MAX_BATCH_SIZE} images (a step holds "
-                                 f"~100 KB per image), got {getattr(self, name)!r}")
         self._check_floats()
         check_lif(self.beta_c, self.thr_c, "_c")
         check_lif(self.beta_h, self.thr_h, "_h")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr!r}")
-        if self.eps <= 0:
-            raise ValueError(f"eps must be > 0, got {self.eps!r}")
         for name in ("surr_slope_c", "surr_slope_h"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("warmup_frac", "final_lr_frac"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
-        if self.ema_ramp < 1:
-            raise ValueError("ema_ramp must be >= 1")
-        if not 0 <= self.ema_decay < 1:
-            raise ValueError("ema_decay must be in [0, 1)")
-        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
-            raise ValueError("beta1 and beta2 must be in [0, 1)")
 
     def _check_floats(self):
         f32_max = float(np.finfo(np.float32).max)
@@ -331,9 +290,6 @@ class ConvSNNConfig:
     def geometry(self):
         """The sizes of the preset's network description (a :class:`Geometry`)."""
         return _preset_geometry(self.preset)
-
-    def to_dict(self):
-        return dataclasses.asdict(self)
 
     @property
     def network(self):
@@ -448,11 +404,12 @@ def _as_images(X, name="X"):
     return np.ascontiguousarray(X)
 
 
-def shift_images(X, dy, dx, image_shape=_IMAGE):
+def shift_images(X, dy, dx, image_shape=_IMAGE, flip=None):
     """Shift uint8 images (N, H*W) of ``image_shape`` (H, W) (default: the preset
     description's) by integer (dy, dx) per image, zero fill (no wrap):
-    ``out[y, x] = X[y - dy, x - dx]`` (shifts of less than H rows and W columns), by the
-    augmentation of every network (:func:`snnfast.train.augment.shift_flip`)."""
+    ``out[y, x] = X[y - dy, x - dx]`` (shifts of less than H rows and W columns), then mirror
+    the images where ``flip`` (N,) is true, by the augmentation of every network
+    (:func:`snnfast.train.augment.shift_flip`)."""
     from .train.augment import shift_flip
     H, W = image_shape
     X = np.ascontiguousarray(X, np.uint8)
@@ -462,7 +419,7 @@ def shift_images(X, dy, dx, image_shape=_IMAGE):
         raise ValueError(f"shift_images needs X (N, {H * W}) and dy, dx of shape (N,)")
     if len(X) and (np.abs(dy).max() >= H or np.abs(dx).max() >= W):
         raise ValueError(f"shifts must be less than {H} rows and {W} columns")
-    return shift_flip(X.reshape(-1, H, W), dy, dx).reshape(len(X), H * W)
+    return shift_flip(X.reshape(-1, H, W), dy, dx, flip).reshape(len(X), H * W)
 
 
 def _empty_counters(T):
@@ -978,8 +935,11 @@ class ConvSNN:
         return self._blas()
 
     def _augment(self, X, dy, dx, flip):
-        # the presets draw shifts only (flip is None)
-        return X if dy is None else shift_images(X, dy, dx, self.config.geometry.image_shape)
+        if dy is None and flip is None:
+            return X
+        if dy is None:
+            dy = dx = np.zeros(len(X), np.int64)
+        return shift_images(X, dy, dx, self.config.geometry.image_shape, flip)
 
     @staticmethod
     def _rate_sums():

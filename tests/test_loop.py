@@ -12,6 +12,7 @@ import pytest
 
 from snnfast.convsnn import ConvSNN
 from snnfast.train.loop import Trainer, TrainingError, update_average
+from snnfast.train.options import LoopOptions
 from snnfast.train.trainer import SNN
 
 
@@ -20,9 +21,9 @@ class Recorder:
     n_classes = 3
 
     def __init__(self, losses=None, val_accs=(), **options):
-        self.config = SimpleNamespace(seed=5, epochs=3, batch_size=4, lr=0.1,
-                                      lr_schedule="constant", warmup_frac=0.0,
-                                      final_lr_frac=0.0, augment_shift=2, **options)
+        self.config = LoopOptions(**{**dict(seed=5, epochs=3, batch_size=4, lr=0.1,
+                                            lr_schedule="constant", warmup_frac=0.0,
+                                            final_lr_frac=0.0, augment_shift=2), **options})
         self.trainer = Trainer(self)
         self.calls, self.restored = [], None
         self.losses = losses or (lambda step: 1.0)
@@ -104,8 +105,7 @@ def test_batches_are_the_epoch_permutation_and_shifts():
 
 def test_flips_are_drawn_only_when_asked():
     X, y = _data()
-    m = Recorder(augment_flip=True)
-    m.config.augment_shift = 0
+    m = Recorder(augment_flip=True, augment_shift=0)
     m.trainer.fit(X, y, epochs=1)
     flips = np.random.default_rng((5, 0, 2)).random(10) < 0.5
     perm = np.random.default_rng((5, 0)).permutation(10)
@@ -273,3 +273,29 @@ def test_snn_checkpoint_with_a_damaged_position_is_refused_at_load(tmp_path, mon
         f.attrs["training"] = json.dumps(state)
     with pytest.raises(ValueError, match=r"ck\.h5: .*damaged mid-epoch position"):
         SNN.load(path)
+
+
+@pytest.mark.parametrize("kw, msg", [
+    (dict(augment_shift=9), "augment_shift must be <= 8, got 9"),
+    (dict(batch_size=0), "batch_size must be an integer >= 1, got 0"),
+    (dict(epochs=2.0), "epochs must be an integer >= 0"),
+    (dict(lr=float("nan")), "lr must be a finite number"),
+    (dict(lr_schedule="cyclic"), "lr_schedule must be one of onecycle, constant, step"),
+    (dict(augment_flip=1), "augment_flip must be true or false, got 1"),
+    (dict(ema_decay=1.0), r"ema_decay must be in \[0, 1\)")])
+def test_the_presets_and_any_network_check_loop_options_alike(kw, msg):
+    from snnfast.convsnn import ConvSNNConfig
+    from snnfast.train import TrainingConfig
+    for cls, where in ((LoopOptions, ""), (ConvSNNConfig, ""), (TrainingConfig, "training: ")):
+        with pytest.raises(ValueError, match="^" + where + msg):
+            cls(**kw)
+
+
+def test_a_preset_model_flips_when_asked():
+    m = ConvSNN("default", backend="numpy", augment_flip=True, augment_shift=0)
+    X = np.random.default_rng(0).integers(0, 256, (4, 784), dtype=np.uint8)
+    flip = np.array([True, False, True, False])
+    got = m._augment(X, None, None, flip).reshape(4, 28, 28)
+    want = np.where(flip[:, None, None], X.reshape(4, 28, 28)[:, :, ::-1], X.reshape(4, 28, 28))
+    np.testing.assert_array_equal(got, want)
+    assert m._augment(X, None, None, None) is X

@@ -97,9 +97,9 @@ class Trainer:
     Parameters
     ----------
     model : SNN or ConvSNN
-        Trained in place; its ``config`` gives ``seed``, ``epochs``, ``batch_size``, the
-        schedule (:func:`snnfast.train.schedule.lr_at`) and ``augment_shift`` (and
-        ``augment_flip`` where the model has it).
+        Trained in place; its ``config`` (a :class:`snnfast.train.options.LoopOptions`) gives
+        ``seed``, ``epochs``, ``batch_size``, the schedule
+        (:func:`snnfast.train.schedule.lr_at`), the augmentation and the weight average.
 
     Attributes
     ----------
@@ -213,7 +213,7 @@ class Trainer:
         if c.augment_shift:
             s = c.augment_shift
             shifts = np.random.default_rng((c.seed, epoch, 1)).integers(-s, s + 1, size=(2, N))
-        if getattr(c, "augment_flip", False):      # ConvSNN's presets have no flips
+        if c.augment_flip:
             flips = np.random.default_rng((c.seed, epoch, 2)).random(N) < 0.5
         return perm, shifts, flips
 

@@ -32,105 +32,42 @@ from . import surrogate as sg
 from .augment import shift_flip
 from .loop import Trainer, TrainingError, update_average
 from .loop import as_ids as _as_ids
+from .options import MAX_BATCH_SIZE, MAX_EPOCHS, LoopOptions  # noqa: F401 (re-export)
 
 __all__ = ["SNN", "Trainer", "TrainingConfig", "TrainingError", "training_config"]
 
 EVAL_EPOCH = 2 ** 32 - 1          # the noise key's epoch of evaluation (snnfast.engine's)
-MAX_BATCH_SIZE = 4096
-MAX_EPOCHS = 10_000
 
 
 @dataclass(frozen=True)
-class TrainingConfig:
-    """The options of a training run (the ``[training]`` table of a description file).
+class TrainingConfig(LoopOptions):
+    """The options of a training run (the ``[training]`` table of a description file): the
+    loop's (:class:`snnfast.train.options.LoopOptions`: seed, epochs, batch sizes, Adam, the
+    schedule, augmentation, the weight average, the validation split) and the rate surrogate
+    gradient's.
 
     Attributes
     ----------
-    seed : int
-        Initialisation, shuffling, augmentation and the input noise.
-    epochs, batch_size : int
-    lr : float
-        Peak learning rate of Adam.
-    lr_schedule : {"onecycle", "constant", "step"}
-        "onecycle": linear warm-up over ``warmup_frac`` of the steps, cosine decay to
-        ``final_lr_frac * lr`` (:func:`snnfast.train.schedule.lr_at`).
-    warmup_frac, final_lr_frac : float in [0, 1]
-    beta1, beta2, eps : float
-        Adam's.
     surr_center, surr_slope : float
         phi of every spiking layer (fast sigmoid, peak at ``center``, slope ``k``).
     surrogate : dict
         Per-layer overrides ``{layer name: {"center": c, "slope": k}}``.
     init_gain : float
         Weights start N(0, gain^2 2/fan_in) (Conv2d) or N(0, gain^2/fan_in) (Linear); biases 0.
-    augment_shift : int
-        Random shifts of up to this many pixels (zero fill), per (seed, epoch, sample).
-    augment_flip : bool
-        Random horizontal flips, per (seed, epoch, sample).
-    ema_decay, ema_every, ema_ramp
-        The weight average (``ema_decay = 0``: none; see
-        :func:`snnfast.train.schedule.ema_factor`).
-    val_size : int
-        Images held out of the training set for model selection (command line).
-    eval_batch_size : int
     """
-    seed: int = 0
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 1.5e-3
-    lr_schedule: str = "onecycle"
-    warmup_frac: float = 0.03
-    final_lr_frac: float = 0.0
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
     surr_center: float = sg.DEFAULT_CENTER
     surr_slope: float = sg.DEFAULT_SLOPE
     surrogate: dict = field(default_factory=dict)
     init_gain: float = 1.0
-    augment_shift: int = 2
-    augment_flip: bool = False
-    ema_decay: float = 0.998
-    ema_every: int = 4
-    ema_ramp: float = 10.0
-    val_size: int = 5000
-    eval_batch_size: int = 256
+
+    _where = "training: "
 
     def __post_init__(self):
-        for name, lo, hi in (("seed", 0, 2 ** 64 - 1), ("epochs", 0, MAX_EPOCHS),
-                             ("batch_size", 1, MAX_BATCH_SIZE), ("augment_shift", 0, 8),
-                             ("ema_every", 1, 10 ** 6), ("val_size", 0, 10 ** 9),
-                             ("eval_batch_size", 1, MAX_BATCH_SIZE)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not lo <= v <= hi:
-                raise ValueError(f"training: {name} must be an integer in [{lo}, {hi}], "
-                                 f"got {v!r}")
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if f.type in (float, "float") and (not is_real_number(v) or not math.isfinite(v)):
-                raise ValueError(f"training: {f.name} must be a finite number, got {v!r}")
-        checks = (("lr", self.lr > 0, "> 0"), ("eps", self.eps > 0, "> 0"),
-                  ("surr_slope", self.surr_slope > 0, "> 0"),
-                  ("init_gain", self.init_gain > 0, "> 0"),
-                  ("warmup_frac", 0 <= self.warmup_frac <= 1, "in [0, 1]"),
-                  ("final_lr_frac", 0 <= self.final_lr_frac <= 1, "in [0, 1]"),
-                  ("beta1", 0 <= self.beta1 < 1, "in [0, 1)"),
-                  ("beta2", 0 <= self.beta2 < 1, "in [0, 1)"),
-                  ("ema_decay", 0 <= self.ema_decay < 1, "in [0, 1)"),
-                  ("ema_ramp", self.ema_ramp >= 1, ">= 1"))
-        for name, ok, want in checks:
-            if not ok:
-                raise ValueError(f"training: {name} must be {want}, got {getattr(self, name)!r}")
-        if self.lr_schedule not in ("onecycle", "constant", "step"):
-            raise ValueError(f"training: lr_schedule must be 'onecycle', 'constant' or 'step', "
-                             f"got {self.lr_schedule!r}")
-        if not isinstance(self.augment_flip, (bool, np.bool_)):
-            raise ValueError(f"training: augment_flip must be true or false, got "
-                             f"{self.augment_flip!r}")
+        self._check_loop_options()
+        for name in ("surr_slope", "init_gain"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"training: {name} must be > 0, got {getattr(self, name)!r}")
         _check_surrogate(self.surrogate)
-
-    def to_dict(self):
-        return dataclasses.asdict(self)
 
     def check_network(self, network):
         """ValueError unless every layer of ``surrogate`` is a spiking layer of ``network``."""

@@ -225,6 +225,25 @@ static inline int64_t snn_add_event(const snn_stage *st, float *restrict acc, in
     return (int64_t)O * (y1 - y0) * (x1 - x0);
 }
 
+/* The 2 x 2, stride 2 sum (avg = 0) or mean (avg = 1) pool, the common case: the same sums
+ * as snn_pool's loops, unrolled (``avg`` a constant at each call: one loop per kind). */
+static inline void snn_pool_2x2(const float *restrict in, float *restrict out, int C, int W,
+                                int OH, int OW, int avg)
+{
+    for (int c = 0; c < C * OH; c++) {            /* (channel, output row) pairs */
+        const float *r0 = in + (size_t)c * 2 * W, *r1 = r0 + W;
+        float *o = out + (size_t)c * OW;
+        for (int ox = 0; ox < OW; ox++) {
+            float r = 0.0f;                        /* from +0, as snn_pool: -0 sums to +0 */
+            r += r0[2 * ox];
+            r += r0[2 * ox + 1];
+            r += r1[2 * ox];
+            r += r1[2 * ox + 1];
+            o[ox] = avg ? r / 4.0f : r;
+        }
+    }
+}
+
 /* A pool (C, H, W) -> (C, OH, OW): sums in (ky, kx) order from 0, the mean as that sum
  * divided by kh kw, or the maximum. */
 static void snn_pool(const int *p, const float *restrict in, float *restrict out)
@@ -232,6 +251,12 @@ static void snn_pool(const int *p, const float *restrict in, float *restrict out
     const int kind = p[0], C = p[1], H = p[2], W = p[3], kh = p[4], kw = p[5];
     const int sh = p[6], sw = p[7], OH = p[8], OW = p[9];
     const float div = (float)(kh * kw);
+    /* snn_pool_2x2 walks the input two rows per output row: no row may be left over */
+    if (kind != 2 && kh == 2 && kw == 2 && sh == 2 && sw == 2 && H == 2 * OH) {
+        if (kind == 1) snn_pool_2x2(in, out, C, W, OH, OW, 1);
+        else snn_pool_2x2(in, out, C, W, OH, OW, 0);
+        return;
+    }
     for (int c = 0; c < C; c++) {
         const float *ic = in + (size_t)c * H * W;
         float *oc = out + (size_t)c * OH * OW;

@@ -135,6 +135,23 @@ def test_random_networks_equal_the_reference_bit_for_bit(case, seed, epoch):
                 {k: v for k, v in want.items() if k not in ("input", "spikes", "v")})
 
 
+@pytest.mark.parametrize("pool", [SumPool2d, AvgPool2d])
+@pytest.mark.parametrize("H, W", [(8, 6), (9, 7), (6, 9)])
+def test_two_by_two_pools_equal_the_reference_bit_for_bit(pool, H, W):
+    # the engine's unrolled 2 x 2 / stride 2 pool (H even) and its general loop (H odd), on
+    # the source (real values, -0.0) and on a convolution's current
+    net = Network((2, H, W), [pool(2), Conv2d(out_channels=3, kernel_size=3, padding=1),
+                              pool(2), LIF(reset="subtract"), RateReadout(), Flatten(),
+                              Linear(out_features=4)], encoder=Direct(T=3))
+    rng = np.random.default_rng(H * W)
+    w = {k: rng.standard_normal(s).astype(f32) for k, s in net.param_shapes().items()}
+    x = (rng.standard_normal((3, 3, 2, H, W)) * (rng.random((3, 3, 2, H, W)) < 0.6)).astype(f32)
+    x[rng.random(x.shape) < 0.1] = -0.0
+    want = R.forward(net, w, x, record=True)
+    assert want["spikes"]["lif3"].any() and not want["spikes"]["lif3"].all()
+    assert_same(E.forward(net, w, x, record=True, n_threads=2), want)
+
+
 def test_batch_split_and_compiled_reuse_give_the_same_bits():
     net = Network((2, 9, 7), [Conv2d(out_channels=4, kernel_size=3, padding=1), LIF(),
                               SumPool2d(2), Flatten(), Linear(out_features=12),

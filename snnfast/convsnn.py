@@ -99,9 +99,7 @@ _CHOICES = {"reset_c": ("zero",), "reset_h": ("halve", "subtract", "zero"),
 # Limits of a sane model. Weights: trained ConvSNN weights are O(1) (the LIF thresholds are
 # 0.8 and a neuron sees at most T = 10 spikes per input per sample); a weight of 1e4 already
 # fires a neuron from one spike thousands of times over, so a larger one is a damaged file
-# (a flipped exponent bit gives values like 1e29), not a model. Batches: a training step
-# holds ~100 KB per image (dense spike trains and rates of every layer), so 4096 images are
-# ~0.5 GB; larger batches are refused rather than left to exhaust the memory.
+# (a flipped exponent bit gives values like 1e29), not a model.
 MAX_ABS_WEIGHT = 1e4
 
 
@@ -935,10 +933,6 @@ class ConvSNN:
         return self._blas()
 
     def _augment(self, X, dy, dx, flip):
-        if dy is None and flip is None:
-            return X
-        if dy is None:
-            dy = dx = np.zeros(len(X), np.int64)
         return shift_images(X, dy, dx, self.config.geometry.image_shape, flip)
 
     @staticmethod

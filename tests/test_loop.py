@@ -293,9 +293,17 @@ def test_the_presets_and_any_network_check_loop_options_alike(kw, msg):
 
 def test_a_preset_model_flips_when_asked():
     m = ConvSNN("default", backend="numpy", augment_flip=True, augment_shift=0)
-    X = np.random.default_rng(0).integers(0, 256, (4, 784), dtype=np.uint8)
-    flip = np.array([True, False, True, False])
-    got = m._augment(X, None, None, flip).reshape(4, 28, 28)
-    want = np.where(flip[:, None, None], X.reshape(4, 28, 28)[:, :, ::-1], X.reshape(4, 28, 28))
-    np.testing.assert_array_equal(got, want)
-    assert m._augment(X, None, None, None) is X
+    X = np.random.default_rng(0).integers(0, 256, (8, 784), dtype=np.uint8)
+    tr = Trainer(m)
+    perm, shifts, flips = tr._epoch_plan(0, len(X))
+    assert shifts is None and flips.any() and not flips.all()
+    idx, got = tr._batch(X, slice(0, 8), perm, shifts, flips)
+    img = X[idx].reshape(8, 28, 28)
+    want = np.where(flips[:8, None, None], img[:, :, ::-1], img)      # flips by position
+    np.testing.assert_array_equal(got.reshape(8, 28, 28), want)
+    # nothing drawn (the seed preset): the batch is the images themselves
+    tr = Trainer(ConvSNN("seed", backend="numpy"))
+    perm, shifts, flips = tr._epoch_plan(0, len(X))
+    assert shifts is None and flips is None
+    idx, got = tr._batch(X, slice(0, 8), perm, shifts, flips)
+    np.testing.assert_array_equal(got, X[perm])

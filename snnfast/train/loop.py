@@ -15,8 +15,8 @@ checkpoint stores. The model provides what is specific to it:
 ``_fit_context()``
     A context manager around the whole run (ConvSNN: single-threaded BLAS).
 ``_augment(xb, dy, dx, flip)``
-    A batch shifted by ``(dy, dx)`` per sample and flipped where ``flip`` (each None when
-    not drawn).
+    A batch shifted by ``(dy, dx)`` per sample (zeros when no shifts are drawn) and flipped
+    where ``flip`` (None when no flips are drawn); not called when neither is.
 ``_train_step(X, y, ids, epoch, lr)``
     One optimisation step (forward, backward, optimiser, ``trainer.step += 1``, the weight
     average: :func:`update_average`); returns (mean loss, #correct, the forward's record).
@@ -219,9 +219,10 @@ class Trainer:
 
     def _batch(self, X, pos, perm, shifts, flips):
         idx = perm[pos]
-        xb = self.model._augment(X[idx], *((None, None) if shifts is None else
-                                          (shifts[0, pos], shifts[1, pos])),
-                                 None if flips is None else flips[pos])
+        xb = X[idx]
+        if shifts is not None or flips is not None:
+            dy, dx = np.zeros((2, len(idx)), np.int64) if shifts is None else shifts[:, pos]
+            xb = self.model._augment(xb, dy, dx, None if flips is None else flips[pos])
         return idx, np.ascontiguousarray(xb)
 
     def _fit_epoch(self, X, y, ids, epoch, n_batches, total, verbose):

@@ -16,7 +16,9 @@ from .._utils import is_real_number
 
 __all__ = ["LoopOptions", "LR_SCHEDULES", "MAX_BATCH_SIZE", "MAX_EPOCHS", "MAX_SHIFT"]
 
-MAX_BATCH_SIZE = 4096          # images per step; a step holds ~100 KB per image
+# A training step holds ~100 KB per image (dense spike trains and rates of every layer), so
+# 4096 images are ~0.5 GB; larger batches are refused rather than left to exhaust the memory.
+MAX_BATCH_SIZE = 4096
 MAX_EPOCHS = 10_000
 MAX_SHIFT = 8                  # pixels of random shift
 LR_SCHEDULES = ("onecycle", "constant", "step")
@@ -90,9 +92,11 @@ class LoopOptions:
                 raise ValueError(f"{p}{name} must be <= {hi}, got {v!r}")
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
-            if f.type in (float, "float") and not is_real_number(v):
+            if f.type not in (float, "float"):
+                continue
+            if not is_real_number(v):
                 raise ValueError(f"{p}{f.name} must be a number, got {v!r}")
-            if f.type in (float, "float") and not math.isfinite(v):
+            if not math.isfinite(v):
                 raise ValueError(f"{p}{f.name} must be a finite number, got {v!r}")
         checks = (("lr", self.lr > 0, "> 0"), ("eps", self.eps > 0, "> 0"),
                   ("warmup_frac", 0 <= self.warmup_frac <= 1, "in [0, 1]"),

@@ -32,7 +32,7 @@ from . import surrogate as sg
 from .augment import shift_flip
 from .loop import Trainer, TrainingError, update_average
 from .loop import as_ids as _as_ids
-from .options import MAX_BATCH_SIZE, MAX_EPOCHS, LoopOptions  # noqa: F401 (re-export)
+from .options import LoopOptions
 
 __all__ = ["SNN", "Trainer", "TrainingConfig", "TrainingError", "training_config"]
 
@@ -401,10 +401,6 @@ class SNN:
 
     @staticmethod
     def _augment(X, dy, dx, flip):
-        if dy is None and flip is None:
-            return X
-        if dy is None:
-            dy = dx = np.zeros(len(X), np.int64)
         return shift_flip(X, dy, dx, flip)
 
     @staticmethod

@@ -146,6 +146,24 @@ def _tiny_data(n, direct=False, seed=0):
     return X.astype(np.uint8), y
 
 
+@pytest.mark.parametrize("options, expected", [
+    ({}, {n: (sg.DEFAULT_CENTER, sg.DEFAULT_SLOPE) for n in ("lif1", "lif2", "hidden")}),
+    ({"surr_center": 0.3, "surr_slope": 2.0},
+     {n: (0.3, 2.0) for n in ("lif1", "lif2", "hidden")}),
+    ({"surr_slope": 2.0, "surrogate": {"lif2": {"center": 0.6}, "hidden": {"slope": 7.0}}},
+     {"lif1": (0.45, 2.0), "lif2": (0.6, 2.0), "hidden": (0.45, 7.0)})])
+def test_surrogate_options_reach_every_spiking_layer(options, expected):
+    # a run's centre and slope without any per-layer entry once fell back to the defaults
+    model = SNN(_tiny_net(), **options)
+    got = {s.neuron.name: (s.center, s.slope)
+           for s in sg.plan(model.network, model.config.surrogates())}
+    assert got == expected
+    X, y = _tiny_data(32)
+    trained = SNN(_tiny_net(), seed=0, epochs=1, batch_size=16, **options).fit(X, y).weights
+    default = SNN(_tiny_net(), seed=0, epochs=1, batch_size=16).fit(X, y).weights
+    assert (not options) == all(np.array_equal(trained[k], default[k]) for k in default)
+
+
 def test_backward_does_not_depend_on_the_thread_count():
     from snnfast import engine
     net = _tiny_net()

@@ -42,7 +42,8 @@ print(net.summary())
 
 # model selection on a validation split held out of the training set, never on the test set
 tr, va = datasets.train_val_split(len(X), len(X) // 12, seed=0)
-model = snnfast.SNN(net, seed=0, epochs=args.epochs, augment_shift=1, augment_flip=not small)
+model = snnfast.SNN(net, seed=0, epochs=args.epochs, augment_shift=1, augment_flip=not small,
+                     surr_slope=2.0)                 # as examples/fmnist-cnn.toml
 model.fit(X[tr], y[tr], X[va], y[va], sample_ids=tr, val_ids=va)
 m = model.evaluate(X_test, y_test)
 print(f"test accuracy {m['accuracy']:.4f}; spikes per neuron and update: "

@@ -156,7 +156,7 @@ def test_surrogate_options_reach_every_spiking_layer(options, expected):
     # a run's centre and slope without any per-layer entry once fell back to the defaults
     model = SNN(_tiny_net(), **options)
     got = {s.neuron.name: (s.center, s.slope)
-           for s in sg.plan(model.network, model.config.surrogates())}
+           for s in sg.plan(model.network, model.config.surrogates(model.network))}
     assert got == expected
     X, y = _tiny_data(32)
     trained = SNN(_tiny_net(), seed=0, epochs=1, batch_size=16, **options).fit(X, y).weights

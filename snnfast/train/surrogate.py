@@ -91,9 +91,7 @@ def plan(network, surrogate=None):
     list of :class:`Stage`
     """
     net, T = network, network.T
-    # not ``surrogate or {}``: a table without per-layer entries is empty (falsy), but its
-    # get() still answers the run's own centre and slope
-    surrogate = {} if surrogate is None else surrogate
+    surrogate = surrogate or {}
     stages, prev_steps = [], None
     for n, chain in net.stages():
         syn = next(i for i in chain if net[i].kind == "synapse")

@@ -77,22 +77,12 @@ class TrainingConfig(LoopOptions):
                 raise ValueError(f"training: surrogate names {k!r}, not a LIF/IF layer of the "
                                  f"network (those are {', '.join(names)})")
 
-    def surrogates(self):
-        """The per-layer surrogate table of :func:`snnfast.train.surrogate.plan`."""
-        return _Surrogates(self)
-
-
-class _Surrogates(dict):
-    """``{name: {"center", "slope"}}`` that answers the global defaults for other layers."""
-
-    def __init__(self, cfg):
-        super().__init__({k: {"center": v.get("center", cfg.surr_center),
-                              "slope": v.get("slope", cfg.surr_slope)}
-                          for k, v in cfg.surrogate.items()})
-        self.default = {"center": cfg.surr_center, "slope": cfg.surr_slope}
-
-    def get(self, key, default=None):
-        return super().get(key, self.default)
+    def surrogates(self, network):
+        """The surrogate table of :func:`snnfast.train.surrogate.plan`: ``{name: {"center",
+        "slope"}}`` for every spiking layer of ``network``, the run's own centre and slope
+        where the ``surrogate`` option does not name the layer or the field."""
+        own = {"center": self.surr_center, "slope": self.surr_slope}
+        return {k: {**own, **self.surrogate.get(k, {})} for k in network.spiking_layers()}
 
 
 def _check_surrogate(table):
@@ -358,7 +348,7 @@ class SNN:
         """One optimisation step on a batch; returns (mean loss, #correct, the record)."""
         c = self.config
         if self._stages is None:
-            self._stages = sg.plan(self.network, c.surrogates())
+            self._stages = sg.plan(self.network, c.surrogates(self.network))
             self._rows = sg._Rows(self.n_threads)
         rec = self._engine(raw=True).forward(X, seed=c.seed, epoch=epoch, sample_ids=ids,
                                              n_threads=self.n_threads, record=True)
